@@ -1,0 +1,43 @@
+# Passback: `make run` starts the gateway on its embedded default; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.DEFAULT_GOAL := help
+.PHONY: help run test bench lint install install-test clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[server,postgres]'
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed-run ## Create .venv and install Passback
+
+install-test: $(VENV)/.installed-test ## Create .venv and install Passback with test extras
+
+run: install ## Migrate, seed the sandbox district, serve on 127.0.0.1:8000 with the embedded worker
+	$(BIN)/gateway run --host 127.0.0.1 --port 8000
+
+test: install-test ## Run the whole suite (SQLite; also PostgreSQL when GATEWAY_TEST_DATABASE_URL is set)
+	$(BIN)/python -m pytest
+
+bench: install-test ## Accepted grades/s for POST /v1/grade vs a bare one-insert endpoint (gunicorn, 2 workers)
+	$(BIN)/python -m bench.grade_throughput
+
+lint: install-test ## ruff, and mypy on adapters/, schemas/ and gateway/services/
+	$(BIN)/ruff check .
+	$(BIN)/mypy adapters schemas gateway/services
+
+clean: ## Remove .venv, the local database and caches
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache tests/artifacts

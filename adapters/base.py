@@ -1,0 +1,104 @@
+"""The adapter interface: one LMS per module, no Flask, no database, no sleeping, no retrying.
+
+`deliver` returns a DeliveryReceipt or raises RetryableDeliveryError / PermanentDeliveryError; the worker owns
+time, retries and persistence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+
+from marshmallow import Schema
+
+if TYPE_CHECKING:
+    from adapters.http import HttpClient
+
+
+@dataclass(frozen=True)
+class NormalizedGrade:
+    """A grade as every adapter sees it: the fraction and the score pair, plus what the app added."""
+
+    grade_id: str
+    revision: int
+    user_id: str
+    assignment_id: str
+    assignment_name: str
+    fraction: float
+    score_given: float
+    score_maximum: float
+    timestamp: datetime
+    activity_progress: str = "Completed"
+    grading_progress: str = "FullyGraded"
+    comment: str | None = None
+    context: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where the grade goes: the placement (course, section, adapter data) and the user as that LMS names them."""
+
+    placement_id: str
+    course_id: str
+    section_id: str | None
+    data: Mapping[str, Any]
+    lms_user_id: str
+    user_data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeliveryReceipt:
+    """What the LMS answered to a successful delivery, kept on the delivery row."""
+
+    lms_status: int | None
+    summary: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    ok: bool
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, lms_status: int | None = None, lms_body: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.lms_status = lms_status
+        self.lms_body = lms_body
+
+
+class RetryableDeliveryError(DeliveryError):
+    """The LMS could not take the grade now (timeout, 5xx, 429 …); try again later."""
+
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        lms_status: int | None = None,
+        lms_body: str | None = None,
+    ) -> None:
+        super().__init__(message, lms_status, lms_body)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The LMS refused the grade for a reason a retry cannot fix; a person must act."""
+
+
+class GradeAdapter(Protocol):
+    kind: ClassVar[str]
+    settings_schema: ClassVar[type[Schema]]
+    # Settings keys that are secrets: never shown back in full by the CLI or dashboard.
+    secret_settings: ClassVar[frozenset[str]]
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], http: HttpClient) -> Self: ...
+
+    def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt: ...
+
+    def probe(self) -> HealthReport: ...

@@ -1,0 +1,108 @@
+"""The one HTTP session factory and the one place that maps an LMS response to retry or fail."""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from adapters import base
+
+USER_AGENT = "Passback/0.1 (+https://github.com/passback/passback)"
+# Statuses that a retry can fix; other 4xx are permanent (the LMS refused this request as sent).
+RETRYABLE_STATUSES = frozenset({401, 408, 425, 429})
+MAX_KEPT_BODY = 2000
+
+
+class HttpClient:
+    """A shared requests.Session (one per thread) with Passback's timeouts on every call."""
+
+    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 30.0) -> None:
+        self.timeout = (connect_timeout, read_timeout)
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = USER_AGENT
+            self._local.session = session
+        return session
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """Send one request; transport failures become RetryableDeliveryError, responses are returned as is."""
+        kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("allow_redirects", False)
+        try:
+            return self.session.request(method, url, **kwargs)
+        except requests.Timeout as exc:
+            # A read timeout means "unknown": the LMS may have stored the grade. Every adapter's write must
+            # be safe to repeat (a replace, or carry the grade's timestamp).
+            raise base.RetryableDeliveryError(f"timed out talking to {_host(url)}: {exc}") from exc
+        except requests.ConnectionError as exc:
+            raise base.RetryableDeliveryError(f"could not connect to {_host(url)}: {exc}") from exc
+        except requests.RequestException as exc:
+            raise base.RetryableDeliveryError(f"HTTP error talking to {_host(url)}: {exc}") from exc
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc or url
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+def body_excerpt(response: requests.Response) -> str:
+    text = response.text or ""
+    return text if len(text) <= MAX_KEPT_BODY else text[:MAX_KEPT_BODY] + "…"
+
+
+def raise_for_delivery(response: requests.Response, lms_message: str | None = None) -> None:
+    """Classify a non-2xx answer on its numeric status (never the reason phrase) and raise accordingly."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    body = body_excerpt(response)
+    message = f"LMS answered HTTP {status}" + (f": {lms_message}" if lms_message else (f": {body}" if body else ""))
+    if status >= 500 or status in RETRYABLE_STATUSES:
+        raise base.RetryableDeliveryError(
+            message,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            lms_status=status,
+            lms_body=body,
+        )
+    if 300 <= status < 400:
+        raise base.PermanentDeliveryError(
+            f"LMS redirected to {response.headers.get('Location', '?')} (HTTP {status}); check the URL",
+            lms_status=status,
+            lms_body=body,
+        )
+    raise base.PermanentDeliveryError(message, lms_status=status, lms_body=body)
+
+
+def json_or_none(response: requests.Response) -> Mapping[str, Any] | None:
+    try:
+        value = response.json()
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

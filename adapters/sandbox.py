@@ -1,0 +1,85 @@
+"""The sandbox LMS: a simulated gradebook served by Passback itself (gateway/sandbox_lms.py), reached over HTTP.
+
+It speaks a deliberately small protocol so app developers can try the whole flow without an LMS:
+
+    PUT {base_url}/courses/{course_id}/items/{item_id}/scores/{student_id}
+    Authorization: Bearer {secret}
+    Content-Type: application/json
+    {"scoreGiven", "scoreMaximum", "comment", "timestamp", "activityProgress", "gradingProgress"}
+
+It answers 200 with the stored entry, or an error status (faults can be injected to rehearse failures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+from urllib.parse import quote
+
+from marshmallow import Schema, fields, validate
+
+from adapters.base import DeliveryReceipt, Destination, HealthReport, NormalizedGrade, PermanentDeliveryError
+from adapters.http import HttpClient, json_or_none, raise_for_delivery
+
+
+class SandboxSettingsSchema(Schema):
+    base_url = fields.Url(required=True, require_tld=False, schemes={"http", "https"})
+    secret = fields.String(required=True, validate=validate.Length(min=16, max=200))
+
+
+class SandboxAdapter:
+    kind: ClassVar[str] = "sandbox"
+    settings_schema: ClassVar[type[Schema]] = SandboxSettingsSchema
+    secret_settings: ClassVar[frozenset[str]] = frozenset({"secret"})
+    requires_launch: ClassVar[bool] = False
+
+    def __init__(self, base_url: str, secret: str, http: HttpClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.secret = secret
+        self.http = http
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], http: HttpClient) -> Self:
+        return cls(settings["base_url"], settings["secret"], http)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}", "Accept": "application/json"}
+
+    def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
+        """Write the score pair into the sandbox gradebook; the write is a replace, so repeating it is safe."""
+        item_id = str(destination.data.get("item_id") or grade.assignment_id)
+        url = (
+            f"{self.base_url}/courses/{quote(destination.course_id, safe='')}"
+            f"/items/{quote(item_id, safe='')}/scores/{quote(destination.lms_user_id, safe='')}"
+        )
+        payload = {
+            "scoreGiven": grade.score_given,
+            "scoreMaximum": grade.score_maximum,
+            "comment": grade.comment,
+            "timestamp": grade.timestamp.isoformat() + "Z",
+            "activityProgress": grade.activity_progress,
+            "gradingProgress": grade.grading_progress,
+        }
+        response = self.http.request("PUT", url, json=payload, headers=self._headers())
+        answer = json_or_none(response)
+        lms_message = str(answer["error"]) if answer and "error" in answer else None
+        raise_for_delivery(response, lms_message)
+        if answer is None or "entry" not in answer:
+            raise PermanentDeliveryError(
+                "sandbox LMS answered 2xx without a stored entry", response.status_code, response.text[:500]
+            )
+        return DeliveryReceipt(
+            lms_status=response.status_code,
+            summary=f"stored {grade.score_given:g}/{grade.score_maximum:g} in sandbox gradebook",
+            details={"entry": answer["entry"]},
+        )
+
+    def probe(self) -> HealthReport:
+        """Check that the sandbox LMS answers and accepts the secret."""
+        try:
+            response = self.http.request("GET", f"{self.base_url}/health", headers=self._headers())
+        except Exception as exc:  # transport errors arrive as RetryableDeliveryError
+            return HealthReport(False, f"sandbox LMS unreachable: {exc}")
+        if response.status_code == 200:
+            return HealthReport(True, "sandbox LMS answers and accepts the secret")
+        return HealthReport(False, f"sandbox LMS answered HTTP {response.status_code}")

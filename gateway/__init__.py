@@ -1,0 +1,61 @@
+"""Passback: a self-hostable grade passback gateway."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from gateway.config import Settings
+from gateway.crypto import SecretBox
+from gateway.db import Database
+
+
+def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
+    """The application factory. It never starts threads: see start_embedded_worker."""
+    settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
+    app = Flask(__name__)
+    app.config["PASSBACK"] = settings
+    app.config["SECRET_KEY"] = settings.secret_key
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    database = Database()
+    database.configure(settings.database_url)
+    app.extensions["passback_db"] = database
+    app.extensions["passback_box"] = SecretBox(settings.encryption_keys)
+
+    @app.teardown_appcontext
+    def _remove_session(_exc: BaseException | None) -> None:
+        assert database.session is not None
+        database.session.remove()
+
+    from gateway.api import api
+    from gateway.errors import register_error_handlers
+    from gateway.openapi import openapi_bp
+    from gateway.sandbox_lms import sandbox_lms_bp
+
+    app.register_blueprint(api)
+    app.register_blueprint(openapi_bp)
+    app.register_blueprint(sandbox_lms_bp)
+    register_error_handlers(app)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    logging.getLogger("passback").setLevel(logging.INFO)
+    return app
+
+
+def start_embedded_worker(app: Flask) -> Any:
+    """Run the delivery worker as a thread of this process (the embedded default)."""
+    from gateway.worker import DeliveryWorker, EmbeddedWorker
+
+    worker = DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
+    embedded = EmbeddedWorker(worker)
+    embedded.start()
+    app.extensions["passback_worker"] = embedded
+    app.extensions["passback_worker_nudge"] = embedded.nudge
+    return embedded

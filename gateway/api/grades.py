@@ -1,0 +1,91 @@
+"""POST /v1/grade, GET /v1/grades/{id}, GET /v1/grades."""
+
+from __future__ import annotations
+
+from flask import Response, current_app, jsonify, request, url_for
+from sqlalchemy.exc import IntegrityError
+
+from gateway.api import api
+from gateway.api.common import current_principal, json_object, load
+from gateway.extensions import db
+from gateway.services import idempotency
+from gateway.services.grades import accept_grade, get_grade, grade_views, list_grades
+from schemas.grades import GradeListQuerySchema, GradeListResponseSchema, GradeRequestSchema, GradeResponseSchema
+
+grade_response = GradeResponseSchema()
+
+
+@api.post("/grade")
+def post_grade() -> Response:
+    principal = current_principal()
+    body = json_object()
+    session = db.session()
+    key = request.headers.get("Idempotency-Key")
+    settings = current_app.config["PASSBACK"]
+    request_fingerprint = ""
+    if key is not None:
+        key = idempotency.check_key(key)
+        request_fingerprint = idempotency.fingerprint("POST", request.path, body, principal)
+        replay = idempotency.find_replay(
+            session, principal, key, request_fingerprint, ttl_seconds=settings.idempotency_ttl_seconds
+        )
+        if replay is not None:
+            session.commit()
+            return _respond(replay.body, replay.status, replay.location, replayed=True)
+    data = load(GradeRequestSchema(), body)
+    accepted = accept_grade(session, principal, data)
+    payload = grade_response.dump(grade_views(session, [accepted.grade])[0])
+    location = url_for("api.get_grade_status", grade_id=accepted.grade.id)
+    if key is not None:
+        idempotency.remember(session, principal, key, request_fingerprint, 202, payload, location)
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the race: answer with what it stored.
+        session.rollback()
+        if key is None:
+            raise
+        replay = idempotency.find_replay(
+            session, principal, key, request_fingerprint, ttl_seconds=settings.idempotency_ttl_seconds
+        )
+        if replay is None:
+            raise
+        return _respond(replay.body, replay.status, replay.location, replayed=True)
+    if accepted.deliveries:
+        nudge = current_app.extensions.get("passback_worker_nudge")
+        if nudge is not None:
+            nudge()
+    return _respond(payload, 202, location)
+
+
+def _respond(payload: dict, status: int, location: str | None, replayed: bool = False) -> Response:
+    response = jsonify(payload)
+    response.status_code = status
+    if location:
+        response.headers["Location"] = location
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@api.get("/grades/<grade_id>")
+def get_grade_status(grade_id: str) -> Response:
+    principal = current_principal()
+    session = db.session()
+    grade = get_grade(session, principal, grade_id)
+    payload = grade_response.dump(grade_views(session, [grade])[0])
+    session.commit()
+    return jsonify(payload)
+
+
+@api.get("/grades")
+def list_grade_statuses() -> Response:
+    principal = current_principal()
+    query = load(GradeListQuerySchema(), request.args.to_dict())
+    session = db.session()
+    page = list_grades(session, principal, query)
+    payload = GradeListResponseSchema().dump(
+        {"grades": grade_views(session, page.grades), "next_cursor": page.next_cursor}
+    )
+    session.commit()
+    return jsonify(payload)

@@ -1,0 +1,414 @@
+"""`gateway …`: the operator's commands. Every command takes --json for scripting."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from flask import Flask
+from sqlalchemy.orm import Session
+
+from gateway import create_app
+from gateway.services.errors import ServiceError
+
+
+def _app() -> Flask:
+    return create_app()
+
+
+@contextmanager
+def _session(app: Flask) -> Iterator[Session]:
+    with app.app_context(), app.extensions["passback_db"].transaction() as session:
+        yield session
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text(data))
+
+
+def _fail(exc: ServiceError) -> None:
+    message = exc.message
+    if exc.fields:
+        message += "\n" + "\n".join(f"  {k}: {'; '.join(map(str, v))}" for k, v in exc.fields.items())
+    raise click.ClickException(message)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+@click.group()
+def main() -> None:
+    """Passback: the grade passback gateway."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- database ----------------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply Alembic migrations up to REVISION."""
+    from gateway.config import Settings
+    from gateway.migrate import upgrade
+
+    upgrade(Settings.from_env().database_url, revision)
+    click.echo("database is up to date")
+
+
+# --- districts, apps, tokens -------------------------------------------------------------------------------
+
+
+@main.group()
+def district() -> None:
+    """Districts."""
+
+
+@district.command("create")
+@click.argument("name")
+@json_option
+def district_create(name: str, as_json: bool) -> None:
+    from gateway.services.directory import create_district
+
+    try:
+        with _session(_app()) as session:
+            row = create_district(session, name)
+            data = {"id": row.id, "name": row.name}
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, data, lambda d: f"district {d['id']} ({d['name']})")
+
+
+@main.group("app")
+def app_group() -> None:
+    """Learning apps."""
+
+
+@app_group.command("create")
+@click.argument("name")
+@click.option("--redirect-uri", required=True, help="Where the app receives sign-in codes.")
+@click.option("--catalog-url", default=None, help="URL the app serves its assignment list at (optional).")
+@json_option
+def app_create(name: str, redirect_uri: str, catalog_url: str | None, as_json: bool) -> None:
+    """Register an app; prints its client id and secret once."""
+    from gateway.services.directory import create_app_partner
+
+    try:
+        with _session(_app()) as session:
+            created = create_app_partner(session, name, redirect_uri, catalog_url)
+            data = {
+                "id": created.app.id,
+                "name": created.app.name,
+                "client_id": created.app.client_id,
+                "client_secret": created.client_secret,
+            }
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(
+        as_json,
+        data,
+        lambda d: (
+            f"app {d['id']} ({d['name']})\nclient_id: {d['client_id']}\n"
+            f"client_secret: {d['client_secret']}  (shown once)"
+        ),
+    )
+
+
+@app_group.command("authorize")
+@click.argument("app_ref", metavar="APP")
+@click.argument("district_id", metavar="DISTRICT")
+@json_option
+def app_authorize(app_ref: str, district_id: str, as_json: bool) -> None:
+    """Authorize APP in DISTRICT and print a district-app token (shown once)."""
+    from gateway.services.directory import authorize_app
+
+    try:
+        with _session(_app()) as session:
+            issued = authorize_app(session, app_ref, district_id)
+            data = {"token_id": issued.token.id, "token": issued.raw, "scopes": issued.token.scopes}
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, data, lambda d: f"district-app token (shown once): {d['token']}\ntoken id: {d['token_id']}")
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("revoke")
+@click.argument("token_ref", metavar="TOKEN_OR_ID")
+@json_option
+def token_revoke(token_ref: str, as_json: bool) -> None:
+    """Revoke a token, given the token itself or its id."""
+    from gateway.services.directory import revoke_token
+
+    try:
+        with _session(_app()) as session:
+            row = revoke_token(session, token_ref)
+            data = {"token_id": row.id, "revoked_at": row.revoked_at}
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, data, lambda d: f"token {d['token_id']} revoked")
+
+
+# --- users ------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Users and their course enrollments."""
+
+
+@user.command("add")
+@click.option("--district", "district_id", required=True)
+@click.option("--name", default="")
+@click.option("--email", default=None)
+@click.option("--role", type=click.Choice(["student", "teacher"]), default="student", show_default=True)
+@json_option
+def user_add(district_id: str, name: str, email: str | None, role: str, as_json: bool) -> None:
+    from gateway.services.directory import create_user
+
+    try:
+        with _session(_app()) as session:
+            row = create_user(session, district_id, name=name, email=email, role=role)
+            data = {"id": row.id, "name": row.name, "role": row.role}
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, data, lambda d: f"user {d['id']} ({d['name'] or d['role']})")
+
+
+@user.command("enroll")
+@click.option("--district", "district_id", required=True)
+@click.option("--lms", "lms_ref", required=True, help="LMS connection id or name.")
+@click.option("--course", required=True, help="The LMS's course id.")
+@click.option("--user", "user_id", required=True)
+@click.option("--lms-user-id", default=None, help="How this LMS names the user, if not by Passback's id.")
+@json_option
+def user_enroll(
+    district_id: str, lms_ref: str, course: str, user_id: str, lms_user_id: str | None, as_json: bool
+) -> None:
+    """Enroll a user in an LMS course: grades for assignments placed there then route to it."""
+    from gateway.services.directory import enroll, get_user, link_identity
+    from gateway.services.errors import NotFound
+    from gateway.services.lms import get_connection
+    from gateway.services.routing import route_waiting_grades
+
+    try:
+        with _session(_app()) as session:
+            connection = get_connection(session, district_id, lms_ref)
+            row = get_user(session, district_id, user_id)
+            if row is None:
+                raise NotFound(f"no user {user_id!r} in this district")
+            if lms_user_id:
+                link_identity(session, row, connection, lms_user_id)
+            enroll(session, connection, course, row)
+            routed = route_waiting_grades(session, district_id, user_id=row.id)
+            data = {"user": row.id, "course": course, "lms": connection.name, "deliveries_created": routed}
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, data, lambda d: f"enrolled {d['user']} in {d['course']} ({d['deliveries_created']} deliveries)")
+
+
+# --- LMS connections and placements -----------------------------------------------------------------------
+
+
+def _parse_settings(pairs: tuple[str, ...], settings_json: str | None) -> dict[str, Any]:
+    settings: dict[str, Any] = json.loads(settings_json) if settings_json else {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--setting")
+        settings[key.strip()] = value
+    return settings
+
+
+@main.group()
+def lms() -> None:
+    """LMS connections."""
+
+
+@lms.command("add")
+@click.option("--district", "district_id", required=True)
+@click.option("--name", required=True, help="A name staff will recognise, e.g. 'Canvas production'.")
+@click.option("--adapter", required=True, help="sandbox, lti13, lti11, schoology …")
+@click.option("--setting", "pairs", multiple=True, metavar="KEY=VALUE", help="An adapter setting (repeatable).")
+@click.option("--settings-json", default=None, help="All adapter settings as one JSON object.")
+@json_option
+def lms_add(
+    district_id: str, name: str, adapter: str, pairs: tuple[str, ...], settings_json: str | None, as_json: bool
+) -> None:
+    """Add an LMS connection; its settings (secrets included) are stored encrypted."""
+    from gateway.services.lms import add_lms_connection
+
+    settings = _parse_settings(pairs, settings_json)
+    app = _app()
+    try:
+        with _session(app) as session:
+            row = add_lms_connection(session, app.extensions["passback_box"], district_id, name, adapter, settings)
+            data = {"id": row.id, "name": row.name, "adapter": row.adapter}
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, data, lambda d: f"LMS connection {d['id']} ({d['name']}, adapter {d['adapter']})")
+
+
+@main.group()
+def placement() -> None:
+    """Placements: where an assignment lives in an LMS."""
+
+
+@placement.command("add")
+@click.option("--district", "district_id", required=True)
+@click.option("--lms", "lms_ref", required=True, help="LMS connection id or name.")
+@click.option("--app", "app_ref", required=True, help="App id or client id.")
+@click.option("--assignment", required=True, help="The app's assignmentID.")
+@click.option("--course", required=True, help="The LMS's course id.")
+@click.option("--section", default=None)
+@click.option("--destination-json", default=None, help="Adapter destination data, e.g. a line item URL.")
+@json_option
+def placement_add(
+    district_id: str,
+    lms_ref: str,
+    app_ref: str,
+    assignment: str,
+    course: str,
+    section: str | None,
+    destination_json: str | None,
+    as_json: bool,
+) -> None:
+    from gateway.services.directory import get_app
+    from gateway.services.lms import add_placement
+
+    try:
+        with _session(_app()) as session:
+            app_row = get_app(session, app_ref)
+            row = add_placement(
+                session,
+                district_id,
+                lms_ref,
+                app_row.id,
+                assignment,
+                course,
+                section_id=section,
+                destination=json.loads(destination_json) if destination_json else None,
+            )
+            data = {"id": row.id, "course": row.course_id, "assignment": assignment}
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, data, lambda d: f"placement {d['id']}: {d['assignment']} in course {d['course']}")
+
+
+# --- demo, worker, server ---------------------------------------------------------------------------------
+
+
+def _demo_banner(demo: Any, public_url: str) -> str:
+    body = json.dumps({"assignmentID": demo.assignment_id, "userID": demo.student_ids[0], "percentage": 0.8})
+    return "\n".join(
+        [
+            "",
+            "Passback sandbox district" + (" created" if demo.created else "") + f": {demo.district_id}",
+            f"  app token (shown once; a new one is issued each run): {demo.token}",
+            f"  students: {', '.join(demo.student_ids)}",
+            f"  sandbox gradebook: {public_url}/sandbox-lms/{demo.connection_id}/gradebook",
+            "",
+            "Post a grade:",
+            f"  curl -sS -X POST {public_url}/v1/grade -H 'Authorization: Bearer {demo.token}' "
+            f"-H 'Content-Type: application/json' -d '{body}'",
+            "",
+        ]
+    )
+
+
+@main.command("demo")
+@click.option("--public-url", default=None, help="Where this Passback is reachable (default GATEWAY_PUBLIC_URL).")
+@json_option
+def demo_command(public_url: str | None, as_json: bool) -> None:
+    """Seed the sandbox district (once) and print a fresh app token and a curl line."""
+    from gateway.services.demo import seed_demo
+
+    app = _app()
+    url = (public_url or app.config["PASSBACK"].public_url).rstrip("/")
+    with _session(app) as session:
+        demo = seed_demo(session, app.extensions["passback_box"], url)
+    data = {
+        "district_id": demo.district_id,
+        "app_id": demo.app_id,
+        "token": demo.token,
+        "student_ids": demo.student_ids,
+        "assignment_id": demo.assignment_id,
+        "lms_connection_id": demo.connection_id,
+    }
+    _emit(as_json, data, lambda _d: _demo_banner(demo, url))
+
+
+@main.command("worker")
+@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+@click.option("--district", "district_id", default=None, help="Only this district's deliveries.")
+def worker_command(once: bool, district_id: str | None) -> None:
+    """Run the delivery worker on its own (set GATEWAY_EMBEDDED_WORKER=false on the web servers)."""
+    import signal
+    import threading
+
+    from gateway.worker import DeliveryWorker
+
+    app = _app()
+    worker = DeliveryWorker(
+        app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"], district_id=district_id
+    )
+    if once:
+        click.echo(f"{worker.run_until_idle()} deliveries attempted")
+        return
+    stop = threading.Event()
+
+    def _stop(*_: Any) -> None:
+        stop.set()
+        worker.wakeup.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    worker.run_forever(stop)
+
+
+@main.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--no-demo", is_flag=True, help="Do not seed or print the sandbox district.")
+def run_command(host: str, port: int, no_demo: bool) -> None:
+    """Migrate, seed the sandbox district, and serve with the embedded delivery worker (make run)."""
+    from werkzeug.serving import run_simple
+
+    from gateway import start_embedded_worker
+    from gateway.config import Settings
+    from gateway.migrate import upgrade
+    from gateway.services.demo import seed_demo
+
+    settings = Settings.from_env()
+    upgrade(settings.database_url)
+    public_url = settings.public_url.rstrip("/")
+    if "GATEWAY_PUBLIC_URL" not in __import__("os").environ:
+        public_url = f"http://{host}:{port}"
+        settings.public_url = public_url
+    app = create_app(settings)
+    if not no_demo:
+        with _session(app) as session:
+            demo = seed_demo(session, app.extensions["passback_box"], public_url)
+        click.echo(_demo_banner(demo, public_url))
+    if settings.embedded_worker:
+        start_embedded_worker(app)
+    click.echo(f"Passback listening on {public_url} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    run_simple(host, port, app, threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main()

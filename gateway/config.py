@@ -1,0 +1,91 @@
+"""Settings from environment variables, with safe defaults for the embedded mode (SQLite, worker thread)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+INSTANCE_DIR = Path(os.environ.get("GATEWAY_INSTANCE_DIR", Path.cwd() / "instance"))
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _read_or_create_key_file(path: Path, make: Any) -> str:
+    """Keep a generated development key beside the SQLite database so restarts can read old secrets."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    # 0600: the file is a secret; create it with that mode rather than chmod afterwards.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
+
+
+@dataclass
+class Settings:
+    database_url: str = ""
+    secret_key: str = ""
+    # Fernet key(s) for LMS secrets at rest; comma-separated, first one encrypts, all decrypt (rotation).
+    encryption_keys: str = ""
+    public_url: str = "http://127.0.0.1:8000"
+    embedded_worker: bool = True
+    worker_poll_seconds: float = 1.0
+    worker_batch_size: int = 20
+    lease_seconds: float = 120.0
+    max_attempts: int = 15
+    backoff_base_seconds: float = 15.0
+    backoff_max_seconds: float = 3600.0
+    retry_after_max_seconds: float = 86400.0
+    http_connect_timeout: float = 5.0
+    http_read_timeout: float = 30.0
+    idempotency_ttl_seconds: float = 86400.0
+    catalog_cache_seconds: float = 300.0
+    token_touch_seconds: float = 60.0
+    max_body_bytes: int = 64 * 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = os.environ.get("GATEWAY_" + f.name.upper())
+            if raw is None:
+                continue
+            if f.type == "bool":
+                values[f.name] = _env_bool("GATEWAY_" + f.name.upper(), False)
+            elif f.type == "int":
+                values[f.name] = int(raw)
+            elif f.type == "float":
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        settings = cls(**values)
+        settings.fill_development_defaults()
+        return settings
+
+    def fill_development_defaults(self) -> None:
+        """Local defaults: a SQLite file and generated keys under ./instance, never shared between installs."""
+        if not self.database_url:
+            INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+            self.database_url = f"sqlite:///{INSTANCE_DIR / 'passback.db'}"
+        if not self.secret_key:
+            self.secret_key = _read_or_create_key_file(INSTANCE_DIR / "secret_key", lambda: secrets.token_urlsafe(48))
+        if not self.encryption_keys:
+            from cryptography.fernet import Fernet
+
+            self.encryption_keys = _read_or_create_key_file(
+                INSTANCE_DIR / "encryption_key", lambda: Fernet.generate_key().decode()
+            )

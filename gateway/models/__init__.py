@@ -1,0 +1,53 @@
+"""SQLAlchemy models. Import from here so that every table is registered on Base.metadata."""
+
+from gateway.models.base import Base, new_id, utcnow
+from gateway.models.catalog import DEFAULT_SCORE_MAXIMUM, Assignment, CatalogSnapshot
+from gateway.models.district import (
+    ApiToken,
+    App,
+    District,
+    DistrictApp,
+    Enrollment,
+    LmsIdentity,
+    TokenKind,
+    User,
+    UserRole,
+)
+from gateway.models.grade import (
+    SUPERSEDABLE,
+    Delivery,
+    DeliveryStatus,
+    Grade,
+    GradeRevision,
+    IdempotencyRecord,
+)
+from gateway.models.lms import LmsConnection, Placement
+from gateway.models.sandbox import SandboxFault, SandboxGradebookEntry
+
+__all__ = [
+    "DEFAULT_SCORE_MAXIMUM",
+    "SUPERSEDABLE",
+    "ApiToken",
+    "App",
+    "Assignment",
+    "Base",
+    "CatalogSnapshot",
+    "Delivery",
+    "DeliveryStatus",
+    "District",
+    "DistrictApp",
+    "Enrollment",
+    "Grade",
+    "GradeRevision",
+    "IdempotencyRecord",
+    "LmsConnection",
+    "LmsIdentity",
+    "Placement",
+    "SandboxFault",
+    "SandboxGradebookEntry",
+    "TokenKind",
+    "User",
+    "UserRole",
+    "new_id",
+    "utcnow",
+]

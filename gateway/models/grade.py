@@ -1,0 +1,141 @@
+"""Grades, their history, the delivery outbox and idempotency records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from gateway.models.base import Base, created_column, id_column, utcnow
+
+
+class Grade(Base):
+    """The current grade of one user on one assignment of one app in one district; a new post overwrites it."""
+
+    __tablename__ = "grades"
+    __table_args__ = (
+        UniqueConstraint("district_id", "app_id", "assignment_id", "user_id"),
+        Index("ix_grades_district_created", "district_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    assignment_id: Mapped[str] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    # What the app sent: "percentage" or "score".
+    input_form: Mapped[str] = mapped_column(String(10))
+    percentage: Mapped[float | None] = mapped_column(Float, default=None)
+    # The normalized form: a fraction (may exceed 1 for extra credit) and a score pair.
+    fraction: Mapped[float] = mapped_column(Float)
+    score_given: Mapped[float] = mapped_column(Float)
+    score_maximum: Mapped[float] = mapped_column(Float)
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
+    context: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    activity_progress: Mapped[str] = mapped_column(String(20))
+    grading_progress: Mapped[str] = mapped_column(String(20))
+    timestamp: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    assignment = relationship("Assignment", lazy="joined", innerjoin=True)
+
+
+class GradeRevision(Base):
+    """Every accepted version of a grade, oldest first; deliveries point at the revision they carry."""
+
+    __tablename__ = "grade_revisions"
+    __table_args__ = (UniqueConstraint("grade_id", "revision"),)
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"), index=True)
+    grade_id: Mapped[str] = mapped_column(ForeignKey("grades.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    input_form: Mapped[str] = mapped_column(String(10))
+    percentage: Mapped[float | None] = mapped_column(Float, default=None)
+    fraction: Mapped[float] = mapped_column(Float)
+    score_given: Mapped[float] = mapped_column(Float)
+    score_maximum: Mapped[float] = mapped_column(Float)
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
+    context: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    activity_progress: Mapped[str] = mapped_column(String(20))
+    grading_progress: Mapped[str] = mapped_column(String(20))
+    timestamp: Mapped[datetime] = mapped_column()
+    token_id: Mapped[str | None] = mapped_column(String(24), default=None)
+    received_at: Mapped[datetime] = created_column()
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    AWAITING_LAUNCH = "awaiting_launch"
+    UNROUTABLE = "unroutable"
+    # Replaced by a newer revision of the same grade before it reached the LMS.
+    SUPERSEDED = "superseded"
+
+
+# Statuses a newer revision replaces; a delivery in flight ("delivering") finishes on its own.
+SUPERSEDABLE = (
+    DeliveryStatus.PENDING,
+    DeliveryStatus.RETRYING,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.AWAITING_LAUNCH,
+    DeliveryStatus.UNROUTABLE,
+)
+
+
+class Delivery(Base):
+    """The outbox: one row per grade revision and destination (placement), written with the grade."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_grade", "grade_id", "placement_id"),
+        Index("ix_deliveries_district_status", "district_id", "status"),
+    )
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))
+    grade_id: Mapped[str] = mapped_column(ForeignKey("grades.id", ondelete="CASCADE"))
+    revision_id: Mapped[str] = mapped_column(ForeignKey("grade_revisions.id", ondelete="CASCADE"))
+    placement_id: Mapped[str | None] = mapped_column(ForeignKey("placements.id", ondelete="SET NULL"), default=None)
+    lms_connection_id: Mapped[str | None] = mapped_column(
+        ForeignKey("lms_connections.id", ondelete="SET NULL"), default=None
+    )
+    status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    claim_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    lms_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    lms_response: Mapped[str | None] = mapped_column(Text, default=None)
+    receipt: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    superseded_by: Mapped[str | None] = mapped_column(String(24), default=None)
+    created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class IdempotencyRecord(Base):
+    """A remembered answer to a request that carried an Idempotency-Key, scoped to the district and app."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("district_id", "app_id", "key"),)
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    response_status: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any]] = mapped_column()
+    response_location: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = created_column()

@@ -1,0 +1,51 @@
+"""LMS connections of a district and the placements of assignments in them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from gateway.models.base import Base, created_column, id_column
+
+
+class LmsConnection(Base):
+    """One LMS a district delivers to, through one adapter. Settings are stored encrypted as a whole."""
+
+    __tablename__ = "lms_connections"
+    __table_args__ = (UniqueConstraint("district_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    adapter: Mapped[str] = mapped_column(String(40))
+    settings_encrypted: Mapped[str] = mapped_column(Text)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = created_column()
+    last_success_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_failure_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_failure: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Placement(Base):
+    """Where an assignment lives in an LMS: connection, course/section, and the adapter's destination data."""
+
+    __tablename__ = "placements"
+    __table_args__ = (
+        UniqueConstraint("lms_connection_id", "course_id", "assignment_id"),
+        Index("ix_placements_assignment", "district_id", "assignment_id"),
+    )
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))
+    lms_connection_id: Mapped[str] = mapped_column(ForeignKey("lms_connections.id", ondelete="CASCADE"))
+    assignment_id: Mapped[str] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"))
+    course_id: Mapped[str] = mapped_column(String(255))
+    section_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    title: Mapped[str | None] = mapped_column(String(500), default=None)
+    destination: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = created_column()
+
+    lms_connection: Mapped[LmsConnection] = relationship(lazy="joined")

@@ -1,0 +1,1 @@
+"""Business rules. No Flask: every function takes a SQLAlchemy Session and plain values."""

@@ -1,0 +1,291 @@
+"""The outbox side of delivery: claim due rows with a lease, describe the work, record what happened.
+
+Every function here is one short transaction's worth of work; no LMS call ever happens inside a transaction.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from adapters import DeliveryReceipt, Destination, NormalizedGrade
+from adapters.base import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from gateway.crypto import SecretBox
+from gateway.models import (
+    Assignment,
+    Delivery,
+    DeliveryStatus,
+    Grade,
+    GradeRevision,
+    LmsConnection,
+    LmsIdentity,
+    Placement,
+    utcnow,
+)
+from gateway.services.errors import Conflict, NotFound
+from gateway.services.lms import connection_settings
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded tries, and the LMS's Retry-After honoured (up to a cap)."""
+
+    base_seconds: float = 15.0
+    max_seconds: float = 3600.0
+    max_attempts: int = 15
+    retry_after_max_seconds: float = 86400.0
+
+    def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+        exponential = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        # "Equal jitter": at least half the backoff, so a burst of failures spreads out but never hammers.
+        delay = exponential / 2 + (rng or random).uniform(0, exponential / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.retry_after_max_seconds))
+        return delay
+
+
+@dataclass(frozen=True)
+class Claim:
+    delivery_id: str
+    claim_token: str
+
+
+def _claimable(now: datetime, max_attempts: int) -> Any:
+    due = and_(
+        Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)),
+        Delivery.next_attempt_at <= now,
+    )
+    lease_lost = and_(
+        Delivery.status == DeliveryStatus.DELIVERING,
+        Delivery.lease_expires_at < now,
+        Delivery.attempts < max_attempts,
+    )
+    return or_(due, lease_lost)
+
+
+def claim_due_deliveries(
+    session: Session,
+    *,
+    limit: int,
+    lease_seconds: float,
+    max_attempts: int,
+    now: datetime | None = None,
+    district_id: str | None = None,
+) -> list[Claim]:
+    """Claim up to `limit` due deliveries for this worker until the lease expires.
+
+    Due means pending/retrying with next_attempt_at reached, or delivering whose lease expired (its worker
+    died). Deliveries of paused connections wait. A delivery is not claimed while another delivery of the same
+    grade and placement is in flight, so an older revision can never land after a newer one. Safe to call
+    from many workers at once: each row is taken by a conditional UPDATE, and only one can win it.
+    """
+    now = now or utcnow()
+    _fail_exhausted_leases(session, now, max_attempts)
+    in_flight = aliased(Delivery)
+    busy = exists().where(
+        in_flight.grade_id == Delivery.grade_id,
+        in_flight.placement_id == Delivery.placement_id,
+        in_flight.id != Delivery.id,
+        in_flight.status == DeliveryStatus.DELIVERING,
+        in_flight.lease_expires_at >= now,
+    )
+    paused = exists().where(LmsConnection.id == Delivery.lms_connection_id, LmsConnection.paused.is_(True))
+    conditions = [_claimable(now, max_attempts), ~busy, ~paused]
+    if district_id is not None:
+        conditions.append(Delivery.district_id == district_id)
+    candidates = session.scalars(
+        select(Delivery.id).where(*conditions).order_by(Delivery.next_attempt_at).limit(limit)
+    ).all()
+    claims: list[Claim] = []
+    for delivery_id in candidates:
+        token = secrets.token_hex(16)
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id, *conditions)
+            .values(
+                status=DeliveryStatus.DELIVERING,
+                claim_token=token,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Delivery.attempts + 1,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            claims.append(Claim(delivery_id, token))
+    return claims
+
+
+def _fail_exhausted_leases(session: Session, now: datetime, max_attempts: int) -> None:
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.status == DeliveryStatus.DELIVERING,
+            Delivery.lease_expires_at < now,
+            Delivery.attempts >= max_attempts,
+        )
+        .values(
+            status=DeliveryStatus.FAILED,
+            last_error="gave up: the worker delivering this grade stopped before finishing, too many times",
+            next_attempt_at=None,
+            claim_token=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+@dataclass(frozen=True)
+class DeliveryWork:
+    """Everything an adapter needs for one claimed delivery, read in one short transaction."""
+
+    delivery_id: str
+    claim_token: str
+    adapter: str
+    settings: dict[str, Any]
+    grade: NormalizedGrade
+    destination: Destination
+
+
+def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | None:
+    """Read the claimed delivery's grade revision and destination; None if the claim is no longer ours."""
+    row = session.execute(
+        select(Delivery, GradeRevision, Placement, LmsConnection, Assignment)
+        .join(GradeRevision, GradeRevision.id == Delivery.revision_id)
+        .join(Placement, Placement.id == Delivery.placement_id)
+        .join(LmsConnection, LmsConnection.id == Delivery.lms_connection_id)
+        .join(Assignment, Assignment.id == Placement.assignment_id)
+        .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+    ).first()
+    if row is None:
+        return None
+    delivery, revision, placement, connection, assignment = row
+    grade_row = session.get(Grade, delivery.grade_id)
+    assert grade_row is not None
+    lms_user_id = session.scalar(
+        select(LmsIdentity.subject).where(
+            LmsIdentity.user_id == grade_row.user_id, LmsIdentity.lms_connection_id == connection.id
+        )
+    )
+    grade = NormalizedGrade(
+        grade_id=grade_row.id,
+        revision=revision.revision,
+        user_id=grade_row.user_id,
+        assignment_id=assignment.external_id,
+        assignment_name=assignment.name,
+        fraction=revision.fraction,
+        score_given=revision.score_given,
+        score_maximum=revision.score_maximum,
+        timestamp=revision.timestamp,
+        activity_progress=revision.activity_progress,
+        grading_progress=revision.grading_progress,
+        comment=revision.comment,
+        context=revision.context,
+    )
+    destination = Destination(
+        placement_id=placement.id,
+        course_id=placement.course_id,
+        section_id=placement.section_id,
+        data=dict(placement.destination or {}),
+        lms_user_id=lms_user_id or grade_row.user_id,
+    )
+    return DeliveryWork(
+        delivery.id, claim.claim_token, connection.adapter, connection_settings(box, connection), grade, destination
+    )
+
+
+def _truncate(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
+
+
+def record_success(session: Session, claim: Claim, receipt: DeliveryReceipt, *, now: datetime | None = None) -> bool:
+    """Mark the claimed delivery delivered. Returns False if the claim was lost (another worker took over)."""
+    now = now or utcnow()
+    delivery = session.scalar(
+        select(Delivery).where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+    )
+    if delivery is None:
+        return False
+    delivery.status = DeliveryStatus.DELIVERED
+    delivery.delivered_at = now
+    delivery.updated_at = now
+    delivery.next_attempt_at = None
+    delivery.lease_expires_at = None
+    delivery.claim_token = None
+    delivery.last_error = None
+    delivery.lms_status = receipt.lms_status
+    delivery.lms_response = _truncate(receipt.summary)
+    delivery.receipt = dict(receipt.details) if receipt.details else None
+    _touch_connection(session, delivery.lms_connection_id, now, error=None)
+    return True
+
+
+def record_failure(
+    session: Session,
+    claim: Claim,
+    error: DeliveryError,
+    policy: RetryPolicy,
+    *,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> str | None:
+    """Record a failed attempt: retry later with backoff, or fail for good. Returns the new status."""
+    now = now or utcnow()
+    delivery = session.scalar(
+        select(Delivery).where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+    )
+    if delivery is None:
+        return None
+    delivery.claim_token = None
+    delivery.lease_expires_at = None
+    delivery.updated_at = now
+    delivery.lms_status = error.lms_status
+    delivery.lms_response = _truncate(error.lms_body)
+    if isinstance(error, RetryableDeliveryError) and delivery.attempts < policy.max_attempts:
+        delay = policy.delay(delivery.attempts, error.retry_after, rng)
+        delivery.status = DeliveryStatus.RETRYING
+        delivery.next_attempt_at = now + timedelta(seconds=delay)
+        delivery.last_error = _truncate(error.message)
+    else:
+        delivery.status = DeliveryStatus.FAILED
+        delivery.next_attempt_at = None
+        prefix = "" if isinstance(error, PermanentDeliveryError) else f"gave up after {delivery.attempts} attempts: "
+        delivery.last_error = _truncate(prefix + error.message)
+    _touch_connection(session, delivery.lms_connection_id, now, error=error.message)
+    return delivery.status
+
+
+def _touch_connection(session: Session, connection_id: str | None, now: datetime, error: str | None) -> None:
+    if connection_id is None:
+        return
+    values: dict[str, Any] = (
+        {"last_success_at": now} if error is None else {"last_failure_at": now, "last_failure": _truncate(error)}
+    )
+    session.execute(update(LmsConnection).where(LmsConnection.id == connection_id).values(**values))
+
+
+def retry_delivery(session: Session, district_id: str, delivery_id: str, *, now: datetime | None = None) -> Delivery:
+    """Send a failed delivery again now, with a fresh count of attempts (staff action after a fix)."""
+    now = now or utcnow()
+    delivery = session.scalar(
+        select(Delivery).where(Delivery.id == delivery_id, Delivery.district_id == district_id).with_for_update()
+    )
+    if delivery is None:
+        raise NotFound(f"no delivery {delivery_id!r}")
+    if delivery.status not in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING):
+        raise Conflict(f"only failed or retrying deliveries can be retried; this one is {delivery.status}")
+    delivery.status = DeliveryStatus.PENDING
+    delivery.attempts = 0
+    delivery.next_attempt_at = now
+    delivery.updated_at = now
+    return delivery

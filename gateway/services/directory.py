@@ -1,0 +1,213 @@
+"""Districts, apps, their authorization, users and enrollments: what operators set up."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.crypto import generate_token, hash_token
+from gateway.models import (
+    ApiToken,
+    App,
+    District,
+    DistrictApp,
+    Enrollment,
+    LmsConnection,
+    LmsIdentity,
+    TokenKind,
+    User,
+    UserRole,
+    utcnow,
+)
+from gateway.services.errors import Conflict, InvalidInput, NotFound
+
+DISTRICT_APP_SCOPES = "grades:write grades:read assignments:read assignments:write"
+
+
+def create_district(session: Session, name: str) -> District:
+    """Create a district; its id is generated and stable."""
+    name = name.strip()
+    if not name:
+        raise InvalidInput("district name is required", fields={"name": ["Required."]})
+    district = District(name=name)
+    session.add(district)
+    session.flush()
+    return district
+
+
+def get_district(session: Session, district_id: str) -> District:
+    district = session.get(District, district_id)
+    if district is None:
+        raise NotFound(f"no district {district_id!r}")
+    return district
+
+
+@dataclass(frozen=True)
+class CreatedApp:
+    app: App
+    client_secret: str
+
+
+def create_app_partner(session: Session, name: str, redirect_uri: str, catalog_url: str | None = None) -> CreatedApp:
+    """Register a learning app; the client secret is returned once and stored only as a hash."""
+    if not redirect_uri.startswith(("https://", "http://")):
+        raise InvalidInput("redirect URI must be an http(s) URL", fields={"redirect_uri": ["Must be a URL."]})
+    client_secret = secrets.token_urlsafe(32)
+    app = App(
+        name=name.strip(),
+        client_id=secrets.token_hex(10),
+        client_secret_hash=hash_token(client_secret),
+        redirect_uri=redirect_uri,
+        catalog_url=catalog_url,
+    )
+    session.add(app)
+    session.flush()
+    return CreatedApp(app, client_secret)
+
+
+def get_app(session: Session, app_ref: str) -> App:
+    """Find an app by id or client id."""
+    app = session.get(App, app_ref) or session.scalar(select(App).where(App.client_id == app_ref))
+    if app is None:
+        raise NotFound(f"no app {app_ref!r}")
+    return app
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: ApiToken
+    raw: str
+
+
+def authorize_app(session: Session, app_id: str, district_id: str) -> IssuedToken:
+    """Authorize an app in a district and issue a district-app token (shown once)."""
+    app = get_app(session, app_id)
+    district = get_district(session, district_id)
+    link = session.scalar(
+        select(DistrictApp).where(DistrictApp.app_id == app.id, DistrictApp.district_id == district.id)
+    )
+    if link is None:
+        session.add(DistrictApp(app_id=app.id, district_id=district.id))
+    elif link.revoked_at is not None:
+        link.revoked_at = None
+    return issue_token(session, TokenKind.DISTRICT_APP, district.id, app.id, scopes=DISTRICT_APP_SCOPES)
+
+
+def issue_token(
+    session: Session,
+    kind: TokenKind,
+    district_id: str,
+    app_id: str,
+    *,
+    user_id: str | None = None,
+    scopes: str = "",
+    label: str = "",
+    lifetime_seconds: float | None = None,
+) -> IssuedToken:
+    raw = generate_token()
+    now = utcnow()
+    token = ApiToken(
+        token_hash=hash_token(raw),
+        kind=kind,
+        district_id=district_id,
+        app_id=app_id,
+        user_id=user_id,
+        scopes=scopes,
+        label=label,
+        created_at=now,
+        expires_at=now + timedelta(seconds=lifetime_seconds) if lifetime_seconds else None,
+    )
+    session.add(token)
+    session.flush()
+    return IssuedToken(token, raw)
+
+
+def revoke_token(session: Session, token_ref: str) -> ApiToken:
+    """Revoke a token by its id or by the token itself; revoking twice is harmless."""
+    token = session.get(ApiToken, token_ref) or session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(token_ref))
+    )
+    if token is None:
+        raise NotFound("no such token")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+    return token
+
+
+def create_user(
+    session: Session,
+    district_id: str,
+    *,
+    name: str = "",
+    email: str | None = None,
+    role: str = UserRole.STUDENT,
+    user_id: str | None = None,
+) -> User:
+    if role not in {r.value for r in UserRole}:
+        raise InvalidInput(f"role must be one of {[r.value for r in UserRole]}", fields={"role": ["Unknown."]})
+    get_district(session, district_id)
+    if user_id is not None and session.get(User, user_id) is not None:
+        raise Conflict(f"user {user_id!r} exists")
+    user = User(district_id=district_id, name=name, email=email, role=role)
+    if user_id is not None:
+        user.id = user_id
+    session.add(user)
+    session.flush()
+    return user
+
+
+def get_user(session: Session, district_id: str, user_id: str) -> User | None:
+    """A user of this district, or None: ids of other districts are invisible."""
+    return session.scalar(select(User).where(User.id == user_id, User.district_id == district_id))
+
+
+def link_identity(session: Session, user: User, connection: LmsConnection, subject: str) -> LmsIdentity:
+    issuer = f"passback:{connection.id}"
+    identity = LmsIdentity(
+        district_id=user.district_id,
+        user_id=user.id,
+        lms_connection_id=connection.id,
+        issuer=issuer,
+        subject=subject,
+    )
+    session.add(identity)
+    session.flush()
+    return identity
+
+
+def enroll(
+    session: Session,
+    connection: LmsConnection,
+    course_id: str,
+    user: User,
+    *,
+    role: str | None = None,
+    source: str = "manual",
+) -> Enrollment:
+    """Record that a user belongs to an LMS course; grades for placements in that course then route to it."""
+    if user.district_id != connection.district_id:
+        raise NotFound("no such user in this district")
+    existing = session.scalar(
+        select(Enrollment).where(
+            Enrollment.lms_connection_id == connection.id,
+            Enrollment.course_id == course_id,
+            Enrollment.user_id == user.id,
+        )
+    )
+    if existing is not None:
+        return existing
+    enrollment = Enrollment(
+        district_id=connection.district_id,
+        lms_connection_id=connection.id,
+        course_id=course_id,
+        user_id=user.id,
+        role=role or user.role,
+        source=source,
+    )
+    session.add(enrollment)
+    session.flush()
+    return enrollment

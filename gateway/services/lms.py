@@ -1,0 +1,113 @@
+"""LMS connections (adapter + encrypted settings) and placements of assignments in them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapters import REGISTRY
+from gateway.crypto import SecretBox
+from gateway.models import Assignment, LmsConnection, Placement
+from gateway.services.directory import get_district
+from gateway.services.errors import Conflict, InvalidInput, NotFound
+
+
+def add_lms_connection(
+    session: Session,
+    box: SecretBox,
+    district_id: str,
+    name: str,
+    adapter: str,
+    settings: Mapping[str, Any],
+    *,
+    connection_id: str | None = None,
+) -> LmsConnection:
+    """Register an LMS for a district; settings are validated by the adapter's schema and stored encrypted."""
+    get_district(session, district_id)
+    adapter_cls = REGISTRY.get(adapter)
+    if adapter_cls is None:
+        raise InvalidInput(
+            f"unknown adapter {adapter!r}; known: {', '.join(sorted(REGISTRY))}",
+            fields={"adapter": [f"Must be one of {sorted(REGISTRY)}."]},
+        )
+    try:
+        clean = adapter_cls.settings_schema().load(dict(settings))
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid settings for adapter {adapter!r}", fields=exc.normalized_messages()) from exc
+    if session.scalar(
+        select(LmsConnection).where(LmsConnection.district_id == district_id, LmsConnection.name == name)
+    ):
+        raise Conflict(f"district already has an LMS connection named {name!r}")
+    connection = LmsConnection(
+        district_id=district_id, name=name, adapter=adapter, settings_encrypted=box.encrypt_json(clean)
+    )
+    if connection_id is not None:
+        connection.id = connection_id
+    session.add(connection)
+    session.flush()
+    return connection
+
+
+def connection_settings(box: SecretBox, connection: LmsConnection) -> dict[str, Any]:
+    return dict(box.decrypt_json(connection.settings_encrypted))
+
+
+def get_connection(session: Session, district_id: str, ref: str) -> LmsConnection:
+    """A connection of this district by id or name."""
+    connection = session.scalar(
+        select(LmsConnection).where(
+            LmsConnection.district_id == district_id, (LmsConnection.id == ref) | (LmsConnection.name == ref)
+        )
+    )
+    if connection is None:
+        raise NotFound(f"no LMS connection {ref!r} in this district")
+    return connection
+
+
+def add_placement(
+    session: Session,
+    district_id: str,
+    connection_ref: str,
+    app_id: str,
+    assignment_external_id: str,
+    course_id: str,
+    *,
+    section_id: str | None = None,
+    destination: Mapping[str, Any] | None = None,
+    title: str | None = None,
+) -> Placement:
+    """Place an assignment in an LMS course; grades already waiting for a destination are routed to it."""
+    from gateway.services.routing import route_waiting_grades
+
+    connection = get_connection(session, district_id, connection_ref)
+    assignment = session.scalar(
+        select(Assignment).where(Assignment.app_id == app_id, Assignment.external_id == assignment_external_id)
+    )
+    if assignment is None:
+        raise NotFound(f"no assignment {assignment_external_id!r} for this app")
+    existing = session.scalar(
+        select(Placement).where(
+            Placement.lms_connection_id == connection.id,
+            Placement.course_id == course_id,
+            Placement.assignment_id == assignment.id,
+        )
+    )
+    if existing is not None:
+        raise Conflict("this assignment is already placed in that course")
+    placement = Placement(
+        district_id=district_id,
+        lms_connection_id=connection.id,
+        assignment_id=assignment.id,
+        course_id=course_id,
+        section_id=section_id,
+        destination=dict(destination or {}),
+        title=title or assignment.name,
+    )
+    session.add(placement)
+    session.flush()
+    route_waiting_grades(session, district_id, assignment_id=assignment.id)
+    return placement

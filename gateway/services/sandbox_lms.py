@@ -1,0 +1,96 @@
+"""The sandbox LMS's own rules: a gradebook keyed by course, item and student, and injected faults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.models import SandboxFault, SandboxGradebookEntry, utcnow
+from gateway.services.errors import Conflict
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    status: int
+    message: str
+    retry_after: int | None
+
+
+def take_fault(session: Session, gradebook: str) -> InjectedFault | None:
+    """Consume one injected fault for this gradebook, if any are left."""
+    fault = session.get(SandboxFault, gradebook, with_for_update=True)
+    if fault is None or fault.remaining <= 0:
+        return None
+    fault.remaining -= 1
+    return InjectedFault(fault.status, fault.message, fault.retry_after)
+
+
+def set_fault(
+    session: Session,
+    gradebook: str,
+    *,
+    fail_next: int,
+    status: int = 503,
+    retry_after: int | None = None,
+    message: str | None = None,
+) -> SandboxFault:
+    fault = session.get(SandboxFault, gradebook)
+    if fault is None:
+        fault = SandboxFault(gradebook=gradebook)
+        session.add(fault)
+    fault.remaining = fail_next
+    fault.status = status
+    fault.retry_after = retry_after
+    fault.message = message or f"sandbox LMS is unavailable (injected fault, HTTP {status})"
+    return fault
+
+
+def store_score(
+    session: Session, gradebook: str, course_id: str, item_id: str, student_id: str, score: dict[str, Any]
+) -> SandboxGradebookEntry:
+    """Replace the student's score on the item; an older timestamp than the stored one is refused (409)."""
+    timestamp = score["timestamp"].astimezone(UTC).replace(tzinfo=None)
+    entry = session.scalar(
+        select(SandboxGradebookEntry)
+        .where(
+            SandboxGradebookEntry.gradebook == gradebook,
+            SandboxGradebookEntry.course_id == course_id,
+            SandboxGradebookEntry.item_id == item_id,
+            SandboxGradebookEntry.student_id == student_id,
+        )
+        .with_for_update()
+    )
+    if entry is not None and timestamp < entry.timestamp:
+        raise Conflict("score is older than the one in the gradebook", code="stale_score")
+    if entry is None:
+        entry = SandboxGradebookEntry(
+            gradebook=gradebook, course_id=course_id, item_id=item_id, student_id=student_id, writes=0
+        )
+        session.add(entry)
+    entry.score_given = score["scoreGiven"]
+    entry.score_maximum = score["scoreMaximum"]
+    entry.comment = score.get("comment")
+    entry.activity_progress = score.get("activityProgress")
+    entry.grading_progress = score.get("gradingProgress")
+    entry.timestamp = timestamp
+    entry.updated_at = utcnow()
+    entry.writes = (entry.writes or 0) + 1
+    session.flush()
+    return entry
+
+
+def gradebook_entries(session: Session, gradebook: str, course_id: str | None = None) -> list[SandboxGradebookEntry]:
+    query = select(SandboxGradebookEntry).where(SandboxGradebookEntry.gradebook == gradebook)
+    if course_id is not None:
+        query = query.where(SandboxGradebookEntry.course_id == course_id)
+    return list(
+        session.scalars(
+            query.order_by(
+                SandboxGradebookEntry.course_id, SandboxGradebookEntry.item_id, SandboxGradebookEntry.student_id
+            )
+        )
+    )

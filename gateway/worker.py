@@ -1,0 +1,151 @@
+"""Claim → deliver → record. The same `deliver_claimed` serves the embedded thread and `gateway worker`
+(and, later, Celery tasks): the outbox rows in the database stay the source of truth."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+
+from adapters import REGISTRY, GradeAdapter, HttpClient
+from adapters.base import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from gateway.config import Settings
+from gateway.crypto import SecretBox
+from gateway.db import Database
+from gateway.services.deliveries import (
+    Claim,
+    RetryPolicy,
+    claim_due_deliveries,
+    load_work,
+    record_failure,
+    record_success,
+)
+
+log = logging.getLogger("passback.worker")
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        settings: Settings,
+        *,
+        http: HttpClient | None = None,
+        adapters: Mapping[str, type[GradeAdapter]] = REGISTRY,
+        district_id: str | None = None,
+    ) -> None:
+        self.db = db
+        self.box = box
+        self.settings = settings
+        self.http = http or HttpClient(settings.http_connect_timeout, settings.http_read_timeout)
+        self.adapters = adapters
+        self.district_id = district_id
+        self.policy = RetryPolicy(
+            base_seconds=settings.backoff_base_seconds,
+            max_seconds=settings.backoff_max_seconds,
+            max_attempts=settings.max_attempts,
+            retry_after_max_seconds=settings.retry_after_max_seconds,
+        )
+        self.wakeup = threading.Event()
+
+    def claim(self, limit: int | None = None) -> list[Claim]:
+        with self.db.transaction() as session:
+            return claim_due_deliveries(
+                session,
+                limit=limit or self.settings.worker_batch_size,
+                lease_seconds=self.settings.lease_seconds,
+                max_attempts=self.settings.max_attempts,
+                district_id=self.district_id,
+            )
+
+    def deliver_claimed(self, claim: Claim) -> str | None:
+        """Deliver one claimed row through its adapter and record the outcome. Returns the new status."""
+        with self.db.transaction() as session:
+            work = load_work(session, self.box, claim)
+        if work is None:
+            log.warning("delivery %s: claim lost before start", claim.delivery_id)
+            return None
+        error: DeliveryError | None = None
+        try:
+            adapter_cls = self.adapters.get(work.adapter)
+            if adapter_cls is None:
+                raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
+            adapter = adapter_cls.from_settings(work.settings, self.http)
+            receipt = adapter.deliver(work.grade, work.destination)
+        except (RetryableDeliveryError, PermanentDeliveryError) as exc:
+            error = exc
+        except Exception as exc:
+            # An adapter bug must not lose the grade: record it and retry within the bounded attempts.
+            log.exception("delivery %s: adapter %s raised", claim.delivery_id, work.adapter)
+            error = RetryableDeliveryError(f"internal error in adapter {work.adapter}: {type(exc).__name__}: {exc}")
+        with self.db.transaction() as session:
+            if error is None:
+                ok = record_success(session, claim, receipt)
+                status = "delivered" if ok else None
+            else:
+                status = record_failure(session, claim, error, self.policy)
+        log.info(
+            "delivery %s via %s: %s%s",
+            claim.delivery_id,
+            work.adapter,
+            status or "claim lost",
+            f" ({error.message})" if error else "",
+        )
+        return status
+
+    def run_once(self, limit: int | None = None) -> int:
+        """Claim a batch and deliver it. Returns how many deliveries were attempted."""
+        claims = self.claim(limit)
+        for claim in claims:
+            self.deliver_claimed(claim)
+        return len(claims)
+
+    def run_until_idle(self, timeout: float = 30.0) -> int:
+        """Deliver until nothing is due (for CLI one-shots and tests). Returns attempts made."""
+        deadline = time.monotonic() + timeout
+        total = 0
+        while time.monotonic() < deadline:
+            done = self.run_once()
+            total += done
+            if done == 0:
+                return total
+        return total
+
+    def run_forever(self, stop: threading.Event) -> None:
+        log.info("delivery worker started")
+        while not stop.is_set():
+            try:
+                done = self.run_once()
+            except Exception:
+                # The database may be briefly unavailable; keep the worker alive and try again.
+                log.exception("delivery worker: claim round failed")
+                done = 0
+            if done == 0:
+                self.wakeup.wait(self.settings.worker_poll_seconds)
+                self.wakeup.clear()
+        log.info("delivery worker stopped")
+
+
+class EmbeddedWorker:
+    """The delivery worker as a daemon thread inside the web process (the default, embedded mode)."""
+
+    def __init__(self, worker: DeliveryWorker) -> None:
+        self.worker = worker
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(
+            target=worker.run_forever, args=(self.stop_event,), name="passback-delivery", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        self.worker.wakeup.set()
+        self.thread.join(timeout)
+
+    def nudge(self) -> None:
+        """Look for due deliveries now rather than at the next poll (called after a grade is accepted)."""
+        self.worker.wakeup.set()

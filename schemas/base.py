@@ -1,0 +1,93 @@
+"""Shared schema pieces: strict unknown-field handling with hints, and a JSON-number field."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields
+
+UNKNOWN_FIELD = "Unknown field."
+
+
+class StrictSchema(Schema):
+    """Rejects unknown fields, and says which known field a near miss probably meant."""
+
+    class Meta:
+        unknown = RAISE
+
+    def handle_error(self, error: ValidationError, data: Any, *, many: bool, **kwargs: Any) -> None:
+        messages = error.messages if isinstance(error.messages, dict) else None
+        if not messages:
+            return
+        known = [f.data_key or name for name, f in self.load_fields.items()]
+        rewritten: dict[str, Any] = {}
+        changed = False
+        for key, value in messages.items():
+            if value == [UNKNOWN_FIELD]:
+                changed = True
+                hint = suggest_field(str(key), known)
+                rewritten[key] = [f"Unknown field; did you mean '{hint}'?" if hint else "Unknown field."]
+            else:
+                rewritten[key] = value
+        if changed:
+            raise ValidationError(rewritten, data=data) from error
+
+
+def suggest_field(name: str, known: list[str]) -> str | None:
+    lowered = {k.lower(): k for k in known}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    simplified = {k.lower().replace("_", ""): k for k in known}
+    key = name.lower().replace("_", "").replace("-", "")
+    if key in simplified:
+        return simplified[key]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+class JsonNumber(fields.Field):
+    """A JSON number: not a string, not a boolean, finite. Returns a float."""
+
+    default_error_messages = {
+        "type": "Must be a JSON number, not {kind}.",
+        "finite": "Must be a finite number.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("type", kind=_json_kind(value))
+        try:
+            number = float(value)
+        except OverflowError as exc:
+            raise self.make_error("finite") from exc
+        if not math.isfinite(number):
+            raise self.make_error("finite")
+        return number
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return None if value is None else float(value)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+class UtcDateTime(fields.DateTime):
+    """Serialize the naive-UTC datetimes stored in the database as ISO 8601 with a Z."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

@@ -1,0 +1,155 @@
+"""Bodies of POST /v1/grade and the grade status responses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+
+from schemas.base import JsonNumber, StrictSchema, UtcDateTime
+
+ASSIGNMENT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+ASSIGNMENT_ID_RULE = "Must be 1 to 64 characters: letters, digits, dash, underscore and dot."
+ACTIVITY_PROGRESS = ("Initialized", "Started", "InProgress", "Submitted", "Completed")
+GRADING_PROGRESS = ("FullyGraded", "Pending", "PendingManual", "Failed", "NotReady")
+MAX_CONTEXT_BYTES = 4096
+MAX_COMMENT_CHARS = 10_000
+
+
+class GradeRequestSchema(StrictSchema):
+    assignmentID = fields.String(
+        required=True, validate=validate.Regexp(ASSIGNMENT_ID_PATTERN, error=ASSIGNMENT_ID_RULE)
+    )
+    userID = fields.String(validate=validate.Length(min=1, max=64))
+    percentage = JsonNumber(metadata={"description": "A fraction in 0..1 (0.8 means 80%)."})
+    scoreGiven = JsonNumber(validate=validate.Range(min=0, error="Must be greater than or equal to 0."))
+    scoreMaximum = JsonNumber(validate=validate.Range(min=0, min_inclusive=False, error="Must be greater than 0."))
+    comment = fields.String(allow_none=True, validate=validate.Length(max=MAX_COMMENT_CHARS))
+    context = fields.Dict(
+        keys=fields.String(),
+        allow_none=True,
+        metadata={"description": f"Whatever else the app knows, at most {MAX_CONTEXT_BYTES} bytes of JSON."},
+    )
+    timestamp = fields.AwareDateTime(
+        format="iso",
+        error_messages={
+            "invalid": "Must be an ISO 8601 date-time, e.g. 2026-11-23T10:00:00Z.",
+            "invalid_awareness": "Must include a UTC offset, e.g. 2026-11-23T10:00:00Z or +01:00.",
+        },
+    )
+    activityProgress = fields.String(validate=validate.OneOf(ACTIVITY_PROGRESS))
+    gradingProgress = fields.String(validate=validate.OneOf(GRADING_PROGRESS))
+
+    @validates("percentage")
+    def _percentage_in_range(self, value: float, **_: Any) -> None:
+        if 0 <= value <= 1:
+            return
+        if 1 < value <= 100:
+            raise ValidationError(
+                f"Must be between 0 and 1; {value:g} looks like a percent: send {value / 100:g} instead. "
+                "For extra credit send scoreGiven and scoreMaximum."
+            )
+        raise ValidationError("Must be between 0 and 1.")
+
+    @validates("context")
+    def _context_small(self, value: dict[str, Any] | None, **_: Any) -> None:
+        if value is not None and len(json.dumps(value, separators=(",", ":"))) > MAX_CONTEXT_BYTES:
+            raise ValidationError(f"Must be at most {MAX_CONTEXT_BYTES} bytes of JSON.")
+
+    @validates_schema
+    def _exactly_one_score_form(self, data: dict[str, Any], **_: Any) -> None:
+        has_percentage = "percentage" in data
+        has_given = "scoreGiven" in data
+        has_maximum = "scoreMaximum" in data
+        errors: dict[str, list[str]] = {}
+        if has_percentage and (has_given or has_maximum):
+            message = "Send either percentage, or scoreGiven with scoreMaximum, not both."
+            errors["percentage"] = [message]
+            errors["scoreGiven" if has_given else "scoreMaximum"] = [message]
+        elif not has_percentage:
+            if not has_given and not has_maximum:
+                errors["percentage"] = ["Required: send percentage, or scoreGiven with scoreMaximum."]
+            elif not has_maximum:
+                errors["scoreMaximum"] = ["Required with scoreGiven."]
+            elif not has_given:
+                errors["scoreGiven"] = ["Required with scoreMaximum."]
+        if errors:
+            raise ValidationError(errors)
+
+
+class NormalizedSchema(Schema):
+    fraction = fields.Float(metadata={"description": "scoreGiven / scoreMaximum; above 1 for extra credit."})
+    scoreGiven = fields.Float(attribute="score_given")
+    scoreMaximum = fields.Float(attribute="score_maximum")
+
+
+class PlacementRefSchema(Schema):
+    id = fields.String()
+    courseID = fields.String(attribute="course_id")
+    sectionID = fields.String(attribute="section_id", allow_none=True)
+
+
+class DeliveryStatusSchema(Schema):
+    id = fields.String()
+    status = fields.String(
+        metadata={
+            "enum": [
+                "pending",
+                "delivering",
+                "delivered",
+                "retrying",
+                "failed",
+                "awaiting_launch",
+                "unroutable",
+                "superseded",
+            ]
+        }
+    )
+    lmsConnection = fields.String(attribute="lms_connection_name", allow_none=True)
+    adapter = fields.String(allow_none=True)
+    placement = fields.Nested(PlacementRefSchema, allow_none=True)
+    attempts = fields.Integer()
+    nextAttemptAt = UtcDateTime(attribute="next_attempt_at", allow_none=True)
+    lastError = fields.String(attribute="last_error", allow_none=True)
+    lmsStatus = fields.Integer(attribute="lms_status", allow_none=True)
+    lmsResponse = fields.String(attribute="lms_response", allow_none=True)
+    deliveredAt = UtcDateTime(attribute="delivered_at", allow_none=True)
+    updatedAt = UtcDateTime(attribute="updated_at")
+
+
+class GradeResponseSchema(Schema):
+    id = fields.String()
+    assignmentID = fields.String(attribute="assignment_external_id")
+    userID = fields.String(attribute="user_id")
+    percentage = fields.Float(allow_none=True)
+    scoreGiven = fields.Float(attribute="input_score_given", allow_none=True)
+    scoreMaximum = fields.Float(attribute="input_score_maximum", allow_none=True)
+    normalized = fields.Nested(NormalizedSchema)
+    comment = fields.String(allow_none=True)
+    context = fields.Dict(allow_none=True)
+    timestamp = UtcDateTime()
+    activityProgress = fields.String(attribute="activity_progress")
+    gradingProgress = fields.String(attribute="grading_progress")
+    revision = fields.Integer()
+    createdAt = UtcDateTime(attribute="created_at")
+    updatedAt = UtcDateTime(attribute="updated_at")
+    status = fields.String(metadata={"description": "The least advanced delivery status of this revision."})
+    deliveries = fields.List(fields.Nested(DeliveryStatusSchema))
+
+
+class GradeListQuerySchema(StrictSchema):
+    assignmentID = fields.String(validate=validate.Regexp(ASSIGNMENT_ID_PATTERN, error=ASSIGNMENT_ID_RULE))
+    userID = fields.String(validate=validate.Length(min=1, max=64))
+    status = fields.String(
+        validate=validate.OneOf(
+            ["pending", "delivering", "delivered", "retrying", "failed", "awaiting_launch", "unroutable"]
+        )
+    )
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    cursor = fields.String(validate=validate.Length(max=200))
+
+
+class GradeListResponseSchema(Schema):
+    grades = fields.List(fields.Nested(GradeResponseSchema))
+    nextCursor = fields.String(attribute="next_cursor", allow_none=True)
