@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 
+from adapters.http import HttpClient
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
@@ -25,6 +26,7 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     database.configure(settings.database_url)
     app.extensions["passback_db"] = database
     app.extensions["passback_box"] = SecretBox(settings.encryption_keys)
+    app.extensions["passback_http"] = HttpClient(settings.http_connect_timeout, settings.http_read_timeout)
 
     @app.teardown_appcontext
     def _remove_session(_exc: BaseException | None) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Response, jsonify, request
+from flask import Response, current_app, jsonify, request
 
 from gateway.api import api
 from gateway.api.common import current_principal, json_object, load
 from gateway.extensions import db
+from gateway.models import TokenKind
 from gateway.services.catalog import (
-    CatalogView,
     archive_assignment,
-    list_assignments,
+    catalog_view,
     require_catalog_writer,
     upsert_assignments,
 )
@@ -29,11 +29,18 @@ from schemas.assignments import (
 def get_catalog() -> Response:
     principal = current_principal()
     query = load(CatalogQuerySchema(), request.args.to_dict())
-    session = db.session()
-    view = CatalogView(list_assignments(session, principal.app_id, include_archived=query["includeArchived"]))
-    payload = CatalogSchema().dump(view)
-    session.commit()
-    return jsonify(payload)
+    # End the request's transaction first: a pull waits on the app, which may call back into /v1/me.
+    db.session().commit()
+    view = catalog_view(
+        current_app.extensions["passback_db"],
+        current_app.extensions["passback_http"],
+        principal.app_id,
+        principal.district_id,
+        audience_user_id=principal.user_id if principal.kind == TokenKind.USER else None,
+        cache_seconds=current_app.config["PASSBACK"].catalog_cache_seconds,
+        include_archived=query["includeArchived"],
+    )
+    return jsonify(CatalogSchema().dump(view))
 
 
 @api.post("/assignments")

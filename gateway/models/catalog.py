@@ -34,16 +34,20 @@ class Assignment(Base):
 
 
 class CatalogSnapshot(Base):
-    """The last good answer of an app's catalog URL, per district, served when a pull fails."""
+    """The last good answer of an app's catalog URL for one audience (a teacher, or the whole district),
+    served from cache while fresh and when a later pull fails."""
 
     __tablename__ = "catalog_snapshots"
-    __table_args__ = (UniqueConstraint("app_id", "district_id"),)
+    __table_args__ = (UniqueConstraint("app_id", "district_id", "audience"),)
 
     id: Mapped[str] = id_column()
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
     district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))
+    # A user id (the teacher the picker asks for) or "district".
+    audience: Mapped[str] = mapped_column(String(24))
     assignments: Mapped[list[Any]] = mapped_column(default=list)
     problems: Mapped[list[Any]] = mapped_column(default=list)
-    fetched_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the last good copy was fetched; None until one pull has succeeded.
+    fetched_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     last_error_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 05:45:06.517264
+Create Date: 2026-11-23 05:54:57.805437
 """
 
 from __future__ import annotations
@@ -95,9 +95,10 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=24), nullable=False),
         sa.Column("app_id", sa.String(length=24), nullable=False),
         sa.Column("district_id", sa.String(length=24), nullable=False),
+        sa.Column("audience", sa.String(length=24), nullable=False),
         sa.Column("assignments", sa.JSON(), nullable=False),
         sa.Column("problems", sa.JSON(), nullable=False),
-        sa.Column("fetched_at", sa.DateTime(), nullable=False),
+        sa.Column("fetched_at", sa.DateTime(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("last_error_at", sa.DateTime(), nullable=True),
         sa.ForeignKeyConstraint(
@@ -110,7 +111,9 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_catalog_snapshots")),
-        sa.UniqueConstraint("app_id", "district_id", name=op.f("uq_catalog_snapshots_app_id_district_id")),
+        sa.UniqueConstraint(
+            "app_id", "district_id", "audience", name=op.f("uq_catalog_snapshots_app_id_district_id_audience")
+        ),
     )
     op.create_table(
         "district_apps",

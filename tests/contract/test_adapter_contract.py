@@ -1,0 +1,141 @@
+"""Every adapter in REGISTRY honours the same contract. An adapter's harness supplies a real LMS endpoint
+(a fake LMS web app on 127.0.0.1) that can be told to accept, fail for now, or refuse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import pytest
+from flask import Flask
+
+from adapters import (
+    REGISTRY,
+    DeliveryReceipt,
+    Destination,
+    HttpClient,
+    NormalizedGrade,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from tests.factories import World, build_world
+
+
+class Harness(Protocol):
+    settings: dict[str, Any]
+    destination: Destination
+
+    def fail_next(self, status: int) -> None: ...
+
+    def stored_score(self) -> float | None: ...
+
+
+@dataclass
+class SandboxHarness:
+    world: World
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"base_url": f"{self.world.base_url}/sandbox-lms/{self.world.connection_id}",
+                "secret": self.world.sandbox_secret}
+
+    @property
+    def destination(self) -> Destination:
+        return Destination("placement-1", "course-101", None, {"item_id": "quiz-1"}, self.world.students[0])
+
+    def fail_next(self, status: int) -> None:
+        self.world.inject_faults(1, status)
+
+    def stored_score(self) -> float | None:
+        entries = self.world.gradebook()
+        return entries[0]["scoreGiven"] if entries else None
+
+
+HARNESSES = {"sandbox": SandboxHarness}
+
+
+def test_every_registered_adapter_has_a_harness() -> None:
+    assert set(REGISTRY) == set(HARNESSES)
+
+
+@pytest.fixture(params=sorted(REGISTRY))
+def harness(request: pytest.FixtureRequest, app: Flask, live_server: Any, http: Any) -> Iterator[Harness]:
+    yield HARNESSES[request.param](build_world(app, live_server.url, http))
+
+
+@pytest.fixture
+def adapter_kind(harness: Harness) -> str:
+    return next(kind for kind, cls in HARNESSES.items() if isinstance(harness, cls))
+
+
+GRADE = NormalizedGrade(
+    grade_id="g1", revision=1, user_id="u1", assignment_id="quiz-1", assignment_name="Quiz 1",
+    fraction=0.75, score_given=7.5, score_maximum=10.0, timestamp=datetime(2026, 11, 23, 10, 0, 0),
+)
+
+
+def _adapter(kind: str, harness: Harness, **settings: Any) -> Any:
+    return REGISTRY[kind].from_settings({**harness.settings, **settings}, HttpClient(2, 5))
+
+
+def test_delivers_and_returns_a_receipt(adapter_kind: str, harness: Harness) -> None:
+    receipt = _adapter(adapter_kind, harness).deliver(GRADE, harness.destination)
+    assert isinstance(receipt, DeliveryReceipt)
+    assert receipt.lms_status is not None and 200 <= receipt.lms_status < 300
+    assert harness.stored_score() == 7.5
+
+
+def test_delivering_twice_is_safe(adapter_kind: str, harness: Harness) -> None:
+    adapter = _adapter(adapter_kind, harness)
+    adapter.deliver(GRADE, harness.destination)
+    adapter.deliver(GRADE, harness.destination)
+    assert harness.stored_score() == 7.5
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429], ids=lambda s: f"http-{s}")
+def test_transient_lms_errors_are_retryable(adapter_kind: str, harness: Harness, status: int) -> None:
+    harness.fail_next(status)
+    with pytest.raises(RetryableDeliveryError) as caught:
+        _adapter(adapter_kind, harness).deliver(GRADE, harness.destination)
+    assert caught.value.lms_status == status
+    assert harness.stored_score() is None
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 422], ids=lambda s: f"http-{s}")
+def test_refusals_are_permanent_and_keep_the_lms_text(adapter_kind: str, harness: Harness, status: int) -> None:
+    harness.fail_next(status)
+    with pytest.raises(PermanentDeliveryError) as caught:
+        _adapter(adapter_kind, harness).deliver(GRADE, harness.destination)
+    assert caught.value.lms_status == status
+    assert caught.value.lms_body
+
+
+def test_unreachable_lms_is_retryable(adapter_kind: str, harness: Harness) -> None:
+    with pytest.raises(RetryableDeliveryError):
+        _adapter(adapter_kind, harness, base_url="http://127.0.0.1:9/nothing-listens-here").deliver(
+            GRADE, harness.destination
+        )
+
+
+def test_probe_reports_health(adapter_kind: str, harness: Harness) -> None:
+    assert _adapter(adapter_kind, harness).probe().ok is True
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+def test_settings_schema_refuses_empty_settings(kind: str) -> None:
+    errors = REGISTRY[kind].settings_schema().validate({})
+    assert errors, "an adapter with required settings must name them"
+
+
+def test_adapters_and_schemas_import_neither_flask_nor_gateway() -> None:
+    code = (
+        "import sys, adapters, schemas.grades, schemas.assignments;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'gateway'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
