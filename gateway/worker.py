@@ -17,6 +17,7 @@ from gateway.services.deliveries import (
     Claim,
     RetryPolicy,
     claim_due_deliveries,
+    fail_orphaned_claim,
     load_work,
     record_failure,
     record_success,
@@ -65,8 +66,10 @@ class DeliveryWorker:
         with self.db.transaction() as session:
             work = load_work(session, self.box, claim)
         if work is None:
-            log.warning("delivery %s: claim lost before start", claim.delivery_id)
-            return None
+            with self.db.transaction() as session:
+                orphaned = fail_orphaned_claim(session, claim)
+            log.warning("delivery %s: %s", claim.delivery_id, "destination removed" if orphaned else "claim lost")
+            return "failed" if orphaned else None
         error: DeliveryError | None = None
         try:
             adapter_cls = self.adapters.get(work.adapter)

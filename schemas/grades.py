@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
@@ -51,6 +52,15 @@ class GradeRequestSchema(StrictSchema):
                 "For extra credit send scoreGiven and scoreMaximum."
             )
         raise ValidationError("Must be between 0 and 1.")
+
+    @validates("timestamp")
+    def _timestamp_in_range(self, value: datetime, **_: Any) -> None:
+        try:
+            in_utc = value.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValidationError("Out of range.") from exc
+        if in_utc.year < 1970:
+            raise ValidationError("Must be in 1970 or later.")
 
     @validates("context")
     def _context_small(self, value: dict[str, Any] | None, **_: Any) -> None:

@@ -202,6 +202,25 @@ def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | 
     )
 
 
+def fail_orphaned_claim(session: Session, claim: Claim, *, now: datetime | None = None) -> bool:
+    """A claimed delivery whose placement or connection was removed cannot be sent: fail it with the reason."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+        .values(
+            status=DeliveryStatus.FAILED,
+            last_error="its placement or LMS connection was removed before it could be delivered",
+            next_attempt_at=None,
+            claim_token=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def _truncate(text: str | None) -> str | None:
     if text is None:
         return None

@@ -1,0 +1,162 @@
+"""The operator's path: set a district up with `gateway …` commands alone, then post and deliver a grade."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+from flask import Flask
+
+from gateway.cli import main
+from gateway.worker import DeliveryWorker
+from tests.conftest import TEST_ENCRYPTION_KEY, LiveServer
+
+
+@pytest.fixture
+def gateway_cli(app: Flask, database_url: str) -> Any:
+    runner = CliRunner(
+        env={
+            "GATEWAY_DATABASE_URL": database_url,
+            "GATEWAY_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
+            "GATEWAY_SECRET_KEY": "test-secret-key",
+        }
+    )
+
+    def run(*args: str) -> dict[str, Any]:
+        result = runner.invoke(main, [*args, "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    def run_failing(*args: str) -> str:
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code != 0
+        return result.output
+
+    run.failing = run_failing  # type: ignore[attr-defined]
+    return run
+
+
+def test_operator_sets_up_a_district_from_the_cli(
+    gateway_cli: Any, app: Flask, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    district = gateway_cli("district", "create", "Springfield USD")
+    partner = gateway_cli("app", "create", "Quiz App", "--redirect-uri", "https://quiz.example/cb")
+    assert partner["client_secret"] and partner["client_id"]
+    authorized = gateway_cli("app", "authorize", partner["id"], district["id"])
+    token = authorized["token"]
+    assert token.startswith("pb_")
+
+    headers = {"Authorization": f"Bearer {token}"}
+    put = requests.put(
+        f"{live_server.url}/v1/assignments/quiz-1", json={"name": "Quiz 1", "scoreMaximum": 20}, headers=headers
+    )
+    assert put.status_code == 201, put.text
+
+    lms = gateway_cli(
+        "lms", "add", "--district", district["id"], "--name", "Sandbox", "--adapter", "sandbox",
+        "--setting", f"base_url={live_server.url}/sandbox-lms/pending",
+        "--setting", "secret=0123456789abcdef0123",
+    )
+    student = gateway_cli("user", "add", "--district", district["id"], "--name", "Ada")
+    gateway_cli("user", "enroll", "--district", district["id"], "--lms", "Sandbox", "--course", "c1",
+                "--user", student["id"])
+    gateway_cli("placement", "add", "--district", district["id"], "--lms", lms["id"], "--app", partner["client_id"],
+                "--assignment", "quiz-1", "--course", "c1")
+
+    posted = requests.post(
+        f"{live_server.url}/v1/grade",
+        json={"assignmentID": "quiz-1", "userID": student["id"], "percentage": 0.5},
+        headers=headers,
+    )
+    assert posted.status_code == 202, posted.text
+    assert posted.json()["normalized"] == {"fraction": 0.5, "scoreGiven": 10.0, "scoreMaximum": 20.0}
+
+    gateway_cli("token", "revoke", authorized["token_id"])
+    assert requests.get(f"{live_server.url}/v1/me", headers=headers).status_code == 401
+
+
+def test_cli_errors_are_messages_not_tracebacks(gateway_cli: Any) -> None:
+    district = gateway_cli("district", "create", "D")
+    output = gateway_cli.failing("lms", "add", "--district", district["id"], "--name", "x", "--adapter", "nope")
+    assert "unknown adapter 'nope'" in output and "Traceback" not in output
+    output = gateway_cli.failing(
+        "lms", "add", "--district", district["id"], "--name", "x", "--adapter", "sandbox", "--setting", "secret=short"
+    )
+    assert "base_url" in output and "secret" in output
+    output = gateway_cli.failing("app", "authorize", "no-such-app", district["id"])
+    assert "no app" in output
+
+
+def test_lms_secrets_are_encrypted_at_rest(gateway_cli: Any, app: Flask) -> None:
+    district = gateway_cli("district", "create", "D")
+    gateway_cli("lms", "add", "--district", district["id"], "--name", "S", "--adapter", "sandbox",
+                "--setting", "base_url=http://127.0.0.1:1/x", "--setting", "secret=super-secret-value-123")
+    engine = app.extensions["passback_db"].engine
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT settings_encrypted FROM lms_connections").scalar_one()
+        tokens = [row[0] for row in conn.exec_driver_sql("SELECT token_hash FROM api_tokens")]
+    assert "super-secret-value-123" not in stored
+    assert all(not t.startswith("pb_") for t in tokens)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_gateway_run_seeds_the_sandbox_and_its_curl_line_delivers(tmp_path: Path) -> None:
+    """What `make run` does, on a fresh instance directory: banner, token, curl line, delivered grade."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_INSTANCE_DIR": str(tmp_path / "instance"), "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    try:
+        banner = ""
+        deadline = time.monotonic() + 60
+        assert process.stdout is not None
+        while "listening on" not in banner and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            banner += line
+        assert "listening on" in banner, banner
+        curl = re.search(r"curl -sS -X POST (\S+) -H 'Authorization: Bearer (\S+)' .* -d '(.+)'", banner)
+        assert curl, banner
+        url, token, body = curl.group(1), curl.group(2), json.loads(curl.group(3))
+        headers = {"Authorization": f"Bearer {token}"}
+        for _ in range(50):  # the server may still be binding its socket
+            try:
+                response = requests.post(url, json=body, headers=headers, timeout=5)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert response.status_code == 202, response.text
+        status_url = f"http://127.0.0.1:{port}{response.headers['Location']}"
+        for _ in range(100):
+            status = requests.get(status_url, headers=headers, timeout=5).json()
+            if status["status"] == "delivered":
+                break
+            time.sleep(0.1)
+        assert status["status"] == "delivered", status
+        assert (tmp_path / "instance" / "passback.db").exists()
+        assert oct((tmp_path / "instance" / "encryption_key").stat().st_mode & 0o777) == "0o600"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)

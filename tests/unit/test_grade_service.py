@@ -1,0 +1,120 @@
+"""accept_grade's rules, called directly with a Session: no HTTP involved."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from gateway.models import Assignment, Delivery, DeliveryStatus, GradeRevision, TokenKind
+from gateway.services.auth import authenticate
+from gateway.services.catalog import upsert_assignments
+from gateway.services.directory import (
+    authorize_app,
+    create_app_partner,
+    create_district,
+    create_user,
+    enroll,
+    issue_token,
+)
+from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound
+from gateway.services.grades import accept_grade, normalize
+from gateway.services.lms import add_lms_connection, add_placement
+
+
+@pytest.mark.parametrize(
+    ("data", "maximum", "expected"),
+    [
+        ({"percentage": 0.8}, 10.0, (0.8, 8.0, 10.0)),
+        ({"percentage": 0.8}, 100.0, (0.8, 80.0, 100.0)),
+        ({"percentage": 0}, 50.0, (0.0, 0.0, 50.0)),
+        ({"scoreGiven": 8, "scoreMaximum": 10}, 100.0, (0.8, 8.0, 10.0)),
+        ({"scoreGiven": 15, "scoreMaximum": 10}, 100.0, (1.5, 15.0, 10.0)),
+    ],
+    ids=["pct-on-10", "pct-on-100", "zero", "pair-kept", "extra-credit"],
+)
+def test_normalize(data: dict[str, float], maximum: float, expected: tuple[float, float, float]) -> None:
+    result = normalize(data, Assignment(score_maximum=maximum))
+    assert (result.fraction, result.score_given, result.score_maximum) == pytest.approx(expected)
+
+
+@pytest.fixture
+def setup(app: Flask) -> dict[str, str]:
+    box = app.extensions["passback_box"]
+    with app.extensions["passback_db"].transaction() as session:
+        district = create_district(session, "D")
+        partner = create_app_partner(session, "A", "https://a.example/cb").app
+        upsert_assignments(session, partner.id, [{"id": "q", "name": "Q", "scoreMaximum": 4}])
+        raw = authorize_app(session, partner.id, district.id).raw
+        connection = add_lms_connection(
+            session, box, district.id, "S", "sandbox", {"base_url": "http://127.0.0.1:1/x", "secret": "s" * 20}
+        )
+        student = create_user(session, district.id, name="S1")
+        other = create_user(session, district.id, name="S2")
+        enroll(session, connection, "c", student)
+        add_placement(session, district.id, connection.id, partner.id, "q", "c")
+        user_raw = issue_token(
+            session, TokenKind.USER, district.id, partner.id, user_id=student.id, scopes="grades:write grades:read"
+        ).raw
+        return {"token": raw, "user_token": user_raw, "student": student.id, "other": other.id}
+
+
+def _accept(app: Flask, token: str, data: dict[str, object]) -> object:
+    with app.extensions["passback_db"].transaction() as session:
+        return accept_grade(session, authenticate(session, token), data)
+
+
+def test_new_revision_supersedes_the_undelivered_one(app: Flask, setup: dict[str, str]) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    _accept(app, setup["token"], {"assignmentID": "q", "userID": setup["student"], "percentage": 0.5, "timestamp": t0})
+    _accept(
+        app,
+        setup["token"],
+        {"assignmentID": "q", "userID": setup["student"], "percentage": 0.75, "timestamp": t0 + timedelta(seconds=1)},
+    )
+    with app.extensions["passback_db"].transaction() as session:
+        statuses = sorted(session.scalars(select(Delivery.status)))
+        revisions = session.scalar(select(func.count()).select_from(GradeRevision))
+    assert statuses == [DeliveryStatus.PENDING, DeliveryStatus.SUPERSEDED]
+    assert revisions == 2
+
+
+def test_identical_grade_changes_nothing_and_older_is_a_conflict(app: Flask, setup: dict[str, str]) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    base = {"assignmentID": "q", "userID": setup["student"], "percentage": 0.5, "timestamp": t0}
+    _accept(app, setup["token"], base)
+    again = _accept(app, setup["token"], {**base, "timestamp": t0 + timedelta(hours=1)})
+    assert again.changed is False  # type: ignore[attr-defined]
+    with pytest.raises(Conflict):
+        _accept(app, setup["token"], {**base, "percentage": 0.9, "timestamp": t0 - timedelta(seconds=1)})
+    with app.extensions["passback_db"].transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 1
+
+
+def test_user_token_rules(app: Flask, setup: dict[str, str]) -> None:
+    accepted = _accept(app, setup["user_token"], {"assignmentID": "q", "percentage": 1})
+    assert accepted.grade.user_id == setup["student"]  # type: ignore[attr-defined]
+    with pytest.raises(Forbidden):
+        _accept(app, setup["user_token"], {"assignmentID": "q", "userID": setup["other"], "percentage": 1})
+
+
+def test_district_app_token_needs_a_known_user_and_assignment(app: Flask, setup: dict[str, str]) -> None:
+    with pytest.raises(InvalidInput) as missing:
+        _accept(app, setup["token"], {"assignmentID": "q", "percentage": 1})
+    assert missing.value.fields == {"userID": ["Required with a district-app token."]}
+    with pytest.raises(NotFound) as no_user:
+        _accept(app, setup["token"], {"assignmentID": "q", "userID": "nobody", "percentage": 1})
+    assert no_user.value.code == "user_not_found"
+    with pytest.raises(NotFound) as no_assignment:
+        _accept(app, setup["token"], {"assignmentID": "zz", "userID": setup["student"], "percentage": 1})
+    assert no_assignment.value.code == "assignment_not_found"
+
+
+def test_unenrolled_student_is_unroutable_with_a_reason(app: Flask, setup: dict[str, str]) -> None:
+    _accept(app, setup["token"], {"assignmentID": "q", "userID": setup["other"], "percentage": 1})
+    with app.extensions["passback_db"].transaction() as session:
+        delivery = session.scalars(select(Delivery)).one()
+    assert delivery.status == DeliveryStatus.UNROUTABLE
+    assert "not enrolled" in (delivery.last_error or "")
