@@ -35,12 +35,14 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
 
     from gateway.api import api
     from gateway.errors import register_error_handlers
+    from gateway.lti import lti_bp
     from gateway.openapi import openapi_bp
     from gateway.sandbox_lms import sandbox_lms_bp
 
     app.register_blueprint(api)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(sandbox_lms_bp)
+    app.register_blueprint(lti_bp)
     register_error_handlers(app)
 
     @app.get("/healthz")

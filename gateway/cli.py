@@ -308,6 +308,24 @@ def placement_add(
     _emit(as_json, data, lambda d: f"placement {d['id']}: {d['assignment']} in course {d['course']}")
 
 
+@main.group()
+def keys() -> None:
+    """Passback's LTI signing keys."""
+
+
+@keys.command("rotate")
+@json_option
+def keys_rotate(as_json: bool) -> None:
+    """Create a new current signing key; the old one stays published as previous until the next rotation."""
+    from gateway.services.keys import published_jwks, rotate_keys
+
+    app = _app()
+    with _session(app) as session:
+        key = rotate_keys(session, app.extensions["passback_box"])
+        data = {"kid": key.kid, "published": [k["kid"] for k in published_jwks(session)["keys"]]}
+    _emit(as_json, data, lambda d: f"current key {d['kid']}; published: {', '.join(d['published'])}")
+
+
 # --- demo, worker, server ---------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from gateway.models.grade import (
     IdempotencyRecord,
 )
 from gateway.models.lms import LmsConnection, Placement
+from gateway.models.lti import ToolKey, ToolKeyStatus
 from gateway.models.sandbox import SandboxFault, SandboxGradebookEntry
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "SandboxFault",
     "SandboxGradebookEntry",
     "TokenKind",
+    "ToolKey",
+    "ToolKeyStatus",
     "User",
     "UserRole",
     "new_id",

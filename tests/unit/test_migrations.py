@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from gateway.db import make_engine
-from gateway.migrate import current_revision
+from gateway.migrate import alembic_config, current_revision
 from gateway.models import Base
 
 
@@ -18,5 +19,7 @@ def test_migrated_schema_matches_models(database_url: str) -> None:
     assert diff == []
 
 
-def test_database_is_at_head(database_url: str) -> None:
-    assert current_revision(database_url) == "0001"
+def test_database_is_at_the_single_head(database_url: str) -> None:
+    script = ScriptDirectory.from_config(alembic_config(database_url))
+    assert len(script.get_heads()) == 1, "migrations must form one line"
+    assert current_revision(database_url) == script.get_current_head()
