@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from adapters.base import (
+    AdapterContext,
     DeliveryReceipt,
     Destination,
     GradeAdapter,
@@ -12,14 +13,17 @@ from adapters.base import (
     RetryableDeliveryError,
 )
 from adapters.http import HttpClient
+from adapters.lti13_ags import Lti13AgsAdapter
 from adapters.sandbox import SandboxAdapter
 
 REGISTRY: dict[str, type[GradeAdapter]] = {
     SandboxAdapter.kind: SandboxAdapter,
+    Lti13AgsAdapter.kind: Lti13AgsAdapter,
 }
 
 __all__ = [
     "REGISTRY",
+    "AdapterContext",
     "DeliveryReceipt",
     "Destination",
     "GradeAdapter",

@@ -50,11 +50,16 @@ class Destination:
 
 @dataclass(frozen=True)
 class DeliveryReceipt:
-    """What the LMS answered to a successful delivery, kept on the delivery row."""
+    """What the LMS answered to a successful delivery, kept on the delivery row.
+
+    `destination_update` holds what the adapter learned about the placement (e.g. the line item it found
+    or created); the worker stores it on the placement so the next delivery need not look again.
+    """
 
     lms_status: int | None
     summary: str
     details: Mapping[str, Any] = field(default_factory=dict)
+    destination_update: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,45 @@ class PermanentDeliveryError(DeliveryError):
     """The LMS refused the grade for a reason a retry cannot fix; a person must act."""
 
 
+class AccessTokenCache(Protocol):
+    """Access tokens shared by every worker (the worker supplies one backed by the database)."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def put(self, key: str, token: str, expires_in: float) -> None: ...
+
+    def drop(self, key: str) -> None: ...
+
+
+class MemoryTokenCache:
+    """A per-process AccessTokenCache, for tools and tests that have no database."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, tuple[str, float]] = {}
+
+    def get(self, key: str) -> str | None:
+        import time
+
+        found = self._tokens.get(key)
+        return found[0] if found and found[1] > time.monotonic() else None
+
+    def put(self, key: str, token: str, expires_in: float) -> None:
+        import time
+
+        self._tokens[key] = (token, time.monotonic() + expires_in)
+
+    def drop(self, key: str) -> None:
+        self._tokens.pop(key, None)
+
+
+@dataclass(frozen=True)
+class AdapterContext:
+    """What the worker lends an adapter besides its settings: Passback's signing key and the token cache."""
+
+    signing_key: Any | None = None
+    token_cache: AccessTokenCache = field(default_factory=MemoryTokenCache)
+
+
 class GradeAdapter(Protocol):
     kind: ClassVar[str]
     settings_schema: ClassVar[type[Schema]]
@@ -97,7 +141,9 @@ class GradeAdapter(Protocol):
     secret_settings: ClassVar[frozenset[str]]
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], http: HttpClient) -> Self: ...
+    def from_settings(
+        cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
+    ) -> Self: ...
 
     def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -60,7 +61,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -106,3 +107,22 @@ def json_or_none(response: requests.Response) -> Mapping[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+_LINK_PART = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,]+)*)")
+_LINK_PARAM = re.compile(r";\s*([A-Za-z0-9_*-]+)\s*=\s*(\"[^\"]*\"|[^;,\s]+)")
+
+
+def link_url(response: requests.Response, rel: str) -> str | None:
+    """The URL of a `Link` relation: header name and rel matched case-insensitively, the URL untouched
+    (RFC 8288; requests' own parser keys on the raw rel, and lower-casing corrupts page tokens)."""
+    wanted = rel.lower()
+    for name, value in response.headers.items():
+        if name.lower() != "link":
+            continue
+        for match in _LINK_PART.finditer(value):
+            url, params = match.group(1), match.group(2) or ""
+            for key, raw in _LINK_PARAM.findall(params):
+                if key.lower() == "rel" and wanted in raw.strip('"').lower().split():
+                    return url.strip()
+    return None

@@ -18,7 +18,14 @@ from urllib.parse import quote
 
 from marshmallow import Schema, fields, validate
 
-from adapters.base import DeliveryReceipt, Destination, HealthReport, NormalizedGrade, PermanentDeliveryError
+from adapters.base import (
+    AdapterContext,
+    DeliveryReceipt,
+    Destination,
+    HealthReport,
+    NormalizedGrade,
+    PermanentDeliveryError,
+)
 from adapters.http import HttpClient, json_or_none, raise_for_delivery
 
 
@@ -39,7 +46,9 @@ class SandboxAdapter:
         self.http = http
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], http: HttpClient) -> Self:
+    def from_settings(
+        cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
+    ) -> Self:
         return cls(settings["base_url"], settings["secret"], http)
 
     def _headers(self) -> dict[str, str]:

@@ -13,8 +13,11 @@ from gateway.crypto import SecretBox
 from gateway.db import Database
 
 
-def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
-    """The application factory. It never starts threads: see start_embedded_worker."""
+def create_app(config: Settings | dict[str, Any] | None = None, *, database: Database | None = None) -> Flask:
+    """The application factory. It never starts threads: see start_embedded_worker.
+
+    `database` lets a caller share one engine between apps (the test suite does, per backend).
+    """
     settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
     app = Flask(__name__)
     app.config["PASSBACK"] = settings
@@ -22,8 +25,9 @@ def create_app(config: Settings | dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    database = Database()
-    database.configure(settings.database_url)
+    if database is None:
+        database = Database()
+        database.configure(settings.database_url)
     app.extensions["passback_db"] = database
     app.extensions["passback_box"] = SecretBox(settings.encryption_keys)
     app.extensions["passback_http"] = HttpClient(settings.http_connect_timeout, settings.http_read_timeout)

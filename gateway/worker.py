@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from adapters import REGISTRY, GradeAdapter, HttpClient
+from adapters import REGISTRY, AdapterContext, GradeAdapter, HttpClient
 from adapters.base import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from gateway.config import Settings
 from gateway.crypto import SecretBox
@@ -22,6 +22,8 @@ from gateway.services.deliveries import (
     record_failure,
     record_success,
 )
+from gateway.services.keys import current_signing_key
+from gateway.services.token_cache import DatabaseTokenCache
 
 log = logging.getLogger("passback.worker")
 
@@ -50,6 +52,19 @@ class DeliveryWorker:
             retry_after_max_seconds=settings.retry_after_max_seconds,
         )
         self.wakeup = threading.Event()
+        self._context: AdapterContext | None = None
+        self._context_loaded = 0.0
+
+    def adapter_context(self) -> AdapterContext:
+        """Passback's current signing key (re-read at most once a minute, so a rotation is picked up) and
+        the database-backed token cache."""
+        now = time.monotonic()
+        if self._context is None or now - self._context_loaded > 60:
+            with self.db.transaction() as session:
+                key = current_signing_key(session, self.box)
+            self._context = AdapterContext(signing_key=key, token_cache=DatabaseTokenCache(self.db, self.box))
+            self._context_loaded = now
+        return self._context
 
     def claim(self, limit: int | None = None) -> list[Claim]:
         with self.db.transaction() as session:
@@ -75,7 +90,7 @@ class DeliveryWorker:
             adapter_cls = self.adapters.get(work.adapter)
             if adapter_cls is None:
                 raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
-            adapter = adapter_cls.from_settings(work.settings, self.http)
+            adapter = adapter_cls.from_settings(work.settings, self.http, self.adapter_context())
             receipt = adapter.deliver(work.grade, work.destination)
         except (RetryableDeliveryError, PermanentDeliveryError) as exc:
             error = exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,6 +85,9 @@ class GradeRequestSchema(StrictSchema):
                 errors["scoreMaximum"] = ["Required with scoreGiven."]
             elif not has_given:
                 errors["scoreGiven"] = ["Required with scoreMaximum."]
+        if not errors and has_given and has_maximum:
+            if not math.isfinite(data["scoreGiven"] / data["scoreMaximum"]):
+                errors["scoreMaximum"] = ["Too small for this scoreGiven: scoreGiven / scoreMaximum is not finite."]
         if errors:
             raise ValidationError(errors)
 

@@ -10,7 +10,7 @@ from marshmallow import Schema, ValidationError
 
 from gateway.extensions import db
 from gateway.services.auth import Principal, authenticate
-from gateway.services.errors import InvalidInput, ServiceError, Unauthenticated
+from gateway.services.errors import InvalidInput, NotFound, ServiceError, Unauthenticated
 
 
 class MalformedJson(ServiceError):
@@ -34,9 +34,56 @@ def json_body() -> Any:
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {request.content_type or 'missing'!s}")
     raw = request.get_data(cache=True)
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise MalformedJson(f"request body is not valid JSON: {exc}") from exc
+    bad = unstorable_string_path(body)
+    if bad is not None:
+        raise InvalidInput(f"invalid {bad}", fields={bad: [UNSTORABLE_RULE]})
+    return body
+
+
+UNSTORABLE_RULE = "Must not contain NUL characters or unpaired UTF-16 surrogates."
+
+
+def is_unstorable(text: str) -> bool:
+    """NUL cannot be stored in PostgreSQL text and a lone surrogate cannot be encoded as UTF-8."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def unstorable_string_path(value: Any, path: str = "") -> str | None:
+    """The path (`comment`, `assignments[1].name`) of the first string, key or value, no database can hold."""
+    if isinstance(value, str):
+        return (path or "_schema") if is_unstorable(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if is_unstorable(str(key)):
+                return path or "_schema"
+            found = unstorable_string_path(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = unstorable_string_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def reject_unstorable_url() -> None:
+    """Path segments and query values go into queries too: refuse what the database cannot hold."""
+    if is_unstorable(request.path):
+        raise NotFound("no such resource")
+    for name, value in request.args.items(multi=True):
+        if is_unstorable(value) or is_unstorable(name):
+            raise InvalidInput(f"invalid {name}", fields={name: [UNSTORABLE_RULE]})
 
 
 def json_object() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from gateway.models.grade import (
     IdempotencyRecord,
 )
 from gateway.models.lms import LmsConnection, Placement
-from gateway.models.lti import ToolKey, ToolKeyStatus
+from gateway.models.lti import CachedAccessToken, ToolKey, ToolKeyStatus
 from gateway.models.sandbox import SandboxFault, SandboxGradebookEntry
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "App",
     "Assignment",
     "Base",
+    "CachedAccessToken",
     "CatalogSnapshot",
     "Delivery",
     "DeliveryStatus",

@@ -30,3 +30,15 @@ class ToolKey(Base):
     status: Mapped[str] = mapped_column(String(10), index=True)
     created_at: Mapped[datetime] = created_column()
     retired_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CachedAccessToken(Base):
+    """An LMS access token shared by every worker until shortly before it expires; stored encrypted."""
+
+    __tablename__ = "cached_access_tokens"
+
+    # SHA-256 of the adapter's cache key (platform, client id, scopes).
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_encrypted: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = created_column()

@@ -44,7 +44,8 @@ class RetryPolicy:
     retry_after_max_seconds: float = 86400.0
 
     def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-        exponential = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        # The exponent is bounded so a huge attempt number cannot overflow a float before the cap applies.
+        exponential = min(self.max_seconds, self.base_seconds * 2 ** min(max(0, attempt - 1), 64))
         # "Equal jitter": at least half the backoff, so a burst of failures spreads out but never hammers.
         delay = exponential / 2 + (rng or random).uniform(0, exponential / 2)
         if retry_after is not None:
@@ -245,6 +246,10 @@ def record_success(session: Session, claim: Claim, receipt: DeliveryReceipt, *, 
     delivery.lms_status = receipt.lms_status
     delivery.lms_response = _truncate(receipt.summary)
     delivery.receipt = dict(receipt.details) if receipt.details else None
+    if receipt.destination_update and delivery.placement_id is not None:
+        placement = session.get(Placement, delivery.placement_id, with_for_update=True)
+        if placement is not None:
+            placement.destination = {**(placement.destination or {}), **receipt.destination_update}
     _touch_connection(session, delivery.lms_connection_id, now, error=None)
     return True
 
@@ -270,7 +275,15 @@ def record_failure(
     delivery.updated_at = now
     delivery.lms_status = error.lms_status
     delivery.lms_response = _truncate(error.lms_body)
-    if isinstance(error, RetryableDeliveryError) and delivery.attempts < policy.max_attempts:
+    newer = _newer_revision_id(session, delivery)
+    if newer is not None:
+        # A newer revision arrived while this one was in flight: it carries the grade now; retrying this one
+        # could land the old score after the new one.
+        delivery.status = DeliveryStatus.SUPERSEDED
+        delivery.superseded_by = newer
+        delivery.next_attempt_at = None
+        delivery.last_error = _truncate(error.message)
+    elif isinstance(error, RetryableDeliveryError) and delivery.attempts < policy.max_attempts:
         delay = policy.delay(delivery.attempts, error.retry_after, rng)
         delivery.status = DeliveryStatus.RETRYING
         delivery.next_attempt_at = now + timedelta(seconds=delay)
@@ -282,6 +295,16 @@ def record_failure(
         delivery.last_error = _truncate(prefix + error.message)
     _touch_connection(session, delivery.lms_connection_id, now, error=error.message)
     return delivery.status
+
+
+def _newer_revision_id(session: Session, delivery: Delivery) -> str | None:
+    """The grade's current revision id when it is newer than the one this delivery carries, else None."""
+    current = session.execute(
+        select(GradeRevision.id)
+        .join(Grade, (Grade.id == GradeRevision.grade_id) & (Grade.revision == GradeRevision.revision))
+        .where(Grade.id == delivery.grade_id)
+    ).scalar_one_or_none()
+    return current if current is not None and current != delivery.revision_id else None
 
 
 def _touch_connection(session: Session, connection_id: str | None, now: datetime, error: str | None) -> None:
@@ -303,6 +326,8 @@ def retry_delivery(session: Session, district_id: str, delivery_id: str, *, now:
         raise NotFound(f"no delivery {delivery_id!r}")
     if delivery.status not in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING):
         raise Conflict(f"only failed or retrying deliveries can be retried; this one is {delivery.status}")
+    if _newer_revision_id(session, delivery) is not None:
+        raise Conflict("a newer grade replaced this one; its own delivery carries the current score")
     delivery.status = DeliveryStatus.PENDING
     delivery.attempts = 0
     delivery.next_attempt_at = now

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -241,6 +242,9 @@ class GradePage:
     next_cursor: str | None
 
 
+_GRADE_ID = re.compile(r"[0-9a-f]{24}")
+
+
 def _encode_cursor(grade: Grade) -> str:
     raw = json.dumps([grade.created_at.isoformat(), grade.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -250,7 +254,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, grade_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(grade_id)
+        if not isinstance(created, str) or not isinstance(grade_id, str) or not _GRADE_ID.fullmatch(grade_id):
+            raise ValueError("not a cursor")
+        return datetime.fromisoformat(created).replace(tzinfo=None), grade_id
     except (ValueError, TypeError, binascii.Error) as exc:
         raise InvalidInput("cursor is not valid", fields={"cursor": ["Not a cursor this API gave out."]}) from exc
 

@@ -15,6 +15,7 @@ from flask import Flask
 
 from adapters import (
     REGISTRY,
+    AdapterContext,
     DeliveryReceipt,
     Destination,
     HttpClient,
@@ -22,12 +23,15 @@ from adapters import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from gateway.services.keys import current_signing_key
 from tests.factories import World, build_world
+from tests.fakes.ags_platform import AgsPlatform
 
 
 class Harness(Protocol):
     settings: dict[str, Any]
     destination: Destination
+    context: AdapterContext | None
 
     def fail_next(self, status: int) -> None: ...
 
@@ -40,12 +44,16 @@ class SandboxHarness:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"base_url": f"{self.world.base_url}/sandbox-lms/{self.world.connection_id}",
-                "secret": self.world.sandbox_secret}
+        return {
+            "base_url": f"{self.world.base_url}/sandbox-lms/{self.world.connection_id}",
+            "secret": self.world.sandbox_secret,
+        }
 
     @property
     def destination(self) -> Destination:
         return Destination("placement-1", "course-101", None, {"item_id": "quiz-1"}, self.world.students[0])
+
+    context = None
 
     def fail_next(self, status: int) -> None:
         self.world.inject_faults(1, status)
@@ -55,7 +63,42 @@ class SandboxHarness:
         return entries[0]["scoreGiven"] if entries else None
 
 
-HARNESSES = {"sandbox": SandboxHarness}
+@dataclass
+class Lti13Harness:
+    world: World
+    platform: AgsPlatform
+
+    def __post_init__(self) -> None:
+        self.lineitem = self.platform.add_lineitem("quiz-1", "Quiz 1", 10)
+        with self.world.app.extensions["passback_db"].transaction() as session:
+            key = current_signing_key(session, self.world.app.extensions["passback_box"])
+        self.context = AdapterContext(signing_key=key)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "platform": "generic",
+            "issuer": "https://platform.example",
+            "client_id": "client-1",
+            "deployment_ids": ["d1"],
+            "auth_url": f"{self.platform.url}/auth",
+            "token_url": self.platform.token_url,
+            "jwks_url": f"{self.platform.url}/jwks",
+        }
+
+    @property
+    def destination(self) -> Destination:
+        return Destination("placement-1", "course-101", None, {"lineitem": self.lineitem}, "sub-ada")
+
+    def fail_next(self, status: int) -> None:
+        self.platform.fail_next(status, '{"errors": {"type": "x", "message": "platform says no"}}')
+
+    def stored_score(self) -> float | None:
+        score = self.platform.score_of("sub-ada")
+        return score["scoreGiven"] if score else None
+
+
+HARNESSES: dict[str, Any] = {"sandbox": SandboxHarness, "lti13": Lti13Harness}
 
 
 def test_every_registered_adapter_has_a_harness() -> None:
@@ -64,7 +107,12 @@ def test_every_registered_adapter_has_a_harness() -> None:
 
 @pytest.fixture(params=sorted(REGISTRY))
 def harness(request: pytest.FixtureRequest, app: Flask, live_server: Any, http: Any) -> Iterator[Harness]:
-    yield HARNESSES[request.param](build_world(app, live_server.url, http))
+    world = build_world(app, live_server.url, http)
+    if request.param == "lti13":
+        with AgsPlatform("client-1", f"{live_server.url}/lti/jwks") as platform:
+            yield Lti13Harness(world, platform)
+    else:
+        yield HARNESSES[request.param](world)
 
 
 @pytest.fixture
@@ -73,13 +121,20 @@ def adapter_kind(harness: Harness) -> str:
 
 
 GRADE = NormalizedGrade(
-    grade_id="g1", revision=1, user_id="u1", assignment_id="quiz-1", assignment_name="Quiz 1",
-    fraction=0.75, score_given=7.5, score_maximum=10.0, timestamp=datetime(2026, 11, 23, 10, 0, 0),
+    grade_id="g1",
+    revision=1,
+    user_id="u1",
+    assignment_id="quiz-1",
+    assignment_name="Quiz 1",
+    fraction=0.75,
+    score_given=7.5,
+    score_maximum=10.0,
+    timestamp=datetime(2026, 11, 23, 10, 0, 0),
 )
 
 
 def _adapter(kind: str, harness: Harness, **settings: Any) -> Any:
-    return REGISTRY[kind].from_settings({**harness.settings, **settings}, HttpClient(2, 5))
+    return REGISTRY[kind].from_settings({**harness.settings, **settings}, HttpClient(2, 5), harness.context)
 
 
 def test_delivers_and_returns_a_receipt(adapter_kind: str, harness: Harness) -> None:
@@ -114,11 +169,12 @@ def test_refusals_are_permanent_and_keep_the_lms_text(adapter_kind: str, harness
     assert caught.value.lms_body
 
 
+UNREACHABLE = "http://127.0.0.1:9/nothing-listens-here"
+
+
 def test_unreachable_lms_is_retryable(adapter_kind: str, harness: Harness) -> None:
     with pytest.raises(RetryableDeliveryError):
-        _adapter(adapter_kind, harness, base_url="http://127.0.0.1:9/nothing-listens-here").deliver(
-            GRADE, harness.destination
-        )
+        _adapter(adapter_kind, harness, base_url=UNREACHABLE, token_url=UNREACHABLE).deliver(GRADE, harness.destination)
 
 
 def test_probe_reports_health(adapter_kind: str, harness: Harness) -> None:

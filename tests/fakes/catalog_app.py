@@ -25,7 +25,7 @@ class CatalogApp:
     def __post_init__(self) -> None:
         self.server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}/catalog"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)

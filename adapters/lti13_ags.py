@@ -1,0 +1,347 @@
+"""LTI 1.3 Assignment and Grade Services: line items and scores, with client-credentials access tokens.
+
+Wire details and per-LMS quirks: ../shared/reference/wire-formats.md §3 (AGS) and §3A.8 (platform URLs).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar, Self
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate
+
+from adapters.base import (
+    AdapterContext,
+    DeliveryReceipt,
+    Destination,
+    HealthReport,
+    NormalizedGrade,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from adapters.http import HttpClient, body_excerpt, json_or_none, link_url, parse_retry_after, raise_for_delivery
+
+SCOPE_LINEITEM = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem"
+SCOPE_LINEITEM_READONLY = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly"
+SCOPE_RESULT_READONLY = "https://purl.imsglobal.org/spec/lti-ags/scope/result.readonly"
+SCOPE_SCORE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
+SCOPE_NRPS = "https://purl.imsglobal.org/spec/lti-nrps/scope/contextmembership.readonly"
+MEDIA_LINEITEM = "application/vnd.ims.lis.v2.lineitem+json"
+MEDIA_LINEITEM_CONTAINER = "application/vnd.ims.lis.v2.lineitemcontainer+json"
+MEDIA_SCORE = "application/vnd.ims.lis.v1.score+json"
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME = 300
+# Refresh a cached access token this long before the platform says it expires.
+TOKEN_EXPIRY_MARGIN = 120
+MAX_LINEITEM_PAGES = 50
+CANVAS_SUBMISSION_EXTENSION = "https://canvas.instructure.com/lti/submission"
+
+# Platform presets: the URLs an admin would otherwise copy by hand (wire-formats.md §3A.8, §3.2).
+PRESETS: dict[str, dict[str, str]] = {
+    "canvas": {
+        "issuer": "https://canvas.instructure.com",
+        "auth_url": "https://sso.canvaslms.com/api/lti/authorize_redirect",
+        "token_url": "https://sso.canvaslms.com/login/oauth2/token",
+        "jwks_url": "https://sso.canvaslms.com/api/lti/security/jwks",
+    },
+    "schoology": {
+        "issuer": "https://schoology.schoology.com",
+        "auth_url": "https://lti-service.svc.schoology.com/lti-service/authorize-redirect",
+        "token_url": "https://lti-service.svc.schoology.com/lti-service/access-token",
+        "jwks_url": "https://lti-service.svc.schoology.com/lti-service/.well-known/jwks",
+    },
+    "blackboard": {
+        "issuer": "https://blackboard.com",
+        "auth_url": "https://developer.blackboard.com/api/v1/gateway/oidcauth",
+        "token_url": "https://developer.blackboard.com/api/v1/gateway/oauth2/jwttoken",
+    },
+    "d2l": {
+        "token_url": "https://auth.brightspace.com/core/connect/token",
+        # D2L wants a fixed assertion audience, different from its token URL (hypothesis/lms D2L plugin).
+        "token_audience": "https://api.brightspace.com/auth/token",
+    },
+    "moodle": {},
+    "generic": {},
+}
+
+
+class Lti13SettingsSchema(Schema):
+    """`gateway lms add --adapter lti13`: the platform registration for one district."""
+
+    platform = fields.String(load_default="generic", validate=validate.OneOf(sorted(PRESETS)))
+    issuer = fields.String(validate=validate.Length(min=1, max=500))
+    client_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    deployment_ids = fields.List(
+        fields.String(validate=validate.Length(min=1, max=255)), required=True, validate=validate.Length(min=1)
+    )
+    auth_url = fields.Url(require_tld=False, schemes={"https", "http"})
+    token_url = fields.Url(require_tld=False, schemes={"https", "http"})
+    jwks_url = fields.Url(require_tld=False, schemes={"https", "http"})
+    public_jwk = fields.Dict(metadata={"description": "A static platform key, when the platform has no JWKS URL."})
+    token_audience = fields.String(metadata={"description": "Assertion aud when it is not the token URL (D2L)."})
+
+    @post_load
+    def _apply_preset(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        for key, value in PRESETS[data["platform"]].items():
+            data.setdefault(key, value)
+        missing = [k for k in ("issuer", "auth_url", "token_url") if not data.get(k)]
+        if missing:
+            raise ValidationError({k: ["Required for this platform."] for k in missing})
+        if not data.get("jwks_url") and not data.get("public_jwk"):
+            raise ValidationError({"jwks_url": ["Give jwks_url or public_jwk."]})
+        return data
+
+
+def scores_url(lineitem_url: str) -> str:
+    """`{lineitem}/scores` on the path, before any query (Moodle's `?type_id=` must survive; AGS §3.4)."""
+    parts = urlsplit(lineitem_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/scores"))
+
+
+def _timestamp(value: datetime) -> str:
+    # AGS wants sub-second precision and an offset; stored times are naive UTC.
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "+00:00"
+
+
+def _is_canvas_rate_limit(status: int, body: str) -> bool:
+    # Canvas throttles with 403 "Rate Limit Exceeded", not 429, and no Retry-After (wire-formats §3.8).
+    return status == 403 and "rate limit exceeded" in body.lower()
+
+
+class Lti13AgsAdapter:
+    kind: ClassVar[str] = "lti13"
+    settings_schema: ClassVar[type[Schema]] = Lti13SettingsSchema
+    secret_settings: ClassVar[frozenset[str]] = frozenset()
+    requires_launch: ClassVar[bool] = False
+
+    def __init__(self, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> None:
+        self.settings = settings
+        self.http = http
+        self.context = context
+
+    @classmethod
+    def from_settings(
+        cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
+    ) -> Self:
+        return cls(settings, http, context or AdapterContext())
+
+    # --- access tokens -------------------------------------------------------------------------------
+
+    def _token_key(self, scopes: list[str]) -> str:
+        return "lti13|" + self.settings["token_url"] + "|" + self.settings["client_id"] + "|" + " ".join(scopes)
+
+    def _client_assertion(self) -> str:
+        from joserfc import jwt
+
+        key = self.context.signing_key
+        if key is None:
+            raise PermanentDeliveryError("Passback has no signing key for LTI 1.3 (run `gateway keys rotate`)")
+        now = int(time.time())
+        claims = {
+            "iss": self.settings["client_id"],
+            "sub": self.settings["client_id"],
+            "aud": self.settings.get("token_audience") or self.settings["token_url"],
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME,
+            "jti": str(uuid.uuid4()),
+        }
+        return jwt.encode({"alg": "RS256", "kid": key.kid, "typ": "JWT"}, claims, key)
+
+    def access_token(self, scopes: list[str], *, fresh: bool = False) -> str:
+        """A bearer token for these scopes: from the shared cache, or by client credentials (RFC 7523)."""
+        key = self._token_key(scopes)
+        if not fresh:
+            cached = self.context.token_cache.get(key)
+            if cached:
+                return cached
+        response = self.http.request(
+            "POST",
+            self.settings["token_url"],
+            data={
+                "grant_type": "client_credentials",
+                "client_assertion_type": CLIENT_ASSERTION_TYPE,
+                "client_assertion": self._client_assertion(),
+                "scope": " ".join(scopes),
+            },
+            headers={"Accept": "application/json"},
+        )
+        body = json_or_none(response)
+        if response.status_code != 200 or not body or not body.get("access_token"):
+            message = "token endpoint refused the client assertion"
+            if body and body.get("error"):
+                message += f": {body.get('error')} {body.get('error_description') or ''}".rstrip()
+            if response.status_code >= 500 or response.status_code == 429:
+                raise RetryableDeliveryError(
+                    f"token endpoint answered HTTP {response.status_code}",
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    lms_status=response.status_code,
+                    lms_body=body_excerpt(response),
+                )
+            raise PermanentDeliveryError(message, response.status_code, body_excerpt(response))
+        expires_in = float(body.get("expires_in") or 3600)
+        token = str(body["access_token"])
+        self.context.token_cache.put(key, token, max(30.0, expires_in - TOKEN_EXPIRY_MARGIN))
+        return token
+
+    def _authorized(self, method: str, url: str, scopes: list[str], **kwargs: Any) -> Any:
+        """Send with a bearer token; a 401 drops the cached token and tries once more with a fresh one."""
+        headers = dict(kwargs.pop("headers", {}))
+        headers["Authorization"] = f"Bearer {self.access_token(scopes)}"
+        response = self.http.request(method, url, headers=headers, **kwargs)
+        if response.status_code == 401:
+            self.context.token_cache.drop(self._token_key(scopes))
+            headers["Authorization"] = f"Bearer {self.access_token(scopes, fresh=True)}"
+            response = self.http.request(method, url, headers=headers, **kwargs)
+        return response
+
+    # --- line items ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _granted(destination: Destination, wanted: list[str]) -> list[str]:
+        granted = destination.data.get("scopes")
+        if not granted:
+            return wanted
+        return [s for s in wanted if s in granted] or wanted
+
+    def _classify(self, response: Any) -> None:
+        body = body_excerpt(response)
+        if _is_canvas_rate_limit(response.status_code, body):
+            raise RetryableDeliveryError("Canvas rate limit exceeded (403)", lms_status=403, lms_body=body)
+        if response.status_code == 401:
+            raise PermanentDeliveryError(
+                "the platform refused a fresh access token (401): check the developer key, its scopes and "
+                "that the tool is installed in the course",
+                401,
+                body,
+            )
+        raise_for_delivery(response, _lms_message(response))
+
+    def find_or_create_lineitem(self, grade: NormalizedGrade, destination: Destination) -> tuple[str, bool]:
+        """The line item for this placement: the launch's, else one found by resourceId, else a new one.
+        Returns (URL, learned) where learned means the placement should remember it."""
+        known = destination.data.get("lineitem")
+        if known:
+            return str(known), False
+        container = destination.data.get("lineitems")
+        if not container:
+            raise PermanentDeliveryError(
+                "the placement has neither a line item nor a line items URL: launch the link once, or "
+                "re-add it with the assignment picker"
+            )
+        scopes = self._granted(destination, [SCOPE_LINEITEM, SCOPE_SCORE])
+        resource_link_id = destination.data.get("resource_link_id")
+        query = {"resource_id": grade.assignment_id}
+        if resource_link_id and not self.settings.get("platform") == "schoology":
+            query["resource_link_id"] = str(resource_link_id)
+        parts = urlsplit(str(container))
+        url: str | None = urlunsplit(parts._replace(query="&".join(filter(None, [parts.query, urlencode(query)]))))
+        for _ in range(MAX_LINEITEM_PAGES):
+            if url is None:
+                break
+            response = self._authorized("GET", url, scopes, headers={"Accept": MEDIA_LINEITEM_CONTAINER})
+            self._classify(response)
+            items = response.json() if response.content else []
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and item.get("resourceId") == grade.assignment_id and item.get("id"):
+                    if resource_link_id and item.get("resourceLinkId") not in (None, resource_link_id):
+                        continue
+                    return str(item["id"]), True
+            url = link_url(response, "next")
+        body: dict[str, Any] = {
+            "scoreMaximum": float(destination.data.get("score_maximum") or grade.score_maximum),
+            "label": str(destination.data.get("label") or grade.assignment_name),
+            "resourceId": grade.assignment_id,
+            "tag": "passback",
+        }
+        if resource_link_id:
+            body["resourceLinkId"] = resource_link_id
+        # Never send "id" on create: Schoology answers 400 "id is not allowed" (wire-formats §3.3).
+        response = self._authorized(
+            "POST",
+            str(container),
+            scopes,
+            json=body,
+            headers={"Content-Type": MEDIA_LINEITEM, "Accept": MEDIA_LINEITEM},
+        )
+        self._classify(response)
+        created = json_or_none(response)
+        if not created or not created.get("id"):
+            raise PermanentDeliveryError(
+                "the platform created a line item but did not return its id",
+                response.status_code,
+                body_excerpt(response),
+            )
+        return str(created["id"]), True
+
+    # --- scores ----------------------------------------------------------------------------------------
+
+    def score_body(self, grade: NormalizedGrade, destination: Destination) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "userId": destination.lms_user_id,
+            "scoreGiven": grade.score_given,
+            "scoreMaximum": grade.score_maximum,
+            "activityProgress": grade.activity_progress,
+            "gradingProgress": grade.grading_progress,
+            "timestamp": _timestamp(grade.timestamp),
+        }
+        if grade.comment:
+            body["comment"] = grade.comment
+        canvas = (grade.context or {}).get("canvas") if self.settings.get("platform") == "canvas" else None
+        if isinstance(canvas, Mapping):
+            extension = {
+                k: canvas[k]
+                for k in ("submitted_at", "new_submission", "prioritize_non_tool_grade", "needs_additional_review")
+                if k in canvas
+            }
+            if extension:
+                body[CANVAS_SUBMISSION_EXTENSION] = extension
+        return body
+
+    def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
+        """POST the score to the placement's line item (found or created first). Repeating is safe: the
+        timestamp is the grade's, so the platform treats a repeat as the same score."""
+        lineitem, learned = self.find_or_create_lineitem(grade, destination)
+        scopes = self._granted(destination, [SCOPE_LINEITEM, SCOPE_SCORE])
+        response = self._authorized(
+            "POST",
+            scores_url(lineitem),
+            scopes,
+            json=self.score_body(grade, destination),
+            headers={"Content-Type": MEDIA_SCORE, "Accept": "application/json"},
+        )
+        self._classify(response)
+        answer = json_or_none(response) or {}
+        return DeliveryReceipt(
+            lms_status=response.status_code,
+            summary=f"score {grade.score_given:g}/{grade.score_maximum:g} posted to {lineitem}",
+            details={"lineitem": lineitem, **({"resultUrl": answer["resultUrl"]} if "resultUrl" in answer else {})},
+            destination_update={"lineitem": lineitem} if learned else None,
+        )
+
+    def probe(self) -> HealthReport:
+        """Ask the token endpoint for a score token: proves the key, client id and assertion audience."""
+        try:
+            self.access_token([SCOPE_SCORE], fresh=True)
+        except (PermanentDeliveryError, RetryableDeliveryError) as exc:
+            return HealthReport(False, f"token endpoint: {exc.message}")
+        return HealthReport(True, "the platform issued an access token")
+
+
+def _lms_message(response: Any) -> str | None:
+    """The platform's own error text: Canvas's {"errors":{"message"}} or {"errors":[{"message"}]}, or
+    {"error": …}, else the body."""
+    body = json_or_none(response)
+    if not body:
+        return None
+    errors = body.get("errors")
+    if isinstance(errors, dict) and errors.get("message"):
+        return str(errors["message"])
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict) and errors[0].get("message"):
+        return str(errors[0]["message"])
+    if body.get("error"):
+        return str(body.get("error_description") or body["error"])
+    return None

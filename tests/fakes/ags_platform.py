@@ -1,0 +1,312 @@
+"""A small LTI 1.3 platform's token and AGS endpoints, as a real web app on 127.0.0.1.
+
+It checks what a real platform checks, and more than `lti1p3platform` does: the client assertion is verified
+against Passback's published JWKS (fetched over HTTP, the signature checked with `cryptography` directly, not
+with the library Passback signs with), with `alg`, `iss` = `sub` = client_id, `aud` = the token URL, `exp`,
+`iat` and a never-seen `jti`; bearer tokens and their scopes on every service call; exact media types; score
+bodies; Canvas's rule that an older timestamp is refused. Line item URLs carry a Moodle-style query string
+so that `/scores` must be put on the path.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import requests
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from flask import Flask, Response, jsonify, request
+from werkzeug.serving import make_server
+
+MEDIA_LINEITEM = "application/vnd.ims.lis.v2.lineitem+json"
+MEDIA_CONTAINER = "application/vnd.ims.lis.v2.lineitemcontainer+json"
+MEDIA_SCORE = "application/vnd.ims.lis.v1.score+json"
+SCOPE_LINEITEM = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem"
+SCOPE_SCORE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
+ACTIVITY = {"Initialized", "Started", "InProgress", "Submitted", "Completed"}
+GRADING = {"FullyGraded", "Pending", "PendingManual", "Failed", "NotReady"}
+PAGE_SIZE = 2
+
+
+def _b64(data: str) -> bytes:
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+
+
+def _rsa_public(jwk: dict[str, Any]) -> rsa.RSAPublicKey:
+    n = int.from_bytes(_b64(jwk["n"]), "big")
+    e = int.from_bytes(_b64(jwk["e"]), "big")
+    return rsa.RSAPublicNumbers(e, n).public_key()
+
+
+@dataclass
+class Fault:
+    status: int
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    remaining: int = 1
+    content_type: str = "application/json"
+
+
+class AgsPlatform:
+    """Start with `with AgsPlatform(client_id, tool_jwks_url) as platform:`; `platform.url` is its base."""
+
+    def __init__(self, client_id: str, tool_jwks_url: str, *, token_lifetime: int = 3600) -> None:
+        self.client_id = client_id
+        self.tool_jwks_url = tool_jwks_url
+        self.token_lifetime = token_lifetime
+        self.lock = threading.Lock()
+        self.tokens: dict[str, tuple[set[str], float]] = {}
+        self.token_requests = 0
+        self.assertion_errors: list[str] = []
+        self.seen_jti: set[str] = set()
+        self.lineitems: dict[int, dict[str, Any]] = {}
+        self.scores: dict[tuple[int, str], dict[str, Any]] = {}
+        self.score_posts = 0
+        self.lineitem_posts: list[dict[str, Any]] = []
+        self.faults: list[Fault] = []
+        self.app = self._build()
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.token_url = self.url + "/login/oauth2/token"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+
+    def __enter__(self) -> AgsPlatform:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+    # --- helpers for tests ---------------------------------------------------------------------------
+
+    def add_lineitem(
+        self, resource_id: str, label: str = "Item", score_maximum: float = 10.0, resource_link_id: str | None = None
+    ) -> str:
+        with self.lock:
+            number = len(self.lineitems) + 1
+            item = {
+                "id": self.lineitem_url(number),
+                "label": label,
+                "scoreMaximum": score_maximum,
+                "resourceId": resource_id,
+                "tag": "",
+                "resourceLinkId": resource_link_id,
+            }
+            self.lineitems[number] = item
+            return str(item["id"])
+
+    def lineitem_url(self, number: int) -> str:
+        return f"{self.url}/api/lti/courses/1/line_items/{number}/lineitem?type_id=3"
+
+    @property
+    def lineitems_url(self) -> str:
+        return f"{self.url}/api/lti/courses/1/line_items?type_id=3"
+
+    def fail_next(
+        self,
+        status: int,
+        body: str = "",
+        headers: dict[str, str] | None = None,
+        count: int = 1,
+        content_type: str = "application/json",
+    ) -> None:
+        self.faults.append(Fault(status, body, headers or {}, count, content_type))
+
+    def score_of(self, user_id: str, lineitem_number: int = 1) -> dict[str, Any] | None:
+        return self.scores.get((lineitem_number, user_id))
+
+    # --- the platform ---------------------------------------------------------------------------------
+
+    def _verify_assertion(self, assertion: str) -> str | None:
+        try:
+            header_b64, claims_b64, signature_b64 = assertion.split(".")
+            header = json.loads(_b64(header_b64))
+            claims = json.loads(_b64(claims_b64))
+        except ValueError:
+            return "assertion is not a JWT"
+        if header.get("alg") != "RS256":
+            return f"alg {header.get('alg')!r} is not RS256"
+        keys = requests.get(self.tool_jwks_url, timeout=5).json()["keys"]
+        key = next((k for k in keys if k.get("kid") == header.get("kid")), None)
+        if key is None:
+            return f"unknown kid {header.get('kid')!r}"
+        try:
+            _rsa_public(key).verify(
+                _b64(signature_b64), f"{header_b64}.{claims_b64}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except Exception:
+            return "bad signature"
+        now = time.time()
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if claims.get("iss") != self.client_id or claims.get("sub") != self.client_id:
+            return "iss and sub must be the client_id"
+        if self.token_url not in audiences:
+            return "the 'aud' is invalid"
+        if not isinstance(claims.get("exp"), int | float) or claims["exp"] < now:
+            return "expired"
+        if not isinstance(claims.get("iat"), int | float) or claims["iat"] > now + 30 or claims["iat"] < now - 300:
+            return "iat out of range"
+        if claims["exp"] - claims["iat"] > 3600:
+            return "assertion lives too long"
+        jti = claims.get("jti")
+        if not jti or jti in self.seen_jti:
+            return "jti missing or replayed"
+        self.seen_jti.add(jti)
+        return None
+
+    def _bearer_scopes(self) -> set[str] | None:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return None
+        found = self.tokens.get(header[7:])
+        if found is None or found[1] < time.time():
+            return None
+        return found[0]
+
+    def _take_fault(self) -> Response | None:
+        with self.lock:
+            if not self.faults:
+                return None
+            fault = self.faults[0]
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                self.faults.pop(0)
+        return Response(fault.body, status=fault.status, headers=fault.headers, content_type=fault.content_type)
+
+    def _build(self) -> Flask:
+        app = Flask("fake-ags-platform")
+
+        @app.post("/login/oauth2/token")
+        def token() -> Any:
+            form = request.form
+            with self.lock:
+                self.token_requests += 1
+            if request.mimetype != "application/x-www-form-urlencoded":
+                return jsonify(error="invalid_request", error_description="form encoding required"), 400
+            if form.get("grant_type") != "client_credentials" or form.get("client_assertion_type") != (
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            ):
+                return jsonify(error="unsupported_grant_type"), 400
+            problem = self._verify_assertion(form.get("client_assertion", ""))
+            if problem:
+                self.assertion_errors.append(problem)
+                return jsonify(error="invalid_client", error_description=problem), 401
+            scopes = set(form.get("scope", "").split())
+            if not scopes or not scopes <= {SCOPE_LINEITEM, SCOPE_SCORE}:
+                return jsonify(error="invalid_scope"), 400
+            access = secrets.token_urlsafe(24)
+            self.tokens[access] = (scopes, time.time() + self.token_lifetime)
+            return jsonify(
+                access_token=access, token_type="Bearer", expires_in=self.token_lifetime, scope=" ".join(sorted(scopes))
+            )
+
+        @app.get("/api/lti/courses/1/line_items")
+        def list_lineitems() -> Any:
+            scopes = self._bearer_scopes()
+            if scopes is None or SCOPE_LINEITEM not in scopes:
+                return jsonify(errors={"type": "unauthorized", "message": "Invalid access token"}), 401
+            if request.headers.get("Accept") != MEDIA_CONTAINER:
+                return jsonify(error="wrong Accept"), 406
+            if request.args.get("type_id") != "3":
+                return jsonify(error="No handler found"), 400
+            items = [
+                i
+                for i in self.lineitems.values()
+                if "resource_id" not in request.args or i["resourceId"] == request.args["resource_id"]
+            ]
+            page = int(request.args.get("page", "0"))
+            chunk = items[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
+            response = Response(json.dumps(chunk), content_type=MEDIA_CONTAINER)
+            if (page + 1) * PAGE_SIZE < len(items):
+                args = dict(request.args)
+                args["page"] = str(page + 1)
+                query = "&".join(f"{k}={v}" for k, v in args.items())
+                # Capitalised header and rel, as platforms are free to send them (RFC 8288).
+                response.headers["LINK"] = f'<{self.url}{request.path}?{query}>; REL="Next"'
+            return response
+
+        @app.post("/api/lti/courses/1/line_items")
+        def create_lineitem() -> Any:
+            scopes = self._bearer_scopes()
+            if scopes is None or SCOPE_LINEITEM not in scopes:
+                return jsonify(errors={"type": "unauthorized", "message": "Invalid access token"}), 401
+            if request.mimetype != MEDIA_LINEITEM:
+                return jsonify(error=f"Content-Type must be {MEDIA_LINEITEM}"), 415
+            body = request.get_json(force=True)
+            self.lineitem_posts.append(body)
+            if "id" in body:
+                return jsonify(error='Invalid parameter "body.id": "id" is not allowed'), 400
+            if (
+                not body.get("label")
+                or not isinstance(body.get("scoreMaximum"), int | float)
+                or (body["scoreMaximum"] <= 0)
+            ):
+                return jsonify(errors={"type": "bad_request", "message": "label and scoreMaximum required"}), 400
+            number = int(
+                self.add_lineitem(
+                    body.get("resourceId"), body["label"], body["scoreMaximum"], body.get("resourceLinkId")
+                )
+                .split("/line_items/")[1]
+                .split("/")[0]
+            )
+            item = dict(self.lineitems[number])
+            self.lineitems[number]["tag"] = body.get("tag", "")
+            return Response(json.dumps(item), status=201, content_type=MEDIA_LINEITEM)
+
+        @app.post("/api/lti/courses/1/line_items/<int:number>/lineitem/scores")
+        def post_score(number: int) -> Any:
+            scopes = self._bearer_scopes()
+            if scopes is None or SCOPE_SCORE not in scopes:
+                return jsonify(errors={"type": "unauthorized", "message": "Access token expired"}), 401
+            fault = self._take_fault()
+            if fault is not None:
+                return fault
+            if request.args.get("type_id") != "3":
+                return jsonify(error="No handler found"), 400
+            if request.content_type != MEDIA_SCORE:
+                return jsonify(error="Incorrect score received: content type"), 400
+            if number not in self.lineitems:
+                return jsonify(errors=[{"message": "The specified resource does not exist."}]), 404
+            body = request.get_json(force=True)
+            problems = [
+                name for name in ("userId", "timestamp", "activityProgress", "gradingProgress") if not body.get(name)
+            ]
+            if "scoreGiven" in body and "scoreMaximum" not in body:
+                problems.append("scoreMaximum")
+            if body.get("activityProgress") not in ACTIVITY or body.get("gradingProgress") not in GRADING:
+                problems.append("progress")
+            try:
+                stamp = datetime.fromisoformat(body["timestamp"])
+                if stamp.tzinfo is None or "." not in body["timestamp"]:
+                    problems.append("timestamp precision/offset")
+            except (KeyError, ValueError):
+                problems.append("timestamp")
+                stamp = None
+            if problems:
+                return jsonify(errors={"type": "bad_request", "message": f"invalid: {problems}"}), 400
+            with self.lock:
+                self.score_posts += 1
+                previous = self.scores.get((number, body["userId"]))
+                if previous and datetime.fromisoformat(previous["timestamp"]) > stamp:
+                    return jsonify(
+                        errors={
+                            "type": "bad_request",
+                            "message": f"Provided timestamp of {body['timestamp']} before last updated "
+                            f"timestamp of {previous['timestamp']}",
+                        }
+                    ), 400
+                self.scores[(number, body["userId"])] = body
+            return Response(
+                json.dumps({"resultUrl": f"{self.url}/results/{number}/{body['userId']}"}), content_type=MEDIA_SCORE
+            )
+
+        return app
