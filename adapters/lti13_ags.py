@@ -235,7 +235,8 @@ class Lti13AgsAdapter:
         scopes = self._granted(destination, [SCOPE_LINEITEM, SCOPE_SCORE])
         resource_link_id = destination.data.get("resource_link_id")
         query = {"resource_id": grade.assignment_id}
-        if resource_link_id and not self.settings.get("platform") == "schoology":
+        # Schoology refuses a resource_link_id filter it does not know (wire-formats §3.12 for its strict queries).
+        if resource_link_id and self.settings.get("platform") != "schoology":
             query["resource_link_id"] = str(resource_link_id)
         parts = urlsplit(str(container))
         url: str | None = urlunsplit(parts._replace(query="&".join(filter(None, [parts.query, urlencode(query)]))))

@@ -85,9 +85,8 @@ class GradeRequestSchema(StrictSchema):
                 errors["scoreMaximum"] = ["Required with scoreGiven."]
             elif not has_given:
                 errors["scoreGiven"] = ["Required with scoreMaximum."]
-        if not errors and has_given and has_maximum:
-            if not math.isfinite(data["scoreGiven"] / data["scoreMaximum"]):
-                errors["scoreMaximum"] = ["Too small for this scoreGiven: scoreGiven / scoreMaximum is not finite."]
+        if not errors and has_given and has_maximum and not math.isfinite(data["scoreGiven"] / data["scoreMaximum"]):
+            errors["scoreMaximum"] = ["Too small for this scoreGiven: scoreGiven / scoreMaximum is not finite."]
         if errors:
             raise ValidationError(errors)
 
