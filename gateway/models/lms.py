@@ -48,4 +48,4 @@ class Placement(Base):
     destination: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = created_column()
 
-    lms_connection: Mapped[LmsConnection] = relationship(lazy="joined")
+    lms_connection: Mapped[LmsConnection] = relationship(lazy="joined", innerjoin=True)

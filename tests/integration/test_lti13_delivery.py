@@ -1,0 +1,255 @@
+"""Grades delivered through LTI 1.3 AGS to a real (fake) platform on 127.0.0.1 that verifies everything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_SCORE, scores_url
+from gateway.models import CachedAccessToken, Delivery, Placement
+from gateway.services.directory import create_user, enroll, get_user, link_identity
+from gateway.services.lms import add_lms_connection, add_placement
+from gateway.worker import DeliveryWorker
+from tests.conftest import LiveServer
+from tests.factories import World
+from tests.fakes.ags_platform import AgsPlatform
+
+
+@dataclass
+class AgsSetup:
+    world: World
+    platform: AgsPlatform
+    connection_id: str
+    placement_id: str
+    subs: dict[str, str]
+
+
+@pytest.fixture
+def ags(world: World, live_server: LiveServer) -> Iterator[AgsSetup]:
+    with AgsPlatform("client-1", f"{live_server.url}/lti/jwks") as platform:
+        yield _register(world, platform)
+
+
+def _register(world: World, platform: AgsPlatform) -> AgsSetup:
+    with world.session() as session:
+        connection = add_lms_connection(
+            session,
+            world.app.extensions["passback_box"],
+            world.district_id,
+            "Canvas",
+            "lti13",
+            {
+                "platform": "generic",
+                "issuer": "https://canvas.example",
+                "client_id": "client-1",
+                "deployment_ids": ["1:abc"],
+                "auth_url": f"{platform.url}/auth",
+                "token_url": platform.token_url,
+                "jwks_url": f"{platform.url}/jwks",
+            },
+        )
+        subs = {}
+        for student in world.students:
+            user = get_user(session, world.district_id, student)
+            assert user is not None
+            subs[student] = f"sub-{student[:6]}"
+            link_identity(session, user, connection, subs[student])
+            enroll(session, connection, "canvas-course-7", user)
+        placement = add_placement(
+            session,
+            world.district_id,
+            connection.id,
+            world.app_id,
+            "quiz-1",
+            "canvas-course-7",
+            destination={
+                "lineitems": platform.lineitems_url,
+                "resource_link_id": "rl-1",
+                "scopes": [SCOPE_LINEITEM, SCOPE_SCORE],
+            },
+        )
+        ids = (connection.id, placement.id)
+    return AgsSetup(world, platform, ids[0], ids[1], subs)
+
+
+def _sandbox_off(world: World) -> None:
+    """These tests watch the AGS platform only: drop the sandbox placements so nothing else is delivered."""
+    with world.session() as session:
+        for placement in session.scalars(select(Placement).where(Placement.course_id == "course-101")):
+            session.delete(placement)
+
+
+def test_score_reaches_the_platform_through_a_created_line_item(ags: AgsSetup, worker: DeliveryWorker) -> None:
+    _sandbox_off(ags.world)
+    student = ags.world.students[0]
+    response = ags.world.post_grade(
+        {"assignmentID": "quiz-1", "userID": student, "scoreGiven": 7, "scoreMaximum": 10, "comment": "nice"}
+    )
+    assert response.status_code == 202
+    worker.run_until_idle()
+
+    assert ags.platform.assertion_errors == []
+    [created] = ags.platform.lineitem_posts
+    assert created == {
+        "scoreMaximum": 10.0,
+        "label": "Quiz 1",
+        "resourceId": "quiz-1",
+        "tag": "passback",
+        "resourceLinkId": "rl-1",
+    }
+    score = ags.platform.score_of(ags.subs[student])
+    assert score is not None
+    assert (score["scoreGiven"], score["scoreMaximum"], score["comment"]) == (7.0, 10.0, "nice")
+    assert score["timestamp"].endswith("+00:00")
+    status = ags.world.get(response.headers["Location"]).json()
+    assert status["status"] == "delivered"
+    # The line item found or created is remembered on the placement: the next grade does not look again.
+    with ags.world.session() as session:
+        placement = session.get(Placement, ags.placement_id)
+        assert placement is not None and placement.destination["lineitem"] == ags.platform.lineitem_url(1)
+
+
+def test_existing_line_item_is_found_across_pages_never_duplicated(ags: AgsSetup, worker: DeliveryWorker) -> None:
+    _sandbox_off(ags.world)
+    for other in ("a", "b", "c"):
+        ags.platform.add_lineitem(f"other-{other}")
+    existing = ags.platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-1")
+    for student in ags.world.students:
+        assert ags.world.post_grade({"assignmentID": "quiz-1", "userID": student, "percentage": 0.5}).status_code == 202
+    worker.run_until_idle()
+    assert ags.platform.lineitem_posts == []
+    number = int(existing.split("/line_items/")[1].split("/")[0])
+    assert {ags.platform.score_of(sub, number)["scoreGiven"] for sub in ags.subs.values()} == {5.0}
+
+
+def test_many_scores_share_one_access_token_across_workers(ags: AgsSetup, app: Flask) -> None:
+    _sandbox_off(ags.world)
+    with ags.world.session() as session:
+        students = []
+        connection_id = ags.connection_id
+        from gateway.models import LmsConnection
+
+        connection = session.get(LmsConnection, connection_id)
+        for index in range(40):
+            user = create_user(session, ags.world.district_id, name=f"S{index}")
+            link_identity(session, user, connection, f"sub-{index}")
+            enroll(session, connection, "canvas-course-7", user)
+            students.append(user.id)
+    for student in students:
+        response = ags.world.post_grade({"assignmentID": "quiz-1", "userID": student, "percentage": 0.9})
+        assert response.status_code == 202
+    workers = [
+        DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
+        for _ in range(2)
+    ]
+    while sum(w.run_once(limit=10) for w in workers):
+        pass
+    assert ags.platform.score_posts == 40
+    assert ags.platform.token_requests == 1, "one token, cached in the database, serves every worker"
+    with ags.world.session() as session:
+        assert session.scalar(select(func.count()).select_from(CachedAccessToken)) == 1
+
+
+def test_expired_token_is_refreshed_once_and_the_score_delivered(ags: AgsSetup, worker: DeliveryWorker) -> None:
+    _sandbox_off(ags.world)
+    ags.platform.tokens.clear()  # the platform forgets every token it issued
+    assert (
+        ags.world.post_grade({"assignmentID": "quiz-1", "userID": ags.world.students[0], "percentage": 1}).status_code
+        == 202
+    )
+    worker.run_until_idle()
+    first = ags.platform.token_requests
+    ags.platform.tokens.clear()
+    assert (
+        ags.world.post_grade({"assignmentID": "quiz-1", "userID": ags.world.students[1], "percentage": 1}).status_code
+        == 202
+    )
+    worker.run_until_idle()
+    assert ags.platform.token_requests == first + 1
+    assert ags.platform.score_of(ags.subs[ags.world.students[1]]) is not None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected", "retry_at_least"),
+    [
+        pytest.param(429, "{}", {"Retry-After": "120"}, "retrying", 110, id="429-retry-after"),
+        pytest.param(
+            403,
+            "403 Forbidden (Rate Limit Exceeded)\n",
+            {"X-Rate-Limit-Remaining": "0.0"},
+            "retrying",
+            0,
+            id="canvas-403-rate-limit",
+        ),
+        pytest.param(
+            422,
+            '{"errors":[{"message":"User not found in course or is not a student"}]}',
+            {},
+            "failed",
+            0,
+            id="canvas-422-user-not-found",
+        ),
+        pytest.param(404, "", {}, "failed", 0, id="404-empty-body"),
+        pytest.param(503, "busy", {}, "retrying", 0, id="503"),
+    ],
+)
+def test_platform_answers_are_classified(
+    ags: AgsSetup,
+    worker: DeliveryWorker,
+    status: int,
+    body: str,
+    headers: dict[str, str],
+    expected: str,
+    retry_at_least: float,
+) -> None:
+    from datetime import datetime
+
+    _sandbox_off(ags.world)
+    ags.platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-1")
+    ags.platform.fail_next(status, body, headers, content_type="text/plain" if status == 403 else "application/json")
+    response = ags.world.post_grade({"assignmentID": "quiz-1", "userID": ags.world.students[0], "percentage": 1})
+    worker.run_once()
+    [delivery] = ags.world.get(response.headers["Location"]).json()["deliveries"]
+    assert delivery["status"] == expected, delivery
+    assert delivery["lmsStatus"] == status
+    if "User not found" in body:
+        assert "User not found in course" in delivery["lastError"]
+    if retry_at_least:
+        next_at = datetime.fromisoformat(delivery["nextAttemptAt"].replace("Z", "+00:00"))
+        assert (next_at - datetime.fromisoformat(delivery["updatedAt"].replace("Z", "+00:00"))).total_seconds() >= (
+            retry_at_least
+        )
+
+
+def test_scores_url_keeps_the_query_after_the_path() -> None:
+    assert scores_url("https://moodle.example/mod/lti/services.php/2/lineitems/8/lineitem?type_id=3") == (
+        "https://moodle.example/mod/lti/services.php/2/lineitems/8/lineitem/scores?type_id=3"
+    )
+    assert scores_url("https://canvas.example/api/lti/courses/1/line_items/2/") == (
+        "https://canvas.example/api/lti/courses/1/line_items/2/scores"
+    )
+
+
+def test_wrong_assertion_audience_is_a_permanent_config_failure(ags: AgsSetup, worker: DeliveryWorker) -> None:
+    _sandbox_off(ags.world)
+    box = ags.world.app.extensions["passback_box"]
+    with ags.world.session() as session:
+        from gateway.models import LmsConnection
+        from gateway.services.lms import connection_settings
+
+        connection = session.get(LmsConnection, ags.connection_id)
+        settings = connection_settings(box, connection)
+        settings["token_audience"] = "https://somewhere-else.example/token"
+        connection.settings_encrypted = box.encrypt_json(settings)
+    response = ags.world.post_grade({"assignmentID": "quiz-1", "userID": ags.world.students[0], "percentage": 1})
+    worker.run_once()
+    [delivery] = ags.world.get(response.headers["Location"]).json()["deliveries"]
+    assert delivery["status"] == "failed"
+    assert "the 'aud' is invalid" in delivery["lastError"]
+    assert ags.platform.assertion_errors == ["the 'aud' is invalid"]
+    with ags.world.session() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "delivered")) == 0
