@@ -9,9 +9,11 @@ from gateway.api import api
 from gateway.api.common import current_principal, json_object, load
 from gateway.extensions import db
 from gateway.services import idempotency
-from gateway.services.grades import accept_grade, get_grade, grade_views, list_grades
+from gateway.services.grades import accept_grade, accepted_view, get_grade, grade_views, list_grades
 from schemas.grades import GradeListQuerySchema, GradeListResponseSchema, GradeRequestSchema, GradeResponseSchema
 
+# Built once: marshmallow schemas keep no per-call state, and building one per request shows in the bench.
+grade_request = GradeRequestSchema()
 grade_response = GradeResponseSchema()
 
 
@@ -32,9 +34,9 @@ def post_grade() -> Response:
         if replay is not None:
             session.commit()
             return _respond(replay.body, replay.status, replay.location, replayed=True)
-    data = load(GradeRequestSchema(), body)
+    data = load(grade_request, body)
     accepted = accept_grade(session, principal, data)
-    payload = grade_response.dump(grade_views(session, [accepted.grade])[0])
+    payload = grade_response.dump(accepted_view(session, accepted))
     location = url_for("api.get_grade_status", grade_id=accepted.grade.id)
     if key is not None:
         idempotency.remember(session, principal, key, request_fingerprint, 202, payload, location)

@@ -42,8 +42,6 @@ class Grade(Base):
     created_at: Mapped[datetime] = created_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    assignment = relationship("Assignment", lazy="joined", innerjoin=True)
-
 
 class GradeRevision(Base):
     """Every accepted version of a grade, oldest first; deliveries point at the revision they carry."""
@@ -67,6 +65,9 @@ class GradeRevision(Base):
     timestamp: Mapped[datetime] = mapped_column()
     token_id: Mapped[str | None] = mapped_column(String(24), default=None)
     received_at: Mapped[datetime] = created_column()
+
+    # Declared so that one flush orders the inserts (grade, then revision, then deliveries); never loaded.
+    grade: Mapped[Grade] = relationship(lazy="raise")
 
 
 class DeliveryStatus(StrEnum):
@@ -98,6 +99,7 @@ class Delivery(Base):
     __table_args__ = (
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_grade", "grade_id", "placement_id"),
+        Index("ix_deliveries_revision", "revision_id"),
         Index("ix_deliveries_district_status", "district_id", "status"),
     )
 
@@ -122,6 +124,10 @@ class Delivery(Base):
     created_at: Mapped[datetime] = created_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    # Declared so that one flush orders the inserts (grade, then revision, then deliveries); never loaded.
+    grade: Mapped[Grade] = relationship(lazy="raise")
+    revision: Mapped[GradeRevision] = relationship(lazy="raise")
 
 
 class IdempotencyRecord(Base):

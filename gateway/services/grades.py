@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,12 +24,13 @@ from gateway.models import (
     LmsConnection,
     Placement,
     TokenKind,
+    User,
+    new_id,
     utcnow,
 )
 from gateway.services.auth import Principal
-from gateway.services.directory import get_user
 from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound
-from gateway.services.routing import route_revision
+from gateway.services.routing import Route, route_revision
 
 # A grade stamped in the future would make every later grade "older" (409) until that time comes.
 MAX_FUTURE_SKEW = timedelta(minutes=5)
@@ -66,9 +67,10 @@ def normalize(data: Mapping[str, Any], assignment: Assignment) -> Normalized:
 @dataclass
 class AcceptedGrade:
     grade: Grade
+    assignment_external_id: str
     # False when an identical grade was already stored: nothing changed, no delivery was added.
     changed: bool
-    deliveries: list[Delivery] = field(default_factory=list)
+    deliveries: list[tuple[Delivery, Route | None]] = field(default_factory=list)
 
 
 def _to_naive_utc(value: datetime) -> datetime:
@@ -85,7 +87,8 @@ def accept_grade(
     """Validate a grade against the caller and the catalog, store it and its outbox rows in this transaction.
 
     `data` is a GradeRequestSchema load. Raises InvalidInput, Forbidden, NotFound or Conflict (older timestamp);
-    the caller commits.
+    the caller commits. This is the hot path of the API: it reads with plain column queries and lets one flush
+    at commit write the grade, its revision and its deliveries.
     """
     principal.require_scope("grades:write")
     now = now or utcnow()
@@ -105,54 +108,55 @@ def accept_grade(
             )
         user_id = principal.user_id
     assert user_id is not None
-    if get_user(session, principal.district_id, user_id) is None:
+    external_id = data["assignmentID"]
+    known_user, assignment_id, score_maximum = _user_and_assignment(session, principal, user_id, external_id)
+    if known_user is None:
         raise NotFound(
             f"no user {user_id!r} in this district",
             fields={"userID": ["No such user in this district."]},
             code="user_not_found",
         )
-    assignment = find_assignment(session, principal.app_id, data["assignmentID"])
-    if assignment is None:
+    if assignment_id is None:
         raise NotFound(
-            f"no assignment {data['assignmentID']!r} in this app's catalog",
+            f"no assignment {external_id!r} in this app's catalog",
             fields={"assignmentID": ["No such assignment in this app's catalog."]},
             code="assignment_not_found",
         )
-    timestamp = _to_naive_utc(data["timestamp"]) if data.get("timestamp") else now
-    if timestamp > now + MAX_FUTURE_SKEW:
+    given_timestamp = _to_naive_utc(data["timestamp"]) if data.get("timestamp") else None
+    if given_timestamp is not None and given_timestamp > now + MAX_FUTURE_SKEW:
         raise InvalidInput(
             "timestamp is in the future",
             fields={"timestamp": ["Must not be more than 5 minutes in the future."]},
         )
-    values = _grade_values(data, normalize(data, assignment), timestamp)
+    normalized = normalize(data, Assignment(score_maximum=score_maximum))
 
-    grade = _locked_grade(session, principal, assignment.id, user_id)
+    grade = _locked_grade(session, principal, assignment_id, user_id)
     if grade is None:
-        try:
-            with session.begin_nested():
-                grade = Grade(
-                    district_id=principal.district_id,
-                    app_id=principal.app_id,
-                    assignment_id=assignment.id,
-                    user_id=user_id,
-                    revision=1,
-                    created_at=now,
-                    updated_at=now,
-                    **values,
-                )
-                session.add(grade)
-                session.flush()
-        except IntegrityError:
-            # Another request created the same grade between our read and insert: continue as an update.
-            grade = _locked_grade(session, principal, assignment.id, user_id)
-            assert grade is not None
-        else:
-            revision = _add_revision(session, grade, principal, now)
-            return AcceptedGrade(grade, True, route_revision(session, grade, revision))
+        grade = Grade(
+            id=new_id(),
+            district_id=principal.district_id,
+            app_id=principal.app_id,
+            assignment_id=assignment_id,
+            user_id=user_id,
+            revision=1,
+            created_at=now,
+            updated_at=now,
+            **_grade_values(data, normalized, given_timestamp or now),
+        )
+        if _inserted(session, grade):
+            revision_id = _add_revision(session, grade, principal, now)
+            return AcceptedGrade(
+                grade, external_id, True, route_revision(session, grade, revision_id, first_revision=True)
+            )
+        # Another request created the same grade between our read and insert: continue as an update.
+        grade = _locked_grade(session, principal, assignment_id, user_id)
+        assert grade is not None
 
+    # The default timestamp is taken only now, under the row lock: two posts without one cannot conflict.
+    values = _grade_values(data, normalized, given_timestamp or utcnow())
     if all(getattr(grade, k) == v for k, v in values.items() if k != "timestamp"):
-        return AcceptedGrade(grade, False)
-    if timestamp <= grade.timestamp:
+        return AcceptedGrade(grade, external_id, False)
+    if values["timestamp"] <= grade.timestamp:
         raise Conflict(
             "a grade with a later or equal timestamp is already stored",
             fields={
@@ -164,8 +168,62 @@ def accept_grade(
         setattr(grade, key, value)
     grade.revision += 1
     grade.updated_at = now
-    revision = _add_revision(session, grade, principal, now)
-    return AcceptedGrade(grade, True, route_revision(session, grade, revision))
+    revision_id = _add_revision(session, grade, principal, now)
+    return AcceptedGrade(grade, external_id, True, route_revision(session, grade, revision_id))
+
+
+# The hot path's statements, built once with bind parameters (building them per request showed in the bench).
+_ASSIGNMENT = select(Assignment.id, Assignment.score_maximum).where(
+    Assignment.app_id == bindparam("app_id"), Assignment.external_id == bindparam("external_id")
+)
+_USER_AND_ASSIGNMENT = select(
+    select(User.id)
+    .where(User.id == bindparam("user_id"), User.district_id == bindparam("district_id"))
+    .scalar_subquery(),
+    _ASSIGNMENT.with_only_columns(Assignment.id).scalar_subquery(),
+    _ASSIGNMENT.with_only_columns(Assignment.score_maximum).scalar_subquery(),
+)
+_LOCKED_GRADE = (
+    select(Grade)
+    .where(
+        Grade.district_id == bindparam("district_id"),
+        Grade.app_id == bindparam("app_id"),
+        Grade.assignment_id == bindparam("assignment_id"),
+        Grade.user_id == bindparam("user_id"),
+    )
+    .with_for_update(of=Grade)
+)
+
+
+def _user_and_assignment(
+    session: Session, principal: Principal, user_id: str, external_id: str
+) -> tuple[str | None, str | None, float | None]:
+    """Whether the user is in the district, and the assignment's id and maximum, in one round trip."""
+    row = session.execute(
+        _USER_AND_ASSIGNMENT,
+        {
+            "user_id": user_id,
+            "district_id": principal.district_id,
+            "app_id": principal.app_id,
+            "external_id": external_id,
+        },
+    ).one()
+    return row[0], row[1], row[2]
+
+
+def _inserted(session: Session, grade: Grade) -> bool:
+    """Insert a new grade; False if a concurrent request inserted the same one first."""
+    if session.get_bind().dialect.name == "sqlite":
+        # BEGIN IMMEDIATE already serialises writers on SQLite: no other insert can slip in, no savepoint needed.
+        session.add(grade)
+        return True
+    try:
+        with session.begin_nested():
+            session.add(grade)
+            session.flush()
+    except IntegrityError:
+        return False
+    return True
 
 
 def _grade_values(data: Mapping[str, Any], normalized: Normalized, timestamp: datetime) -> dict[str, Any]:
@@ -185,19 +243,19 @@ def _grade_values(data: Mapping[str, Any], normalized: Normalized, timestamp: da
 
 def _locked_grade(session: Session, principal: Principal, assignment_id: str, user_id: str) -> Grade | None:
     return session.scalar(
-        select(Grade)
-        .where(
-            Grade.district_id == principal.district_id,
-            Grade.app_id == principal.app_id,
-            Grade.assignment_id == assignment_id,
-            Grade.user_id == user_id,
-        )
-        .with_for_update(of=Grade)
+        _LOCKED_GRADE,
+        {
+            "district_id": principal.district_id,
+            "app_id": principal.app_id,
+            "assignment_id": assignment_id,
+            "user_id": user_id,
+        },
     )
 
 
-def _add_revision(session: Session, grade: Grade, principal: Principal, now: datetime) -> GradeRevision:
+def _add_revision(session: Session, grade: Grade, principal: Principal, now: datetime) -> str:
     revision = GradeRevision(
+        id=new_id(),
         district_id=grade.district_id,
         grade_id=grade.id,
         revision=grade.revision,
@@ -215,8 +273,7 @@ def _add_revision(session: Session, grade: Grade, principal: Principal, now: dat
         received_at=now,
     )
     session.add(revision)
-    session.flush()
-    return revision
+    return revision.id
 
 
 # --- reading -------------------------------------------------------------------------------------------
@@ -294,65 +351,87 @@ def list_grades(session: Session, principal: Principal, query: Mapping[str, Any]
     return GradePage(rows[:limit], next_cursor)
 
 
+def _delivery_view(delivery: Delivery, route: Route | None) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "status": delivery.status,
+        "lms_connection_name": route.connection_name if route else None,
+        "adapter": route.adapter if route else None,
+        "placement": {"id": route.placement_id, "course_id": route.course_id, "section_id": route.section_id}
+        if route
+        else None,
+        "attempts": delivery.attempts,
+        "next_attempt_at": delivery.next_attempt_at
+        if delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
+        else None,
+        "last_error": delivery.last_error,
+        "lms_status": delivery.lms_status,
+        "lms_response": delivery.lms_response,
+        "delivered_at": delivery.delivered_at,
+        "updated_at": delivery.updated_at,
+    }
+
+
+def grade_view(grade: Grade, assignment_external_id: str, deliveries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One grade shaped for GradeResponseSchema, with the deliveries of its current revision."""
+    deliveries = [d for d in deliveries if d["status"] != DeliveryStatus.SUPERSEDED]
+    statuses = {d["status"] for d in deliveries}
+    return {
+        "id": grade.id,
+        "assignment_external_id": assignment_external_id,
+        "user_id": grade.user_id,
+        "percentage": grade.percentage,
+        "input_score_given": grade.score_given if grade.input_form == "score" else None,
+        "input_score_maximum": grade.score_maximum if grade.input_form == "score" else None,
+        "normalized": grade,
+        "comment": grade.comment,
+        "context": grade.context,
+        "timestamp": grade.timestamp,
+        "activity_progress": grade.activity_progress,
+        "grading_progress": grade.grading_progress,
+        "revision": grade.revision,
+        "created_at": grade.created_at,
+        "updated_at": grade.updated_at,
+        "status": next((s.value for s in STATUS_ORDER if s in statuses), "pending"),
+        "deliveries": deliveries,
+    }
+
+
+def accepted_view(session: Session, accepted: AcceptedGrade) -> dict[str, Any]:
+    """The answer to POST /v1/grade, from the rows just written (no read back) unless nothing changed."""
+    if not accepted.changed:
+        return grade_views(session, [accepted.grade])[0]
+    deliveries = [_delivery_view(delivery, route) for delivery, route in accepted.deliveries]
+    return grade_view(accepted.grade, accepted.assignment_external_id, deliveries)
+
+
 def grade_views(session: Session, grades: Sequence[Grade]) -> list[dict[str, Any]]:
-    """Grades with their current revision's deliveries, shaped for GradeResponseSchema (one query each)."""
+    """Grades with their current revision's deliveries, shaped for GradeResponseSchema (two queries)."""
     if not grades:
         return []
     rows = session.execute(
-        select(Delivery, GradeRevision.grade_id, GradeRevision.revision, Placement, LmsConnection)
+        select(
+            Delivery,
+            Placement.id,
+            Placement.lms_connection_id,
+            Placement.course_id,
+            Placement.section_id,
+            LmsConnection.name,
+            LmsConnection.adapter,
+        )
         .join(GradeRevision, GradeRevision.id == Delivery.revision_id)
+        .join(Grade, (Grade.id == GradeRevision.grade_id) & (Grade.revision == GradeRevision.revision))
         .outerjoin(Placement, Placement.id == Delivery.placement_id)
         .outerjoin(LmsConnection, LmsConnection.id == Delivery.lms_connection_id)
         .where(Delivery.grade_id.in_([g.id for g in grades]))
         .order_by(Delivery.created_at, Delivery.id)
     ).all()
-    current_revision = {g.id: g.revision for g in grades}
+    external_ids = dict(
+        session.execute(
+            select(Assignment.id, Assignment.external_id).where(Assignment.id.in_({g.assignment_id for g in grades}))
+        ).all()
+    )
     by_grade: dict[str, list[dict[str, Any]]] = {g.id: [] for g in grades}
-    for delivery, grade_id, revision, placement, connection in rows:
-        if revision != current_revision[grade_id]:
-            continue
-        by_grade[grade_id].append(
-            {
-                "id": delivery.id,
-                "status": delivery.status,
-                "lms_connection_name": connection.name if connection else None,
-                "adapter": connection.adapter if connection else None,
-                "placement": placement,
-                "attempts": delivery.attempts,
-                "next_attempt_at": delivery.next_attempt_at
-                if delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
-                else None,
-                "last_error": delivery.last_error,
-                "lms_status": delivery.lms_status,
-                "lms_response": delivery.lms_response,
-                "delivered_at": delivery.delivered_at,
-                "updated_at": delivery.updated_at,
-            }
-        )
-    views = []
-    for grade in grades:
-        deliveries = [d for d in by_grade[grade.id] if d["status"] != DeliveryStatus.SUPERSEDED]
-        statuses = {d["status"] for d in deliveries}
-        overall = next((s.value for s in STATUS_ORDER if s in statuses), "pending")
-        views.append(
-            {
-                "id": grade.id,
-                "assignment_external_id": grade.assignment.external_id,
-                "user_id": grade.user_id,
-                "percentage": grade.percentage,
-                "input_score_given": grade.score_given if grade.input_form == "score" else None,
-                "input_score_maximum": grade.score_maximum if grade.input_form == "score" else None,
-                "normalized": grade,
-                "comment": grade.comment,
-                "context": grade.context,
-                "timestamp": grade.timestamp,
-                "activity_progress": grade.activity_progress,
-                "grading_progress": grade.grading_progress,
-                "revision": grade.revision,
-                "created_at": grade.created_at,
-                "updated_at": grade.updated_at,
-                "status": overall,
-                "deliveries": deliveries,
-            }
-        )
-    return views
+    for delivery, *route in rows:
+        by_grade[delivery.grade_id].append(_delivery_view(delivery, Route(*route) if route[0] is not None else None))
+    return [grade_view(g, external_ids[g.assignment_id], by_grade[g.id]) for g in grades]

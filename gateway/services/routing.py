@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import exists, select
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.orm import Session
 
 from gateway.models import (
@@ -12,28 +15,66 @@ from gateway.models import (
     Enrollment,
     Grade,
     GradeRevision,
+    LmsConnection,
     Placement,
+    new_id,
     utcnow,
 )
 
 
-def destinations_for(session: Session, grade: Grade) -> list[Placement]:
-    """Placements of the grade's assignment in courses where the user is enrolled, in this district."""
-    return list(
-        session.scalars(
-            select(Placement)
-            .where(
-                Placement.district_id == grade.district_id,
-                Placement.assignment_id == grade.assignment_id,
-                exists().where(
-                    Enrollment.lms_connection_id == Placement.lms_connection_id,
-                    Enrollment.course_id == Placement.course_id,
-                    Enrollment.user_id == grade.user_id,
-                ),
-            )
-            .order_by(Placement.created_at, Placement.id)
-        )
+@dataclass(frozen=True)
+class Route:
+    """One destination of a grade: a placement and its connection, as the status views show it."""
+
+    placement_id: str
+    lms_connection_id: str
+    course_id: str
+    section_id: str | None
+    connection_name: str
+    adapter: str
+
+
+_DESTINATIONS = (
+    select(
+        Placement.id,
+        Placement.lms_connection_id,
+        Placement.course_id,
+        Placement.section_id,
+        LmsConnection.name,
+        LmsConnection.adapter,
     )
+    .join(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
+    .where(
+        Placement.district_id == bindparam("district_id"),
+        Placement.assignment_id == bindparam("assignment_id"),
+        exists().where(
+            Enrollment.lms_connection_id == Placement.lms_connection_id,
+            Enrollment.course_id == Placement.course_id,
+            Enrollment.user_id == bindparam("user_id"),
+        ),
+    )
+    .order_by(Placement.created_at, Placement.id)
+)
+_SUPERSEDE = (
+    update(Delivery)
+    .where(Delivery.grade_id == bindparam("of_grade_id"), Delivery.status.in_(SUPERSEDABLE))
+    .values(
+        status=DeliveryStatus.SUPERSEDED,
+        superseded_by=bindparam("new_revision_id"),
+        next_attempt_at=None,
+        updated_at=bindparam("superseded_at"),
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
+def destinations_for(session: Session, grade: Grade) -> list[Route]:
+    """Placements of the grade's assignment in courses where the user is enrolled, in this district."""
+    params = {"district_id": grade.district_id, "assignment_id": grade.assignment_id, "user_id": grade.user_id}
+    # The pending grade and revision need not be flushed for this read: one flush at commit writes everything.
+    with session.no_autoflush:
+        rows = session.execute(_DESTINATIONS, params).all()
+    return [Route(*row) for row in rows]
 
 
 def _unroutable_reason(session: Session, grade: Grade) -> str:
@@ -47,50 +88,48 @@ def _unroutable_reason(session: Session, grade: Grade) -> str:
     return "the student is not enrolled in any LMS course where this assignment is placed"
 
 
-def route_revision(session: Session, grade: Grade, revision: GradeRevision) -> list[Delivery]:
-    """Write the outbox rows for a new revision, superseding undelivered rows of older revisions."""
+def route_revision(
+    session: Session, grade: Grade, revision_id: str, *, first_revision: bool = False
+) -> list[tuple[Delivery, Route | None]]:
+    """Write the outbox rows for a new revision, superseding undelivered rows of older revisions.
+
+    Returns each new delivery with its route (None for the `unroutable` placeholder).
+    """
     now = utcnow()
-    older = session.scalars(
-        select(Delivery).where(
-            Delivery.grade_id == grade.id,
-            Delivery.revision_id != revision.id,
-            Delivery.status.in_(SUPERSEDABLE),
+    if not first_revision:
+        session.execute(_SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now})
+    routes = destinations_for(session, grade)
+    created: list[tuple[Delivery, Route | None]] = []
+    if not routes:
+        placeholder = Delivery(
+            id=new_id(),
+            district_id=grade.district_id,
+            grade_id=grade.id,
+            revision_id=revision_id,
+            status=DeliveryStatus.UNROUTABLE,
+            attempts=0,
+            next_attempt_at=None,
+            last_error=_unroutable_reason(session, grade),
+            created_at=now,
+            updated_at=now,
         )
-    ).all()
-    for delivery in older:
-        delivery.status = DeliveryStatus.SUPERSEDED
-        delivery.superseded_by = revision.id
-        delivery.next_attempt_at = None
-        delivery.updated_at = now
-    placements = destinations_for(session, grade)
-    created: list[Delivery] = []
-    if not placements:
-        created.append(
-            Delivery(
-                district_id=grade.district_id,
-                grade_id=grade.id,
-                revision_id=revision.id,
-                status=DeliveryStatus.UNROUTABLE,
-                next_attempt_at=None,
-                last_error=_unroutable_reason(session, grade),
-                created_at=now,
-                updated_at=now,
-            )
-        )
-    for placement in placements:
-        created.append(_pending_delivery(grade, revision.id, placement, now))
-    session.add_all(created)
+        created.append((placeholder, None))
+    for route in routes:
+        created.append((_pending_delivery(grade, revision_id, route, now), route))
+    session.add_all(delivery for delivery, _ in created)
     return created
 
 
-def _pending_delivery(grade: Grade, revision_id: str, placement: Placement, now: object) -> Delivery:
+def _pending_delivery(grade: Grade, revision_id: str, route: Route, now: datetime) -> Delivery:
     return Delivery(
+        id=new_id(),
         district_id=grade.district_id,
         grade_id=grade.id,
         revision_id=revision_id,
-        placement_id=placement.id,
-        lms_connection_id=placement.lms_connection_id,
+        placement_id=route.placement_id,
+        lms_connection_id=route.lms_connection_id,
         status=DeliveryStatus.PENDING,
+        attempts=0,
         next_attempt_at=now,
         created_at=now,
         updated_at=now,
@@ -120,7 +159,7 @@ def route_waiting_grades(
             continue
         current = session.scalars(select(Delivery).where(Delivery.revision_id == revision_id)).all()
         reached = {d.placement_id for d in current if d.placement_id is not None}
-        new = [p for p in destinations_for(session, grade) if p.id not in reached]
+        new = [r for r in destinations_for(session, grade) if r.placement_id not in reached]
         if not new:
             continue
         for delivery in current:

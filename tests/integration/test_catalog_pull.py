@@ -51,7 +51,9 @@ def test_pull_sends_a_read_only_token_the_app_can_check(world: World) -> None:
         assert me["data"]["scopes"] == ["me:read"]
 
     # The pulled assignment can now receive grades.
-    assert world.post_grade({"assignmentID": "pulled-1", "userID": world.students[0], "percentage": 1}).status_code == 202
+    assert (
+        world.post_grade({"assignmentID": "pulled-1", "userID": world.students[0], "percentage": 1}).status_code == 202
+    )
     # The pull token expires quickly and cannot post grades.
     with world.session() as session:
         pull_token = session.query(ApiToken).filter(ApiToken.label == "catalog pull").one()

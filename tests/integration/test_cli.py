@@ -64,15 +64,37 @@ def test_operator_sets_up_a_district_from_the_cli(
     assert put.status_code == 201, put.text
 
     lms = gateway_cli(
-        "lms", "add", "--district", district["id"], "--name", "Sandbox", "--adapter", "sandbox",
-        "--setting", f"base_url={live_server.url}/sandbox-lms/pending",
-        "--setting", "secret=0123456789abcdef0123",
+        "lms",
+        "add",
+        "--district",
+        district["id"],
+        "--name",
+        "Sandbox",
+        "--adapter",
+        "sandbox",
+        "--setting",
+        f"base_url={live_server.url}/sandbox-lms/pending",
+        "--setting",
+        "secret=0123456789abcdef0123",
     )
     student = gateway_cli("user", "add", "--district", district["id"], "--name", "Ada")
-    gateway_cli("user", "enroll", "--district", district["id"], "--lms", "Sandbox", "--course", "c1",
-                "--user", student["id"])
-    gateway_cli("placement", "add", "--district", district["id"], "--lms", lms["id"], "--app", partner["client_id"],
-                "--assignment", "quiz-1", "--course", "c1")
+    gateway_cli(
+        "user", "enroll", "--district", district["id"], "--lms", "Sandbox", "--course", "c1", "--user", student["id"]
+    )
+    gateway_cli(
+        "placement",
+        "add",
+        "--district",
+        district["id"],
+        "--lms",
+        lms["id"],
+        "--app",
+        partner["client_id"],
+        "--assignment",
+        "quiz-1",
+        "--course",
+        "c1",
+    )
 
     posted = requests.post(
         f"{live_server.url}/v1/grade",
@@ -100,8 +122,20 @@ def test_cli_errors_are_messages_not_tracebacks(gateway_cli: Any) -> None:
 
 def test_lms_secrets_are_encrypted_at_rest(gateway_cli: Any, app: Flask) -> None:
     district = gateway_cli("district", "create", "D")
-    gateway_cli("lms", "add", "--district", district["id"], "--name", "S", "--adapter", "sandbox",
-                "--setting", "base_url=http://127.0.0.1:1/x", "--setting", "secret=super-secret-value-123")
+    gateway_cli(
+        "lms",
+        "add",
+        "--district",
+        district["id"],
+        "--name",
+        "S",
+        "--adapter",
+        "sandbox",
+        "--setting",
+        "base_url=http://127.0.0.1:1/x",
+        "--setting",
+        "secret=super-secret-value-123",
+    )
     engine = app.extensions["passback_db"].engine
     with engine.connect() as conn:
         stored = conn.exec_driver_sql("SELECT settings_encrypted FROM lms_connections").scalar_one()
@@ -124,7 +158,11 @@ def test_gateway_run_seeds_the_sandbox_and_its_curl_line_delivers(tmp_path: Path
     env.update({"GATEWAY_INSTANCE_DIR": str(tmp_path / "instance"), "PYTHONUNBUFFERED": "1"})
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "run", "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:

@@ -1,0 +1,218 @@
+"""Leases: a worker that dies between claim and result does not lose the grade (README "Delivery", Leases).
+
+The main test runs `gateway worker` as a real process, lets it claim a delivery and send it to a fake LMS that
+holds the request, kills the process with SIGKILL, and shows the delivery waits out the lease and is then
+delivered exactly once by another worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from gateway.models import Delivery, LmsConnection, utcnow
+from gateway.services.deliveries import retry_delivery
+from gateway.worker import DeliveryWorker
+from tests.conftest import TEST_ENCRYPTION_KEY, make_settings
+from tests.factories import COURSE, World
+from tests.fakes.scripted_lms import Close, Hang, ScriptedLms
+
+pytestmark = pytest.mark.slow
+
+LEASE_SECONDS = 3.0
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    return {"lease_seconds": LEASE_SECONDS}
+
+
+@pytest.fixture
+def lms(world: World) -> Iterator[ScriptedLms]:
+    with ScriptedLms(world.sandbox_secret) as fake:
+        box = world.app.extensions["passback_box"]
+        with world.session() as session:
+            connection = session.get(LmsConnection, world.connection_id)
+            assert connection is not None
+            connection.settings_encrypted = box.encrypt_json(
+                {"base_url": fake.base_url, "secret": world.sandbox_secret}
+            )
+        yield fake
+        assert fake.problems == [], "the gateway broke the LMS protocol"
+
+
+def post(world: World, percentage: float) -> str:
+    response = world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": percentage})
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def delivery_of(world: World, grade_id: str) -> Delivery:
+    with world.session() as session:
+        [delivery] = session.scalars(select(Delivery).where(Delivery.grade_id == grade_id)).all()
+        return delivery
+
+
+def worker_command() -> list[str]:
+    console_script = Path(sys.executable).parent / "gateway"
+    if console_script.exists():
+        return [str(console_script), "worker"]
+    return [sys.executable, "-m", "gateway.cli", "worker"]
+
+
+def worker_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "GATEWAY_DATABASE_URL": database_url,
+            "GATEWAY_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
+            "GATEWAY_SECRET_KEY": "test-secret-key",
+            "GATEWAY_LEASE_SECONDS": str(LEASE_SECONDS),
+            "GATEWAY_WORKER_POLL_SECONDS": "0.1",
+            "GATEWAY_EMBEDDED_WORKER": "false",
+            "GATEWAY_HTTP_READ_TIMEOUT": "30",
+            "GATEWAY_INSTANCE_DIR": str(tmp_path / "instance"),
+        }
+    )
+    return env
+
+
+def test_worker_killed_between_claim_and_result_delivers_once_after_the_lease(
+    world: World, lms: ScriptedLms, worker: DeliveryWorker, database_url: str, tmp_path: Path
+) -> None:
+    # The first write is held by the LMS; when released, the LMS drops it without storing anything.
+    [hang] = lms.script(Hang(then=Close()))
+    assert isinstance(hang, Hang)
+    grade_id = post(world, 0.8)
+
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            worker_command(), env=worker_env(database_url, tmp_path), stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        arrived = hang.arrived.wait(15)
+        assert arrived, "the worker process never reached the LMS:\n" + log_path.read_text()
+
+        # Claimed and in flight: the row is `delivering` under the worker's lease.
+        claimed = delivery_of(world, grade_id)
+        assert (claimed.status, claimed.attempts) == ("delivering", 1)
+        assert claimed.lease_expires_at is not None and claimed.claim_token is not None
+
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(10) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+    lease_expires_at = claimed.lease_expires_at
+    # Still well within the lease (the test's own precondition: the checks below must run before it ends).
+    assert utcnow() < lease_expires_at - timedelta(seconds=0.5)
+    dead = delivery_of(world, grade_id)
+    assert (dead.status, dead.attempts, dead.claim_token) == ("delivering", 1, claimed.claim_token)
+    # Another worker looking now finds nothing to do: the dead worker's lease still holds the row.
+    assert worker.run_once() == 0
+    assert delivery_of(world, grade_id).status == "delivering"
+    assert lms.gradebook == {}
+    assert world.get(f"/v1/grades/{grade_id}").json()["status"] == "delivering"
+
+    hang.release()  # the LMS finally gives up on the dead connection
+
+    deadline = time.monotonic() + LEASE_SECONDS + 5
+    claims: list[Any] = []
+    while time.monotonic() < deadline and not claims:
+        claims = worker.claim()
+        claim_returned_at = utcnow()
+        if not claims:
+            time.sleep(0.05)
+    assert claims, "the delivery was never claimed again after the lease expired"
+    # The reclaim ended after the lease ran out, so it could not have happened before.
+    assert claim_returned_at >= lease_expires_at
+    assert worker.deliver_claimed(claims[0]) == "delivered"
+
+    delivered = delivery_of(world, grade_id)
+    assert (delivered.status, delivered.attempts) == ("delivered", 2)
+    assert delivered.claim_token is None and delivered.lease_expires_at is None
+    assert worker.run_once() == 0
+    # The LMS saw two requests (the dropped one and the retry) and stored the grade once.
+    assert len(lms.score_writes()) == 2
+    [entry] = lms.gradebook.values()
+    assert (entry.key, entry.score_given, entry.score_maximum, entry.writes) == (
+        (COURSE, "quiz-1", world.students[0]),
+        8.0,
+        10.0,
+        1,
+    )
+    status = world.get(f"/v1/grades/{grade_id}").json()
+    assert status["status"] == "delivered"
+    assert status["deliveries"][0]["attempts"] == 2
+
+
+def test_late_result_of_a_worker_whose_lease_expired_is_ignored(
+    world: World, lms: ScriptedLms, database_url: str
+) -> None:
+    """A slow (not dead) worker finishes after its lease expired and another worker delivered: its result is
+    dropped, it does not overwrite the row."""
+    db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
+    slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=0.3))
+    other = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=30))
+    [hang] = lms.script(Hang())
+    assert isinstance(hang, Hang)
+    grade_id = post(world, 0.6)
+
+    results: list[str | None] = []
+    [claim] = slow.claim()
+    thread = threading.Thread(target=lambda: results.append(slow.deliver_claimed(claim)), daemon=True)
+    thread.start()
+    assert hang.arrived.wait(5)
+    time.sleep(0.4)  # past the slow worker's lease
+
+    assert other.run_once() == 1
+    delivered = delivery_of(world, grade_id)
+    assert (delivered.status, delivered.attempts) == ("delivered", 2)
+
+    hang.release()
+    thread.join(5)
+    assert results == [None], "the late result must be recognised as a lost claim"
+    after = delivery_of(world, grade_id)
+    assert (after.status, after.attempts, after.delivered_at) == ("delivered", 2, delivered.delivered_at)
+    assert [s.score_given for s in lms.gradebook.values()] == [6.0]
+
+
+def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
+    world: World, lms: ScriptedLms, database_url: str
+) -> None:
+    db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
+    crashing = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=0.2, max_attempts=2))
+    grade_id = post(world, 0.9)
+
+    # Two workers in a row claim it and die before a result (nothing is ever sent).
+    for attempt in (1, 2):
+        [_abandoned] = crashing.claim()
+        assert delivery_of(world, grade_id).attempts == attempt
+        assert crashing.claim() == []  # within the lease: not claimable
+        time.sleep(0.25)
+    assert crashing.claim() == []
+    failed = delivery_of(world, grade_id)
+    assert failed.status == "failed"
+    assert failed.last_error is not None and "stopped before finishing" in failed.last_error
+    assert world.get(f"/v1/grades/{grade_id}").json()["status"] == "failed"
+    assert lms.score_writes() == []
+
+    with world.session() as session:
+        retry_delivery(session, world.district_id, failed.id)
+    assert crashing.run_until_idle() == 1
+    assert delivery_of(world, grade_id).status == "delivered"
+    assert [s.score_given for s in lms.gradebook.values()] == [9.0]
