@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.models.base import Base, created_column, id_column, utcnow
 
@@ -66,9 +66,6 @@ class GradeRevision(Base):
     token_id: Mapped[str | None] = mapped_column(String(24), default=None)
     received_at: Mapped[datetime] = created_column()
 
-    # Declared so that one flush orders the inserts (grade, then revision, then deliveries); never loaded.
-    grade: Mapped[Grade] = relationship(lazy="raise")
-
 
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
@@ -124,10 +121,6 @@ class Delivery(Base):
     created_at: Mapped[datetime] = created_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
-
-    # Declared so that one flush orders the inserts (grade, then revision, then deliveries); never loaded.
-    grade: Mapped[Grade] = relationship(lazy="raise")
-    revision: Mapped[GradeRevision] = relationship(lazy="raise")
 
 
 class IdempotencyRecord(Base):

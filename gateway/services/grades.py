@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, select, tuple_
@@ -66,7 +67,8 @@ def normalize(data: Mapping[str, Any], assignment: Assignment) -> Normalized:
 
 @dataclass
 class AcceptedGrade:
-    grade: Grade
+    # The grade's columns as stored, with attribute access (a Row or a namespace, not a session-bound object).
+    grade: Any
     assignment_external_id: str
     # False when an identical grade was already stored: nothing changed, no delivery was added.
     changed: bool
@@ -132,22 +134,22 @@ def accept_grade(
 
     grade = _locked_grade(session, principal, assignment_id, user_id)
     if grade is None:
-        grade = Grade(
-            id=new_id(),
-            district_id=principal.district_id,
-            app_id=principal.app_id,
-            assignment_id=assignment_id,
-            user_id=user_id,
-            revision=1,
-            created_at=now,
-            updated_at=now,
+        record = {
+            "id": new_id(),
+            "district_id": principal.district_id,
+            "app_id": principal.app_id,
+            "assignment_id": assignment_id,
+            "user_id": user_id,
+            "revision": 1,
+            "created_at": now,
+            "updated_at": now,
             **_grade_values(data, normalized, given_timestamp or now),
-        )
-        if _inserted(session, grade):
+        }
+        if _inserted(session, record):
+            grade = SimpleNamespace(**record)
             revision_id = _add_revision(session, grade, principal, now)
-            return AcceptedGrade(
-                grade, external_id, True, route_revision(session, grade, revision_id, first_revision=True)
-            )
+            deliveries = route_revision(session, grade, revision_id, first_revision=True)
+            return AcceptedGrade(grade, external_id, True, deliveries)
         # Another request created the same grade between our read and insert: continue as an update.
         grade = _locked_grade(session, principal, assignment_id, user_id)
         assert grade is not None
@@ -164,12 +166,11 @@ def accept_grade(
             },
             code="stale_grade",
         )
-    for key, value in values.items():
-        setattr(grade, key, value)
-    grade.revision += 1
-    grade.updated_at = now
-    revision_id = _add_revision(session, grade, principal, now)
-    return AcceptedGrade(grade, external_id, True, route_revision(session, grade, revision_id))
+    values.update(revision=grade.revision + 1, updated_at=now)
+    session.execute(_UPDATE_GRADE, {"grade_pk": grade.id, **values})
+    updated = SimpleNamespace(**{**grade._asdict(), **values})
+    revision_id = _add_revision(session, updated, principal, now)
+    return AcceptedGrade(updated, external_id, True, route_revision(session, updated, revision_id))
 
 
 # The hot path's statements, built once with bind parameters (building them per request showed in the bench).
@@ -183,16 +184,20 @@ _USER_AND_ASSIGNMENT = select(
     _ASSIGNMENT.with_only_columns(Assignment.id).scalar_subquery(),
     _ASSIGNMENT.with_only_columns(Assignment.score_maximum).scalar_subquery(),
 )
+_GRADES = Grade.__table__
 _LOCKED_GRADE = (
-    select(Grade)
+    select(_GRADES)
     .where(
-        Grade.district_id == bindparam("district_id"),
-        Grade.app_id == bindparam("app_id"),
-        Grade.assignment_id == bindparam("assignment_id"),
-        Grade.user_id == bindparam("user_id"),
+        _GRADES.c.district_id == bindparam("district_id"),
+        _GRADES.c.app_id == bindparam("app_id"),
+        _GRADES.c.assignment_id == bindparam("assignment_id"),
+        _GRADES.c.user_id == bindparam("user_id"),
     )
-    .with_for_update(of=Grade)
+    .with_for_update()
 )
+_INSERT_GRADE = _GRADES.insert()
+_UPDATE_GRADE = _GRADES.update().where(_GRADES.c.id == bindparam("grade_pk"))
+_INSERT_REVISION = GradeRevision.__table__.insert()
 
 
 def _user_and_assignment(
@@ -211,16 +216,15 @@ def _user_and_assignment(
     return row[0], row[1], row[2]
 
 
-def _inserted(session: Session, grade: Grade) -> bool:
+def _inserted(session: Session, record: dict[str, Any]) -> bool:
     """Insert a new grade; False if a concurrent request inserted the same one first."""
     if session.get_bind().dialect.name == "sqlite":
         # BEGIN IMMEDIATE already serialises writers on SQLite: no other insert can slip in, no savepoint needed.
-        session.add(grade)
+        session.execute(_INSERT_GRADE, record)
         return True
     try:
         with session.begin_nested():
-            session.add(grade)
-            session.flush()
+            session.execute(_INSERT_GRADE, record)
     except IntegrityError:
         return False
     return True
@@ -241,8 +245,9 @@ def _grade_values(data: Mapping[str, Any], normalized: Normalized, timestamp: da
     }
 
 
-def _locked_grade(session: Session, principal: Principal, assignment_id: str, user_id: str) -> Grade | None:
-    return session.scalar(
+def _locked_grade(session: Session, principal: Principal, assignment_id: str, user_id: str) -> Any:
+    """The grade's row, locked until commit (a Row with attribute access), or None."""
+    return session.execute(
         _LOCKED_GRADE,
         {
             "district_id": principal.district_id,
@@ -250,30 +255,33 @@ def _locked_grade(session: Session, principal: Principal, assignment_id: str, us
             "assignment_id": assignment_id,
             "user_id": user_id,
         },
-    )
+    ).first()
 
 
-def _add_revision(session: Session, grade: Grade, principal: Principal, now: datetime) -> str:
-    revision = GradeRevision(
-        id=new_id(),
-        district_id=grade.district_id,
-        grade_id=grade.id,
-        revision=grade.revision,
-        input_form=grade.input_form,
-        percentage=grade.percentage,
-        fraction=grade.fraction,
-        score_given=grade.score_given,
-        score_maximum=grade.score_maximum,
-        comment=grade.comment,
-        context=grade.context,
-        activity_progress=grade.activity_progress,
-        grading_progress=grade.grading_progress,
-        timestamp=grade.timestamp,
-        token_id=principal.token_id,
-        received_at=now,
+def _add_revision(session: Session, grade: Any, principal: Principal, now: datetime) -> str:
+    revision_id = new_id()
+    session.execute(
+        _INSERT_REVISION,
+        {
+            "id": revision_id,
+            "district_id": grade.district_id,
+            "grade_id": grade.id,
+            "revision": grade.revision,
+            "input_form": grade.input_form,
+            "percentage": grade.percentage,
+            "fraction": grade.fraction,
+            "score_given": grade.score_given,
+            "score_maximum": grade.score_maximum,
+            "comment": grade.comment,
+            "context": grade.context,
+            "activity_progress": grade.activity_progress,
+            "grading_progress": grade.grading_progress,
+            "timestamp": grade.timestamp,
+            "token_id": principal.token_id,
+            "received_at": now,
+        },
     )
-    session.add(revision)
-    return revision.id
+    return revision_id
 
 
 # --- reading -------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
 
 from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.orm import Session
@@ -68,7 +70,7 @@ _SUPERSEDE = (
 )
 
 
-def destinations_for(session: Session, grade: Grade) -> list[Route]:
+def destinations_for(session: Session, grade: Any) -> list[Route]:
     """Placements of the grade's assignment in courses where the user is enrolled, in this district."""
     params = {"district_id": grade.district_id, "assignment_id": grade.assignment_id, "user_id": grade.user_id}
     # The pending grade and revision need not be flushed for this read: one flush at commit writes everything.
@@ -77,7 +79,7 @@ def destinations_for(session: Session, grade: Grade) -> list[Route]:
     return [Route(*row) for row in rows]
 
 
-def _unroutable_reason(session: Session, grade: Grade) -> str:
+def _unroutable_reason(session: Session, grade: Any) -> str:
     placed = session.scalar(
         select(Placement.id).where(
             Placement.district_id == grade.district_id, Placement.assignment_id == grade.assignment_id
@@ -89,8 +91,8 @@ def _unroutable_reason(session: Session, grade: Grade) -> str:
 
 
 def route_revision(
-    session: Session, grade: Grade, revision_id: str, *, first_revision: bool = False
-) -> list[tuple[Delivery, Route | None]]:
+    session: Session, grade: Any, revision_id: str, *, first_revision: bool = False
+) -> list[tuple[Any, Route | None]]:
     """Write the outbox rows for a new revision, superseding undelivered rows of older revisions.
 
     Returns each new delivery with its route (None for the `unroutable` placeholder).
@@ -99,41 +101,42 @@ def route_revision(
     if not first_revision:
         session.execute(_SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now})
     routes = destinations_for(session, grade)
-    created: list[tuple[Delivery, Route | None]] = []
-    if not routes:
-        placeholder = Delivery(
-            id=new_id(),
-            district_id=grade.district_id,
-            grade_id=grade.id,
-            revision_id=revision_id,
-            status=DeliveryStatus.UNROUTABLE,
-            attempts=0,
-            next_attempt_at=None,
-            last_error=_unroutable_reason(session, grade),
-            created_at=now,
-            updated_at=now,
-        )
-        created.append((placeholder, None))
-    for route in routes:
-        created.append((_pending_delivery(grade, revision_id, route, now), route))
-    session.add_all(delivery for delivery, _ in created)
-    return created
+    if routes:
+        rows = [_pending_delivery(grade, revision_id, route, now) for route in routes]
+        created: list[tuple[Any, Route | None]] = list(zip(rows, routes, strict=True))
+    else:
+        placeholder = _delivery_row(grade, revision_id, None, now)
+        placeholder.update(status=DeliveryStatus.UNROUTABLE, last_error=_unroutable_reason(session, grade))
+        rows, created = [placeholder], [(placeholder, None)]
+    session.execute(_INSERT_DELIVERY, rows)
+    return [(SimpleNamespace(**row), route) for row, route in created]
 
 
-def _pending_delivery(grade: Grade, revision_id: str, route: Route, now: datetime) -> Delivery:
-    return Delivery(
+_DELIVERY_COLUMNS = [c.name for c in Delivery.__table__.columns]
+_INSERT_DELIVERY = Delivery.__table__.insert()
+
+
+def _delivery_row(grade: Any, revision_id: str, route: Route | None, now: datetime) -> dict[str, Any]:
+    """Every column of a new delivery row (executemany wants the same keys in each)."""
+    row: dict[str, Any] = dict.fromkeys(_DELIVERY_COLUMNS)
+    row.update(
         id=new_id(),
         district_id=grade.district_id,
         grade_id=grade.id,
         revision_id=revision_id,
-        placement_id=route.placement_id,
-        lms_connection_id=route.lms_connection_id,
+        placement_id=route.placement_id if route else None,
+        lms_connection_id=route.lms_connection_id if route else None,
         status=DeliveryStatus.PENDING,
         attempts=0,
-        next_attempt_at=now,
+        next_attempt_at=now if route else None,
         created_at=now,
         updated_at=now,
     )
+    return row
+
+
+def _pending_delivery(grade: Any, revision_id: str, route: Route, now: datetime) -> dict[str, Any]:
+    return _delivery_row(grade, revision_id, route, now)
 
 
 def route_waiting_grades(
@@ -166,6 +169,6 @@ def route_waiting_grades(
             if delivery.status == DeliveryStatus.UNROUTABLE:
                 delivery.status = DeliveryStatus.SUPERSEDED
                 delivery.updated_at = now
-        session.add_all(_pending_delivery(grade, revision_id, p, now) for p in new)
+        session.execute(_INSERT_DELIVERY, [_pending_delivery(grade, revision_id, r, now) for r in new])
         created += len(new)
     return created
