@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, tuple_
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, bindparam, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from gateway.models import (
@@ -31,7 +31,7 @@ from gateway.models import (
 )
 from gateway.services.auth import Principal
 from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound
-from gateway.services.routing import Route, route_revision
+from gateway.services.routing import ROUTE_COLUMNS, Route, enrolled, route_revision
 
 # A grade stamped in the future would make every later grade "older" (409) until that time comes.
 MAX_FUTURE_SKEW = timedelta(minutes=5)
@@ -111,7 +111,7 @@ def accept_grade(
         user_id = principal.user_id
     assert user_id is not None
     external_id = data["assignmentID"]
-    known_user, assignment_id, score_maximum = _user_and_assignment(session, principal, user_id, external_id)
+    known_user, assignment_id, score_maximum, routes = _lookup(session, principal, user_id, external_id)
     if known_user is None:
         raise NotFound(
             f"no user {user_id!r} in this district",
@@ -148,7 +148,7 @@ def accept_grade(
         if _inserted(session, record):
             grade = SimpleNamespace(**record)
             revision_id = _add_revision(session, grade, principal, now)
-            deliveries = route_revision(session, grade, revision_id, first_revision=True)
+            deliveries = route_revision(session, grade, revision_id, first_revision=True, routes=routes)
             return AcceptedGrade(grade, external_id, True, deliveries)
         # Another request created the same grade between our read and insert: continue as an update.
         grade = _locked_grade(session, principal, assignment_id, user_id)
@@ -170,21 +170,27 @@ def accept_grade(
     session.execute(_UPDATE_GRADE, {"grade_pk": grade.id, **values})
     updated = SimpleNamespace(**{**grade._asdict(), **values})
     revision_id = _add_revision(session, updated, principal, now)
-    return AcceptedGrade(updated, external_id, True, route_revision(session, updated, revision_id))
+    return AcceptedGrade(updated, external_id, True, route_revision(session, updated, revision_id, routes=routes))
 
 
 # The hot path's statements, built once with bind parameters (building them per request showed in the bench).
-_ASSIGNMENT = select(Assignment.id, Assignment.score_maximum).where(
-    Assignment.app_id == bindparam("app_id"), Assignment.external_id == bindparam("external_id")
+_USER = select(User.id).where(User.id == bindparam("user_id"), User.district_id == bindparam("district_id"))
+# One round trip for the rest of what a grade needs: the user is in the district, the assignment exists, and
+# where the grade goes (one row per destination; one row of NULL destination columns when there is none).
+_LOOKUP = (
+    select(_USER.scalar_subquery(), Assignment.id, Assignment.score_maximum, *ROUTE_COLUMNS)
+    .select_from(Assignment)
+    .outerjoin(
+        Placement,
+        (Placement.assignment_id == Assignment.id)
+        & (Placement.district_id == bindparam("district_id"))
+        & enrolled(bindparam("user_id")),
+    )
+    .outerjoin(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
+    .where(Assignment.app_id == bindparam("app_id"), Assignment.external_id == bindparam("external_id"))
+    .order_by(Placement.created_at, Placement.id)
 )
-_USER_AND_ASSIGNMENT = select(
-    select(User.id)
-    .where(User.id == bindparam("user_id"), User.district_id == bindparam("district_id"))
-    .scalar_subquery(),
-    _ASSIGNMENT.with_only_columns(Assignment.id).scalar_subquery(),
-    _ASSIGNMENT.with_only_columns(Assignment.score_maximum).scalar_subquery(),
-)
-_GRADES = Grade.__table__
+_GRADES = cast(Table, Grade.__table__)
 _LOCKED_GRADE = (
     select(_GRADES)
     .where(
@@ -195,39 +201,39 @@ _LOCKED_GRADE = (
     )
     .with_for_update()
 )
-_INSERT_GRADE = _GRADES.insert()
+_GRADE_KEY = [_GRADES.c.district_id, _GRADES.c.app_id, _GRADES.c.assignment_id, _GRADES.c.user_id]
+_INSERT_GRADE_IF_NEW = {
+    "postgresql": postgresql.insert(_GRADES).on_conflict_do_nothing(index_elements=_GRADE_KEY),
+    "sqlite": sqlite.insert(_GRADES).on_conflict_do_nothing(index_elements=_GRADE_KEY),
+}
 _UPDATE_GRADE = _GRADES.update().where(_GRADES.c.id == bindparam("grade_pk"))
-_INSERT_REVISION = GradeRevision.__table__.insert()
+_INSERT_REVISION = cast(Table, GradeRevision.__table__).insert()
 
 
-def _user_and_assignment(
+def _lookup(
     session: Session, principal: Principal, user_id: str, external_id: str
-) -> tuple[str | None, str | None, float | None]:
-    """Whether the user is in the district, and the assignment's id and maximum, in one round trip."""
-    row = session.execute(
-        _USER_AND_ASSIGNMENT,
-        {
-            "user_id": user_id,
-            "district_id": principal.district_id,
-            "app_id": principal.app_id,
-            "external_id": external_id,
-        },
-    ).one()
-    return row[0], row[1], row[2]
+) -> tuple[str | None, str | None, float | None, list[Route]]:
+    """(user id if in the district, assignment id, its score maximum, the grade's routes) in one query."""
+    params = {
+        "user_id": user_id,
+        "district_id": principal.district_id,
+        "app_id": principal.app_id,
+        "external_id": external_id,
+    }
+    rows = session.execute(_LOOKUP, params).all()
+    if not rows:
+        # No such assignment: say whether the user is known too, so the user error keeps coming first.
+        return session.execute(_USER, params).scalar(), None, None, []
+    known_user, assignment_id, score_maximum = rows[0][0], rows[0][1], rows[0][2]
+    routes = [Route(*row[3:]) for row in rows if row[3] is not None]
+    return known_user, assignment_id, score_maximum, routes
 
 
 def _inserted(session: Session, record: dict[str, Any]) -> bool:
-    """Insert a new grade; False if a concurrent request inserted the same one first."""
-    if session.get_bind().dialect.name == "sqlite":
-        # BEGIN IMMEDIATE already serialises writers on SQLite: no other insert can slip in, no savepoint needed.
-        session.execute(_INSERT_GRADE, record)
-        return True
-    try:
-        with session.begin_nested():
-            session.execute(_INSERT_GRADE, record)
-    except IntegrityError:
-        return False
-    return True
+    """Insert a new grade; False if a concurrent request inserted the same one first (ON CONFLICT DO NOTHING
+    keeps the transaction usable, where a unique violation would need a savepoint round trip)."""
+    statement = _INSERT_GRADE_IF_NEW[session.get_bind().dialect.name]
+    return bool(session.execute(statement, record).rowcount)  # type: ignore[attr-defined]
 
 
 def _grade_values(data: Mapping[str, Any], normalized: Normalized, timestamp: datetime) -> dict[str, Any]:
@@ -441,5 +447,7 @@ def grade_views(session: Session, grades: Sequence[Grade]) -> list[dict[str, Any
     )
     by_grade: dict[str, list[dict[str, Any]]] = {g.id: [] for g in grades}
     for delivery, *route in rows:
-        by_grade[delivery.grade_id].append(_delivery_view(delivery, Route(*route) if route[0] is not None else None))
+        # A placement-less delivery (unroutable) has NULL route columns from the outer joins.
+        known = Route(*route) if route[0] is not None else None  # type: ignore[arg-type]
+        by_grade[delivery.grade_id].append(_delivery_view(delivery, known))
     return [grade_view(g, external_ids[g.assignment_id], by_grade[g.id]) for g in grades]

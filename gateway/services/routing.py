@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy import Table, bindparam, exists, select, update
 from sqlalchemy.orm import Session
 
 from gateway.models import (
@@ -36,15 +36,27 @@ class Route:
     adapter: str
 
 
-_DESTINATIONS = (
-    select(
-        Placement.id,
-        Placement.lms_connection_id,
-        Placement.course_id,
-        Placement.section_id,
-        LmsConnection.name,
-        LmsConnection.adapter,
+ROUTE_COLUMNS = (
+    Placement.id,
+    Placement.lms_connection_id,
+    Placement.course_id,
+    Placement.section_id,
+    LmsConnection.name,
+    LmsConnection.adapter,
+)
+
+
+def enrolled(user_id: Any) -> Any:
+    """The condition that the user is enrolled in the placement's course on the placement's LMS."""
+    return exists().where(
+        Enrollment.lms_connection_id == Placement.lms_connection_id,
+        Enrollment.course_id == Placement.course_id,
+        Enrollment.user_id == user_id,
     )
+
+
+_DESTINATIONS = (
+    select(*ROUTE_COLUMNS)
     .join(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
     .where(
         Placement.district_id == bindparam("district_id"),
@@ -91,16 +103,23 @@ def _unroutable_reason(session: Session, grade: Any) -> str:
 
 
 def route_revision(
-    session: Session, grade: Any, revision_id: str, *, first_revision: bool = False
+    session: Session,
+    grade: Any,
+    revision_id: str,
+    *,
+    first_revision: bool = False,
+    routes: list[Route] | None = None,
 ) -> list[tuple[Any, Route | None]]:
     """Write the outbox rows for a new revision, superseding undelivered rows of older revisions.
 
-    Returns each new delivery with its route (None for the `unroutable` placeholder).
+    `routes` may be given when the caller already read them in this transaction. Returns each new delivery
+    with its route (None for the `unroutable` placeholder).
     """
     now = utcnow()
     if not first_revision:
         session.execute(_SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now})
-    routes = destinations_for(session, grade)
+    if routes is None:
+        routes = destinations_for(session, grade)
     if routes:
         rows = [_pending_delivery(grade, revision_id, route, now) for route in routes]
         created: list[tuple[Any, Route | None]] = list(zip(rows, routes, strict=True))
@@ -113,7 +132,7 @@ def route_revision(
 
 
 _DELIVERY_COLUMNS = [c.name for c in Delivery.__table__.columns]
-_INSERT_DELIVERY = Delivery.__table__.insert()
+_INSERT_DELIVERY = cast(Table, Delivery.__table__).insert()
 
 
 def _delivery_row(grade: Any, revision_id: str, route: Route | None, now: datetime) -> dict[str, Any]:
