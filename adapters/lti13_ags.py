@@ -129,6 +129,11 @@ class Lti13AgsAdapter:
     ) -> Self:
         return cls(settings, http, context or AdapterContext())
 
+    @staticmethod
+    def registration_key(settings: Mapping[str, Any]) -> str:
+        """How a launch finds this registration: the platform's issuer and the tool's client id."""
+        return f"{settings['issuer']}|{settings['client_id']}"
+
     # --- access tokens -------------------------------------------------------------------------------
 
     def _token_key(self, scopes: list[str]) -> str:

@@ -20,3 +20,6 @@ def jwks() -> Response:
     response = jsonify(body)
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
+
+
+from gateway.lti import launch  # noqa: E402,F401  (views register on the blueprint)

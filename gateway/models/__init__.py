@@ -22,7 +22,14 @@ from gateway.models.grade import (
     IdempotencyRecord,
 )
 from gateway.models.lms import LmsConnection, Placement
-from gateway.models.lti import CachedAccessToken, ToolKey, ToolKeyStatus
+from gateway.models.lti import (
+    AuthorizationCode,
+    CachedAccessToken,
+    LaunchState,
+    ToolKey,
+    ToolKeyStatus,
+    UsedNonce,
+)
 from gateway.models.sandbox import SandboxFault, SandboxGradebookEntry
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "ApiToken",
     "App",
     "Assignment",
+    "AuthorizationCode",
     "Base",
     "CachedAccessToken",
     "CatalogSnapshot",
@@ -42,6 +50,7 @@ __all__ = [
     "Grade",
     "GradeRevision",
     "IdempotencyRecord",
+    "LaunchState",
     "LmsConnection",
     "LmsIdentity",
     "Placement",
@@ -50,6 +59,7 @@ __all__ = [
     "TokenKind",
     "ToolKey",
     "ToolKeyStatus",
+    "UsedNonce",
     "User",
     "UserRole",
     "new_id",

@@ -22,6 +22,8 @@ class LmsConnection(Base):
     name: Mapped[str] = mapped_column(String(200))
     adapter: Mapped[str] = mapped_column(String(40))
     settings_encrypted: Mapped[str] = mapped_column(Text)
+    # How a launch finds its registration: "issuer|client_id" for LTI 1.3, the consumer key for LTI 1.1.
+    registration_key: Mapped[str | None] = mapped_column(String(800), unique=True, default=None)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = created_column()
     last_success_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -45,6 +47,8 @@ class Placement(Base):
     course_id: Mapped[str] = mapped_column(String(255))
     section_id: Mapped[str | None] = mapped_column(String(255), default=None)
     title: Mapped[str | None] = mapped_column(String(500), default=None)
+    # The LMS's link id (LTI resource_link.id), so a launch finds its placement again.
+    resource_link_id: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
     destination: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = created_column()
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import String, Text
+from sqlalchemy import ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.models.base import Base, created_column
@@ -42,3 +42,42 @@ class CachedAccessToken(Base):
     token_encrypted: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = created_column()
+
+
+class LaunchState(Base):
+    """An OIDC login in progress: the state and nonce Passback sent to the platform, used once."""
+
+    __tablename__ = "lti_launch_states"
+
+    state: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64))
+    lms_connection_id: Mapped[str] = mapped_column(ForeignKey("lms_connections.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = created_column()
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class UsedNonce(Base):
+    """An id_token nonce already accepted from a platform: a second launch with it is a replay."""
+
+    __tablename__ = "lti_used_nonces"
+
+    issuer: Mapped[str] = mapped_column(String(500), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AuthorizationCode(Base):
+    """An OAuth 2 authorization code for the app sign-in after a launch: single use, short-lived, hashed."""
+
+    __tablename__ = "authorization_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = created_column()
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(default=None)

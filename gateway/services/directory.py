@@ -107,8 +107,10 @@ def issue_token(
     scopes: str = "",
     label: str = "",
     lifetime_seconds: float | None = None,
+    raw: str | None = None,
 ) -> IssuedToken:
-    raw = generate_token()
+    """Store a new token's hash (generating the token unless given) and return the token once."""
+    raw = raw or generate_token()
     now = utcnow()
     token = ApiToken(
         token_hash=hash_token(raw),

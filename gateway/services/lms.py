@@ -42,8 +42,16 @@ def add_lms_connection(
         select(LmsConnection).where(LmsConnection.district_id == district_id, LmsConnection.name == name)
     ):
         raise Conflict(f"district already has an LMS connection named {name!r}")
+    registration = getattr(adapter_cls, "registration_key", None)
+    key = registration(clean) if registration else None
+    if key is not None and session.scalar(select(LmsConnection.id).where(LmsConnection.registration_key == key)):
+        raise Conflict("another LMS connection already registers this platform and client id")
     connection = LmsConnection(
-        district_id=district_id, name=name, adapter=adapter, settings_encrypted=box.encrypt_json(clean)
+        district_id=district_id,
+        name=name,
+        adapter=adapter,
+        settings_encrypted=box.encrypt_json(clean),
+        registration_key=key,
     )
     if connection_id is not None:
         connection.id = connection_id

@@ -1,0 +1,94 @@
+"""LTI 1.3 login and launch endpoints: thin views over gateway/services/lti13_launch.py."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Response, current_app, redirect, request
+from markupsafe import escape
+
+from gateway.extensions import db
+from gateway.lti import lti_bp
+from gateway.models import App
+from gateway.services import lti13_launch, signin
+from gateway.services.errors import ServiceError
+
+log = logging.getLogger("passback.lti")
+
+
+def error_page(status: int, title: str, message: str) -> Response:
+    """A small HTML page for the person in the LMS frame; never echoes the token."""
+    body = (
+        f"<!doctype html><html lang=en><meta charset=utf-8><title>Passback: {escape(title)}</title>"
+        "<main style='font-family:system-ui;max-width:40rem;margin:2rem auto'>"
+        f"<h1>{escape(title)}</h1><p>{escape(message)}</p>"
+        "<p>If this keeps happening, show this page to your LMS administrator.</p></main>"
+    )
+    return Response(body, status=status, content_type="text/html; charset=utf-8")
+
+
+def _keys() -> lti13_launch.PlatformKeys:
+    keys = current_app.extensions.get("passback_platform_keys")
+    if keys is None:
+        keys = lti13_launch.PlatformKeys(current_app.extensions["passback_http"])
+        current_app.extensions["passback_platform_keys"] = keys
+    return keys
+
+
+def launch_url() -> str:
+    return current_app.config["PASSBACK"].public_url.rstrip("/") + "/lti/launch"
+
+
+@lti_bp.route("/login", methods=["GET", "POST"])
+def login() -> Response:
+    """OIDC third-party initiated login: remember state and nonce, send the browser to the platform."""
+    params = {k: v for k, v in request.values.items() if isinstance(v, str)}
+    session = db.session()
+    try:
+        target = lti13_launch.begin_login(session, current_app.extensions["passback_box"], params, launch_url())
+    except ServiceError as exc:
+        session.rollback()
+        log.warning("LTI login refused: %s (iss=%r)", exc.message, params.get("iss"))
+        return error_page(exc.status, "This launch could not start", exc.message)
+    session.commit()
+    return redirect(target, code=302)  # type: ignore[return-value]
+
+
+@lti_bp.post("/launch")
+def launch() -> Response:
+    """Validate the id_token; a resource link launch then signs the student into the app."""
+    session = db.session()
+    try:
+        result = lti13_launch.validate_launch(
+            session,
+            current_app.extensions["passback_box"],
+            _keys(),
+            request.form.get("id_token", ""),
+            request.form.get("state", ""),
+        )
+        if result.message_type != lti13_launch.RESOURCE_LINK:
+            raise lti13_launch.LaunchRefused("the assignment picker (deep linking) is not available yet")
+        user, assignment, _placement = lti13_launch.record_resource_link_launch(session, result)
+        app = session.get(App, assignment.app_id)
+        assert app is not None
+        target = signin.sign_in_redirect(session, app, user.district_id, user.id, assignment.external_id)
+    except ServiceError as exc:
+        session.rollback()
+        # The state is spent even when the launch fails, so a refused token cannot be tried again.
+        _spend_state(request.form.get("state", ""))
+        log.warning("LTI launch refused: %s", exc.message)
+        return error_page(exc.status, "This launch was refused", exc.message)
+    session.commit()
+    log.info("LTI launch accepted: %s", lti13_launch.safe_summary(result.claims))
+    return redirect(target, code=302)  # type: ignore[return-value]
+
+
+def _spend_state(state: str) -> None:
+    if not state:
+        return
+    from gateway.models import LaunchState, utcnow
+
+    with current_app.extensions["passback_db"].transaction() as session:
+        login_state = session.get(LaunchState, state)
+        if login_state is not None and login_state.used_at is None:
+            login_state.used_at = utcnow()

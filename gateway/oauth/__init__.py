@@ -1,0 +1,136 @@
+"""POST /oauth/tokens: the authorization_code grant for the app sign-in, on authlib's authorization server.
+
+Client authentication: HTTP Basic (client_secret_basic) or form fields (client_secret_post), as Clever's
+partners send either. Codes come from the launch (gateway/services/signin.py), single-use and 60 s long.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import ClientMixin, grants
+from authlib.oauth2.rfc6750 import BearerTokenGenerator
+from flask import Blueprint, Flask, Response, current_app, request
+from sqlalchemy import select
+
+from gateway.crypto import generate_token, hash_token
+from gateway.models import App, AuthorizationCode, User
+from gateway.services import signin
+
+oauth_bp = Blueprint("oauth", __name__, url_prefix="/oauth")
+
+
+class AppClient(ClientMixin):
+    """authlib's view of a learning app."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def get_client_id(self) -> str:
+        return self.app.client_id
+
+    def get_default_redirect_uri(self) -> str:
+        return self.app.redirect_uri
+
+    def get_allowed_scope(self, scope: str) -> str:
+        return scope
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri == self.app.redirect_uri
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return hmac.compare_digest(hash_token(client_secret), self.app.client_secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return endpoint == "token" and method in ("client_secret_basic", "client_secret_post")
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code"
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == "authorization_code"
+
+
+class CodeRecord:
+    """authlib's view of a stored authorization code."""
+
+    def __init__(self, code: AuthorizationCode) -> None:
+        self.code = code
+
+    def get_redirect_uri(self) -> str:
+        return self.code.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.code.scope
+
+
+class SignInCodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def query_authorization_code(self, code: str, client: AppClient) -> CodeRecord | None:
+        found = signin.find_code(_session(), code, client.app.id)
+        return CodeRecord(found) if found else None
+
+    def delete_authorization_code(self, authorization_code: CodeRecord) -> None:
+        # Marked used (not deleted) in save_token, in the same transaction as the token it buys.
+        return None
+
+    def authenticate_user(self, authorization_code: CodeRecord) -> User | None:
+        return _session().get(User, authorization_code.code.user_id)
+
+
+def _session() -> Any:
+    return current_app.extensions["passback_db"].session()
+
+
+def _query_client(client_id: str) -> AppClient | None:
+    app = _session().scalar(select(App).where(App.client_id == client_id))
+    return AppClient(app) if app else None
+
+
+def _save_token(token: dict[str, Any], oauth_request: Any) -> None:
+    """authlib generated the response; store what it gave out (hash only) and spend the code."""
+    session = _session()
+    code = signin.find_code(
+        session, oauth_request.form.get("code") or oauth_request.data.get("code", ""), oauth_request.client.app.id
+    )
+    if code is None:  # pragma: no cover - authlib already checked it under the same lock
+        raise RuntimeError("authorization code vanished during the exchange")
+    issued = signin.redeem_code(session, code, raw_token=token["access_token"])
+    token["scope"] = issued.token.scopes
+
+
+def init_oauth(app: Flask) -> None:
+    server = AuthorizationServer(app, query_client=_query_client, save_token=_save_token)
+    server.register_token_generator(
+        "default",
+        BearerTokenGenerator(
+            access_token_generator=lambda *_a, **_k: generate_token(),
+            expires_generator=lambda *_a, **_k: signin.USER_TOKEN_SECONDS,
+        ),
+    )
+    server.register_grant(SignInCodeGrant)
+    app.extensions["passback_oauth"] = server
+
+
+@oauth_bp.post("/tokens")
+def tokens() -> Response:
+    """Exchange a sign-in code for a user token; errors follow RFC 6749 §5.2."""
+    server: AuthorizationServer = current_app.extensions["passback_oauth"]
+    session = _session()
+    if request.is_json:
+        # Clever's partners often send JSON; authlib reads form fields, so present the JSON as a form.
+        body = request.get_json(silent=True)
+        if isinstance(body, dict):
+            request.form = request.parameter_storage_class(  # type: ignore[misc,assignment]
+                {k: str(v) for k, v in body.items() if isinstance(v, str | int)}
+            )
+    response = server.create_token_response()
+    if response.status_code == 200:
+        session.commit()
+    else:
+        session.rollback()
+    response.headers["Cache-Control"] = "no-store"
+    return response

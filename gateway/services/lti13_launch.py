@@ -1,0 +1,429 @@
+"""LTI 1.3 as a tool: OIDC third-party login, id_token validation, and what a resource-link launch records.
+
+Validation follows the 1EdTech Security Framework §5.1.3 as quoted in wire-formats.md §3A.4: RS256 only,
+signature against the platform's JWKS (cached, refreshed once on an unknown kid), iss, aud/azp, exp/iat with a
+small leeway, a nonce that is ours and used once, a registered deployment, message type and version.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from joserfc.jws import extract_compact
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from adapters.base import DeliveryError
+from adapters.http import HttpClient
+from gateway.crypto import SecretBox
+from gateway.models import (
+    App,
+    Assignment,
+    DistrictApp,
+    LaunchState,
+    LmsConnection,
+    LmsIdentity,
+    Placement,
+    UsedNonce,
+    User,
+    UserRole,
+    utcnow,
+)
+from gateway.services.directory import enroll
+from gateway.services.errors import ServiceError
+from gateway.services.lms import connection_settings
+from gateway.services.routing import route_waiting_grades
+
+CLAIM = "https://purl.imsglobal.org/spec/lti/claim/"
+AGS_CLAIM = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
+NRPS_CLAIM = "https://purl.imsglobal.org/spec/lti-nrps/claim/namesroleservice"
+RESOURCE_LINK = "LtiResourceLinkRequest"
+DEEP_LINKING = "LtiDeepLinkingRequest"
+MESSAGE_TYPES = (RESOURCE_LINK, DEEP_LINKING)
+LEEWAY_SECONDS = 60
+STATE_SECONDS = 600
+JWKS_CACHE_SECONDS = 3600
+TEACHER_ROLES = ("instructor", "administrator", "contentdeveloper", "teachingassistant", "mentor")
+
+
+class LaunchRefused(ServiceError):
+    """A login or launch Passback will not accept; the message is safe to show (it never holds the token)."""
+
+    status = 400
+    code = "invalid_launch"
+
+
+@dataclass(frozen=True)
+class Registration:
+    connection: LmsConnection
+    settings: dict[str, Any]
+
+
+def find_registration(session: Session, box: SecretBox, issuer: str, client_id: str | None) -> Registration:
+    """The lti13 connection registered for this issuer (and client id, required when several share it)."""
+    query = select(LmsConnection).where(LmsConnection.adapter == "lti13")
+    if client_id:
+        query = query.where(LmsConnection.registration_key == f"{issuer}|{client_id}")
+    else:
+        query = query.where(LmsConnection.registration_key.startswith(f"{issuer}|", autoescape=True))
+    found = list(session.scalars(query.limit(2)))
+    if not found:
+        raise LaunchRefused(f"no LTI 1.3 platform is registered for issuer {issuer!r} and this client id")
+    if len(found) > 1:
+        raise LaunchRefused("several registrations share this issuer: the login must name its client_id")
+    return Registration(found[0], connection_settings(box, found[0]))
+
+
+def begin_login(
+    session: Session, box: SecretBox, params: Mapping[str, str], launch_url: str, *, now: datetime | None = None
+) -> str:
+    """Answer an OIDC third-party login: remember a state and nonce, return the platform auth URL to go to."""
+    now = now or utcnow()
+    missing = [name for name in ("iss", "login_hint", "target_link_uri") if not params.get(name)]
+    if missing:
+        raise LaunchRefused(f"login initiation is missing {', '.join(missing)}")
+    registration = find_registration(session, box, params["iss"], params.get("client_id"))
+    settings = registration.settings
+    deployment = params.get("lti_deployment_id") or params.get("deployment_id")
+    if deployment and deployment not in settings["deployment_ids"]:
+        raise LaunchRefused("this deployment of the tool is not registered with Passback")
+    state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    session.add(
+        LaunchState(
+            state=state,
+            nonce=nonce,
+            lms_connection_id=registration.connection.id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=STATE_SECONDS),
+        )
+    )
+    query = {
+        "scope": "openid",
+        "response_type": "id_token",
+        "response_mode": "form_post",
+        "prompt": "none",
+        "client_id": settings["client_id"],
+        "redirect_uri": launch_url,
+        "login_hint": params["login_hint"],
+        "state": state,
+        "nonce": nonce,
+    }
+    if params.get("lti_message_hint"):
+        query["lti_message_hint"] = params["lti_message_hint"]
+    parts = urlsplit(settings["auth_url"])
+    merged = parse_qsl(parts.query, keep_blank_values=True) + list(query.items())
+    return urlunsplit(parts._replace(query=urlencode(merged)))
+
+
+class PlatformKeys:
+    """Platform JWKS, fetched over HTTP and cached per URL in this process; refreshed once on an unknown kid."""
+
+    def __init__(self, http: HttpClient, cache_seconds: float = JWKS_CACHE_SECONDS) -> None:
+        self.http = http
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[KeySet, float]] = {}
+        self._lock = threading.Lock()
+
+    def key_set(self, settings: Mapping[str, Any], *, refresh: bool = False) -> KeySet:
+        if settings.get("public_jwk") and not settings.get("jwks_url"):
+            return KeySet.import_key_set({"keys": [settings["public_jwk"]]})
+        url = str(settings["jwks_url"])
+        with self._lock:
+            cached = self._cache.get(url)
+        if cached and not refresh and time.monotonic() - cached[1] < self.cache_seconds:
+            return cached[0]
+        try:
+            response = self.http.request("GET", url, headers={"Accept": "application/json"})
+        except DeliveryError as exc:
+            raise LaunchRefused(f"could not fetch the platform's keys: {exc.message}") from exc
+        if response.status_code != 200:
+            raise LaunchRefused(f"the platform's JWKS URL answered HTTP {response.status_code}")
+        try:
+            keys = KeySet.import_key_set(response.json())
+        except (ValueError, JoseError, TypeError, KeyError) as exc:
+            raise LaunchRefused("the platform's JWKS is not a valid key set") from exc
+        with self._lock:
+            self._cache[url] = (keys, time.monotonic())
+        return keys
+
+
+@dataclass(frozen=True)
+class Launch:
+    registration: Registration
+    claims: dict[str, Any]
+
+    @property
+    def message_type(self) -> str:
+        return str(self.claims[CLAIM + "message_type"])
+
+
+def _header(id_token: str) -> dict[str, Any]:
+    try:
+        return dict(extract_compact(id_token.encode()).headers())
+    except (JoseError, ValueError, TypeError) as exc:
+        raise LaunchRefused("the id_token is not a signed JWT") from exc
+
+
+def validate_launch(
+    session: Session,
+    box: SecretBox,
+    keys: PlatformKeys,
+    id_token: str,
+    state: str,
+    *,
+    now: datetime | None = None,
+) -> Launch:
+    """Check a launch completely; consume its state and nonce. Raises LaunchRefused naming the failed rule."""
+    now = now or utcnow()
+    if not id_token or not state:
+        raise LaunchRefused("the launch is missing id_token or state")
+    login = session.get(LaunchState, state, with_for_update=True)
+    if login is None or login.used_at is not None or login.expires_at < now:
+        raise LaunchRefused("unknown, expired or already used state: start the launch again from the LMS")
+    login.used_at = now
+    connection = session.get(LmsConnection, login.lms_connection_id)
+    if connection is None:
+        raise LaunchRefused("the platform registration was removed")
+    settings = connection_settings(box, connection)
+    header = _header(id_token)
+    if header.get("alg") != "RS256":
+        raise LaunchRefused(f"id_token algorithm {header.get('alg')!r} is not accepted; RS256 only")
+    claims = _verified_claims(keys, settings, id_token)
+    _check_claims(claims, settings, login.nonce, now)
+    try:
+        with session.begin_nested():
+            session.add(
+                UsedNonce(
+                    issuer=settings["issuer"],
+                    nonce=str(claims["nonce"]),
+                    expires_at=now + timedelta(seconds=STATE_SECONDS * 2),
+                )
+            )
+    except IntegrityError as exc:
+        raise LaunchRefused("this id_token's nonce was already used (a replayed launch)") from exc
+    return Launch(Registration(connection, settings), claims)
+
+
+def _verified_claims(keys: PlatformKeys, settings: Mapping[str, Any], id_token: str) -> dict[str, Any]:
+    for refresh in (False, True):
+        try:
+            token = jwt.decode(id_token, keys.key_set(settings, refresh=refresh), algorithms=["RS256"])
+        except JoseError as exc:
+            if exc.error == "invalid_key_id" and not refresh:
+                continue  # the platform may have rotated its key: fetch the JWKS again, once
+            raise LaunchRefused(f"id_token signature check failed ({exc.error})") from exc
+        return dict(token.claims)
+    raise LaunchRefused("id_token signed with a key the platform does not publish")  # pragma: no cover
+
+
+def _check_claims(claims: Mapping[str, Any], settings: Mapping[str, Any], nonce: str, now: datetime) -> None:
+    client_id = settings["client_id"]
+    if claims.get("iss") != settings["issuer"]:
+        raise LaunchRefused("id_token issuer does not match the registered platform")
+    audience = claims.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    if client_id not in audiences:
+        raise LaunchRefused("id_token audience does not include Passback's client id")
+    if (len(audiences) > 1 or "azp" in claims) and claims.get("azp") != client_id:
+        raise LaunchRefused("id_token authorized party (azp) is not Passback's client id")
+    epoch = now.timestamp() if now.tzinfo else (now - datetime(1970, 1, 1)).total_seconds()
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not isinstance(exp, int | float) or exp < epoch - LEEWAY_SECONDS:
+        raise LaunchRefused("id_token has expired")
+    if not isinstance(iat, int | float) or iat > epoch + LEEWAY_SECONDS:
+        raise LaunchRefused("id_token was issued in the future; check the platform's clock")
+    if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+        raise LaunchRefused("id_token nonce does not match this login")
+    deployment = claims.get(CLAIM + "deployment_id")
+    if deployment not in settings["deployment_ids"]:
+        raise LaunchRefused("this deployment of the tool is not registered with Passback")
+    message_type = claims.get(CLAIM + "message_type")
+    if message_type not in MESSAGE_TYPES:
+        raise LaunchRefused(f"unsupported LTI message type {message_type!r}")
+    if claims.get(CLAIM + "version") != "1.3.0":
+        raise LaunchRefused("only LTI version 1.3.0 is accepted")
+    if message_type == RESOURCE_LINK:
+        if not claims.get("sub"):
+            raise LaunchRefused("a resource link launch must identify the user (sub)")
+        link = claims.get(CLAIM + "resource_link")
+        if not isinstance(link, Mapping) or not link.get("id"):
+            raise LaunchRefused("a resource link launch must carry resource_link.id")
+
+
+# --- what a resource-link launch records ---------------------------------------------------------------------
+
+
+def role_of(claims: Mapping[str, Any]) -> str:
+    """Teacher for instructor-like LIS roles (compared case-insensitively, context or institution), else student."""
+    roles = claims.get(CLAIM + "roles") or []
+    names = [str(r).rsplit("#", 1)[-1].rsplit("/", 1)[-1].lower() for r in roles if isinstance(r, str)]
+    return UserRole.TEACHER if any(n in TEACHER_ROLES for n in names) else UserRole.STUDENT
+
+
+def _custom(claims: Mapping[str, Any], name: str) -> str | None:
+    custom = claims.get(CLAIM + "custom")
+    if not isinstance(custom, Mapping):
+        return None
+    # Schoology lower-cases custom parameter keys (wire-formats §3.10): match case-insensitively.
+    for key, value in custom.items():
+        if str(key).lower() == name and isinstance(value, str | int) and str(value) and not str(value).startswith("$"):
+            return str(value)
+    return None
+
+
+def user_for_launch(session: Session, registration: Registration, claims: Mapping[str, Any]) -> User:
+    """The Passback user this platform's `sub` maps to, created on first launch; name, email, role refreshed."""
+    connection = registration.connection
+    issuer = registration.settings["issuer"]
+    identity = session.scalar(
+        select(LmsIdentity).where(
+            LmsIdentity.district_id == connection.district_id,
+            LmsIdentity.issuer == issuer,
+            LmsIdentity.subject == str(claims["sub"]),
+        )
+    )
+    user = session.get(User, identity.user_id) if identity else None
+    if user is None:
+        user = User(district_id=connection.district_id, role=role_of(claims))
+        session.add(user)
+        session.flush()
+        session.add(
+            LmsIdentity(
+                district_id=connection.district_id,
+                user_id=user.id,
+                lms_connection_id=connection.id,
+                issuer=issuer,
+                subject=str(claims["sub"]),
+            )
+        )
+    user.role = role_of(claims)
+    name = claims.get("name") or " ".join(filter(None, [claims.get("given_name"), claims.get("family_name")]))
+    if isinstance(name, str) and name:
+        user.name = name[:200]
+    if isinstance(claims.get("email"), str) and claims["email"]:
+        user.email = claims["email"][:320]
+    return user
+
+
+def assignment_for_launch(
+    session: Session, registration: Registration, claims: Mapping[str, Any]
+) -> tuple[Placement | None, Assignment]:
+    """The placement of this resource link if Passback knows it, else the `assignment` custom parameter's
+    assignment among the apps authorized in the district."""
+    connection = registration.connection
+    link_id = str(claims[CLAIM + "resource_link"]["id"])
+    placement = session.scalar(
+        select(Placement).where(Placement.lms_connection_id == connection.id, Placement.resource_link_id == link_id)
+    )
+    wanted = _custom(claims, "assignment")
+    if placement is not None and (wanted is None or _external_id(session, placement) == wanted):
+        assignment = session.get(Assignment, placement.assignment_id)
+        assert assignment is not None
+        return placement, assignment
+    if wanted is None:
+        raise LaunchRefused(
+            "this link is not a Passback assignment yet: add it with the assignment picker, or give it the "
+            "custom parameter assignment=<assignmentID>"
+        )
+    candidates = list(
+        session.scalars(
+            select(Assignment)
+            .join(DistrictApp, DistrictApp.app_id == Assignment.app_id)
+            .where(
+                DistrictApp.district_id == connection.district_id,
+                DistrictApp.revoked_at.is_(None),
+                Assignment.external_id == wanted,
+            )
+        )
+    )
+    app_hint = _custom(claims, "app")
+    if app_hint:
+        candidates = [a for a in candidates if app_hint in (a.app_id, _client_id(session, a.app_id))]
+    if not candidates:
+        raise LaunchRefused(f"no app authorized in this district has an assignment {wanted!r}")
+    if len(candidates) > 1:
+        raise LaunchRefused(f"several apps have an assignment {wanted!r}: add the custom parameter app=<client id>")
+    return None, candidates[0]
+
+
+def _external_id(session: Session, placement: Placement) -> str | None:
+    return session.scalar(select(Assignment.external_id).where(Assignment.id == placement.assignment_id))
+
+
+def _client_id(session: Session, app_id: str) -> str | None:
+    return session.scalar(select(App.client_id).where(App.id == app_id))
+
+
+def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User, Assignment, Placement]:
+    """Record who launched, where (course, enrollment) and the placement with its AGS/NRPS endpoints, refreshed
+    on every launch (platforms may change the URLs, AGS §3.1). Grades waiting for this student are routed."""
+    claims = launch.claims
+    connection = launch.registration.connection
+    user = user_for_launch(session, launch.registration, claims)
+    context = claims.get(CLAIM + "context")
+    link = claims[CLAIM + "resource_link"]
+    course_id = str(context["id"]) if isinstance(context, Mapping) and context.get("id") else f"link:{link['id']}"
+    placement, assignment = assignment_for_launch(session, launch.registration, claims)
+    if placement is None:
+        placement = session.scalar(
+            select(Placement).where(
+                Placement.lms_connection_id == connection.id,
+                Placement.course_id == course_id,
+                Placement.assignment_id == assignment.id,
+            )
+        )
+    if placement is None:
+        placement = Placement(
+            district_id=connection.district_id,
+            lms_connection_id=connection.id,
+            assignment_id=assignment.id,
+            course_id=course_id,
+            destination={},
+        )
+        session.add(placement)
+    placement.resource_link_id = str(link["id"])
+    placement.title = str(link.get("title") or assignment.name)[:500]
+    placement.destination = {**(placement.destination or {}), **_destination_claims(claims)}
+    session.flush()
+    enroll(session, connection, course_id, user, source="launch")
+    route_waiting_grades(session, connection.district_id, user_id=user.id)
+    return user, assignment, placement
+
+
+def _destination_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    destination: dict[str, Any] = {"resource_link_id": str(claims[CLAIM + "resource_link"]["id"])}
+    ags = claims.get(AGS_CLAIM)
+    if isinstance(ags, Mapping):
+        for key in ("lineitem", "lineitems"):
+            if isinstance(ags.get(key), str):
+                destination[key] = ags[key]
+        if isinstance(ags.get("scope"), list):
+            destination["scopes"] = [s for s in ags["scope"] if isinstance(s, str)]
+    nrps = claims.get(NRPS_CLAIM)
+    if isinstance(nrps, Mapping) and isinstance(nrps.get("context_memberships_url"), str):
+        destination["context_memberships_url"] = nrps["context_memberships_url"]
+    return destination
+
+
+def safe_summary(claims: Mapping[str, Any]) -> str:
+    """A log line about a launch without any token or personal data beyond ids."""
+    return json.dumps(
+        {
+            "iss": claims.get("iss"),
+            "sub": claims.get("sub"),
+            "message_type": claims.get(CLAIM + "message_type"),
+            "deployment_id": claims.get(CLAIM + "deployment_id"),
+        }
+    )

@@ -1,0 +1,78 @@
+"""The app sign-in after a launch: a short-lived, single-use authorization code for the app's redirect URI,
+exchanged at POST /oauth/tokens for a user token (the flow Clever's Instant Login uses)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.crypto import generate_token, hash_token
+from gateway.models import App, AuthorizationCode, TokenKind, utcnow
+from gateway.services.directory import IssuedToken, issue_token
+
+CODE_SECONDS = 60
+USER_TOKEN_SECONDS = 8 * 3600
+USER_TOKEN_SCOPES = "grades:write grades:read assignments:read"  # noqa: S105 - scope names
+
+
+def sign_in_redirect(
+    session: Session,
+    app: App,
+    district_id: str,
+    user_id: str,
+    assignment_external_id: str,
+    *,
+    now: datetime | None = None,
+) -> str:
+    """Mint a code for this user and app and return the app's redirect URI with `code` and
+    `state=assignment:{id}`."""
+    now = now or utcnow()
+    raw = generate_token()
+    session.add(
+        AuthorizationCode(
+            code_hash=hash_token(raw),
+            app_id=app.id,
+            district_id=district_id,
+            user_id=user_id,
+            redirect_uri=app.redirect_uri,
+            scope=USER_TOKEN_SCOPES,
+            created_at=now,
+            expires_at=now + timedelta(seconds=CODE_SECONDS),
+        )
+    )
+    parts = urlsplit(app.redirect_uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    query += [("code", raw), ("scopes", USER_TOKEN_SCOPES), ("state", f"assignment:{assignment_external_id}")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def find_code(session: Session, raw: str, app_id: str, *, now: datetime | None = None) -> AuthorizationCode | None:
+    """The code if it exists, belongs to this app, is unused and unexpired; locked for the exchange."""
+    now = now or utcnow()
+    code = session.scalar(
+        select(AuthorizationCode).where(AuthorizationCode.code_hash == hash_token(raw)).with_for_update()
+    )
+    if code is None or code.app_id != app_id or code.used_at is not None or code.expires_at < now:
+        return None
+    return code
+
+
+def redeem_code(
+    session: Session, code: AuthorizationCode, *, raw_token: str | None = None, now: datetime | None = None
+) -> IssuedToken:
+    """Use the code up and issue the user token (`raw_token` when the OAuth server generated it)."""
+    code.used_at = now or utcnow()
+    return issue_token(
+        session,
+        TokenKind.USER,
+        code.district_id,
+        code.app_id,
+        user_id=code.user_id,
+        scopes=code.scope,
+        label="sign-in",
+        lifetime_seconds=USER_TOKEN_SECONDS,
+        raw=raw_token,
+    )
