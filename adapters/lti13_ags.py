@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Self
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
 
 from adapters.base import (
     AdapterContext,
@@ -83,6 +83,13 @@ class Lti13SettingsSchema(Schema):
     jwks_url = fields.Url(require_tld=False, schemes={"https", "http"})
     public_jwk = fields.Dict(metadata={"description": "A static platform key, when the platform has no JWKS URL."})
     token_audience = fields.String(metadata={"description": "Assertion aud when it is not the token URL (D2L)."})
+
+    @pre_load
+    def _split_deployment_ids(self, data: Any, **_: Any) -> Any:
+        # `gateway lms add --setting deployment_ids=a,b` arrives as one string.
+        if isinstance(data, dict) and isinstance(data.get("deployment_ids"), str):
+            data = {**data, "deployment_ids": [d.strip() for d in data["deployment_ids"].split(",") if d.strip()]}
+        return data
 
     @post_load
     def _apply_preset(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:

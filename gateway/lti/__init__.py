@@ -22,4 +22,4 @@ def jwks() -> Response:
     return response
 
 
-from gateway.lti import launch  # noqa: E402,F401  (views register on the blueprint)
+from gateway.lti import config, deep_linking, launch  # noqa: E402,F401  (views register on the blueprint)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Response, current_app, redirect, request
+from flask import Response, current_app, redirect, request, url_for
 from markupsafe import escape
 
 from gateway.extensions import db
 from gateway.lti import lti_bp
 from gateway.models import App
-from gateway.services import lti13_launch, signin
+from gateway.services import deep_linking, lti13_launch, signin
 from gateway.services.errors import ServiceError
 
 log = logging.getLogger("passback.lti")
@@ -56,8 +56,14 @@ def login() -> Response:
 
 @lti_bp.post("/launch")
 def launch() -> Response:
-    """Validate the id_token; a resource link launch then signs the student into the app."""
+    """Validate the id_token; a resource link launch then signs the student into the app, a deep linking
+    request opens the assignment picker."""
     session = db.session()
+    if request.form.get("error"):
+        # Platforms post an OIDC error instead of a token when they refuse the login (wire-formats §3A.3).
+        message = f"{request.form.get('error')}: {request.form.get('error_description', '')}".strip(": ")
+        log.warning("LTI platform answered the login with an error: %s", message)
+        return error_page(400, "Your LMS refused the launch", message)
     try:
         result = lti13_launch.validate_launch(
             session,
@@ -66,8 +72,10 @@ def launch() -> Response:
             request.form.get("id_token", ""),
             request.form.get("state", ""),
         )
-        if result.message_type != lti13_launch.RESOURCE_LINK:
-            raise lti13_launch.LaunchRefused("the assignment picker (deep linking) is not available yet")
+        if result.message_type == lti13_launch.DEEP_LINKING:
+            picker = deep_linking.open_picker(session, result)
+            session.commit()
+            return redirect(url_for("lti.picker", picker_id=picker.id), code=303)  # type: ignore[return-value]
         user, assignment, _placement = lti13_launch.record_resource_link_launch(session, result)
         app = session.get(App, assignment.app_id)
         assert app is not None

@@ -25,6 +25,7 @@ from gateway.models.lms import LmsConnection, Placement
 from gateway.models.lti import (
     AuthorizationCode,
     CachedAccessToken,
+    DeepLinkSession,
     LaunchState,
     ToolKey,
     ToolKeyStatus,
@@ -42,6 +43,7 @@ __all__ = [
     "Base",
     "CachedAccessToken",
     "CatalogSnapshot",
+    "DeepLinkSession",
     "Delivery",
     "DeliveryStatus",
     "District",

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import Boolean, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.models.base import Base, created_column
@@ -78,6 +78,24 @@ class AuthorizationCode(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     redirect_uri: Mapped[str] = mapped_column(Text)
     scope: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = created_column()
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DeepLinkSession(Base):
+    """A teacher's assignment picker, opened by an LtiDeepLinkingRequest and closed by the signed response."""
+
+    __tablename__ = "lti_deep_link_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lms_connection_id: Mapped[str] = mapped_column(ForeignKey("lms_connections.id", ondelete="CASCADE"))
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), default=None)
+    deployment_id: Mapped[str] = mapped_column(String(255))
+    return_url: Mapped[str] = mapped_column(Text)
+    data: Mapped[str | None] = mapped_column(Text, default=None)
+    accept_multiple: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = created_column()
     expires_at: Mapped[datetime] = mapped_column()
     used_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -137,7 +137,8 @@ class PlatformKeys:
         self._lock = threading.Lock()
 
     def key_set(self, settings: Mapping[str, Any], *, refresh: bool = False) -> KeySet:
-        if settings.get("public_jwk") and not settings.get("jwks_url"):
+        if settings.get("public_jwk"):
+            # A static key the admin registered wins over a preset's JWKS URL.
             return KeySet.import_key_set({"keys": [settings["public_jwk"]]})
         url = str(settings["jwks_url"])
         with self._lock:
@@ -254,12 +255,29 @@ def _check_claims(claims: Mapping[str, Any], settings: Mapping[str, Any], nonce:
         raise LaunchRefused(f"unsupported LTI message type {message_type!r}")
     if claims.get(CLAIM + "version") != "1.3.0":
         raise LaunchRefused("only LTI version 1.3.0 is accepted")
+    _check_id_lengths(claims)
     if message_type == RESOURCE_LINK:
         if not claims.get("sub"):
             raise LaunchRefused("a resource link launch must identify the user (sub)")
         link = claims.get(CLAIM + "resource_link")
         if not isinstance(link, Mapping) or not link.get("id"):
             raise LaunchRefused("a resource link launch must carry resource_link.id")
+
+
+MAX_ID_LENGTH = 255  # LTI Core caps sub, resource_link.id and context.id at 255 characters
+
+
+def _check_id_lengths(claims: Mapping[str, Any]) -> None:
+    link = claims.get(CLAIM + "resource_link")
+    context = claims.get(CLAIM + "context")
+    values = {
+        "sub": claims.get("sub"),
+        "resource_link.id": link.get("id") if isinstance(link, Mapping) else None,
+        "context.id": context.get("id") if isinstance(context, Mapping) else None,
+    }
+    for name, value in values.items():
+        if value is not None and (not isinstance(value, str | int) or len(str(value)) > MAX_ID_LENGTH):
+            raise LaunchRefused(f"{name} must be a string of at most {MAX_ID_LENGTH} characters")
 
 
 # --- what a resource-link launch records ---------------------------------------------------------------------

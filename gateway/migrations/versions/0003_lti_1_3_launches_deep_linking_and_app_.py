@@ -1,8 +1,8 @@
-"""lti 1.3 launches and app sign-in
+"""lti 1.3 launches, deep linking and app sign-in
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-23 06:43:09.144740
+Create Date: 2026-11-23 06:46:04.120187
 """
 
 from __future__ import annotations
@@ -54,6 +54,36 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("code_hash", name=op.f("pk_authorization_codes")),
     )
     op.create_table(
+        "lti_deep_link_sessions",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("lms_connection_id", sa.String(length=24), nullable=False),
+        sa.Column("district_id", sa.String(length=24), nullable=False),
+        sa.Column("user_id", sa.String(length=24), nullable=True),
+        sa.Column("deployment_id", sa.String(length=255), nullable=False),
+        sa.Column("return_url", sa.Text(), nullable=False),
+        sa.Column("data", sa.Text(), nullable=True),
+        sa.Column("accept_multiple", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(), nullable=False),
+        sa.Column("used_at", sa.DateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["district_id"],
+            ["districts.id"],
+            name=op.f("fk_lti_deep_link_sessions_district_id_districts"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["lms_connection_id"],
+            ["lms_connections.id"],
+            name=op.f("fk_lti_deep_link_sessions_lms_connection_id_lms_connections"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_lti_deep_link_sessions_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_lti_deep_link_sessions")),
+    )
+    op.create_table(
         "lti_launch_states",
         sa.Column("state", sa.String(length=64), nullable=False),
         sa.Column("nonce", sa.String(length=64), nullable=False),
@@ -97,6 +127,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_lti_launch_states_expires_at"))
 
     op.drop_table("lti_launch_states")
+    op.drop_table("lti_deep_link_sessions")
     op.drop_table("authorization_codes")
     with op.batch_alter_table("lti_used_nonces", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_lti_used_nonces_expires_at"))
