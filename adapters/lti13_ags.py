@@ -33,6 +33,8 @@ SCOPE_NRPS = "https://purl.imsglobal.org/spec/lti-nrps/scope/contextmembership.r
 MEDIA_LINEITEM = "application/vnd.ims.lis.v2.lineitem+json"
 MEDIA_LINEITEM_CONTAINER = "application/vnd.ims.lis.v2.lineitemcontainer+json"
 MEDIA_SCORE = "application/vnd.ims.lis.v1.score+json"
+MEDIA_MEMBERSHIPS = "application/vnd.ims.lti-nrps.v2.membershipcontainer+json"
+MAX_MEMBERSHIP_PAGES = 200
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 300
 # Refresh a cached access token this long before the platform says it expires.
@@ -83,6 +85,11 @@ class Lti13SettingsSchema(Schema):
     jwks_url = fields.Url(require_tld=False, schemes={"https", "http"})
     public_jwk = fields.Dict(metadata={"description": "A static platform key, when the platform has no JWKS URL."})
     token_audience = fields.String(metadata={"description": "Assertion aud when it is not the token URL (D2L)."})
+    roster_match = fields.String(
+        load_default="email",
+        validate=validate.OneOf(["email", "sourcedid"]),
+        metadata={"description": "How a roster sync (NRPS) maps members to Passback users."},
+    )
 
     @pre_load
     def _split_deployment_ids(self, data: Any, **_: Any) -> Any:
@@ -123,7 +130,8 @@ class Lti13AgsAdapter:
     kind: ClassVar[str] = "lti13"
     settings_schema: ClassVar[type[Schema]] = Lti13SettingsSchema
     secret_settings: ClassVar[frozenset[str]] = frozenset()
-    requires_launch: ClassVar[bool] = False
+    # Scores are addressed to the platform's `sub`, learned at launch or from NRPS.
+    needs_lms_identity: ClassVar[bool] = True
 
     def __init__(self, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> None:
         self.settings = settings
@@ -334,6 +342,25 @@ class Lti13AgsAdapter:
             details={"lineitem": lineitem, **({"resultUrl": answer["resultUrl"]} if "resultUrl" in answer else {})},
             destination_update={"lineitem": lineitem} if learned else None,
         )
+
+    # --- rosters (Names and Role Provisioning Services 2.0) -----------------------------------------------
+
+    def memberships(self, context_memberships_url: str) -> list[dict[str, Any]]:
+        """Every member of the context, following `Link: rel=next` pages (100 a page: Schoology's maximum)."""
+        parts = urlsplit(context_memberships_url)
+        query = parts.query if "limit=" in parts.query else "&".join(filter(None, [parts.query, "limit=100"]))
+        url: str | None = urlunsplit(parts._replace(query=query))
+        members: list[dict[str, Any]] = []
+        for _ in range(MAX_MEMBERSHIP_PAGES):
+            if url is None:
+                break
+            # The exact Accept header: Schoology refuses anything else (wire-formats §3.12).
+            response = self._authorized("GET", url, [SCOPE_NRPS], headers={"Accept": MEDIA_MEMBERSHIPS})
+            self._classify(response)
+            body = json_or_none(response) or {}
+            members.extend(m for m in body.get("members") or [] if isinstance(m, dict))
+            url = link_url(response, "next")
+        return members
 
     def probe(self) -> HealthReport:
         """Ask the token endpoint for a score token: proves the key, client id and assertion audience."""

@@ -38,7 +38,7 @@ class SandboxAdapter:
     kind: ClassVar[str] = "sandbox"
     settings_schema: ClassVar[type[Schema]] = SandboxSettingsSchema
     secret_settings: ClassVar[frozenset[str]] = frozenset({"secret"})
-    requires_launch: ClassVar[bool] = False
+    needs_lms_identity: ClassVar[bool] = False
 
     def __init__(self, base_url: str, secret: str, http: HttpClient) -> None:
         self.base_url = base_url.rstrip("/")

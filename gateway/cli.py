@@ -13,6 +13,7 @@ import click
 from flask import Flask
 from sqlalchemy.orm import Session
 
+from adapters.base import DeliveryError
 from gateway import create_app
 from gateway.services.errors import ServiceError
 
@@ -175,13 +176,15 @@ def user() -> None:
 @click.option("--name", default="")
 @click.option("--email", default=None)
 @click.option("--role", type=click.Choice(["student", "teacher"]), default="student", show_default=True)
+@click.option("--sis-id", default=None, help="The student information system's id (LIS person sourcedId).")
 @json_option
-def user_add(district_id: str, name: str, email: str | None, role: str, as_json: bool) -> None:
+def user_add(district_id: str, name: str, email: str | None, role: str, sis_id: str | None, as_json: bool) -> None:
     from gateway.services.directory import create_user
 
     try:
         with _session(_app()) as session:
             row = create_user(session, district_id, name=name, email=email, role=role)
+            row.sis_id = sis_id
             data = {"id": row.id, "name": row.name, "role": row.role}
     except ServiceError as exc:
         _fail(exc)
@@ -202,7 +205,7 @@ def user_enroll(
     from gateway.services.directory import enroll, get_user, link_identity
     from gateway.services.errors import NotFound
     from gateway.services.lms import get_connection
-    from gateway.services.routing import route_waiting_grades
+    from gateway.services.routing import release_awaiting_launch, route_waiting_grades
 
     try:
         with _session(_app()) as session:
@@ -212,6 +215,7 @@ def user_enroll(
                 raise NotFound(f"no user {user_id!r} in this district")
             if lms_user_id:
                 link_identity(session, row, connection, lms_user_id)
+                release_awaiting_launch(session, row.id, connection.id)
             enroll(session, connection, course, row)
             routed = route_waiting_grades(session, district_id, user_id=row.id)
             data = {"user": row.id, "course": course, "lms": connection.name, "deliveries_created": routed}
@@ -260,6 +264,42 @@ def lms_add(
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"LMS connection {d['id']} ({d['name']}, adapter {d['adapter']})")
+
+
+@lms.command("sync-roster")
+@click.option("--district", "district_id", required=True)
+@click.option("--lms", "lms_ref", required=True, help="LMS connection id or name.")
+@json_option
+def lms_sync_roster(district_id: str, lms_ref: str, as_json: bool) -> None:
+    """Map placed courses' members (LTI NRPS) to Passback users, so grades reach students who never launched."""
+    from gateway.services.roster import sync_roster
+    from gateway.worker import DeliveryWorker
+
+    app = _app()
+    worker = DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
+    try:
+        with app.app_context():
+            result = sync_roster(
+                app.extensions["passback_db"],
+                app.extensions["passback_box"],
+                worker.http,
+                worker.adapter_context(),
+                district_id,
+                lms_ref,
+            )
+    except ServiceError as exc:
+        _fail(exc)
+    except DeliveryError as exc:
+        raise click.ClickException(f"the LMS refused the roster request: {exc.message}") from exc
+    data = dict(vars(result))
+    _emit(
+        as_json,
+        data,
+        lambda d: (
+            f"{d['courses']} courses, {d['members']} members, {d['matched']} matched "
+            f"({d['new_identities']} new), {len(d['unmatched'])} unmatched, {d['released']} grades released"
+        ),
+    )
 
 
 @main.group()

@@ -89,7 +89,9 @@ class User(Base):
     district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(20), default=UserRole.STUDENT)
     name: Mapped[str] = mapped_column(String(200), default="")
-    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    email: Mapped[str | None] = mapped_column(String(320), default=None, index=True)
+    # The student information system's id (LIS person sourcedId), for roster matching.
+    sis_id: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
     created_at: Mapped[datetime] = created_column()
 
 

@@ -225,7 +225,7 @@ def _lookup(
         # No such assignment: say whether the user is known too, so the user error keeps coming first.
         return session.execute(_USER, params).scalar(), None, None, []
     known_user, assignment_id, score_maximum = rows[0][0], rows[0][1], rows[0][2]
-    routes = [Route(*row[3:]) for row in rows if row[3] is not None]
+    routes = [Route(*row[3:]) for row in rows if row[3] is not None]  # type: ignore[arg-type]
     return known_user, assignment_id, score_maximum, routes
 
 

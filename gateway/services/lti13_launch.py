@@ -44,7 +44,7 @@ from gateway.models import (
 from gateway.services.directory import enroll
 from gateway.services.errors import ServiceError
 from gateway.services.lms import connection_settings
-from gateway.services.routing import route_waiting_grades
+from gateway.services.routing import release_awaiting_launch, route_waiting_grades
 
 CLAIM = "https://purl.imsglobal.org/spec/lti/claim/"
 AGS_CLAIM = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
@@ -416,6 +416,7 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
     placement.destination = {**(placement.destination or {}), **_destination_claims(claims)}
     session.flush()
     enroll(session, connection, course_id, user, source="launch")
+    release_awaiting_launch(session, user.id, connection.id)
     route_waiting_grades(session, connection.district_id, user_id=user.id)
     return user, assignment, placement
 

@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, exists, select, update
 from sqlalchemy.orm import Session
 
+from adapters import REGISTRY
 from gateway.models import (
     SUPERSEDABLE,
     Delivery,
@@ -18,6 +19,7 @@ from gateway.models import (
     Grade,
     GradeRevision,
     LmsConnection,
+    LmsIdentity,
     Placement,
     new_id,
     utcnow,
@@ -34,6 +36,14 @@ class Route:
     section_id: str | None
     connection_name: str
     adapter: str
+    # Whether this LMS already has a name for the student (an LTI `sub`); adapters that address students by
+    # it wait for a launch or a roster sync otherwise.
+    has_identity: bool = True
+
+    @property
+    def waits_for_launch(self) -> bool:
+        adapter = REGISTRY.get(self.adapter)
+        return bool(getattr(adapter, "needs_lms_identity", False)) and not self.has_identity
 
 
 ROUTE_COLUMNS = (
@@ -43,6 +53,13 @@ ROUTE_COLUMNS = (
     Placement.section_id,
     LmsConnection.name,
     LmsConnection.adapter,
+    exists()
+    .where(LmsIdentity.user_id == bindparam("user_id"), LmsIdentity.lms_connection_id == Placement.lms_connection_id)
+    .label("has_identity"),
+)
+AWAITING_LAUNCH_REASON = (
+    "waiting for the student to open the link once in the LMS (or a roster sync), so that the LMS's id for "
+    "them is known"
 )
 
 
@@ -121,7 +138,7 @@ def route_revision(
     if routes is None:
         routes = destinations_for(session, grade)
     if routes:
-        rows = [_pending_delivery(grade, revision_id, route, now) for route in routes]
+        rows = [_delivery_row(grade, revision_id, route, now) for route in routes]
         created: list[tuple[Any, Route | None]] = list(zip(rows, routes, strict=True))
     else:
         placeholder = _delivery_row(grade, revision_id, None, now)
@@ -151,11 +168,9 @@ def _delivery_row(grade: Any, revision_id: str, route: Route | None, now: dateti
         created_at=now,
         updated_at=now,
     )
+    if route is not None and route.waits_for_launch:
+        row.update(status=DeliveryStatus.AWAITING_LAUNCH, next_attempt_at=None, last_error=AWAITING_LAUNCH_REASON)
     return row
-
-
-def _pending_delivery(grade: Any, revision_id: str, route: Route, now: datetime) -> dict[str, Any]:
-    return _delivery_row(grade, revision_id, route, now)
 
 
 def route_waiting_grades(
@@ -188,6 +203,22 @@ def route_waiting_grades(
             if delivery.status == DeliveryStatus.UNROUTABLE:
                 delivery.status = DeliveryStatus.SUPERSEDED
                 delivery.updated_at = now
-        session.execute(_INSERT_DELIVERY, [_pending_delivery(grade, revision_id, r, now) for r in new])
+        session.execute(_INSERT_DELIVERY, [_delivery_row(grade, revision_id, r, now) for r in new])
         created += len(new)
     return created
+
+
+def release_awaiting_launch(session: Session, user_id: str, lms_connection_id: str) -> int:
+    """The LMS's id for this student is now known (a launch or a roster sync): send what waited for it."""
+    now = utcnow()
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.lms_connection_id == lms_connection_id,
+            Delivery.status == DeliveryStatus.AWAITING_LAUNCH,
+            Delivery.grade_id.in_(select(Grade.id).where(Grade.user_id == user_id)),
+        )
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, last_error=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

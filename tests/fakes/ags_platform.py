@@ -30,6 +30,8 @@ MEDIA_CONTAINER = "application/vnd.ims.lis.v2.lineitemcontainer+json"
 MEDIA_SCORE = "application/vnd.ims.lis.v1.score+json"
 SCOPE_LINEITEM = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem"
 SCOPE_SCORE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
+SCOPE_NRPS = "https://purl.imsglobal.org/spec/lti-nrps/scope/contextmembership.readonly"
+MEDIA_MEMBERSHIPS = "application/vnd.ims.lti-nrps.v2.membershipcontainer+json"
 ACTIVITY = {"Initialized", "Started", "InProgress", "Submitted", "Completed"}
 GRADING = {"FullyGraded", "Pending", "PendingManual", "Failed", "NotReady"}
 PAGE_SIZE = 2
@@ -71,6 +73,8 @@ class AgsPlatform:
         self.score_posts = 0
         self.lineitem_posts: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        self.members: list[dict[str, Any]] = []
+        self.membership_pages_served = 0
         self.app = self._build()
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
@@ -201,7 +205,7 @@ class AgsPlatform:
                 self.assertion_errors.append(problem)
                 return jsonify(error="invalid_client", error_description=problem), 401
             scopes = set(form.get("scope", "").split())
-            if not scopes or not scopes <= {SCOPE_LINEITEM, SCOPE_SCORE}:
+            if not scopes or not scopes <= {SCOPE_LINEITEM, SCOPE_SCORE, SCOPE_NRPS}:
                 return jsonify(error="invalid_scope"), 400
             access = secrets.token_urlsafe(24)
             self.tokens[access] = (scopes, time.time() + self.token_lifetime)
@@ -309,4 +313,30 @@ class AgsPlatform:
                 json.dumps({"resultUrl": f"{self.url}/results/{number}/{body['userId']}"}), content_type=MEDIA_SCORE
             )
 
+        @app.get("/api/lti/courses/1/names_and_roles")
+        def memberships() -> Any:
+            scopes = self._bearer_scopes()
+            if scopes is None or SCOPE_NRPS not in scopes:
+                return jsonify(errors={"type": "unauthorized", "message": "Invalid access token"}), 401
+            # Schoology's rule, the strictest: exactly the membership container type (wire-formats §3.12).
+            if request.headers.get("Accept") != MEDIA_MEMBERSHIPS:
+                return jsonify(error="handleNamesRoles: Invalid Accept Header"), 400
+            limit = int(request.args.get("limit", "100"))
+            if limit > 100:
+                return jsonify(error="limit too large"), 400
+            page = int(request.args.get("page", "0"))
+            self.membership_pages_served += 1
+            chunk = self.members[page * limit : (page + 1) * limit]
+            response = Response(
+                json.dumps({"id": request.url, "context": {"id": "course-7"}, "members": chunk}),
+                content_type=MEDIA_MEMBERSHIPS,
+            )
+            if (page + 1) * limit < len(self.members):
+                response.headers["Link"] = f'<{self.url}{request.path}?limit={limit}&page={page + 1}>; rel="next"'
+            return response
+
         return app
+
+    @property
+    def memberships_url(self) -> str:
+        return f"{self.url}/api/lti/courses/1/names_and_roles"

@@ -253,3 +253,72 @@ def test_wrong_assertion_audience_is_a_permanent_config_failure(ags: AgsSetup, w
     assert ags.platform.assertion_errors == ["the 'aud' is invalid"]
     with ags.world.session() as session:
         assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "delivered")) == 0
+
+
+def test_grade_for_a_student_the_platform_cannot_name_waits_for_the_launch(
+    ags: AgsSetup, worker: DeliveryWorker
+) -> None:
+    _sandbox_off(ags.world)
+    with ags.world.session() as session:
+        from gateway.models import LmsConnection
+        from gateway.services.routing import release_awaiting_launch
+
+        connection = session.get(LmsConnection, ags.connection_id)
+        newcomer = create_user(session, ags.world.district_id, name="New")
+        enroll(session, connection, "canvas-course-7", newcomer)
+        newcomer_id = newcomer.id
+    response = ags.world.post_grade({"assignmentID": "quiz-1", "userID": newcomer_id, "percentage": 0.4})
+    assert response.status_code == 202
+    [delivery] = response.json()["deliveries"]
+    assert delivery["status"] == "awaiting_launch" and "open the link" in delivery["lastError"]
+    assert worker.run_until_idle() == 0, "nothing is sent without the platform's id for the student"
+
+    with ags.world.session() as session:
+        user = get_user(session, ags.world.district_id, newcomer_id)
+        connection = session.get(LmsConnection, ags.connection_id)
+        link_identity(session, user, connection, "sub-newcomer")
+        assert release_awaiting_launch(session, newcomer_id, ags.connection_id) == 1
+    worker.run_until_idle()
+    assert ags.world.get(response.headers["Location"]).json()["status"] == "delivered"
+    assert ags.platform.score_of("sub-newcomer", 1)["scoreGiven"] == 4.0
+
+
+def test_roster_sync_maps_students_by_email_and_releases_their_grades(ags: AgsSetup, worker: DeliveryWorker) -> None:
+    from gateway.models import LmsConnection
+    from gateway.services.roster import sync_roster
+
+    _sandbox_off(ags.world)
+    with ags.world.session() as session:
+        connection = session.get(LmsConnection, ags.connection_id)
+        placement = session.get(Placement, ags.placement_id)
+        placement.destination = {**placement.destination, "context_memberships_url": ags.platform.memberships_url}
+        known = create_user(session, ags.world.district_id, name="Known", email="Kim@School.example")
+        enroll(session, connection, "canvas-course-7", known)
+        twin_a = create_user(session, ags.world.district_id, name="Twin A", email="twin@school.example")
+        create_user(session, ags.world.district_id, name="Twin B", email="twin@school.example")
+        enroll(session, connection, "canvas-course-7", twin_a)
+        known_id = known.id
+    posted = ags.world.post_grade({"assignmentID": "quiz-1", "userID": known_id, "percentage": 0.7})
+    assert posted.json()["status"] == "awaiting_launch"
+    # 150 members: two pages of at most 100, as Schoology pages them.
+    ags.platform.members = [
+        {"user_id": f"filler-{n}", "email": f"f{n}@elsewhere.example", "roles": []} for n in range(147)
+    ] + [
+        {"user_id": "sub-kim", "email": "kim@school.example", "status": "Active"},
+        {"user_id": "sub-twin", "email": "twin@school.example"},
+        {"user_id": "sub-gone", "email": "kim@school.example", "status": "Inactive"},
+    ]
+    result = sync_roster(
+        ags.world.app.extensions["passback_db"],
+        ags.world.app.extensions["passback_box"],
+        worker.http,
+        worker.adapter_context(),
+        ags.world.district_id,
+        "Canvas",
+    )
+    assert ags.platform.membership_pages_served == 2
+    assert (result.members, result.matched, result.new_identities, result.released) == (149, 1, 1, 1)
+    assert "sub-twin" in result.unmatched, "two users with one email are not guessed between"
+    worker.run_until_idle()
+    assert ags.platform.score_of("sub-kim", 1)["scoreGiven"] == 7.0
+    assert ags.world.get(posted.headers["Location"]).json()["status"] == "delivered"

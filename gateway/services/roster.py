@@ -1,0 +1,123 @@
+"""Roster sync by LTI Names and Role Provisioning Services: map Passback users to the platform's `sub` so that
+grades reach students who have not launched the link, and enroll them in the placement's course."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from adapters import REGISTRY, AdapterContext, HttpClient
+from gateway.crypto import SecretBox
+from gateway.db import Database
+from gateway.models import LmsConnection, LmsIdentity, Placement, User
+from gateway.services.directory import enroll
+from gateway.services.errors import InvalidInput, NotFound
+from gateway.services.lms import connection_settings
+from gateway.services.routing import release_awaiting_launch, route_waiting_grades
+
+
+@dataclass
+class RosterSync:
+    courses: int = 0
+    members: int = 0
+    matched: int = 0
+    new_identities: int = 0
+    released: int = 0
+    unmatched: list[str] = field(default_factory=list)
+
+
+def sync_roster(
+    db: Database, box: SecretBox, http: HttpClient, context: AdapterContext, district_id: str, connection_ref: str
+) -> RosterSync:
+    """Fetch each placed course's membership and link members to Passback users by the connection's
+    `roster_match` rule (email or LIS person sourcedId). Unmatched members are reported, not invented."""
+    with db.transaction() as session:
+        connection = session.scalar(
+            select(LmsConnection).where(
+                LmsConnection.district_id == district_id,
+                (LmsConnection.id == connection_ref) | (LmsConnection.name == connection_ref),
+            )
+        )
+        if connection is None:
+            raise NotFound(f"no LMS connection {connection_ref!r} in this district")
+        adapter_cls = REGISTRY[connection.adapter]
+        if not hasattr(adapter_cls, "memberships"):
+            raise InvalidInput(f"the {connection.adapter} adapter has no roster service")
+        settings = connection_settings(box, connection)
+        courses: dict[str, str] = {}
+        for placement in session.scalars(select(Placement).where(Placement.lms_connection_id == connection.id)):
+            url = (placement.destination or {}).get("context_memberships_url")
+            if url:
+                courses[placement.course_id] = str(url)
+        connection_id = connection.id
+    adapter: Any = adapter_cls.from_settings(settings, http, context)
+    result = RosterSync(courses=len(courses))
+    for course_id, url in courses.items():
+        members = adapter.memberships(url)  # the LMS call, outside any transaction
+        with db.transaction() as session:
+            connection = session.get(LmsConnection, connection_id)
+            assert connection is not None
+            for member in members:
+                if str(member.get("status", "Active")) != "Active" or not member.get("user_id"):
+                    continue
+                result.members += 1
+                user = _match(session, district_id, settings, member)
+                if user is None:
+                    result.unmatched.append(str(member["user_id"]))
+                    continue
+                result.matched += 1
+                subject = str(member["user_id"])
+                known = session.scalar(
+                    select(LmsIdentity).where(
+                        LmsIdentity.district_id == district_id,
+                        LmsIdentity.issuer == settings["issuer"],
+                        LmsIdentity.subject == subject,
+                    )
+                )
+                if known is None:
+                    session.add(
+                        LmsIdentity(
+                            district_id=district_id,
+                            user_id=user.id,
+                            lms_connection_id=connection_id,
+                            issuer=settings["issuer"],
+                            subject=subject,
+                        )
+                    )
+                    session.flush()
+                    result.new_identities += 1
+                enroll(session, connection, course_id, user, source="roster")
+                result.released += release_awaiting_launch(session, user.id, connection_id)
+                route_waiting_grades(session, district_id, user_id=user.id)
+    return result
+
+
+def _match(session: Any, district_id: str, settings: dict[str, Any], member: dict[str, Any]) -> User | None:
+    existing = session.scalar(
+        select(User)
+        .join(LmsIdentity, LmsIdentity.user_id == User.id)
+        .where(
+            LmsIdentity.district_id == district_id,
+            LmsIdentity.issuer == settings["issuer"],
+            LmsIdentity.subject == str(member["user_id"]),
+        )
+    )
+    if existing is not None:
+        return existing
+    if settings.get("roster_match", "email") == "sourcedid":
+        sourcedid = member.get("lis_person_sourcedid")
+        if not sourcedid or str(sourcedid).startswith("$"):
+            return None
+        return session.scalar(select(User).where(User.district_id == district_id, User.sis_id == str(sourcedid)))
+    email = member.get("email")
+    if not isinstance(email, str) or "@" not in email:
+        return None
+    matches = list(
+        session.scalars(
+            select(User).where(User.district_id == district_id, func.lower(User.email) == email.lower()).limit(2)
+        )
+    )
+    # Two Passback users with one email cannot be told apart: leave both unmatched rather than guess.
+    return matches[0] if len(matches) == 1 else None
