@@ -100,3 +100,14 @@ def _spend_state(state: str) -> None:
         login_state = session.get(LaunchState, state)
         if login_state is not None and login_state.used_at is None:
             login_state.used_at = utcnow()
+
+
+@lti_bp.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    """People reach these endpoints in a browser frame: an unexpected error is a page too, and logged."""
+    from werkzeug.exceptions import HTTPException
+
+    if isinstance(exc, HTTPException):
+        return error_page(exc.code or 500, exc.name, exc.description or exc.name)
+    log.exception("unexpected error in an LTI endpoint")
+    return error_page(500, "Passback hit an unexpected error", "It has been logged; please try the link again.")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.crypto import generate_token, hash_token
@@ -24,6 +27,8 @@ from gateway.models import (
     utcnow,
 )
 from gateway.services.errors import Conflict, InvalidInput, NotFound
+
+T = TypeVar("T")
 
 DISTRICT_APP_SCOPES = "grades:write grades:read assignments:read assignments:write"
 
@@ -193,23 +198,40 @@ def enroll(
     """Record that a user belongs to an LMS course; grades for placements in that course then route to it."""
     if user.district_id != connection.district_id:
         raise NotFound("no such user in this district")
-    existing = session.scalar(
-        select(Enrollment).where(
-            Enrollment.lms_connection_id == connection.id,
-            Enrollment.course_id == course_id,
-            Enrollment.user_id == user.id,
-        )
+    return get_or_create(
+        session,
+        lambda: session.scalar(
+            select(Enrollment).where(
+                Enrollment.lms_connection_id == connection.id,
+                Enrollment.course_id == course_id,
+                Enrollment.user_id == user.id,
+            )
+        ),
+        lambda: Enrollment(
+            district_id=connection.district_id,
+            lms_connection_id=connection.id,
+            course_id=course_id,
+            user_id=user.id,
+            role=role or user.role,
+            source=source,
+        ),
     )
-    if existing is not None:
-        return existing
-    enrollment = Enrollment(
-        district_id=connection.district_id,
-        lms_connection_id=connection.id,
-        course_id=course_id,
-        user_id=user.id,
-        role=role or user.role,
-        source=source,
-    )
-    session.add(enrollment)
-    session.flush()
-    return enrollment
+
+
+def get_or_create(session: Session, find: Callable[[], T | None], make: Callable[[], T]) -> T:
+    """The row `find` returns, else a new one from `make`. Safe under concurrency: when another transaction
+    inserts the same unique row first, the savepoint is rolled back and that row is found instead."""
+    found = find()
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():
+            made = make()
+            session.add(made)
+            session.flush()
+    except IntegrityError:
+        found = find()
+        if found is None:
+            raise
+        return found
+    return made

@@ -39,9 +39,10 @@ from gateway.models import (
     UsedNonce,
     User,
     UserRole,
+    new_id,
     utcnow,
 )
-from gateway.services.directory import enroll
+from gateway.services.directory import enroll, get_or_create
 from gateway.services.errors import ServiceError
 from gateway.services.lms import connection_settings
 from gateway.services.routing import release_awaiting_launch, route_waiting_grades
@@ -241,9 +242,13 @@ def _check_claims(claims: Mapping[str, Any], settings: Mapping[str, Any], nonce:
         raise LaunchRefused("id_token authorized party (azp) is not Passback's client id")
     epoch = now.timestamp() if now.tzinfo else (now - datetime(1970, 1, 1)).total_seconds()
     exp, iat = claims.get("exp"), claims.get("iat")
-    if not isinstance(exp, int | float) or exp < epoch - LEEWAY_SECONDS:
+    if not isinstance(exp, int | float):
+        raise LaunchRefused("id_token has no expiry (exp)")
+    if exp < epoch - LEEWAY_SECONDS:
         raise LaunchRefused("id_token has expired")
-    if not isinstance(iat, int | float) or iat > epoch + LEEWAY_SECONDS:
+    if not isinstance(iat, int | float):
+        raise LaunchRefused("id_token has no issue time (iat)")
+    if iat > epoch + LEEWAY_SECONDS:
         raise LaunchRefused("id_token was issued in the future; check the platform's clock")
     if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
         raise LaunchRefused("id_token nonce does not match this login")
@@ -305,27 +310,32 @@ def user_for_launch(session: Session, registration: Registration, claims: Mappin
     """The Passback user this platform's `sub` maps to, created on first launch; name, email, role refreshed."""
     connection = registration.connection
     issuer = registration.settings["issuer"]
-    identity = session.scalar(
-        select(LmsIdentity).where(
-            LmsIdentity.district_id == connection.district_id,
-            LmsIdentity.issuer == issuer,
-            LmsIdentity.subject == str(claims["sub"]),
-        )
-    )
-    user = session.get(User, identity.user_id) if identity else None
-    if user is None:
-        user = User(district_id=connection.district_id, role=role_of(claims))
-        session.add(user)
-        session.flush()
-        session.add(
-            LmsIdentity(
-                district_id=connection.district_id,
-                user_id=user.id,
-                lms_connection_id=connection.id,
-                issuer=issuer,
-                subject=str(claims["sub"]),
+
+    def find() -> LmsIdentity | None:
+        return session.scalar(
+            select(LmsIdentity).where(
+                LmsIdentity.district_id == connection.district_id,
+                LmsIdentity.issuer == issuer,
+                LmsIdentity.subject == str(claims["sub"]),
             )
         )
+
+    def make() -> LmsIdentity:
+        # A double-click launches twice at once: the user and identity are created together, or not at all.
+        user = User(id=new_id(), district_id=connection.district_id, role=role_of(claims))
+        session.add(user)
+        session.flush()
+        return LmsIdentity(
+            district_id=connection.district_id,
+            user_id=user.id,
+            lms_connection_id=connection.id,
+            issuer=issuer,
+            subject=str(claims["sub"]),
+        )
+
+    identity = get_or_create(session, find, make)
+    user = session.get(User, identity.user_id)
+    assert user is not None
     user.role = role_of(claims)
     name = claims.get("name") or " ".join(filter(None, [claims.get("given_name"), claims.get("family_name")]))
     if isinstance(name, str) and name:
@@ -395,22 +405,23 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
     course_id = str(context["id"]) if isinstance(context, Mapping) and context.get("id") else f"link:{link['id']}"
     placement, assignment = assignment_for_launch(session, launch.registration, claims)
     if placement is None:
-        placement = session.scalar(
-            select(Placement).where(
-                Placement.lms_connection_id == connection.id,
-                Placement.course_id == course_id,
-                Placement.assignment_id == assignment.id,
-            )
+        placement = get_or_create(
+            session,
+            lambda: session.scalar(
+                select(Placement).where(
+                    Placement.lms_connection_id == connection.id,
+                    Placement.course_id == course_id,
+                    Placement.assignment_id == assignment.id,
+                )
+            ),
+            lambda: Placement(
+                district_id=connection.district_id,
+                lms_connection_id=connection.id,
+                assignment_id=assignment.id,
+                course_id=course_id,
+                destination={},
+            ),
         )
-    if placement is None:
-        placement = Placement(
-            district_id=connection.district_id,
-            lms_connection_id=connection.id,
-            assignment_id=assignment.id,
-            course_id=course_id,
-            destination={},
-        )
-        session.add(placement)
     placement.resource_link_id = str(link["id"])
     placement.title = str(link.get("title") or assignment.name)[:500]
     placement.destination = {**(placement.destination or {}), **_destination_claims(claims)}
