@@ -145,6 +145,11 @@ class Lti13AgsAdapter:
         return cls(settings, http, context or AdapterContext())
 
     @staticmethod
+    def needs_discovery(destination_data: Mapping[str, Any]) -> bool:
+        """The line item must be found or created first: one worker at a time, or two would create two."""
+        return not destination_data.get("lineitem")
+
+    @staticmethod
     def registration_key(settings: Mapping[str, Any]) -> str:
         """How a launch finds this registration: the platform's issuer and the tool's client id."""
         return f"{settings['issuer']}|{settings['client_id']}"

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from adapters import REGISTRY, AdapterContext, GradeAdapter, HttpClient
 from adapters.base import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
@@ -14,13 +15,17 @@ from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.services.deliveries import (
+    DISCOVERY_WAIT_SECONDS,
     Claim,
     RetryPolicy,
     claim_due_deliveries,
+    defer_claim,
     fail_orphaned_claim,
     load_work,
     record_failure,
     record_success,
+    release_discovery_lease,
+    take_discovery_lease,
 )
 from gateway.services.keys import current_signing_key
 from gateway.services.token_cache import DatabaseTokenCache
@@ -85,9 +90,27 @@ class DeliveryWorker:
                 orphaned = fail_orphaned_claim(session, claim)
             log.warning("delivery %s: %s", claim.delivery_id, "destination removed" if orphaned else "claim lost")
             return "failed" if orphaned else None
+        adapter_cls = self.adapters.get(work.adapter)
+        discovering = bool(
+            adapter_cls is not None
+            and getattr(adapter_cls, "needs_discovery", None)
+            and adapter_cls.needs_discovery(work.destination.data)  # type: ignore[attr-defined]
+        )
+        if discovering:
+            with self.db.transaction() as session:
+                if not take_discovery_lease(session, work.destination.placement_id):
+                    defer_claim(session, claim, DISCOVERY_WAIT_SECONDS)
+                    return "pending"
+        try:
+            return self._deliver(claim, work, adapter_cls)
+        finally:
+            if discovering:
+                with self.db.transaction() as session:
+                    release_discovery_lease(session, work.destination.placement_id)
+
+    def _deliver(self, claim: Claim, work: Any, adapter_cls: Any) -> str | None:
         error: DeliveryError | None = None
         try:
-            adapter_cls = self.adapters.get(work.adapter)
             if adapter_cls is None:
                 raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
             adapter = adapter_cls.from_settings(work.settings, self.http, self.adapter_context())

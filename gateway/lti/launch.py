@@ -109,5 +109,7 @@ def _unexpected(exc: Exception) -> Response:
 
     if isinstance(exc, HTTPException):
         return error_page(exc.code or 500, exc.name, exc.description or exc.name)
+    if isinstance(exc, ServiceError):
+        return error_page(exc.status, "Passback could not do this", exc.message)
     log.exception("unexpected error in an LTI endpoint")
     return error_page(500, "Passback hit an unexpected error", "It has been logged; please try the link again.")

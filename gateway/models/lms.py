@@ -50,6 +50,9 @@ class Placement(Base):
     # The LMS's link id (LTI resource_link.id), so a launch finds its placement again.
     resource_link_id: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
     destination: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # While a worker looks up or creates the placement's destination (an AGS line item), others wait, so two
+    # concurrent deliveries cannot create two line items.
+    discovery_lease_until: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = created_column()
 
     lms_connection: Mapped[LmsConnection] = relationship(lazy="joined", innerjoin=True)

@@ -203,6 +203,52 @@ def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | 
     )
 
 
+DISCOVERY_LEASE_SECONDS = 120
+DISCOVERY_WAIT_SECONDS = 2.0
+
+
+def take_discovery_lease(session: Session, placement_id: str, *, now: datetime | None = None) -> bool:
+    """Reserve the placement's destination discovery for this worker; False if another worker holds it."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Placement)
+        .where(
+            Placement.id == placement_id,
+            or_(Placement.discovery_lease_until.is_(None), Placement.discovery_lease_until < now),
+        )
+        .values(discovery_lease_until=now + timedelta(seconds=DISCOVERY_LEASE_SECONDS))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_discovery_lease(session: Session, placement_id: str) -> None:
+    session.execute(
+        update(Placement)
+        .where(Placement.id == placement_id)
+        .values(discovery_lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def defer_claim(session: Session, claim: Claim, seconds: float, *, now: datetime | None = None) -> None:
+    """Give a claimed delivery back untouched, to be tried shortly: waiting is not a failed attempt."""
+    now = now or utcnow()
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+        .values(
+            status=DeliveryStatus.PENDING,
+            attempts=Delivery.attempts - 1,
+            next_attempt_at=now + timedelta(seconds=seconds),
+            claim_token=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
 def fail_orphaned_claim(session: Session, claim: Claim, *, now: datetime | None = None) -> bool:
     """A claimed delivery whose placement or connection was removed cannot be sent: fail it with the reason."""
     now = now or utcnow()

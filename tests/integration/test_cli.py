@@ -198,3 +198,64 @@ def test_gateway_run_seeds_the_sandbox_and_its_curl_line_delivers(tmp_path: Path
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(10)
+
+
+def test_lti13_platform_is_registered_from_the_cli(gateway_cli: Any, live_server: LiveServer) -> None:
+    rotated = gateway_cli("keys", "rotate")
+    assert rotated["published"] == [rotated["kid"]]
+    district = gateway_cli("district", "create", "LTI district")
+    lms = gateway_cli(
+        "lms",
+        "add",
+        "--district",
+        district["id"],
+        "--name",
+        "Canvas",
+        "--adapter",
+        "lti13",
+        "--setting",
+        "platform=canvas",
+        "--setting",
+        "client_id=10000000000042",
+        "--setting",
+        "deployment_ids=7:abc, 8:def",
+    )
+    config = requests.get(f"{live_server.url}/lti/config/{lms['id']}", timeout=5).json()
+    assert config["oidc_initiation_url"] == f"{live_server.url}/lti/login"
+    assert config["public_jwk_url"] == f"{live_server.url}/lti/jwks"
+    placements = {p["placement"] for p in config["extensions"][0]["settings"]["placements"]}
+    assert placements == {"assignment_selection", "link_selection"}
+    assert "https://purl.imsglobal.org/spec/lti-ags/scope/score" in config["scopes"]
+    login = requests.get(
+        f"{live_server.url}/lti/login",
+        params={
+            "iss": "https://canvas.instructure.com",
+            "login_hint": "x",
+            "target_link_uri": "t",
+            "client_id": "10000000000042",
+            "lti_deployment_id": "8:def",
+        },
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert login.status_code == 302 and login.headers["Location"].startswith(
+        "https://sso.canvaslms.com/api/lti/authorize_redirect?"
+    )
+    duplicate = gateway_cli.failing(
+        "lms",
+        "add",
+        "--district",
+        district["id"],
+        "--name",
+        "Canvas 2",
+        "--adapter",
+        "lti13",
+        "--setting",
+        "platform=canvas",
+        "--setting",
+        "client_id=10000000000042",
+        "--setting",
+        "deployment_ids=1",
+    )
+    assert "already registers this platform" in duplicate
+    assert requests.get(f"{live_server.url}/lti/config/nope", timeout=5).status_code == 404

@@ -126,29 +126,29 @@ def test_existing_line_item_is_found_across_pages_never_duplicated(ags: AgsSetup
     assert {ags.platform.score_of(sub, number)["scoreGiven"] for sub in ags.subs.values()} == {5.0}
 
 
-def test_many_scores_share_one_access_token_across_workers(ags: AgsSetup, app: Flask) -> None:
-    _sandbox_off(ags.world)
-    with ags.world.session() as session:
-        students = []
-        connection_id = ags.connection_id
-        from gateway.models import LmsConnection
+def test_a_thousand_scores_share_one_access_token_across_workers(ags: AgsSetup, app: Flask) -> None:
+    from gateway.models import LmsConnection
+    from gateway.services.auth import authenticate
+    from gateway.services.grades import accept_grade
 
-        connection = session.get(LmsConnection, connection_id)
-        for index in range(40):
+    _sandbox_off(ags.world)
+    ags.platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-1")
+    with ags.world.session() as session:
+        connection = session.get(LmsConnection, ags.connection_id)
+        principal = authenticate(session, ags.world.token)
+        for index in range(1000):
             user = create_user(session, ags.world.district_id, name=f"S{index}")
             link_identity(session, user, connection, f"sub-{index}")
             enroll(session, connection, "canvas-course-7", user)
-            students.append(user.id)
-    for student in students:
-        response = ags.world.post_grade({"assignmentID": "quiz-1", "userID": student, "percentage": 0.9})
-        assert response.status_code == 202
+            # Accepted through the service, not HTTP: this test is about delivery, and the suite's time matters.
+            accept_grade(session, principal, {"assignmentID": "quiz-1", "userID": user.id, "percentage": 0.9})
     workers = [
         DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
         for _ in range(2)
     ]
-    while sum(w.run_once(limit=10) for w in workers):
+    while sum(w.run_once(limit=50) for w in workers):
         pass
-    assert ags.platform.score_posts == 40
+    assert ags.platform.score_posts == 1000
     assert ags.platform.token_requests == 1, "one token, cached in the database, serves every worker"
     with ags.world.session() as session:
         assert session.scalar(select(func.count()).select_from(CachedAccessToken)) == 1
@@ -322,3 +322,62 @@ def test_roster_sync_maps_students_by_email_and_releases_their_grades(ags: AgsSe
     worker.run_until_idle()
     assert ags.platform.score_of("sub-kim", 1)["scoreGiven"] == 7.0
     assert ags.world.get(posted.headers["Location"]).json()["status"] == "delivered"
+
+
+def test_concurrent_workers_create_one_line_item_for_a_new_placement(ags: AgsSetup, app: Flask) -> None:
+    import threading
+    import time
+
+    from gateway.models import LmsConnection
+
+    _sandbox_off(ags.world)
+    with ags.world.session() as session:
+        connection = session.get(LmsConnection, ags.connection_id)
+        students = []
+        for index in range(6):
+            user = create_user(session, ags.world.district_id, name=f"C{index}")
+            link_identity(session, user, connection, f"sub-c{index}")
+            enroll(session, connection, "canvas-course-7", user)
+            students.append(user.id)
+    for student in students:
+        assert ags.world.post_grade({"assignmentID": "quiz-1", "userID": student, "percentage": 0.5}).status_code == 202
+    workers = [
+        DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
+        for _ in range(3)
+    ]
+    start = threading.Barrier(len(workers))
+
+    def work(worker: DeliveryWorker) -> None:
+        start.wait()
+        deadline = time.monotonic() + 20
+        while ags.platform.score_posts < len(students) and time.monotonic() < deadline:
+            if worker.run_once(limit=1) == 0:
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(ags.platform.lineitem_posts) == 1, "one line item, however many workers raced to create it"
+    assert ags.platform.score_posts == len(students)
+
+
+def test_canvas_submission_extension_is_sent_when_the_grade_asks(ags: AgsSetup, worker: DeliveryWorker) -> None:
+    from gateway.models import LmsConnection
+    from gateway.services.lms import connection_settings
+
+    _sandbox_off(ags.world)
+    box = ags.world.app.extensions["passback_box"]
+    with ags.world.session() as session:
+        connection = session.get(LmsConnection, ags.connection_id)
+        connection.settings_encrypted = box.encrypt_json({**connection_settings(box, connection), "platform": "canvas"})
+    ags.platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-1")
+    canvas = {"submitted_at": "2026-11-23T10:00:00Z", "new_submission": True, "prioritize_non_tool_grade": True}
+    response = ags.world.post_grade(
+        {"assignmentID": "quiz-1", "userID": ags.world.students[0], "percentage": 1, "context": {"canvas": canvas}}
+    )
+    assert response.status_code == 202
+    worker.run_until_idle()
+    score = ags.platform.score_of(ags.subs[ags.world.students[0]], 1)
+    assert score["https://canvas.instructure.com/lti/submission"] == canvas

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-23 06:50:15.235033
+Create Date: 2026-11-23 06:54:56.200739
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table("placements", schema=None) as batch_op:
         batch_op.add_column(sa.Column("resource_link_id", sa.String(length=255), nullable=True))
+        batch_op.add_column(sa.Column("discovery_lease_until", sa.DateTime(), nullable=True))
         batch_op.create_index(batch_op.f("ix_placements_resource_link_id"), ["resource_link_id"], unique=False)
 
     with op.batch_alter_table("users", schema=None) as batch_op:
@@ -127,6 +128,7 @@ def downgrade() -> None:
 
     with op.batch_alter_table("placements", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_placements_resource_link_id"))
+        batch_op.drop_column("discovery_lease_until")
         batch_op.drop_column("resource_link_id")
 
     with op.batch_alter_table("lms_connections", schema=None) as batch_op:
