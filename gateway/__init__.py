@@ -40,6 +40,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     from gateway.api import api
     from gateway.errors import register_error_handlers
     from gateway.lti import lti_bp
+    from gateway.lti.lti11 import lti11_bp
     from gateway.oauth import init_oauth, oauth_bp
     from gateway.openapi import openapi_bp
     from gateway.sandbox_lms import sandbox_lms_bp
@@ -48,6 +49,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     app.register_blueprint(openapi_bp)
     app.register_blueprint(sandbox_lms_bp)
     app.register_blueprint(lti_bp)
+    app.register_blueprint(lti11_bp)
     app.register_blueprint(oauth_bp)
     init_oauth(app)
     register_error_handlers(app)

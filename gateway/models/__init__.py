@@ -21,7 +21,7 @@ from gateway.models.grade import (
     GradeRevision,
     IdempotencyRecord,
 )
-from gateway.models.lms import LmsConnection, Placement
+from gateway.models.lms import LaunchDestination, LmsConnection, Placement
 from gateway.models.lti import (
     AuthorizationCode,
     CachedAccessToken,
@@ -52,6 +52,7 @@ __all__ = [
     "Grade",
     "GradeRevision",
     "IdempotencyRecord",
+    "LaunchDestination",
     "LaunchState",
     "LmsConnection",
     "LmsIdentity",

@@ -56,3 +56,18 @@ class Placement(Base):
     created_at: Mapped[datetime] = created_column()
 
     lms_connection: Mapped[LmsConnection] = relationship(lazy="joined", innerjoin=True)
+
+
+class LaunchDestination(Base):
+    """What one student's launch of one link taught Passback about where their grade goes (LTI 1.1's
+    lis_result_sourcedid, which differs per student and per link and is only learned at launch)."""
+
+    __tablename__ = "launch_destinations"
+    __table_args__ = (UniqueConstraint("placement_id", "user_id"),)
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"), index=True)
+    placement_id: Mapped[str] = mapped_column(ForeignKey("placements.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = created_column()

@@ -23,6 +23,7 @@ from gateway.models import (
     DeliveryStatus,
     Grade,
     GradeRevision,
+    LaunchDestination,
     LmsConnection,
     LmsIdentity,
     Placement,
@@ -176,6 +177,11 @@ def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | 
             LmsIdentity.user_id == grade_row.user_id, LmsIdentity.lms_connection_id == connection.id
         )
     )
+    launch_data = session.scalar(
+        select(LaunchDestination.data).where(
+            LaunchDestination.placement_id == placement.id, LaunchDestination.user_id == grade_row.user_id
+        )
+    )
     grade = NormalizedGrade(
         grade_id=grade_row.id,
         revision=revision.revision,
@@ -197,6 +203,7 @@ def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | 
         section_id=placement.section_id,
         data=dict(placement.destination or {}),
         lms_user_id=lms_user_id or grade_row.user_id,
+        user_data=dict(launch_data or {}),
     )
     return DeliveryWork(
         delivery.id, claim.claim_token, connection.adapter, connection_settings(box, connection), grade, destination

@@ -308,21 +308,42 @@ def _custom(claims: Mapping[str, Any], name: str) -> str | None:
 
 def user_for_launch(session: Session, registration: Registration, claims: Mapping[str, Any]) -> User:
     """The Passback user this platform's `sub` maps to, created on first launch; name, email, role refreshed."""
-    connection = registration.connection
-    issuer = registration.settings["issuer"]
+    name = claims.get("name") or " ".join(filter(None, [claims.get("given_name"), claims.get("family_name")]))
+    return linked_user(
+        session,
+        registration.connection,
+        registration.settings["issuer"],
+        str(claims["sub"]),
+        role=role_of(claims),
+        name=name if isinstance(name, str) else None,
+        email=claims.get("email") if isinstance(claims.get("email"), str) else None,
+    )
+
+
+def linked_user(
+    session: Session,
+    connection: LmsConnection,
+    issuer: str,
+    subject: str,
+    *,
+    role: str,
+    name: str | None,
+    email: str | None,
+) -> User:
+    """For any LTI version: the user an LMS identity maps to, created with it on first sight (once, even on a
+    double-click); name, email and role refreshed from the launch."""
 
     def find() -> LmsIdentity | None:
         return session.scalar(
             select(LmsIdentity).where(
                 LmsIdentity.district_id == connection.district_id,
                 LmsIdentity.issuer == issuer,
-                LmsIdentity.subject == str(claims["sub"]),
+                LmsIdentity.subject == subject,
             )
         )
 
     def make() -> LmsIdentity:
-        # A double-click launches twice at once: the user and identity are created together, or not at all.
-        user = User(id=new_id(), district_id=connection.district_id, role=role_of(claims))
+        user = User(id=new_id(), district_id=connection.district_id, role=role)
         session.add(user)
         session.flush()
         return LmsIdentity(
@@ -330,32 +351,41 @@ def user_for_launch(session: Session, registration: Registration, claims: Mappin
             user_id=user.id,
             lms_connection_id=connection.id,
             issuer=issuer,
-            subject=str(claims["sub"]),
+            subject=subject,
         )
 
     identity = get_or_create(session, find, make)
     user = session.get(User, identity.user_id)
     assert user is not None
-    user.role = role_of(claims)
-    name = claims.get("name") or " ".join(filter(None, [claims.get("given_name"), claims.get("family_name")]))
-    if isinstance(name, str) and name:
+    user.role = role
+    if name:
         user.name = name[:200]
-    if isinstance(claims.get("email"), str) and claims["email"]:
-        user.email = claims["email"][:320]
+    if email:
+        user.email = email[:320]
     return user
 
 
 def assignment_for_launch(
     session: Session, registration: Registration, claims: Mapping[str, Any]
 ) -> tuple[Placement | None, Assignment]:
-    """The placement of this resource link if Passback knows it, else the `assignment` custom parameter's
-    assignment among the apps authorized in the district."""
-    connection = registration.connection
-    link_id = str(claims[CLAIM + "resource_link"]["id"])
+    """The placement of this resource link if Passback knows it, else the `assignment` custom parameter's."""
+    return resolve_link_assignment(
+        session,
+        registration.connection,
+        str(claims[CLAIM + "resource_link"]["id"]),
+        _custom(claims, "assignment"),
+        _custom(claims, "app"),
+    )
+
+
+def resolve_link_assignment(
+    session: Session, connection: LmsConnection, link_id: str, wanted: str | None, app_hint: str | None
+) -> tuple[Placement | None, Assignment]:
+    """For any LTI version: the link's known placement, else the assignment named by the link's custom
+    parameter among the apps authorized in the district (`app`, a client id, settles a shared id)."""
     placement = session.scalar(
         select(Placement).where(Placement.lms_connection_id == connection.id, Placement.resource_link_id == link_id)
     )
-    wanted = _custom(claims, "assignment")
     if placement is not None and (wanted is None or _external_id(session, placement) == wanted):
         assignment = session.get(Assignment, placement.assignment_id)
         assert assignment is not None
@@ -376,7 +406,6 @@ def assignment_for_launch(
             )
         )
     )
-    app_hint = _custom(claims, "app")
     if app_hint:
         candidates = [a for a in candidates if app_hint in (a.app_id, _client_id(session, a.app_id))]
     if not candidates:
@@ -384,6 +413,43 @@ def assignment_for_launch(
     if len(candidates) > 1:
         raise LaunchRefused(f"several apps have an assignment {wanted!r}: add the custom parameter app=<client id>")
     return None, candidates[0]
+
+
+def placement_for_link(
+    session: Session,
+    connection: LmsConnection,
+    placement: Placement | None,
+    assignment: Assignment,
+    course_id: str,
+    link_id: str,
+    title: str | None,
+    destination: Mapping[str, Any],
+) -> Placement:
+    """The link's placement, created once even when a class launches it at the same moment; its
+    destination data refreshed from this launch."""
+    if placement is None:
+        placement = get_or_create(
+            session,
+            lambda: session.scalar(
+                select(Placement).where(
+                    Placement.lms_connection_id == connection.id,
+                    Placement.course_id == course_id,
+                    Placement.assignment_id == assignment.id,
+                )
+            ),
+            lambda: Placement(
+                district_id=connection.district_id,
+                lms_connection_id=connection.id,
+                assignment_id=assignment.id,
+                course_id=course_id,
+                destination={},
+            ),
+        )
+    placement.resource_link_id = link_id
+    placement.title = str(title or assignment.name)[:500]
+    placement.destination = {**(placement.destination or {}), **destination}
+    session.flush()
+    return placement
 
 
 def _external_id(session: Session, placement: Placement) -> str | None:
@@ -404,28 +470,16 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
     link = claims[CLAIM + "resource_link"]
     course_id = str(context["id"]) if isinstance(context, Mapping) and context.get("id") else f"link:{link['id']}"
     placement, assignment = assignment_for_launch(session, launch.registration, claims)
-    if placement is None:
-        placement = get_or_create(
-            session,
-            lambda: session.scalar(
-                select(Placement).where(
-                    Placement.lms_connection_id == connection.id,
-                    Placement.course_id == course_id,
-                    Placement.assignment_id == assignment.id,
-                )
-            ),
-            lambda: Placement(
-                district_id=connection.district_id,
-                lms_connection_id=connection.id,
-                assignment_id=assignment.id,
-                course_id=course_id,
-                destination={},
-            ),
-        )
-    placement.resource_link_id = str(link["id"])
-    placement.title = str(link.get("title") or assignment.name)[:500]
-    placement.destination = {**(placement.destination or {}), **_destination_claims(claims)}
-    session.flush()
+    placement = placement_for_link(
+        session,
+        connection,
+        placement,
+        assignment,
+        course_id,
+        str(link["id"]),
+        link.get("title"),
+        _destination_claims(claims),
+    )
     enroll(session, connection, course_id, user, source="launch")
     release_awaiting_launch(session, user.id, connection.id)
     route_waiting_grades(session, connection.district_id, user_id=user.id)

@@ -18,6 +18,7 @@ from gateway.models import (
     Enrollment,
     Grade,
     GradeRevision,
+    LaunchDestination,
     LmsConnection,
     LmsIdentity,
     Placement,
@@ -39,11 +40,15 @@ class Route:
     # Whether this LMS already has a name for the student (an LTI `sub`); adapters that address students by
     # it wait for a launch or a roster sync otherwise.
     has_identity: bool = True
+    # Whether this student launched this link (LTI 1.1 learns the student's sourcedid only then).
+    has_launch_data: bool = True
 
     @property
     def waits_for_launch(self) -> bool:
         adapter = REGISTRY.get(self.adapter)
-        return bool(getattr(adapter, "needs_lms_identity", False)) and not self.has_identity
+        if getattr(adapter, "needs_lms_identity", False) and not self.has_identity:
+            return True
+        return bool(getattr(adapter, "needs_launch_data", False)) and not self.has_launch_data
 
 
 ROUTE_COLUMNS = (
@@ -56,6 +61,9 @@ ROUTE_COLUMNS = (
     exists()
     .where(LmsIdentity.user_id == bindparam("user_id"), LmsIdentity.lms_connection_id == Placement.lms_connection_id)
     .label("has_identity"),
+    exists()
+    .where(LaunchDestination.user_id == bindparam("user_id"), LaunchDestination.placement_id == Placement.id)
+    .label("has_launch_data"),
 )
 AWAITING_LAUNCH_REASON = (
     "waiting for the student to open the link once in the LMS (or a roster sync), so that the LMS's id for "
@@ -208,16 +216,22 @@ def route_waiting_grades(
     return created
 
 
-def release_awaiting_launch(session: Session, user_id: str, lms_connection_id: str) -> int:
-    """The LMS's id for this student is now known (a launch or a roster sync): send what waited for it."""
+def release_awaiting_launch(
+    session: Session, user_id: str, lms_connection_id: str, *, placement_id: str | None = None
+) -> int:
+    """The LMS's id for this student (or, with `placement_id`, their launch of that link) is now known:
+    send what waited for it."""
     now = utcnow()
+    conditions = [
+        Delivery.lms_connection_id == lms_connection_id,
+        Delivery.status == DeliveryStatus.AWAITING_LAUNCH,
+        Delivery.grade_id.in_(select(Grade.id).where(Grade.user_id == user_id)),
+    ]
+    if placement_id is not None:
+        conditions.append(Delivery.placement_id == placement_id)
     result = session.execute(
         update(Delivery)
-        .where(
-            Delivery.lms_connection_id == lms_connection_id,
-            Delivery.status == DeliveryStatus.AWAITING_LAUNCH,
-            Delivery.grade_id.in_(select(Grade.id).where(Grade.user_id == user_id)),
-        )
+        .where(*conditions)
         .values(status=DeliveryStatus.PENDING, next_attempt_at=now, last_error=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )

@@ -26,6 +26,7 @@ from adapters import (
 from gateway.services.keys import current_signing_key
 from tests.factories import World, build_world
 from tests.fakes.ags_platform import AgsPlatform
+from tests.fakes.lti11_consumer import Lti11Consumer
 
 
 class Harness(Protocol):
@@ -98,7 +99,36 @@ class Lti13Harness:
         return score["scoreGiven"] if score else None
 
 
-HARNESSES: dict[str, Any] = {"sandbox": SandboxHarness, "lti13": Lti13Harness}
+@dataclass
+class Lti11Harness:
+    consumer: Lti11Consumer
+    context = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"consumer_key": "contract-key", "shared_secret": "contract-secret-1"}
+
+    @property
+    def destination(self) -> Destination:
+        return Destination(
+            "placement-1",
+            "course-101",
+            None,
+            {"outcome_service_url": self.consumer.outcome_url, "extensions": {}},
+            "user-1",
+            user_data={"sourcedid": "sourcedid-1"},
+        )
+
+    def fail_next(self, status: int) -> None:
+        self.consumer.answer_next(status, "the consumer says no")
+
+    def stored_score(self) -> float | None:
+        # LTI 1.1 carries a fraction; the consumer's gradebook scales it by the item's points, as Canvas does.
+        entry = self.consumer.gradebook.get("sourcedid-1")
+        return float(entry.score) * self.consumer.points_possible if entry and entry.score else None
+
+
+HARNESSES: dict[str, Any] = {"sandbox": SandboxHarness, "lti13": Lti13Harness, "lti11": Lti11Harness}
 
 
 def test_every_registered_adapter_has_a_harness() -> None:
@@ -111,6 +141,9 @@ def harness(request: pytest.FixtureRequest, app: Flask, live_server: Any, http: 
     if request.param == "lti13":
         with AgsPlatform("client-1", f"{live_server.url}/lti/jwks") as platform:
             yield Lti13Harness(world, platform)
+    elif request.param == "lti11":
+        with Lti11Consumer("contract-key", "contract-secret-1") as consumer:
+            yield Lti11Harness(consumer)
     else:
         yield HARNESSES[request.param](world)
 
@@ -173,8 +206,18 @@ UNREACHABLE = "http://127.0.0.1:9/nothing-listens-here"
 
 
 def test_unreachable_lms_is_retryable(adapter_kind: str, harness: Harness) -> None:
+    # Each adapter keeps the LMS's address somewhere else: in its settings, or in the placement's destination.
+    given = harness.destination
+    destination = Destination(
+        given.placement_id,
+        given.course_id,
+        given.section_id,
+        {**given.data, "outcome_service_url": UNREACHABLE},
+        given.lms_user_id,
+        given.user_data,
+    )
     with pytest.raises(RetryableDeliveryError):
-        _adapter(adapter_kind, harness, base_url=UNREACHABLE, token_url=UNREACHABLE).deliver(GRADE, harness.destination)
+        _adapter(adapter_kind, harness, base_url=UNREACHABLE, token_url=UNREACHABLE).deliver(GRADE, destination)
 
 
 def test_probe_reports_health(adapter_kind: str, harness: Harness) -> None:

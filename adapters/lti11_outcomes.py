@@ -1,0 +1,296 @@
+"""LTI 1.1 Basic Outcomes: POX XML replace/read/delete, signed with OAuth 1.0a and `oauth_body_hash`.
+
+Wire details, Canvas extensions and per-LMS quirks: ../shared/reference/wire-formats.md §2.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+from lxml import etree
+from marshmallow import Schema, fields, validate
+from requests_oauthlib import OAuth1
+
+from adapters.base import (
+    AdapterContext,
+    DeliveryReceipt,
+    Destination,
+    HealthReport,
+    NormalizedGrade,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from adapters.http import HttpClient, body_excerpt, parse_retry_after
+
+NS = "http://www.imsglobal.org/services/ltiv1p1/xsd/imsoms_v1p0"
+MAX_RESPONSE_BYTES = 256 * 1024
+# Responses come from the network: no DTDs, no entity expansion, no network access, no huge trees.
+SAFE_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False
+)
+EXTENSION_FLAGS = {
+    "result_total_score": "ext_outcome_result_total_score_accepted",
+    "submitted_at": "ext_outcome_submission_submitted_at_accepted",
+    "needs_additional_review": "ext_outcome_submission_needs_additional_review_accepted",
+    "prioritize_non_tool_grade": "ext_outcome_submission_prioritize_non_tool_grade_accepted",
+}
+
+
+def accepted_extensions(launch_params: Mapping[str, str]) -> dict[str, Any]:
+    """Which Canvas outcome extensions the consumer advertised at launch (wire-formats §2.6)."""
+    extensions: dict[str, Any] = {
+        name: str(launch_params.get(param, "")).lower() == "true" for name, param in EXTENSION_FLAGS.items()
+    }
+    values = launch_params.get("ext_outcome_data_values_accepted", "")
+    extensions["data_values"] = [v.strip() for v in str(values).split(",") if v.strip()]
+    return extensions
+
+
+class Lti11SettingsSchema(Schema):
+    """`gateway lms add --adapter lti11`: the consumer key and shared secret the LMS uses for this tool."""
+
+    consumer_key = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    shared_secret = fields.String(required=True, validate=validate.Length(min=8, max=500))
+
+
+def _el(parent: Any, name: str, text: str | None = None) -> Any:
+    element = etree.SubElement(parent, f"{{{NS}}}{name}")
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _decimal(value: float) -> str:
+    # Locale-independent, "." as the separator, no exponent (wire-formats §2.4).
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def envelope(operation: str, sourcedid: str, message_id: str) -> tuple[Any, Any]:
+    """The POX request envelope; returns (root, the operation element) for the caller to fill in."""
+    root = etree.Element(f"{{{NS}}}imsx_POXEnvelopeRequest", nsmap={None: NS})
+    info = _el(_el(root, "imsx_POXHeader"), "imsx_POXRequestHeaderInfo")
+    _el(info, "imsx_version", "V1.0")
+    _el(info, "imsx_messageIdentifier", message_id)
+    request = _el(_el(root, "imsx_POXBody"), operation)
+    record = _el(request, "resultRecord")
+    _el(_el(record, "sourcedGUID"), "sourcedId", sourcedid)
+    return root, request
+
+
+def _local(element: Any) -> str:
+    return etree.QName(element).localname if isinstance(element.tag, str) else ""
+
+
+def _find(root: Any, name: str) -> Any:
+    # By local name: old Moodle-derived consumers answer in another namespace (wire-formats §2.3).
+    for element in root.iter():
+        if _local(element) == name:
+            return element
+    return None
+
+
+class PoxResponse:
+    def __init__(self, code_major: str, description: str, score: str | None) -> None:
+        self.code_major = code_major
+        self.description = description
+        self.score = score
+
+
+def parse_response(body: bytes) -> PoxResponse | None:
+    """The consumer's POX answer, or None when the body is not a POX envelope (e.g. a proxy's error page)."""
+    if not body or len(body) > MAX_RESPONSE_BYTES:
+        return None
+    try:
+        root = etree.fromstring(body, SAFE_PARSER)
+    except (etree.XMLSyntaxError, ValueError):
+        return None
+    if root is None or _local(root) != "imsx_POXEnvelopeResponse":
+        return None
+    code = _find(root, "imsx_codeMajor")
+    if code is None or not (code.text or "").strip():
+        return None
+    description = _find(root, "imsx_description")
+    score = None
+    result_score = _find(root, "resultScore")
+    if result_score is not None:
+        text = _find(result_score, "textString")
+        score = (text.text or "").strip() if text is not None else ""
+    return PoxResponse(
+        code.text.strip().lower(), (description.text or "").strip() if description is not None else "", score
+    )
+
+
+class Lti11OutcomesAdapter:
+    kind: ClassVar[str] = "lti11"
+    settings_schema: ClassVar[type[Schema]] = Lti11SettingsSchema
+    secret_settings: ClassVar[frozenset[str]] = frozenset({"shared_secret"})
+    needs_lms_identity: ClassVar[bool] = False
+    # The student's lis_result_sourcedid is learned only when they launch this link.
+    needs_launch_data: ClassVar[bool] = True
+
+    def __init__(self, consumer_key: str, shared_secret: str, http: HttpClient) -> None:
+        self.consumer_key = consumer_key
+        self.shared_secret = shared_secret
+        self.http = http
+
+    @classmethod
+    def from_settings(
+        cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
+    ) -> Self:
+        return cls(settings["consumer_key"], settings["shared_secret"], http)
+
+    @staticmethod
+    def registration_key(settings: Mapping[str, Any]) -> str:
+        return f"lti11|{settings['consumer_key']}"
+
+    # --- building requests ------------------------------------------------------------------------------
+
+    def replace_body(self, grade: NormalizedGrade, destination: Destination) -> tuple[bytes, str | None]:
+        """The replaceResultRequest and, if the score had to be capped at 1.0, a note saying so."""
+        extensions = destination.data.get("extensions") or {}
+        asked = (grade.context or {}).get("lti11") if isinstance(grade.context, Mapping) else None
+        asked = asked if isinstance(asked, Mapping) else {}
+        root, request = envelope("replaceResultRequest", self._sourcedid(destination), str(uuid.uuid4()))
+        result = _el(request.find(f"{{{NS}}}resultRecord"), "result")
+        note = None
+        if grade.fraction > 1 and extensions.get("result_total_score"):
+            # Canvas: raw points, may exceed the assignment's points (resultScore would be refused above 1).
+            score = _el(result, "resultTotalScore")
+            _el(score, "language", "en")
+            _el(score, "textString", _decimal(grade.score_given))
+        else:
+            fraction = min(max(grade.fraction, 0.0), 1.0)
+            if fraction != grade.fraction:
+                note = f"score {grade.fraction:g} capped at 1.0: this LMS accepts 0.0 to 1.0 only"
+            score = _el(result, "resultScore")
+            _el(score, "language", "en")
+            _el(score, "textString", _decimal(fraction))
+        data = asked.get("resultData")
+        accepted_values = extensions.get("data_values") or []
+        if isinstance(data, Mapping):
+            chosen = next(
+                (k for k in ("text", "url", "ltiLaunchUrl") if data.get(k) and _accepts(k, accepted_values)), None
+            )
+            if chosen:
+                _el(_el(result, "resultData"), chosen, str(data[chosen]))
+        details: list[tuple[str, str | None]] = []
+        if asked.get("submittedAt") and extensions.get("submitted_at"):
+            details.append(("submittedAt", str(asked["submittedAt"])))
+        if asked.get("prioritizeNonToolGrade") and extensions.get("prioritize_non_tool_grade"):
+            details.append(("prioritizeNonToolGrade", None))
+        if asked.get("needsAdditionalReview") and extensions.get("needs_additional_review"):
+            details.append(("needsAdditionalReview", None))
+        if details:
+            # submissionDetails is a sibling of resultRecord, before it (Canvas's own selectors, §2.6).
+            submission = etree.Element(f"{{{NS}}}submissionDetails")
+            request.insert(0, submission)
+            for name, text in details:
+                _el(submission, name, text)
+        return etree.tostring(root, xml_declaration=True, encoding="UTF-8"), note
+
+    @staticmethod
+    def _sourcedid(destination: Destination) -> str:
+        sourcedid = destination.user_data.get("sourcedid")
+        if not sourcedid:
+            raise PermanentDeliveryError("no lis_result_sourcedid for this student and link: they must launch it")
+        return str(sourcedid)
+
+    def _url(self, destination: Destination) -> str:
+        url = destination.data.get("outcome_service_url")
+        if not url:
+            raise PermanentDeliveryError("the link's launch carried no lis_outcome_service_url: it takes no grades")
+        return str(url)
+
+    # --- sending ----------------------------------------------------------------------------------------
+
+    def _post(self, url: str, body: bytes) -> Any:
+        """POST signed POX; a 401 is re-signed (fresh nonce and timestamp) and sent once more."""
+        for _ in range(2):
+            # force_include_body: without it requests-oauthlib signs no oauth_body_hash (wire-formats §2.5).
+            auth = OAuth1(self.consumer_key, self.shared_secret, signature_method="HMAC-SHA1", force_include_body=True)
+            # Exactly application/xml: Canvas compares the string and answers 415 to anything else.
+            response = self.http.request("POST", url, data=body, auth=auth, headers={"Content-Type": "application/xml"})
+            if response.status_code != 401:
+                return response
+        return response
+
+    def _outcome(self, operation: str, url: str, body: bytes) -> tuple[Any, PoxResponse]:
+        response = self._post(url, body)
+        status = response.status_code
+        excerpt = body_excerpt(response)
+        if status >= 500 or status in (408, 429) or (status == 403 and "rate limit" in excerpt.lower()):
+            raise RetryableDeliveryError(
+                f"consumer answered HTTP {status} to {operation}",
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                lms_status=status,
+                lms_body=excerpt,
+            )
+        parsed = parse_response(response.content[: MAX_RESPONSE_BYTES + 1])
+        if status == 401:
+            raise PermanentDeliveryError(
+                "the consumer refused the signature twice (401): check the consumer key, secret and clock",
+                status,
+                excerpt,
+            )
+        if parsed is None:
+            if 200 <= status < 300:
+                # A 2xx that is not POX is usually a proxy's page: try again later, a bounded number of times.
+                raise RetryableDeliveryError(
+                    f"consumer answered HTTP {status} without a POX response", None, status, excerpt
+                )
+            raise PermanentDeliveryError(f"consumer answered HTTP {status} to {operation}", status, excerpt)
+        if parsed.code_major in ("success", "processing"):
+            return response, parsed
+        # failure/unsupported, with HTTP 200 (Moodle) or 422 (Canvas): permanent, with the consumer's words.
+        raise PermanentDeliveryError(
+            f"consumer answered {parsed.code_major}: {parsed.description or 'no description'}", status, excerpt
+        )
+
+    def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
+        """replaceResult: a replace, so repeating it is safe."""
+        url = self._url(destination)
+        body, note = self.replace_body(grade, destination)
+        response, parsed = self._outcome("replaceResult", url, body)
+        summary = f"replaceResult {parsed.code_major}" + (f"; {note}" if note else "")
+        return DeliveryReceipt(
+            lms_status=response.status_code,
+            summary=summary,
+            details={
+                "code_major": parsed.code_major,
+                "description": parsed.description,
+                **({"cap": note} if note else {}),
+            },
+        )
+
+    def read_result(self, destination: Destination) -> float | None:
+        """What the consumer's gradebook holds now (a teacher's override included); None for no grade."""
+        root, _ = envelope("readResultRequest", self._sourcedid(destination), str(uuid.uuid4()))
+        _, parsed = self._outcome(
+            "readResult", self._url(destination), etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+        )
+        if not parsed.score:
+            return None
+        try:
+            return float(parsed.score)
+        except ValueError:
+            return None
+
+    def delete_result(self, destination: Destination) -> DeliveryReceipt:
+        """Clear the student's grade in the consumer's gradebook."""
+        root, _ = envelope("deleteResultRequest", self._sourcedid(destination), str(uuid.uuid4()))
+        response, parsed = self._outcome(
+            "deleteResult", self._url(destination), etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+        )
+        return DeliveryReceipt(lms_status=response.status_code, summary=f"deleteResult {parsed.code_major}")
+
+    def probe(self) -> HealthReport:
+        """LTI 1.1 has no call to test a key without a student's sourcedid: report what can be known."""
+        return HealthReport(True, "LTI 1.1 keys are checked by the LMS at each launch and outcome call")
+
+
+def _accepts(kind: str, accepted: list[str]) -> bool:
+    wanted = {"text": "text", "url": "url", "ltiLaunchUrl": "lti_launch_url"}[kind]
+    return wanted in accepted

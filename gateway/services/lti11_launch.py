@@ -1,0 +1,171 @@
+"""LTI 1.1 launches: the OAuth 1.0a signature checked with oauthlib (HMAC-SHA1, a 5-minute timestamp
+window, nonces used once), then the same records as an LTI 1.3 launch plus the student's sourcedid."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from oauthlib.oauth1 import RequestValidator, SignatureOnlyEndpoint
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from adapters.lti11_outcomes import accepted_extensions
+from gateway.crypto import SecretBox
+from gateway.models import Assignment, LaunchDestination, LmsConnection, Placement, UsedNonce, User, UserRole, utcnow
+from gateway.services.directory import enroll, get_or_create
+from gateway.services.lms import connection_settings
+from gateway.services.lti13_launch import LaunchRefused, linked_user, placement_for_link, resolve_link_assignment
+from gateway.services.routing import release_awaiting_launch, route_waiting_grades
+
+TIMESTAMP_WINDOW_SECONDS = 300
+LTI_VERSIONS = ("LTI-1p0", "LTI-1p1")
+TEACHER_ROLES = ("instructor", "teachingassistant", "contentdeveloper", "administrator", "mentor")
+
+
+class _LaunchValidator(RequestValidator):
+    """oauthlib's questions, answered from Passback's registrations and its used-nonce table."""
+
+    enforce_ssl = False  # the public URL decides the scheme; TLS ends at the proxy in front of Passback
+    timestamp_lifetime = TIMESTAMP_WINDOW_SECONDS
+    dummy_client = "passback-unknown-consumer"
+
+    def __init__(self, session: Session, box: SecretBox, now: datetime) -> None:
+        super().__init__()
+        self.session = session
+        self.box = box
+        self.now = now
+        self.connection: LmsConnection | None = None
+        self.settings: dict[str, Any] = {}
+
+    @property
+    def allowed_signature_methods(self) -> tuple[str, ...]:
+        return ("HMAC-SHA1", "HMAC-SHA256")
+
+    # LMSs send keys and nonces of every shape; oauthlib's defaults want 20-30 alphanumerics.
+    def check_client_key(self, client_key: str) -> bool:
+        return 0 < len(client_key) <= 255
+
+    def check_nonce(self, nonce: str) -> bool:
+        return 0 < len(nonce) <= 255
+
+    def validate_client_key(self, client_key: str, request: Any) -> bool:
+        self.connection = self.session.scalar(
+            select(LmsConnection).where(LmsConnection.registration_key == f"lti11|{client_key}")
+        )
+        if self.connection is None:
+            return False
+        self.settings = connection_settings(self.box, self.connection)
+        return True
+
+    def get_client_secret(self, client_key: str, request: Any) -> str:
+        # oauthlib computes a signature even for unknown keys (timing); the dummy secret never verifies.
+        return str(self.settings.get("shared_secret") or "passback-no-such-secret")
+
+    def validate_timestamp_and_nonce(
+        self,
+        client_key: str,
+        timestamp: str,
+        nonce: str,
+        request: Any,
+        request_token: Any = None,
+        access_token: Any = None,
+    ) -> bool:
+        try:
+            with self.session.begin_nested():
+                self.session.add(
+                    UsedNonce(
+                        issuer=f"lti11:{client_key}",
+                        nonce=nonce,
+                        expires_at=self.now + timedelta(seconds=2 * TIMESTAMP_WINDOW_SECONDS),
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+
+def verify_launch(
+    session: Session, box: SecretBox, url: str, body: str, content_type: str, *, now: datetime | None = None
+) -> tuple[LmsConnection, dict[str, Any]]:
+    """Check the signed form POST; returns the registration and its settings, or raises LaunchRefused."""
+    validator = _LaunchValidator(session, box, now or utcnow())
+    endpoint = SignatureOnlyEndpoint(validator)
+    try:
+        valid, _request = endpoint.validate_request(
+            url, http_method="POST", body=body, headers={"Content-Type": content_type}
+        )
+    except ValueError as exc:  # oauthlib raises on malformed OAuth parameters
+        raise LaunchRefused(f"the launch's OAuth parameters are malformed: {exc}") from exc
+    if not valid or validator.connection is None:
+        raise LaunchRefused(
+            "the launch's OAuth signature is not valid (consumer key, shared secret, a timestamp more than "
+            "5 minutes off, or a nonce already used)",
+            code="invalid_signature",
+        )
+    return validator.connection, validator.settings
+
+
+def role_of(roles: str) -> str:
+    names = [r.strip().rsplit("/", 1)[-1].rsplit("#", 1)[-1].lower() for r in roles.split(",") if r.strip()]
+    return UserRole.TEACHER if any(n in TEACHER_ROLES for n in names) else UserRole.STUDENT
+
+
+def record_launch(
+    session: Session, connection: LmsConnection, settings: Mapping[str, Any], params: Mapping[str, str]
+) -> tuple[User, Assignment, Placement]:
+    """Check the message, then record the user, course, placement, and this student's sourcedid."""
+    if params.get("lti_message_type") != "basic-lti-launch-request":
+        raise LaunchRefused(f"unsupported lti_message_type {params.get('lti_message_type')!r}")
+    if params.get("lti_version") not in LTI_VERSIONS:
+        raise LaunchRefused(f"unsupported lti_version {params.get('lti_version')!r}")
+    for name in ("resource_link_id", "user_id"):
+        value = params.get(name)
+        if not value or len(value) > 255:
+            raise LaunchRefused(f"{name} is required, at most 255 characters")
+    key = settings["consumer_key"]
+    user = linked_user(
+        session,
+        connection,
+        f"lti11:{key}",
+        params["user_id"],
+        role=role_of(params.get("roles", "")),
+        name=params.get("lis_person_name_full") or None,
+        email=params.get("lis_person_contact_email_primary") or None,
+    )
+    link_id = params["resource_link_id"]
+    context_id = params.get("context_id") or f"link:{link_id}"
+    if len(context_id) > 255:
+        raise LaunchRefused("context_id must be at most 255 characters")
+    found, assignment = resolve_link_assignment(
+        session, connection, link_id, params.get("custom_assignment") or None, params.get("custom_app") or None
+    )
+    destination: dict[str, Any] = {"resource_link_id": link_id, "extensions": accepted_extensions(params)}
+    if params.get("lis_outcome_service_url"):
+        destination["outcome_service_url"] = params["lis_outcome_service_url"]
+    placement = placement_for_link(
+        session, connection, found, assignment, context_id, link_id, params.get("resource_link_title"), destination
+    )
+    enroll(session, connection, context_id, user, source="launch")
+    sourcedid = params.get("lis_result_sourcedid")
+    if sourcedid:
+        launch = get_or_create(
+            session,
+            lambda: session.scalar(
+                select(LaunchDestination).where(
+                    LaunchDestination.placement_id == placement.id, LaunchDestination.user_id == user.id
+                )
+            ),
+            lambda: LaunchDestination(
+                district_id=connection.district_id, placement_id=placement.id, user_id=user.id, data={}
+            ),
+        )
+        # Stored exactly as received: the sourcedid is opaque (Canvas signs it, Moodle hashes it).
+        launch.data = {"sourcedid": sourcedid}
+        launch.updated_at = utcnow()
+        session.flush()
+        release_awaiting_launch(session, user.id, connection.id, placement_id=placement.id)
+    route_waiting_grades(session, connection.district_id, user_id=user.id)
+    return user, assignment, placement
