@@ -46,6 +46,8 @@ class Destination:
     data: Mapping[str, Any]
     lms_user_id: str
     user_data: Mapping[str, Any] = field(default_factory=dict)
+    # The app's assignmentID placed here (for LMSs that key their gradebook on it, like the sandbox).
+    assignment_id: str = ""
 
 
 @dataclass(frozen=True)

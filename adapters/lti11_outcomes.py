@@ -99,14 +99,23 @@ class PoxResponse:
         self.score = score
 
 
+class HostileXml(ValueError):
+    """A response that declares a DTD or entities: POX never needs one, so it is refused outright."""
+
+
 def parse_response(body: bytes) -> PoxResponse | None:
-    """The consumer's POX answer, or None when the body is not a POX envelope (e.g. a proxy's error page)."""
+    """The consumer's POX answer, or None when the body is not a POX envelope (e.g. a proxy's error page).
+    Raises HostileXml for a document with a DOCTYPE (entity tricks), whatever it claims to say."""
     if not body or len(body) > MAX_RESPONSE_BYTES:
         return None
     try:
         root = etree.fromstring(body, SAFE_PARSER)
     except (etree.XMLSyntaxError, ValueError):
+        if b"<!doctype" in body[:4096].lower() or b"<!entity" in body.lower():
+            raise HostileXml("the response declares a DTD or entities") from None
         return None
+    if root is not None and root.getroottree().docinfo.doctype:
+        raise HostileXml("the response declares a DTD or entities")
     if root is None or _local(root) != "imsx_POXEnvelopeResponse":
         return None
     code = _find(root, "imsx_codeMajor")
@@ -228,7 +237,10 @@ class Lti11OutcomesAdapter:
                 lms_status=status,
                 lms_body=excerpt,
             )
-        parsed = parse_response(response.content[: MAX_RESPONSE_BYTES + 1])
+        try:
+            parsed = parse_response(response.content[: MAX_RESPONSE_BYTES + 1])
+        except HostileXml as exc:
+            raise PermanentDeliveryError(f"consumer's answer refused: {exc}", status, excerpt) from exc
         if status == 401:
             raise PermanentDeliveryError(
                 "the consumer refused the signature twice (401): check the consumer key, secret and clock",

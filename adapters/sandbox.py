@@ -56,11 +56,7 @@ class SandboxAdapter:
 
     def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
         """Write the score pair into the sandbox gradebook; the write is a replace, so repeating it is safe."""
-        item_id = str(destination.data.get("item_id") or grade.assignment_id)
-        url = (
-            f"{self.base_url}/courses/{quote(destination.course_id, safe='')}"
-            f"/items/{quote(item_id, safe='')}/scores/{quote(destination.lms_user_id, safe='')}"
-        )
+        url = self._score_url(destination, grade)
         payload = {
             "scoreGiven": grade.score_given,
             "scoreMaximum": grade.score_maximum,
@@ -81,6 +77,20 @@ class SandboxAdapter:
             lms_status=response.status_code,
             summary=f"stored {grade.score_given:g}/{grade.score_maximum:g} in sandbox gradebook",
             details={"entry": answer["entry"]},
+        )
+
+    def delete_result(self, destination: Destination) -> DeliveryReceipt:
+        """Remove the student's entry from the sandbox gradebook (deleting twice is fine)."""
+        response = self.http.request("DELETE", self._score_url(destination, None), headers=self._headers())
+        answer = json_or_none(response)
+        raise_for_delivery(response, str(answer["error"]) if answer and "error" in answer else None)
+        return DeliveryReceipt(lms_status=response.status_code, summary="removed from the sandbox gradebook")
+
+    def _score_url(self, destination: Destination, grade: NormalizedGrade | None) -> str:
+        item_id = str(destination.data.get("item_id") or destination.assignment_id or (grade and grade.assignment_id))
+        return (
+            f"{self.base_url}/courses/{quote(destination.course_id, safe='')}"
+            f"/items/{quote(item_id, safe='')}/scores/{quote(destination.lms_user_id, safe='')}"
         )
 
     def probe(self) -> HealthReport:

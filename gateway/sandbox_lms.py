@@ -61,6 +61,15 @@ def put_score(gradebook: str, course_id: str, item_id: str, student_id: str) -> 
     return jsonify(payload)
 
 
+@sandbox_lms_bp.delete("/courses/<course_id>/items/<item_id>/scores/<student_id>")
+def delete_score(gradebook: str, course_id: str, item_id: str, student_id: str) -> Response:
+    _authorize(gradebook)
+    session = db.session()
+    removed = sandbox_lms.delete_score(session, gradebook, course_id, item_id, student_id)
+    session.commit()
+    return jsonify({"removed": removed})
+
+
 @sandbox_lms_bp.get("/gradebook")
 def get_gradebook(gradebook: str) -> Response:
     _authorize(gradebook)

@@ -114,7 +114,10 @@ class DeliveryWorker:
             if adapter_cls is None:
                 raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
             adapter = adapter_cls.from_settings(work.settings, self.http, self.adapter_context())
-            receipt = adapter.deliver(work.grade, work.destination)
+            if work.operation == "delete":
+                receipt = adapter.delete_result(work.destination)
+            else:
+                receipt = adapter.deliver(work.grade, work.destination)
         except (RetryableDeliveryError, PermanentDeliveryError) as exc:
             error = exc
         except Exception as exc:

@@ -105,6 +105,7 @@ class PlacementRefSchema(Schema):
 
 class DeliveryStatusSchema(Schema):
     id = fields.String()
+    operation = fields.String(metadata={"enum": ["replace", "delete"]})
     status = fields.String(
         metadata={
             "enum": [
@@ -148,6 +149,7 @@ class GradeResponseSchema(Schema):
     createdAt = UtcDateTime(attribute="created_at")
     updatedAt = UtcDateTime(attribute="updated_at")
     status = fields.String(metadata={"description": "The least advanced delivery status of this revision."})
+    deletedAt = UtcDateTime(attribute="deleted_at", allow_none=True)
     deliveries = fields.List(fields.Nested(DeliveryStatusSchema))
 
 

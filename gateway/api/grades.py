@@ -10,7 +10,7 @@ from gateway.api.common import current_principal, json_object, load
 from gateway.extensions import db
 from gateway.services import idempotency
 from gateway.services.errors import ServiceError
-from gateway.services.grades import accept_grade, accepted_view, get_grade, grade_views, list_grades
+from gateway.services.grades import accept_grade, accepted_view, delete_grade, get_grade, grade_views, list_grades
 from schemas.grades import GradeListQuerySchema, GradeListResponseSchema, GradeRequestSchema, GradeResponseSchema
 
 # Built once: marshmallow schemas keep no per-call state, and building one per request shows in the bench.
@@ -90,6 +90,20 @@ def get_grade_status(grade_id: str) -> Response:
     payload = grade_response.dump(grade_views(session, [grade])[0])
     session.commit()
     return jsonify(payload)
+
+
+@api.delete("/grades/<grade_id>")
+def delete_grade_everywhere(grade_id: str) -> Response:
+    """Clear the grade in every LMS that supports deletion; 202, deletion follows."""
+    principal = current_principal()
+    session = db.session()
+    grade = delete_grade(session, principal, grade_id)
+    payload = grade_response.dump(grade_views(session, [grade])[0])
+    session.commit()
+    nudge = current_app.extensions.get("passback_worker_nudge")
+    if nudge is not None:
+        nudge()
+    return _respond(payload, 202, url_for("api.get_grade_status", grade_id=grade.id))
 
 
 @api.get("/grades")

@@ -41,6 +41,8 @@ class Grade(Base):
     timestamp: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = created_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set by DELETE /v1/grades/{id}: the grade is cleared in the LMSs that support it; a new post revives it.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class GradeRevision(Base):
@@ -108,6 +110,8 @@ class Delivery(Base):
     lms_connection_id: Mapped[str | None] = mapped_column(
         ForeignKey("lms_connections.id", ondelete="SET NULL"), default=None
     )
+    # "replace" sends the revision's score; "delete" clears the student's grade in the LMS.
+    operation: Mapped[str] = mapped_column(String(10), default="replace", server_default="replace")
     status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)

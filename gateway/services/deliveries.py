@@ -151,6 +151,7 @@ class DeliveryWork:
 
     delivery_id: str
     claim_token: str
+    operation: str
     adapter: str
     settings: dict[str, Any]
     grade: NormalizedGrade
@@ -204,9 +205,16 @@ def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | 
         data=dict(placement.destination or {}),
         lms_user_id=lms_user_id or grade_row.user_id,
         user_data=dict(launch_data or {}),
+        assignment_id=assignment.external_id,
     )
     return DeliveryWork(
-        delivery.id, claim.claim_token, connection.adapter, connection_settings(box, connection), grade, destination
+        delivery.id,
+        claim.claim_token,
+        delivery.operation,
+        connection.adapter,
+        connection_settings(box, connection),
+        grade,
+        destination,
     )
 
 

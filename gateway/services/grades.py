@@ -156,7 +156,7 @@ def accept_grade(
 
     # The default timestamp is taken only now, under the row lock: two posts without one cannot conflict.
     values = _grade_values(data, normalized, given_timestamp or utcnow())
-    if all(getattr(grade, k) == v for k, v in values.items() if k != "timestamp"):
+    if grade.deleted_at is None and all(getattr(grade, k) == v for k, v in values.items() if k != "timestamp"):
         return AcceptedGrade(grade, external_id, False)
     if values["timestamp"] <= grade.timestamp:
         raise Conflict(
@@ -166,7 +166,7 @@ def accept_grade(
             },
             code="stale_grade",
         )
-    values.update(revision=grade.revision + 1, updated_at=now)
+    values.update(revision=grade.revision + 1, updated_at=now, deleted_at=None)
     session.execute(_UPDATE_GRADE, {"grade_pk": grade.id, **values})
     updated = SimpleNamespace(**{**grade._asdict(), **values})
     revision_id = _add_revision(session, updated, principal, now)
@@ -368,6 +368,7 @@ def list_grades(session: Session, principal: Principal, query: Mapping[str, Any]
 def _delivery_view(delivery: Delivery, route: Route | None) -> dict[str, Any]:
     return {
         "id": delivery.id,
+        "operation": getattr(delivery, "operation", "replace"),
         "status": delivery.status,
         "lms_connection_name": route.connection_name if route else None,
         "adapter": route.adapter if route else None,
@@ -408,6 +409,7 @@ def grade_view(grade: Grade, assignment_external_id: str, deliveries: list[dict[
         "updated_at": grade.updated_at,
         "status": next((s.value for s in STATUS_ORDER if s in statuses), "pending"),
         "deliveries": deliveries,
+        "deleted_at": getattr(grade, "deleted_at", None),
     }
 
 
@@ -451,3 +453,19 @@ def grade_views(session: Session, grades: Sequence[Grade]) -> list[dict[str, Any
         known = Route(*route) if route[0] is not None else None  # type: ignore[arg-type]
         by_grade[delivery.grade_id].append(_delivery_view(delivery, known))
     return [grade_view(g, external_ids[g.assignment_id], by_grade[g.id]) for g in grades]
+
+
+def delete_grade(session: Session, principal: Principal, grade_id: str, *, now: datetime | None = None) -> Grade:
+    """Clear a grade: undelivered sends are superseded, and every LMS that received it and supports deletion
+    gets a delete. The grade and its history stay in Passback (marked deleted); a later post revives it."""
+    from gateway.services.routing import schedule_deletions
+
+    principal.require_scope("grades:write")
+    grade = get_grade(session, principal, grade_id)
+    if grade.deleted_at is not None:
+        return grade
+    now = now or utcnow()
+    grade.deleted_at = now
+    grade.updated_at = now
+    schedule_deletions(session, grade, now)
+    return grade

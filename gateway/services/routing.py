@@ -170,6 +170,7 @@ def _delivery_row(grade: Any, revision_id: str, route: Route | None, now: dateti
         revision_id=revision_id,
         placement_id=route.placement_id if route else None,
         lms_connection_id=route.lms_connection_id if route else None,
+        operation="replace",
         status=DeliveryStatus.PENDING,
         attempts=0,
         next_attempt_at=now if route else None,
@@ -236,3 +237,39 @@ def release_awaiting_launch(
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def schedule_deletions(session: Session, grade: Grade, now: datetime) -> int:
+    """Supersede the grade's undelivered sends and queue a delete to each placement that got (or was sending)
+    it, where the adapter can delete. Returns the number of deletes queued."""
+    revision_id = session.scalar(
+        select(GradeRevision.id).where(GradeRevision.grade_id == grade.id, GradeRevision.revision == grade.revision)
+    )
+    session.execute(_SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now})
+    reached = session.execute(
+        select(Placement.id, Placement.lms_connection_id, LmsConnection.adapter)
+        .join(Delivery, Delivery.placement_id == Placement.id)
+        .join(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
+        .where(
+            Delivery.grade_id == grade.id,
+            Delivery.operation == "replace",
+            Delivery.status.in_((DeliveryStatus.DELIVERED, DeliveryStatus.DELIVERING)),
+        )
+        .distinct()
+    ).all()
+    rows = []
+    for placement_id, connection_id, adapter in reached:
+        if not hasattr(REGISTRY.get(adapter), "delete_result"):
+            continue
+        row = _delivery_row(grade, str(revision_id), None, now)
+        row.update(
+            operation="delete",
+            placement_id=placement_id,
+            lms_connection_id=connection_id,
+            status=DeliveryStatus.PENDING,
+            next_attempt_at=now,
+        )
+        rows.append(row)
+    if rows:
+        session.execute(_INSERT_DELIVERY, rows)
+    return len(rows)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from gateway.models import SandboxFault, SandboxGradebookEntry, utcnow
@@ -94,3 +94,16 @@ def gradebook_entries(session: Session, gradebook: str, course_id: str | None = 
             )
         )
     )
+
+
+def delete_score(session: Session, gradebook: str, course_id: str, item_id: str, student_id: str) -> bool:
+    """Remove a student's score on an item; True if there was one."""
+    result = session.execute(
+        delete(SandboxGradebookEntry).where(
+            SandboxGradebookEntry.gradebook == gradebook,
+            SandboxGradebookEntry.course_id == course_id,
+            SandboxGradebookEntry.item_id == item_id,
+            SandboxGradebookEntry.student_id == student_id,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -62,3 +62,34 @@ def test_embedded_worker_thread_delivers_without_help(world: World) -> None:
         time.sleep(0.05)
     assert world.get(response.headers["Location"]).json()["status"] == "delivered"
     assert [e["scoreGiven"] for e in world.gradebook()] == [5.0]
+
+
+def test_delete_clears_the_grade_in_the_lms_and_a_new_post_revives_it(world: World, worker: DeliveryWorker) -> None:
+    body = {"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.8}
+    posted = world.post_grade(body)
+    worker.run_until_idle()
+    assert [e["scoreGiven"] for e in world.gradebook()] == [8.0]
+
+    deleted = world.http.delete(world.url(posted.headers["Location"]), headers=world.headers())
+    assert deleted.status_code == 202, deleted.text
+    assert deleted.json()["deletedAt"] is not None
+    assert worker.run_until_idle() == 1
+    assert world.gradebook() == []
+    status = world.get(posted.headers["Location"]).json()
+    assert [(d["operation"], d["status"]) for d in status["deliveries"]] == [
+        ("replace", "delivered"),
+        ("delete", "delivered"),
+    ]
+    again = world.http.delete(world.url(posted.headers["Location"]), headers=world.headers())
+    assert again.status_code == 202 and worker.run_until_idle() == 0, "deleting twice queues nothing more"
+
+    revived = world.post_grade(body)
+    assert revived.status_code == 202 and revived.json()["revision"] == 2 and revived.json()["deletedAt"] is None
+    worker.run_until_idle()
+    assert [e["scoreGiven"] for e in world.gradebook()] == [8.0]
+
+
+def test_delete_of_another_districts_grade_is_404(world: World) -> None:
+    assert (
+        world.http.delete(world.url("/v1/grades/0123456789abcdef01234567"), headers=world.headers()).status_code == 404
+    )
