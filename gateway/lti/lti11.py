@@ -32,7 +32,9 @@ def launch() -> Response:
             request.get_data(as_text=True),
             request.content_type or "",
         )
-        params = {k: v for k, v in request.form.items()}
+        # Query parameters are signed too (the URL is in the base string): an LMS whose links cannot carry custom
+        # parameters (Canvas 1.1 assignments) names the assignment as `?assignment=…` on the launch URL.
+        params = {**request.args.to_dict(), **request.form.to_dict()}
         user, assignment, _placement = lti11_launch.record_launch(session, connection, settings, params)
         app = session.get(App, assignment.app_id)
         assert app is not None

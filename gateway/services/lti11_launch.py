@@ -140,7 +140,11 @@ def record_launch(
     if len(context_id) > 255:
         raise LaunchRefused("context_id must be at most 255 characters")
     found, assignment = resolve_link_assignment(
-        session, connection, link_id, params.get("custom_assignment") or None, params.get("custom_app") or None
+        session,
+        connection,
+        link_id,
+        params.get("custom_assignment") or params.get("assignment") or None,
+        params.get("custom_app") or params.get("app") or None,
     )
     destination: dict[str, Any] = {"resource_link_id": link_id, "extensions": accepted_extensions(params)}
     if params.get("lis_outcome_service_url"):

@@ -347,7 +347,8 @@ class Lti11Consumer:
             return 401, f"cannot verify: {exc}"
         if not valid:
             return 401, self.validator.last_problem or "invalid signature (or timestamp out of the window)"
-        expected_hash = base64.b64encode(hashlib.sha1(call.body).digest()).decode()
+        # SHA-1 is what the OAuth body hash extension defines (wire-formats §2.5).
+        expected_hash = base64.b64encode(hashlib.sha1(call.body).digest()).decode()  # noqa: S324
         if call.oauth.get("oauth_body_hash") != expected_hash:
             return 401, f"oauth_body_hash {call.oauth.get('oauth_body_hash')!r} is not base64(sha1(body))"
         return None
@@ -407,7 +408,9 @@ class Lti11Consumer:
             return answer
 
     def _failure(self, call: OutcomeCall, description: str, code: str) -> Response:
-        xml = self._envelope(call, "failure", description, extra_status_xml=f"<ext_canvas_error_code>{code}</ext_canvas_error_code>")
+        xml = self._envelope(
+            call, "failure", description, extra_status_xml=f"<ext_canvas_error_code>{code}</ext_canvas_error_code>"
+        )
         return Response(xml, status=self.failure_status, content_type="application/xml")
 
     def _replace(self, call: OutcomeCall) -> Response:
@@ -478,7 +481,7 @@ class Lti11Consumer:
                 body=request.get_data(),
                 headers={k: v for k, v in request.headers.items()},
                 # The request target exactly as sent (werkzeug's request.url decodes the query).
-                url=self.url + (request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.full_path),
+                url=self.url + (request.environ.get("RAW_URI") or request.full_path),
                 oauth={},
             )
             with self.lock:
