@@ -91,7 +91,13 @@ def build_spec() -> dict[str, Any]:
                 "security": secured,
                 "parameters": [{"name": "grade_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _json("Grade", "The grade"), **_errors("401", "403", "404")},
-            }
+            },
+            "delete": {
+                "summary": "Clear the grade in every LMS that supports deletion; a later post revives it",
+                "security": secured,
+                "parameters": [{"name": "grade_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"202": _json("Grade", "Deletion queued"), **_errors("401", "403", "404")},
+            },
         },
     )
     spec.path(
