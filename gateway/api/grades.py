@@ -66,10 +66,15 @@ def post_grade() -> Response:
             raise
         return _respond(replay.body, replay.status, replay.location, replayed=True)
     if accepted.deliveries:
-        nudge = current_app.extensions.get("passback_worker_nudge")
-        if nudge is not None:
-            nudge()
+        _nudge_worker()
     return _respond(payload, 202, location)
+
+
+def _nudge_worker() -> None:
+    """Wake the embedded worker so new outbox rows go out now rather than at its next poll."""
+    nudge = current_app.extensions.get("passback_worker_nudge")
+    if nudge is not None:
+        nudge()
 
 
 def _respond(payload: dict, status: int, location: str | None, replayed: bool = False) -> Response:
@@ -100,9 +105,7 @@ def delete_grade_everywhere(grade_id: str) -> Response:
     grade = delete_grade(session, principal, grade_id)
     payload = grade_response.dump(grade_views(session, [grade])[0])
     session.commit()
-    nudge = current_app.extensions.get("passback_worker_nudge")
-    if nudge is not None:
-        nudge()
+    _nudge_worker()
     return _respond(payload, 202, url_for("api.get_grade_status", grade_id=grade.id))
 
 

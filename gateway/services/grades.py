@@ -426,15 +426,8 @@ def grade_views(session: Session, grades: Sequence[Grade]) -> list[dict[str, Any
     if not grades:
         return []
     rows = session.execute(
-        select(
-            Delivery,
-            Placement.id,
-            Placement.lms_connection_id,
-            Placement.course_id,
-            Placement.section_id,
-            LmsConnection.name,
-            LmsConnection.adapter,
-        )
+        # The route's columns without the per-user flags, which only routing needs.
+        select(Delivery, *ROUTE_COLUMNS[:6])
         .join(GradeRevision, GradeRevision.id == Delivery.revision_id)
         .join(Grade, (Grade.id == GradeRevision.grade_id) & (Grade.revision == GradeRevision.revision))
         .outerjoin(Placement, Placement.id == Delivery.placement_id)

@@ -264,6 +264,7 @@ class Lti11Consumer:
         secret: str | None = None,
         timestamp: int | None = None,
         nonce: str | None = None,
+        signature_method: str | None = None,
         **overrides: Any,
     ) -> dict[str, str]:
         """The signed form fields of a launch, as the LMS puts them in the auto-submitted page."""
@@ -282,6 +283,8 @@ class Lti11Consumer:
             oauth["timestamp"] = str(timestamp)
         if nonce is not None:
             oauth["nonce"] = nonce
+        if signature_method is not None:
+            oauth["signature_method"] = signature_method
         data = tool.generate_launch_data(**oauth)
         return {k: v if isinstance(v, str) else ",".join(v) for k, v in data.items()}
 

@@ -8,26 +8,10 @@ from typing import Any
 import pytest
 import requests
 
+from tests.assertions import assert_error
 from tests.factories import World
 
 CLEVER_FIELDS = {"name", "id", "type", "description", "standards"}
-
-
-def assert_error(response: requests.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The one error shape {"error": {"code", "message", "fields"?}}, with `field` named when given."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) <= {"code", "message", "fields"}, error
-    assert isinstance(error["code"], str) and error["code"]
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    if field is not None:
-        assert field in error.get("fields", {}), error
-    return error
 
 
 def catalog(world: World, token: str | None = None, **params: str) -> dict[str, dict[str, Any]]:

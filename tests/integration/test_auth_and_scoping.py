@@ -24,25 +24,9 @@ from gateway.services.directory import (
     revoke_token,
 )
 from gateway.worker import DeliveryWorker
+from tests.assertions import assert_error
 from tests.conftest import LiveServer
 from tests.factories import World, build_world
-
-
-def assert_error(response: requests.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The one error shape {"error": {"code", "message", "fields"?}}, with `field` named when given."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) <= {"code", "message", "fields"}, error
-    assert isinstance(error["code"], str) and error["code"]
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    if field is not None:
-        assert field in error.get("fields", {}), error
-    return error
 
 
 def post(world: World, student: int = 0, token: str | None = None) -> requests.Response:

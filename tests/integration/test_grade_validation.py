@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import requests
 
 from gateway.worker import DeliveryWorker
+from tests.assertions import assert_error
 from tests.factories import World
 
 DROP = object()  # a case value meaning "leave this field out"
@@ -20,32 +20,6 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)  # a past mom
 
 def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
-
-
-def strict_json(response: requests.Response) -> Any:
-    """The body parsed as real JSON: NaN and Infinity (which Python would accept) fail the test."""
-
-    def refuse(name: str) -> Any:
-        raise AssertionError(f"response body is not JSON: it contains {name}")
-
-    return json.loads(response.text, parse_constant=refuse)
-
-
-def assert_error(response: requests.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The one error shape {"error": {"code", "message", "fields"?}}, with `field` named when given."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    body = strict_json(response)
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) <= {"code", "message", "fields"}, error
-    assert isinstance(error["code"], str) and error["code"]
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    if field is not None:
-        assert field in error.get("fields", {}), error
-    return error
 
 
 def assert_nothing_stored(world: World, worker: DeliveryWorker) -> None:
