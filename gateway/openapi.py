@@ -17,7 +17,7 @@ from schemas.assignments import (
     CatalogSchema,
 )
 from schemas.errors import ErrorSchema
-from schemas.grades import GradeListResponseSchema, GradeRequestSchema, GradeResponseSchema
+from schemas.grades import GradeListResponseSchema, GradeRequestSchema, GradeResponseSchema, LmsValuesSchema
 from schemas.me import MeSchema
 
 openapi_bp = Blueprint("openapi", __name__)
@@ -56,6 +56,7 @@ def build_spec() -> dict[str, Any]:
         ("GradeRequest", GradeRequestSchema),
         ("Grade", GradeResponseSchema),
         ("GradeList", GradeListResponseSchema),
+        ("LmsValues", LmsValuesSchema),
         ("Assignment", AssignmentSchema),
         ("Catalog", CatalogSchema),
         ("AssignmentFields", AssignmentFieldsSchema),
@@ -98,6 +99,17 @@ def build_spec() -> dict[str, Any]:
                 "parameters": [{"name": "grade_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"202": _json("Grade", "Deletion queued"), **_errors("401", "403", "404")},
             },
+        },
+    )
+    spec.path(
+        path="/v1/grades/{grade_id}/lms",
+        operations={
+            "get": {
+                "summary": "What each LMS that received the grade holds now (LTI 1.1 readResult)",
+                "security": secured,
+                "parameters": [{"name": "grade_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json("LmsValues", "One value or error per LMS"), **_errors("401", "404")},
+            }
         },
     )
     spec.path(

@@ -168,3 +168,14 @@ class GradeListQuerySchema(StrictSchema):
 class GradeListResponseSchema(Schema):
     grades = fields.List(fields.Nested(GradeResponseSchema))
     nextCursor = fields.String(attribute="next_cursor", allow_none=True)
+
+
+class LmsValueSchema(Schema):
+    deliveryID = fields.String(attribute="delivery_id")
+    lmsConnection = fields.String(attribute="lms_connection")
+    value = fields.Float(allow_none=True, metadata={"description": "The fraction the LMS holds; null: no grade."})
+    error = fields.String(allow_none=True, metadata={"description": "Why the LMS could not be read."})
+
+
+class LmsValuesSchema(Schema):
+    lms = fields.List(fields.Nested(LmsValueSchema))

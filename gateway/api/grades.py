@@ -11,7 +11,13 @@ from gateway.extensions import db
 from gateway.services import idempotency
 from gateway.services.errors import ServiceError
 from gateway.services.grades import accept_grade, accepted_view, delete_grade, get_grade, grade_views, list_grades
-from schemas.grades import GradeListQuerySchema, GradeListResponseSchema, GradeRequestSchema, GradeResponseSchema
+from schemas.grades import (
+    GradeListQuerySchema,
+    GradeListResponseSchema,
+    GradeRequestSchema,
+    GradeResponseSchema,
+    LmsValuesSchema,
+)
 
 # Built once: marshmallow schemas keep no per-call state, and building one per request shows in the bench.
 grade_request = GradeRequestSchema()
@@ -107,6 +113,32 @@ def delete_grade_everywhere(grade_id: str) -> Response:
     session.commit()
     _nudge_worker()
     return _respond(payload, 202, url_for("api.get_grade_status", grade_id=grade.id))
+
+
+@api.get("/grades/<grade_id>/lms")
+def read_grade_from_lms(grade_id: str) -> Response:
+    """What each LMS that received the grade holds now (LTI 1.1 readResult; others say they cannot)."""
+    from gateway.services.readback import read_back
+    from gateway.worker import DeliveryWorker
+
+    principal = current_principal()
+    db.session().commit()  # the LMS calls below must not hold a transaction open
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    worker = DeliveryWorker(
+        app.extensions["passback_db"],
+        app.extensions["passback_box"],
+        app.config["PASSBACK"],
+        http=app.extensions["passback_http"],
+    )
+    values = read_back(
+        app.extensions["passback_db"],
+        app.extensions["passback_box"],
+        worker.http,
+        worker.adapter_context(),
+        principal,
+        grade_id,
+    )
+    return jsonify(LmsValuesSchema().dump({"lms": values}))
 
 
 @api.get("/grades")

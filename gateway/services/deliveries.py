@@ -160,13 +160,23 @@ class DeliveryWork:
 
 def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | None:
     """Read the claimed delivery's grade revision and destination; None if the claim is no longer ours."""
+    return work_for(session, box, claim.delivery_id, claim_token=claim.claim_token)
+
+
+def work_for(
+    session: Session, box: SecretBox, delivery_id: str, *, claim_token: str | None = None
+) -> DeliveryWork | None:
+    """A delivery's grade revision, destination and adapter settings; with `claim_token`, only if it is ours."""
+    conditions = [Delivery.id == delivery_id]
+    if claim_token is not None:
+        conditions.append(Delivery.claim_token == claim_token)
     row = session.execute(
         select(Delivery, GradeRevision, Placement, LmsConnection, Assignment)
         .join(GradeRevision, GradeRevision.id == Delivery.revision_id)
         .join(Placement, Placement.id == Delivery.placement_id)
         .join(LmsConnection, LmsConnection.id == Delivery.lms_connection_id)
         .join(Assignment, Assignment.id == Placement.assignment_id)
-        .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+        .where(*conditions)
     ).first()
     if row is None:
         return None
@@ -209,7 +219,7 @@ def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | 
     )
     return DeliveryWork(
         delivery.id,
-        claim.claim_token,
+        claim_token or "",
         delivery.operation,
         connection.adapter,
         connection_settings(box, connection),

@@ -772,3 +772,19 @@ def test_delete_grade_sends_a_delete_result(lti11: Lti11, worker: DeliveryWorker
     worker.run_until_idle()
     assert lti11.delivery(location)["status"] == "delivered"
     assert float(lti11.consumer.gradebook[sourcedid].score or "nan") == 0.4
+
+
+def test_status_api_reads_back_what_the_consumer_holds(lti11: Lti11, worker: DeliveryWorker) -> None:
+    lti11.launch_ok()
+    sourcedid = lti11.consumer.sourcedid_for("canvas-user-1", "rl-quiz-1")
+    location = lti11.grade(lti11.user_of(), percentage=0.7)
+    worker.run_until_idle()
+    read = lti11.world.get(location + "/lms")
+    assert read.status_code == 200, read.text
+    [value] = read.json()["lms"]
+    assert value["value"] == pytest.approx(0.7) and value["error"] is None
+    # A teacher's override in the LMS is what a read-back shows.
+    lti11.consumer.gradebook[sourcedid].score = "0.9"
+    assert lti11.world.get(location + "/lms").json()["lms"][0]["value"] == pytest.approx(0.9)
+    assert [c.operation for c in lti11.consumer.calls].count("readResult") == 2
+    assert lti11.world.get("/v1/grades/0123456789abcdef01234567/lms").status_code == 404
