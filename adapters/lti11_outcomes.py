@@ -204,6 +204,11 @@ class Lti11OutcomesAdapter:
     def _sourcedid(destination: Destination) -> str:
         sourcedid = destination.user_data.get("sourcedid")
         if not sourcedid:
+            if "sourcedid" in destination.user_data:
+                raise PermanentDeliveryError(
+                    "the student opened this link, but the LMS sent no lis_result_sourcedid: the link does not "
+                    "take grades, or they are not a student in it"
+                )
             raise PermanentDeliveryError("no lis_result_sourcedid for this student and link: they must launch it")
         return str(sourcedid)
 

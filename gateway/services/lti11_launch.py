@@ -153,23 +153,26 @@ def record_launch(
         session, connection, found, assignment, context_id, link_id, params.get("resource_link_title"), destination
     )
     enroll(session, connection, context_id, user, source="launch")
-    sourcedid = params.get("lis_result_sourcedid")
-    if sourcedid:
-        launch = get_or_create(
-            session,
-            lambda: session.scalar(
-                select(LaunchDestination).where(
-                    LaunchDestination.placement_id == placement.id, LaunchDestination.user_id == user.id
-                )
-            ),
-            lambda: LaunchDestination(
-                district_id=connection.district_id, placement_id=placement.id, user_id=user.id, data={}
-            ),
-        )
-        # Stored exactly as received: the sourcedid is opaque (Canvas signs it, Moodle hashes it).
+    # Recorded even without a sourcedid (an ungraded link, or a teacher): the launch happened, so grades stop
+    # waiting for one and fail with the LMS's reason instead of "has not opened the link".
+    sourcedid = params.get("lis_result_sourcedid") or None
+    launch = get_or_create(
+        session,
+        lambda: session.scalar(
+            select(LaunchDestination).where(
+                LaunchDestination.placement_id == placement.id, LaunchDestination.user_id == user.id
+            )
+        ),
+        lambda: LaunchDestination(
+            district_id=connection.district_id, placement_id=placement.id, user_id=user.id, data={}
+        ),
+    )
+    # Stored exactly as received: the sourcedid is opaque (Canvas signs it, Moodle hashes it). A relaunch
+    # without one keeps the one an earlier launch gave.
+    if sourcedid is not None or not (launch.data or {}).get("sourcedid"):
         launch.data = {"sourcedid": sourcedid}
-        launch.updated_at = utcnow()
-        session.flush()
-        release_awaiting_launch(session, user.id, connection.id, placement_id=placement.id)
+    launch.updated_at = utcnow()
+    session.flush()
+    release_awaiting_launch(session, user.id, connection.id, placement_id=placement.id)
     route_waiting_grades(session, connection.district_id, user_id=user.id)
     return user, assignment, placement

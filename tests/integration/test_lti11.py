@@ -788,3 +788,13 @@ def test_status_api_reads_back_what_the_consumer_holds(lti11: Lti11, worker: Del
     assert lti11.world.get(location + "/lms").json()["lms"][0]["value"] == pytest.approx(0.9)
     assert [c.operation for c in lti11.consumer.calls].count("readResult") == 2
     assert lti11.world.get("/v1/grades/0123456789abcdef01234567/lms").status_code == 404
+
+
+def test_grade_for_a_launch_without_sourcedid_fails_with_the_reason(lti11: Lti11, worker: DeliveryWorker) -> None:
+    # An ungraded link (no outcome URL, no sourcedid): the student did open it, so nothing waits for a launch.
+    lti11.launch_ok(lis_result_sourcedid=None)
+    location = lti11.grade(lti11.user_of(), percentage=0.5)
+    worker.run_until_idle()
+    delivery = lti11.delivery(location)
+    assert delivery["status"] == "failed"
+    assert "sent no lis_result_sourcedid" in delivery["lastError"]
