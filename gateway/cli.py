@@ -409,6 +409,19 @@ def demo_command(public_url: str | None, as_json: bool) -> None:
     _emit(as_json, data, lambda _d: _demo_banner(demo, url))
 
 
+@main.command("purge")
+@json_option
+def purge_command(as_json: bool) -> None:
+    """Delete expired one-time records (nonces, launch states, codes, pickers, idempotency keys)."""
+    from gateway.services.maintenance import purge_expired
+
+    app = _app()
+    with _session(app) as session:
+        purged = purge_expired(session, idempotency_ttl_seconds=app.config["PASSBACK"].idempotency_ttl_seconds)
+    data = dict(vars(purged))
+    _emit(as_json, data, lambda d: ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in d.items()) + " purged")
+
+
 @main.command("worker")
 @click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
 @click.option("--district", "district_id", default=None, help="Only this district's deliveries.")

@@ -31,6 +31,7 @@ from gateway.services.keys import current_signing_key
 from gateway.services.token_cache import DatabaseTokenCache
 
 log = logging.getLogger("passback.worker")
+PURGE_INTERVAL_SECONDS = 3600
 
 
 class DeliveryWorker:
@@ -58,6 +59,7 @@ class DeliveryWorker:
         )
         self.wakeup = threading.Event()
         self._context: AdapterContext | None = None
+        self._last_purge = 0.0
         self._context_loaded = 0.0
 
     def adapter_context(self) -> AdapterContext:
@@ -157,9 +159,24 @@ class DeliveryWorker:
                 return total
         return total
 
+    def purge_if_due(self) -> None:
+        """Housekeeping at most once an hour per worker, between delivery rounds."""
+        now = time.monotonic()
+        if now - self._last_purge < PURGE_INTERVAL_SECONDS:
+            return
+        self._last_purge = now
+        from gateway.services.maintenance import purge_expired
+
+        with self.db.transaction() as session:
+            purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds)
+
     def run_forever(self, stop: threading.Event) -> None:
         log.info("delivery worker started")
         while not stop.is_set():
+            try:
+                self.purge_if_due()
+            except Exception:
+                log.exception("delivery worker: housekeeping failed")
             try:
                 done = self.run_once()
             except Exception:
