@@ -23,6 +23,12 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     app.config["PASSBACK"] = settings
     app.config["SECRET_KEY"] = settings.secret_key
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
+    app.config["SESSION_COOKIE_NAME"] = "passback_session"
+    app.config["PERMANENT_SESSION_LIFETIME"] = 8 * 3600
+    app.config["WTF_CSRF_TIME_LIMIT"] = None  # tied to the session, which expires on its own
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     if database is None:
@@ -37,7 +43,10 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
         assert database.session is not None
         database.session.remove()
 
+    from flask_wtf.csrf import CSRFProtect
+
     from gateway.api import api
+    from gateway.dashboard import dashboard_bp
     from gateway.errors import register_error_handlers
     from gateway.lti import lti_bp
     from gateway.lti.lti11 import lti11_bp
@@ -52,6 +61,12 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     app.register_blueprint(lti11_bp)
     app.register_blueprint(oauth_bp)
     init_oauth(app)
+    app.register_blueprint(dashboard_bp)
+    # CSRF tokens on every dashboard form; the machine-to-machine endpoints authenticate otherwise (bearer
+    # tokens, signed LTI messages, client credentials) and are exempt.
+    csrf = CSRFProtect(app)
+    for blueprint in (api, lti_bp, lti11_bp, oauth_bp, sandbox_lms_bp, openapi_bp):
+        csrf.exempt(blueprint)
     register_error_handlers(app)
 
     @app.get("/healthz")

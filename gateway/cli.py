@@ -349,6 +349,39 @@ def placement_add(
 
 
 @main.group()
+def staff() -> None:
+    """District staff accounts for the dashboard."""
+
+
+@staff.command("create")
+@click.option("--district", "district_id", required=True)
+@click.option("--email", required=True)
+@click.option("--set-password", is_flag=True, help="Prompt for a password now instead of printing a one-time link.")
+@json_option
+def staff_create(district_id: str, email: str, set_password: bool, as_json: bool) -> None:
+    """Create a staff account: with a password typed now, or with a one-time setup link (valid 24 hours)."""
+    from gateway.services.staff import create_staff
+
+    password = click.prompt("Password", hide_input=True, confirmation_prompt=True) if set_password else None
+    app = _app()
+    try:
+        with _session(app) as session:
+            created = create_staff(session, district_id, email, password)
+            data: dict[str, Any] = {"id": created.staff.id, "email": created.staff.email}
+            if created.setup_token:
+                base = app.config["PASSBACK"].public_url.rstrip("/")
+                data["setup_link"] = f"{base}/dashboard/setup/{created.setup_token}"
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(
+        as_json,
+        data,
+        lambda d: f"staff {d['email']} created"
+        + (f"\none-time link to set the password (24 h): {d['setup_link']}" if "setup_link" in d else ""),
+    )
+
+
+@main.group()
 def keys() -> None:
     """Passback's LTI signing keys."""
 

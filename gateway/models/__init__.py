@@ -32,6 +32,7 @@ from gateway.models.lti import (
     UsedNonce,
 )
 from gateway.models.sandbox import SandboxFault, SandboxGradebookEntry
+from gateway.models.staff import AuditEntry, StaffUser
 
 __all__ = [
     "DEFAULT_SCORE_MAXIMUM",
@@ -39,6 +40,7 @@ __all__ = [
     "ApiToken",
     "App",
     "Assignment",
+    "AuditEntry",
     "AuthorizationCode",
     "Base",
     "CachedAccessToken",
@@ -59,6 +61,7 @@ __all__ = [
     "Placement",
     "SandboxFault",
     "SandboxGradebookEntry",
+    "StaffUser",
     "TokenKind",
     "ToolKey",
     "ToolKeyStatus",

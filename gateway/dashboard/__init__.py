@@ -1,0 +1,156 @@
+"""The district staff dashboard: server-rendered pages over gateway/services/dashboard.py and staff.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, session, url_for
+from werkzeug.exceptions import NotFound
+
+from gateway.extensions import db
+from gateway.models import StaffUser
+from gateway.services import dashboard as views
+from gateway.services import staff as staff_service
+from gateway.services.deliveries import retry_delivery
+from gateway.services.errors import ServiceError
+
+dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+
+
+def _age(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"
+
+
+def _page(template: str, http_status: int = 200, **context: Any) -> Response:
+    html = render_template(template, age=_age, **context)
+    return Response(html, status=http_status, content_type="text/html; charset=utf-8")
+
+
+def current_staff() -> StaffUser | None:
+    staff_id = session.get("staff_id")
+    if not staff_id:
+        return None
+    staff = db.session().get(StaffUser, staff_id)
+    # A session of a deleted or moved account ends here rather than showing another district.
+    if staff is None or staff.district_id != session.get("district_id"):
+        session.clear()
+        return None
+    return staff
+
+
+def staff_required(view: Callable[..., Response]) -> Callable[..., Response]:
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Response:
+        staff = current_staff()
+        if staff is None:
+            return redirect(url_for("dashboard.login", next=request.path))  # type: ignore[return-value]
+        return view(staff, *args, **kwargs)
+
+    return wrapped
+
+
+def _start_session(staff: StaffUser) -> None:
+    session.clear()  # a new session id at sign-in: no fixation
+    session.permanent = True
+    session["staff_id"] = staff.id
+    session["district_id"] = staff.district_id
+
+
+@dashboard_bp.route("/login", methods=["GET", "POST"])
+def login() -> Response:
+    if request.method == "GET":
+        return _page("dashboard/login.html")
+    email = request.form.get("email", "")[:320]
+    database = db.session()
+    try:
+        staff = staff_service.sign_in(database, email, request.form.get("password", "")[:1000])
+    except ServiceError as exc:
+        database.commit()  # keep the failed-attempt count
+        return _page("dashboard/login.html", http_status=401, error=exc.message, email=email)
+    staff_service.audit(database, staff, "signed in")
+    database.commit()
+    _start_session(staff)
+    target = request.args.get("next", "")
+    # Only paths of this dashboard: never an open redirect.
+    if not target.startswith("/dashboard/") or target.startswith("//"):
+        target = url_for("dashboard.overview")
+    return redirect(target)  # type: ignore[return-value]
+
+
+@dashboard_bp.route("/setup/<token>", methods=["GET", "POST"])
+def setup(token: str) -> Response:
+    if request.method == "GET":
+        return _page("dashboard/login.html", setup=True)
+    database = db.session()
+    try:
+        staff = staff_service.complete_setup(database, token, request.form.get("password", "")[:1000])
+    except ServiceError as exc:
+        database.rollback()
+        return _page("dashboard/login.html", http_status=exc.status, setup=True, error=exc.message)
+    staff_service.audit(database, staff, "set password")
+    database.commit()
+    _start_session(staff)
+    return redirect(url_for("dashboard.overview"))  # type: ignore[return-value]
+
+
+@dashboard_bp.post("/logout")
+def logout() -> Response:
+    session.clear()
+    return redirect(url_for("dashboard.login"))  # type: ignore[return-value]
+
+
+@dashboard_bp.get("/")
+@staff_required
+def overview(staff: StaffUser) -> Response:
+    data = views.overview(db.session(), staff.district_id)
+    return _page("dashboard/overview.html", staff=staff, ov=data, statuses=views.SHOWN_STATUSES)
+
+
+@dashboard_bp.get("/deliveries")
+@staff_required
+def delivery_list(staff: StaffUser) -> Response:
+    status = request.args.get("status") or None
+    if status is not None and status not in views.SHOWN_STATUSES:
+        raise NotFound("no such status")
+    try:
+        page = max(1, min(int(request.args.get("page", "1")), 10_000))
+    except ValueError:
+        page = 1
+    items, more = views.deliveries(db.session(), staff.district_id, status=status, page=page)
+    return _page("dashboard/deliveries.html", staff=staff, items=items, more=more, page=page, status=status)
+
+
+@dashboard_bp.post("/deliveries/<delivery_id>/retry")
+@staff_required
+def retry(staff: StaffUser, delivery_id: str) -> Response:
+    database = db.session()
+    try:
+        # Scoped by the staff member's district: another district's delivery id is simply not found.
+        delivery = retry_delivery(database, staff.district_id, delivery_id)
+    except ServiceError as exc:
+        database.rollback()
+        if exc.status == 404:
+            raise NotFound(exc.message) from exc
+        flash(exc.message)
+        return redirect(request.referrer or url_for("dashboard.delivery_list", status="failed"))  # type: ignore[return-value]
+    staff_service.audit(database, staff, "retried delivery", delivery.id)
+    database.commit()
+    nudge = current_app.extensions.get("passback_worker_nudge")
+    if nudge is not None:
+        nudge()
+    flash("Delivery queued again.")
+    return redirect(url_for("dashboard.delivery_list", status="failed"))  # type: ignore[return-value]
+
+
+@dashboard_bp.get("/audit")
+@staff_required
+def audit(staff: StaffUser) -> Response:
+    return _page("dashboard/audit.html", staff=staff, entries=views.audit_log(db.session(), staff.district_id))

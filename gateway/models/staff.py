@@ -1,0 +1,44 @@
+"""District staff accounts for the dashboard, and the audit log of what they did."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gateway.models.base import Base, created_column, id_column
+
+
+class StaffUser(Base):
+    __tablename__ = "staff_users"
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    # werkzeug's current default (scrypt); None until the one-time link sets it.
+    password_hash: Mapped[str | None] = mapped_column(Text, default=None)
+    # SHA-256 of a one-time sign-in link's token, and when it stops working.
+    setup_token_hash: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+    setup_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_login_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = created_column()
+
+
+class AuditEntry(Base):
+    """Who did what, when: every dashboard action is written here, in the same transaction as the action."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (Index("ix_audit_district_created", "district_id", "created_at"),)
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))
+    staff_id: Mapped[str | None] = mapped_column(ForeignKey("staff_users.id", ondelete="SET NULL"), default=None)
+    staff_email: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(60))
+    target: Mapped[str] = mapped_column(String(200), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = created_column()

@@ -1,0 +1,156 @@
+"""The staff dashboard over real HTTP: sign-in with CSRF and lockout, a failed delivery found, read and retried,
+the audit log, and one district's staff kept out of another's data."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import requests
+
+from gateway.services.staff import MAX_FAILED_LOGINS, create_staff
+from gateway.worker import DeliveryWorker
+from tests.conftest import LiveServer
+from tests.factories import World, build_world
+
+PASSWORD = "correct horse battery"
+
+
+def csrf(page: requests.Response) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert match, page.text[:500]
+    return match.group(1)
+
+
+def staff_of(world: World, email: str = "admin@district.example") -> str:
+    with world.session() as session:
+        create_staff(session, world.district_id, email, PASSWORD)
+    return email
+
+
+def signed_in(world: World, email: str, password: str = PASSWORD) -> requests.Session:
+    browser = requests.Session()
+    page = browser.get(world.url("/dashboard/login"))
+    response = browser.post(
+        world.url("/dashboard/login"),
+        data={"email": email, "password": password, "csrf_token": csrf(page)},
+        allow_redirects=False,
+    )
+    assert response.status_code == 302, response.text
+    return browser
+
+
+def test_failed_delivery_is_found_read_and_retried_after_the_lms_recovers(world: World, worker: DeliveryWorker) -> None:
+    email = staff_of(world)
+    world.inject_faults(1, status=400)
+    posted = world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.6})
+    worker.run_until_idle()
+    assert world.get(posted.headers["Location"]).json()["status"] == "failed"
+
+    browser = signed_in(world, email)
+    overview = browser.get(world.url("/dashboard/"))
+    assert overview.status_code == 200 and "Grade deliveries" in overview.text
+    failed = browser.get(world.url("/dashboard/deliveries"), params={"status": "failed"})
+    assert "sandbox LMS is unavailable (injected fault, HTTP 400)" in failed.text, "the LMS's own words are shown"
+    assert "Quiz 1" in failed.text and "Ada" in failed.text
+
+    retry_url = re.search(r'action="(/dashboard/deliveries/[0-9a-f]+/retry)"', failed.text).group(1)
+    refused = browser.post(world.url(retry_url), data={}, allow_redirects=False)
+    assert refused.status_code == 400, "a form post without the CSRF token is refused"
+    retried = browser.post(world.url(retry_url), data={"csrf_token": csrf(failed)}, allow_redirects=False)
+    assert retried.status_code == 302
+    worker.run_until_idle()
+    assert world.get(posted.headers["Location"]).json()["status"] == "delivered"
+    assert "delivered" in browser.get(world.url("/dashboard/deliveries"), params={"status": "delivered"}).text
+
+    audit = browser.get(world.url("/dashboard/audit")).text
+    assert "retried delivery" in audit and email in audit and "signed in" in audit
+
+
+def test_staff_see_and_act_on_their_own_district_only(
+    world: World, worker: DeliveryWorker, live_server: LiveServer, http: requests.Session
+) -> None:
+    world.inject_faults(1, status=422)
+    world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.6})
+    worker.run_until_idle()
+    other = build_world(world.app, live_server.url, http, district_name="Other District")
+    outsider = signed_in(other, staff_of(other, "staff@other.example"))
+
+    failed = outsider.get(world.url("/dashboard/deliveries"), params={"status": "failed"})
+    assert failed.status_code == 200 and "No deliveries here." in failed.text
+    with world.session() as session:
+        from sqlalchemy import select
+
+        from gateway.models import Delivery
+
+        delivery_id = session.scalar(select(Delivery.id).where(Delivery.district_id == world.district_id))
+    page = outsider.get(world.url("/dashboard/"))
+    response = outsider.post(
+        world.url(f"/dashboard/deliveries/{delivery_id}/retry"),
+        data={"csrf_token": csrf(page)},
+        allow_redirects=False,
+    )
+    assert response.status_code == 404, "another district's delivery is not found, by URL as well as by UI"
+    assert world.get("/v1/grades?status=failed").json()["grades"], "and it stays failed"
+
+
+def test_wrong_passwords_lock_the_account_and_cookies_are_safe(world: World) -> None:
+    email = staff_of(world)
+    browser = requests.Session()
+    for _ in range(MAX_FAILED_LOGINS):
+        page = browser.get(world.url("/dashboard/login"))
+        bad = browser.post(
+            world.url("/dashboard/login"),
+            data={"email": email, "password": "wrong password!", "csrf_token": csrf(page)},
+        )
+        assert bad.status_code == 401 and "email or password is not right" in bad.text
+    page = browser.get(world.url("/dashboard/login"))
+    locked = browser.post(
+        world.url("/dashboard/login"), data={"email": email, "password": PASSWORD, "csrf_token": csrf(page)}
+    )
+    assert locked.status_code == 401 and "locked" in locked.text
+
+    other = staff_of(world, "second@district.example")
+    page = requests.Session()
+    form = page.get(world.url("/dashboard/login"))
+    cookie = form.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    no_token = page.post(world.url("/dashboard/login"), data={"email": other, "password": PASSWORD})
+    assert no_token.status_code == 400, "sign-in without the CSRF token is refused"
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/x", "/v1/me"])
+def test_sign_in_never_redirects_off_the_dashboard(world: World, target: str) -> None:
+    email = staff_of(world)
+    browser = requests.Session()
+    page = browser.get(world.url("/dashboard/login"))
+    response = browser.post(
+        world.url("/dashboard/login"),
+        params={"next": target},
+        data={"email": email, "password": PASSWORD, "csrf_token": csrf(page)},
+        allow_redirects=False,
+    )
+    assert response.headers["Location"].endswith("/dashboard/")
+
+
+def test_one_time_setup_link_sets_the_password_once(world: World) -> None:
+    with world.session() as session:
+        created = create_staff(session, world.district_id, "new@district.example")
+    link = world.url(f"/dashboard/setup/{created.setup_token}")
+    browser = requests.Session()
+    page = browser.get(link)
+    short = browser.post(link, data={"password": "short", "csrf_token": csrf(page)})
+    assert short.status_code == 422 and "at least 12 characters" in short.text
+    done = browser.post(link, data={"password": PASSWORD, "csrf_token": csrf(page)}, allow_redirects=False)
+    assert done.status_code == 302
+    assert browser.get(world.url("/dashboard/")).status_code == 200
+    again = requests.Session()
+    page = again.get(link)
+    assert again.post(link, data={"password": PASSWORD, "csrf_token": csrf(page)}).status_code == 401
+    signed_in(world, "new@district.example")
+
+
+def test_pages_need_a_signed_in_staff_member(world: World) -> None:
+    for path in ("/dashboard/", "/dashboard/deliveries", "/dashboard/audit"):
+        response = requests.get(world.url(path), allow_redirects=False, timeout=5)
+        assert response.status_code == 302 and "/dashboard/login" in response.headers["Location"]
