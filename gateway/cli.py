@@ -376,8 +376,10 @@ def staff_create(district_id: str, email: str, set_password: bool, as_json: bool
     _emit(
         as_json,
         data,
-        lambda d: f"staff {d['email']} created"
-        + (f"\none-time link to set the password (24 h): {d['setup_link']}" if "setup_link" in d else ""),
+        lambda d: (
+            f"staff {d['email']} created"
+            + (f"\none-time link to set the password (24 h): {d['setup_link']}" if "setup_link" in d else "")
+        ),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -148,6 +150,50 @@ def retry(staff: StaffUser, delivery_id: str) -> Response:
         nudge()
     flash("Delivery queued again.")
     return redirect(url_for("dashboard.delivery_list", status="failed"))  # type: ignore[return-value]
+
+
+@dashboard_bp.get("/deliveries.csv")
+@staff_required
+def delivery_csv(staff: StaffUser) -> Response:
+    status = request.args.get("status") or None
+    if status is not None and status not in views.SHOWN_STATUSES:
+        raise NotFound("no such status")
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(views.deliveries_csv_rows(db.session(), staff.district_id, status=status))
+    name = f"passback-deliveries-{status or 'all'}.csv"
+    return Response(
+        buffer.getvalue(),
+        content_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@dashboard_bp.get("/connections")
+@staff_required
+def connection_list(staff: StaffUser) -> Response:
+    items = views.connections(
+        db.session(),
+        current_app.extensions["passback_box"],
+        staff.district_id,
+        current_app.config["PASSBACK"].public_url,
+    )
+    return _page("dashboard/connections.html", staff=staff, items=items, statuses=views.SHOWN_STATUSES)
+
+
+@dashboard_bp.post("/connections/<connection_id>/<action>")
+@staff_required
+def pause_or_resume(staff: StaffUser, connection_id: str, action: str) -> Response:
+    if action not in ("pause", "resume"):
+        raise NotFound("no such action")
+    database = db.session()
+    try:
+        connection = views.set_paused(database, staff.district_id, connection_id, action == "pause")
+    except ServiceError as exc:
+        raise NotFound(exc.message) from exc
+    staff_service.audit(database, staff, f"{action}d delivery", connection.name)
+    database.commit()
+    flash(f"Delivery to {connection.name} {'paused' if action == 'pause' else 'resumed'}.")
+    return redirect(url_for("dashboard.connection_list"))  # type: ignore[return-value]
 
 
 @dashboard_bp.get("/audit")

@@ -99,7 +99,10 @@ class Delivery(Base):
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_grade", "grade_id", "placement_id"),
         Index("ix_deliveries_revision", "revision_id"),
-        Index("ix_deliveries_district_status", "district_id", "status"),
+        Index("ix_deliveries_district_status", "district_id", "status", "updated_at"),
+        # The dashboard's time windows and newest-first lists.
+        Index("ix_deliveries_district_created", "district_id", "created_at"),
+        Index("ix_deliveries_district_updated", "district_id", "updated_at"),
     )
 
     id: Mapped[str] = id_column()

@@ -153,3 +153,119 @@ def audit_log(session: Session, district_id: str, *, limit: int = 200) -> list[A
             .limit(limit)
         )
     )
+
+
+@dataclass
+class ConnectionView:
+    connection: LmsConnection
+    counts: dict[str, int]
+    # What an admin enters on the LMS side, without secrets.
+    configuration: list[tuple[str, str]]
+
+
+def connections(session: Session, box: Any, district_id: str, public_url: str) -> list[ConnectionView]:
+    """The district's LMS connections with their health, delivery counts and LMS-side configuration."""
+    from gateway.services.lms import connection_settings
+
+    base = public_url.rstrip("/")
+    result = []
+    for connection in session.scalars(
+        select(LmsConnection).where(LmsConnection.district_id == district_id).order_by(LmsConnection.name)
+    ):
+        counts = dict.fromkeys(SHOWN_STATUSES, 0)
+        for status, count in session.execute(
+            select(Delivery.status, func.count())
+            .where(Delivery.district_id == district_id, Delivery.lms_connection_id == connection.id)
+            .group_by(Delivery.status)
+        ):
+            counts[status] = int(count)
+        settings = connection_settings(box, connection)
+        if connection.adapter == "lti13":
+            configuration = [
+                ("Tool configuration JSON (Canvas: Paste JSON)", f"{base}/lti/config/{connection.id}"),
+                ("OIDC login URL", f"{base}/lti/login"),
+                ("Launch / redirect URI", f"{base}/lti/launch"),
+                ("Public JWKS URL", f"{base}/lti/jwks"),
+                ("Registered client ID", str(settings.get("client_id", ""))),
+            ]
+        elif connection.adapter == "lti11":
+            configuration = [
+                ("Launch URL", f"{base}/lti11/launch"),
+                ("Consumer key", str(settings.get("consumer_key", ""))),
+                ("Shared secret", "(set when the connection was added; not shown)"),
+            ]
+        elif connection.adapter == "sandbox":
+            configuration = [("Sandbox gradebook", str(settings.get("base_url", "")) + "/gradebook")]
+        else:
+            configuration = []
+        result.append(ConnectionView(connection, counts, configuration))
+    return result
+
+
+def set_paused(session: Session, district_id: str, connection_id: str, paused: bool) -> LmsConnection:
+    """Pause or resume delivery to one connection; grades keep being accepted and wait in the outbox."""
+    from gateway.services.errors import NotFound
+
+    connection = session.scalar(
+        select(LmsConnection).where(LmsConnection.id == connection_id, LmsConnection.district_id == district_id)
+    )
+    if connection is None:
+        raise NotFound("no such LMS connection in this district")
+    connection.paused = paused
+    return connection
+
+
+CSV_COLUMNS = [
+    "delivery_id",
+    "status",
+    "operation",
+    "student",
+    "assignment_id",
+    "assignment",
+    "score_given",
+    "score_maximum",
+    "posted_at",
+    "lms_connection",
+    "course",
+    "attempts",
+    "delivered_at",
+    "last_error",
+]
+CSV_MAX_ROWS = 100_000
+
+
+def deliveries_csv_rows(session: Session, district_id: str, *, status: str | None = None) -> list[list[str]]:
+    """The delivery list as CSV rows (header first), the same filter as the page, up to 100,000 rows."""
+    rows: list[list[str]] = [CSV_COLUMNS]
+    page = 1
+    while len(rows) <= CSV_MAX_ROWS:
+        items, more = deliveries(session, district_id, status=status, page=page)
+        for it in items:
+            d, g = it["delivery"], it["grade"]
+            row = [
+                d.id,
+                d.status,
+                d.operation,
+                it["student"],
+                it["assignment_id"],
+                it["assignment"],
+                f"{g.score_given:g}",
+                f"{g.score_maximum:g}",
+                g.updated_at.isoformat() + "Z",
+                it["connection"],
+                it["course"],
+                str(d.attempts),
+                d.delivered_at.isoformat() + "Z" if d.delivered_at else "",
+                d.last_error or "",
+            ]
+            # Names come from LMSs and apps, errors from LMSs: every text cell is defused.
+            rows.append([_csv_safe(str(cell)) for cell in row])
+        if not more:
+            break
+        page += 1
+    return rows
+
+
+def _csv_safe(text: str) -> str:
+    # Spreadsheet apps run cells that start with these as formulas (CSV injection); LMS error text is untrusted.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text

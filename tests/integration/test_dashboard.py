@@ -154,3 +154,62 @@ def test_pages_need_a_signed_in_staff_member(world: World) -> None:
     for path in ("/dashboard/", "/dashboard/deliveries", "/dashboard/audit"):
         response = requests.get(world.url(path), allow_redirects=False, timeout=5)
         assert response.status_code == 302 and "/dashboard/login" in response.headers["Location"]
+
+
+def test_pausing_a_connection_holds_its_grades_until_resumed(world: World, worker: DeliveryWorker) -> None:
+    browser = signed_in(world, staff_of(world))
+    page = browser.get(world.url("/dashboard/connections"))
+    assert "Sandbox" in page.text and "running" in page.text
+    assert "/gradebook" in page.text, "the sandbox's LMS-side value is shown"
+    paused = browser.post(
+        world.url(f"/dashboard/connections/{world.connection_id}/pause"),
+        data={"csrf_token": csrf(page)},
+        allow_redirects=False,
+    )
+    assert paused.status_code == 302
+    posted = world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.5})
+    assert posted.status_code == 202, "grades are still accepted while paused"
+    assert worker.run_until_idle() == 0 and world.gradebook() == []
+    page = browser.get(world.url("/dashboard/connections"))
+    assert "paused: grades are accepted and wait" in page.text
+    browser.post(world.url(f"/dashboard/connections/{world.connection_id}/resume"), data={"csrf_token": csrf(page)})
+    worker.run_until_idle()
+    assert [e["scoreGiven"] for e in world.gradebook()] == [5.0]
+    audit = browser.get(world.url("/dashboard/audit")).text
+    assert "paused delivery" in audit and "resumed delivery" in audit
+
+
+def test_delivery_list_exports_as_csv_with_formula_cells_neutralised(world: World, worker: DeliveryWorker) -> None:
+    import csv
+    import io
+
+    world.inject_faults(1, status=400)
+    with world.session() as session:
+        from gateway.models import User
+
+        session.get(User, world.students[0]).name = '=HYPERLINK("http://evil.example")'
+    world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.6})
+    worker.run_until_idle()
+    browser = signed_in(world, staff_of(world))
+    response = browser.get(world.url("/dashboard/deliveries.csv"), params={"status": "failed"})
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert rows[0][:3] == ["delivery_id", "status", "operation"] and len(rows) == 2
+    assert rows[1][1] == "failed"
+    assert rows[1][3] == '\'=HYPERLINK("http://evil.example")', "a cell that a spreadsheet would run is defused"
+    assert "HTTP 400" in rows[1][-1]
+
+
+def test_other_districts_connections_cannot_be_paused(
+    world: World, live_server: LiveServer, http: requests.Session
+) -> None:
+    other = build_world(world.app, live_server.url, http, district_name="Other District")
+    outsider = signed_in(other, staff_of(other, "staff@other.example"))
+    page = outsider.get(world.url("/dashboard/connections"))
+    assert world.connection_id not in page.text
+    response = outsider.post(
+        world.url(f"/dashboard/connections/{world.connection_id}/pause"),
+        data={"csrf_token": csrf(page)},
+        allow_redirects=False,
+    )
+    assert response.status_code == 404
