@@ -16,7 +16,7 @@ from gateway.extensions import db
 from gateway.models import StaffUser
 from gateway.services import dashboard as views
 from gateway.services import staff as staff_service
-from gateway.services.deliveries import retry_delivery
+from gateway.services.deliveries import retry_delivery, retry_failed
 from gateway.services.errors import ServiceError
 
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -145,9 +145,7 @@ def retry(staff: StaffUser, delivery_id: str) -> Response:
         return redirect(request.referrer or url_for("dashboard.delivery_list", status="failed"))  # type: ignore[return-value]
     staff_service.audit(database, staff, "retried delivery", delivery.id)
     database.commit()
-    nudge = current_app.extensions.get("passback_worker_nudge")
-    if nudge is not None:
-        nudge()
+    _nudge()
     flash("Delivery queued again.")
     return redirect(url_for("dashboard.delivery_list", status="failed"))  # type: ignore[return-value]
 
@@ -194,6 +192,36 @@ def pause_or_resume(staff: StaffUser, connection_id: str, action: str) -> Respon
     database.commit()
     flash(f"Delivery to {connection.name} {'paused' if action == 'pause' else 'resumed'}.")
     return redirect(url_for("dashboard.connection_list"))  # type: ignore[return-value]
+
+
+@dashboard_bp.post("/connections/<connection_id>/retry-failed")
+@staff_required
+def retry_connection_failures(staff: StaffUser, connection_id: str) -> Response:
+    database = db.session()
+    try:
+        connection = views.set_paused(database, staff.district_id, connection_id, paused=None)
+    except ServiceError as exc:
+        raise NotFound(exc.message) from exc
+    count = retry_failed(database, staff.district_id, lms_connection_id=connection.id)
+    staff_service.audit(database, staff, "retried failed deliveries", connection.name, count=count)
+    database.commit()
+    _nudge()
+    flash(f"{count} failed deliveries to {connection.name} queued again.")
+    return redirect(url_for("dashboard.connection_list"))  # type: ignore[return-value]
+
+
+@dashboard_bp.get("/sandbox")
+@staff_required
+def sandbox_gradebook(staff: StaffUser) -> Response:
+    """The sandbox LMS's gradebook, as the simulated LMS holds it, for the district's sandbox connections."""
+    entries = views.sandbox_gradebook(db.session(), staff.district_id)
+    return _page("dashboard/sandbox.html", staff=staff, entries=entries)
+
+
+def _nudge() -> None:
+    nudge = current_app.extensions.get("passback_worker_nudge")
+    if nudge is not None:
+        nudge()
 
 
 @dashboard_bp.get("/audit")

@@ -202,8 +202,9 @@ def connections(session: Session, box: Any, district_id: str, public_url: str) -
     return result
 
 
-def set_paused(session: Session, district_id: str, connection_id: str, paused: bool) -> LmsConnection:
-    """Pause or resume delivery to one connection; grades keep being accepted and wait in the outbox."""
+def set_paused(session: Session, district_id: str, connection_id: str, paused: bool | None) -> LmsConnection:
+    """Pause or resume delivery to one connection (None: just find it, in this district); grades keep being
+    accepted and wait in the outbox."""
     from gateway.services.errors import NotFound
 
     connection = session.scalar(
@@ -211,7 +212,8 @@ def set_paused(session: Session, district_id: str, connection_id: str, paused: b
     )
     if connection is None:
         raise NotFound("no such LMS connection in this district")
-    connection.paused = paused
+    if paused is not None:
+        connection.paused = paused
     return connection
 
 
@@ -269,3 +271,17 @@ def deliveries_csv_rows(session: Session, district_id: str, *, status: str | Non
 def _csv_safe(text: str) -> str:
     # Spreadsheet apps run cells that start with these as formulas (CSV injection); LMS error text is untrusted.
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def sandbox_gradebook(session: Session, district_id: str) -> list[tuple[str, Any, str]]:
+    """Every sandbox connection's gradebook entries, with the student's name where Passback knows it."""
+    from gateway.models import SandboxGradebookEntry
+
+    rows = session.execute(
+        select(LmsConnection.name, SandboxGradebookEntry, User.name)
+        .join(SandboxGradebookEntry, SandboxGradebookEntry.gradebook == LmsConnection.id)
+        .outerjoin(User, (User.id == SandboxGradebookEntry.student_id) & (User.district_id == district_id))
+        .where(LmsConnection.district_id == district_id, LmsConnection.adapter == "sandbox")
+        .order_by(LmsConnection.name, SandboxGradebookEntry.course_id, SandboxGradebookEntry.item_id)
+    ).all()
+    return [(name, entry, student or entry.student_id) for name, entry, student in rows]

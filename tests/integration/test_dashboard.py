@@ -213,3 +213,21 @@ def test_other_districts_connections_cannot_be_paused(
         allow_redirects=False,
     )
     assert response.status_code == 404
+
+
+def test_all_failed_deliveries_of_a_connection_are_retried_after_a_fix(world: World, worker: DeliveryWorker) -> None:
+    world.inject_faults(2, status=422)
+    for student in world.students:
+        world.post_grade({"assignmentID": "quiz-1", "userID": student, "percentage": 0.9})
+    worker.run_until_idle()
+    browser = signed_in(world, staff_of(world))
+    page = browser.get(world.url("/dashboard/connections"))
+    assert "Retry all 2 failed deliveries" in page.text
+    browser.post(
+        world.url(f"/dashboard/connections/{world.connection_id}/retry-failed"), data={"csrf_token": csrf(page)}
+    )
+    worker.run_until_idle()
+    assert sorted(e["studentID"] for e in world.gradebook()) == sorted(world.students)
+    gradebook = browser.get(world.url("/dashboard/sandbox")).text
+    assert "Ada" in gradebook and "Alan" in gradebook and "9/10" in gradebook
+    assert "retried failed deliveries" in browser.get(world.url("/dashboard/audit")).text
