@@ -224,6 +224,57 @@ def _nudge() -> None:
         nudge()
 
 
+def _drill(staff: StaffUser, level: str, **context: Any) -> Response:
+    return _page("dashboard/drill.html", staff=staff, level=level, statuses=views.SHOWN_STATUSES, **context)
+
+
+def _found(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except ServiceError as exc:
+        raise NotFound(exc.message) from exc
+
+
+@dashboard_bp.get("/apps")
+@staff_required
+def apps(staff: StaffUser) -> Response:
+    return _drill(staff, "apps", rows=views.app_rows(db.session(), staff.district_id))
+
+
+@dashboard_bp.get("/apps/<app_id>")
+@staff_required
+def app_assignments(staff: StaffUser, app_id: str) -> Response:
+    app, rows = _found(lambda: views.assignment_rows(db.session(), staff.district_id, app_id))
+    return _drill(staff, "assignments", app=app, rows=rows)
+
+
+@dashboard_bp.get("/assignments/<assignment_id>")
+@staff_required
+def assignment_placements(staff: StaffUser, assignment_id: str) -> Response:
+    assignment, rows = _found(lambda: views.placement_rows(db.session(), staff.district_id, assignment_id))
+    return _drill(staff, "placements", assignment=assignment, rows=rows)
+
+
+@dashboard_bp.post("/assignments/<assignment_id>/retry-failed")
+@staff_required
+def retry_assignment_failures(staff: StaffUser, assignment_id: str) -> Response:
+    database = db.session()
+    assignment, _rows = _found(lambda: views.placement_rows(database, staff.district_id, assignment_id))
+    count = retry_failed(database, staff.district_id, assignment_id=assignment.id)
+    staff_service.audit(database, staff, "retried failed deliveries", assignment.external_id, count=count)
+    database.commit()
+    _nudge()
+    flash(f"{count} failed deliveries of {assignment.name} queued again.")
+    return redirect(url_for("dashboard.assignment_placements", assignment_id=assignment.id))  # type: ignore[return-value]
+
+
+@dashboard_bp.get("/placements/<placement_id>")
+@staff_required
+def placement_students(staff: StaffUser, placement_id: str) -> Response:
+    placement, rows = _found(lambda: views.student_rows(db.session(), staff.district_id, placement_id))
+    return _drill(staff, "students", placement=placement, rows=rows)
+
+
 @dashboard_bp.get("/audit")
 @staff_required
 def audit(staff: StaffUser) -> Response:

@@ -285,3 +285,91 @@ def sandbox_gradebook(session: Session, district_id: str) -> list[tuple[str, Any
         .order_by(LmsConnection.name, SandboxGradebookEntry.course_id, SandboxGradebookEntry.item_id)
     ).all()
     return [(name, entry, student or entry.student_id) for name, entry, student in rows]
+
+
+# --- drill-down: app → assignment → placement → student -------------------------------------------------------
+
+
+def _status_counts(session: Session, district_id: str, *conditions: Any) -> dict[str, int]:
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .join(Grade, Grade.id == Delivery.grade_id)
+        .where(Delivery.district_id == district_id, Delivery.operation == "replace", *conditions)
+        .group_by(Delivery.status)
+    ).all()
+    counts = dict.fromkeys(SHOWN_STATUSES, 0)
+    counts.update({status: int(n) for status, n in rows if status in counts})
+    return counts
+
+
+def app_rows(session: Session, district_id: str) -> list[tuple[App, dict[str, int]]]:
+    """The apps authorized in the district, with their deliveries by status."""
+    from gateway.models import DistrictApp
+
+    apps = session.scalars(
+        select(App)
+        .join(DistrictApp, DistrictApp.app_id == App.id)
+        .where(DistrictApp.district_id == district_id)
+        .order_by(App.name)
+    )
+    return [(app, _status_counts(session, district_id, Grade.app_id == app.id)) for app in apps]
+
+
+def assignment_rows(session: Session, district_id: str, app_id: str) -> tuple[App, list[tuple[Assignment, dict]]]:
+    """An authorized app's assignments with their deliveries in this district; NotFound for any other app."""
+    from gateway.models import DistrictApp
+    from gateway.services.errors import NotFound
+
+    app = session.scalar(
+        select(App)
+        .join(DistrictApp, DistrictApp.app_id == App.id)
+        .where(App.id == app_id, DistrictApp.district_id == district_id)
+    )
+    if app is None:
+        raise NotFound("no such app in this district")
+    assignments = session.scalars(
+        select(Assignment).where(Assignment.app_id == app.id).order_by(Assignment.name).limit(PAGE_SIZE * 20)
+    )
+    return app, [(a, _status_counts(session, district_id, Grade.assignment_id == a.id)) for a in assignments]
+
+
+def placement_rows(session: Session, district_id: str, assignment_id: str) -> tuple[Assignment, list[tuple]]:
+    """Where an assignment is placed in this district's LMSs, with each placement's deliveries."""
+    from gateway.services.errors import NotFound
+
+    assignment = session.get(Assignment, assignment_id)
+    if assignment is None or not any(app.id == assignment.app_id for app, _ in app_rows(session, district_id)):
+        raise NotFound("no such assignment in this district")
+    placements = session.execute(
+        select(Placement, LmsConnection.name)
+        .join(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
+        .where(Placement.district_id == district_id, Placement.assignment_id == assignment.id)
+        .order_by(LmsConnection.name, Placement.course_id)
+    ).all()
+    return assignment, [
+        (placement, name, _status_counts(session, district_id, Delivery.placement_id == placement.id))
+        for placement, name in placements
+    ]
+
+
+def student_rows(session: Session, district_id: str, placement_id: str) -> tuple[Placement, list[tuple]]:
+    """Each student's current grade at one placement and the delivery that carries it there."""
+    from gateway.services.errors import NotFound
+
+    placement = session.scalar(
+        select(Placement).where(Placement.id == placement_id, Placement.district_id == district_id)
+    )
+    if placement is None:
+        raise NotFound("no such placement in this district")
+    from gateway.models import GradeRevision
+
+    rows = session.execute(
+        select(User, Grade, Delivery)
+        .join(Grade, Grade.user_id == User.id)
+        .join(GradeRevision, (GradeRevision.grade_id == Grade.id) & (GradeRevision.revision == Grade.revision))
+        .join(Delivery, (Delivery.revision_id == GradeRevision.id) & (Delivery.placement_id == placement.id))
+        .where(Grade.district_id == district_id, Grade.assignment_id == placement.assignment_id)
+        .order_by(User.name, User.id, Delivery.created_at)
+        .limit(PAGE_SIZE * 20)
+    ).all()
+    return placement, list(rows)

@@ -231,3 +231,32 @@ def test_all_failed_deliveries_of_a_connection_are_retried_after_a_fix(world: Wo
     gradebook = browser.get(world.url("/dashboard/sandbox")).text
     assert "Ada" in gradebook and "Alan" in gradebook and "9/10" in gradebook
     assert "retried failed deliveries" in browser.get(world.url("/dashboard/audit")).text
+
+
+def test_drill_down_from_app_to_student_and_retry_an_assignment(
+    world: World, worker: DeliveryWorker, live_server: LiveServer, http: requests.Session
+) -> None:
+    world.inject_faults(1, status=422)
+    world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.7})
+    world.post_grade({"assignmentID": "quiz-1", "userID": world.students[1], "percentage": 0.9})
+    worker.run_until_idle()
+    browser = signed_in(world, staff_of(world))
+
+    apps = browser.get(world.url("/dashboard/apps")).text
+    app_link = re.search(r'href="(/dashboard/apps/[0-9a-f]+)">Quiz App<', apps).group(1)
+    assignments = browser.get(world.url(app_link)).text
+    assignment_link = re.search(r'href="(/dashboard/assignments/[0-9a-f]+)">Quiz 1<', assignments).group(1)
+    placements = browser.get(world.url(assignment_link))
+    placement_link = re.search(r'href="(/dashboard/placements/[0-9a-f]+)">course-101', placements.text).group(1)
+    students = browser.get(world.url(placement_link)).text
+    assert "Ada" in students and "Alan" in students and "7/10" in students and "9/10" in students
+    assert "injected fault, HTTP 422" in students and "failed" in students
+
+    browser.post(world.url(assignment_link + "/retry-failed"), data={"csrf_token": csrf(placements)})
+    worker.run_until_idle()
+    assert len(world.gradebook()) == 2
+
+    other = build_world(world.app, live_server.url, http, district_name="Other District")
+    outsider = signed_in(other, staff_of(other, "staff@other.example"))
+    for path in (app_link, assignment_link, placement_link):
+        assert outsider.get(world.url(path)).status_code == 404, path
