@@ -198,16 +198,19 @@ def pause_or_resume(staff: StaffUser, connection_id: str, action: str) -> Respon
 @staff_required
 def retry_connection_failures(staff: StaffUser, connection_id: str) -> Response:
     database = db.session()
-    try:
-        connection = views.set_paused(database, staff.district_id, connection_id, paused=None)
-    except ServiceError as exc:
-        raise NotFound(exc.message) from exc
-    count = retry_failed(database, staff.district_id, lms_connection_id=connection.id)
-    staff_service.audit(database, staff, "retried failed deliveries", connection.name, count=count)
+    connection = _found(lambda: views.set_paused(database, staff.district_id, connection_id, paused=None))
+    return _bulk_retry(staff, connection.name, url_for("dashboard.connection_list"), lms_connection_id=connection.id)
+
+
+def _bulk_retry(staff: StaffUser, target: str, back_to: str, **scope: str) -> Response:
+    """Send a connection's or an assignment's failed deliveries again, audited, and say how many."""
+    database = db.session()
+    count = retry_failed(database, staff.district_id, **scope)
+    staff_service.audit(database, staff, "retried failed deliveries", target, count=count)
     database.commit()
     _nudge()
-    flash(f"{count} failed deliveries to {connection.name} queued again.")
-    return redirect(url_for("dashboard.connection_list"))  # type: ignore[return-value]
+    flash(f"{count} failed deliveries of {target} queued again.")
+    return redirect(back_to)  # type: ignore[return-value]
 
 
 @dashboard_bp.get("/sandbox")
@@ -258,14 +261,9 @@ def assignment_placements(staff: StaffUser, assignment_id: str) -> Response:
 @dashboard_bp.post("/assignments/<assignment_id>/retry-failed")
 @staff_required
 def retry_assignment_failures(staff: StaffUser, assignment_id: str) -> Response:
-    database = db.session()
-    assignment, _rows = _found(lambda: views.placement_rows(database, staff.district_id, assignment_id))
-    count = retry_failed(database, staff.district_id, assignment_id=assignment.id)
-    staff_service.audit(database, staff, "retried failed deliveries", assignment.external_id, count=count)
-    database.commit()
-    _nudge()
-    flash(f"{count} failed deliveries of {assignment.name} queued again.")
-    return redirect(url_for("dashboard.assignment_placements", assignment_id=assignment.id))  # type: ignore[return-value]
+    assignment, _rows = _found(lambda: views.placement_rows(db.session(), staff.district_id, assignment_id))
+    back_to = url_for("dashboard.assignment_placements", assignment_id=assignment.id)
+    return _bulk_retry(staff, assignment.external_id, back_to, assignment_id=assignment.id)
 
 
 @dashboard_bp.get("/placements/<placement_id>")
