@@ -413,6 +413,8 @@ def _demo_banner(demo: Any, public_url: str) -> str:
             f"  app token (shown once; a new one is issued each run): {demo.token}",
             f"  students: {', '.join(demo.student_ids)}",
             f"  sandbox gradebook: {public_url}/sandbox-lms/{demo.connection_id}/gradebook",
+            f"  staff dashboard: {public_url}/dashboard/ (an account: .venv/bin/gateway staff create "
+            f"--district {demo.district_id} --email you@example.com)",
             "",
             "Post a grade:",
             f"  curl -sS -X POST {public_url}/v1/grade -H 'Authorization: Bearer {demo.token}' "
