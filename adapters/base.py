@@ -6,6 +6,7 @@ time, retries and persistence.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -114,14 +115,10 @@ class MemoryTokenCache:
         self._tokens: dict[str, tuple[str, float]] = {}
 
     def get(self, key: str) -> str | None:
-        import time
-
         found = self._tokens.get(key)
         return found[0] if found and found[1] > time.monotonic() else None
 
     def put(self, key: str, token: str, expires_in: float) -> None:
-        import time
-
         self._tokens[key] = (token, time.monotonic() + expires_in)
 
     def drop(self, key: str) -> None:

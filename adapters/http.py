@@ -78,6 +78,16 @@ def body_excerpt(response: requests.Response) -> str:
     return text if len(text) <= MAX_KEPT_BODY else text[:MAX_KEPT_BODY] + "…"
 
 
+def is_rate_limit_refusal(status: int, body: str) -> bool:
+    # Canvas throttles with 403 "Rate Limit Exceeded", not 429, and no Retry-After (wire-formats §3.8).
+    return status == 403 and "rate limit exceeded" in body.lower()
+
+
+def is_transient(status: int, body: str) -> bool:
+    """An answer a later retry can fix: 5xx, 401/408/425/429, or a rate limit dressed as 403."""
+    return status >= 500 or status in RETRYABLE_STATUSES or is_rate_limit_refusal(status, body)
+
+
 def raise_for_delivery(response: requests.Response, lms_message: str | None = None) -> None:
     """Classify a non-2xx answer on its numeric status (never the reason phrase) and raise accordingly."""
     status = response.status_code
@@ -85,7 +95,7 @@ def raise_for_delivery(response: requests.Response, lms_message: str | None = No
         return
     body = body_excerpt(response)
     message = f"LMS answered HTTP {status}" + (f": {lms_message}" if lms_message else (f": {body}" if body else ""))
-    if status >= 500 or status in RETRYABLE_STATUSES:
+    if is_transient(status, body):
         raise base.RetryableDeliveryError(
             message,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),

@@ -22,7 +22,7 @@ from adapters.base import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from adapters.http import HttpClient, body_excerpt, parse_retry_after
+from adapters.http import HttpClient, body_excerpt, is_transient, parse_retry_after
 
 NS = "http://www.imsglobal.org/services/ltiv1p1/xsd/imsoms_v1p0"
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -235,7 +235,8 @@ class Lti11OutcomesAdapter:
         response = self._post(url, body)
         status = response.status_code
         excerpt = body_excerpt(response)
-        if status >= 500 or status in (408, 429) or (status == 403 and "rate limit" in excerpt.lower()):
+        # A 401 that survived a re-signing is the key or the clock, not a passing condition: handled below.
+        if status != 401 and is_transient(status, excerpt):
             raise RetryableDeliveryError(
                 f"consumer answered HTTP {status} to {operation}",
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),

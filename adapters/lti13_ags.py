@@ -121,11 +121,6 @@ def _timestamp(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "+00:00"
 
 
-def _is_canvas_rate_limit(status: int, body: str) -> bool:
-    # Canvas throttles with 403 "Rate Limit Exceeded", not 429, and no Retry-After (wire-formats §3.8).
-    return status == 403 and "rate limit exceeded" in body.lower()
-
-
 class Lti13AgsAdapter:
     kind: ClassVar[str] = "lti13"
     settings_schema: ClassVar[type[Schema]] = Lti13SettingsSchema
@@ -234,8 +229,6 @@ class Lti13AgsAdapter:
 
     def _classify(self, response: Any) -> None:
         body = body_excerpt(response)
-        if _is_canvas_rate_limit(response.status_code, body):
-            raise RetryableDeliveryError("Canvas rate limit exceeded (403)", lms_status=403, lms_body=body)
         if response.status_code == 401:
             raise PermanentDeliveryError(
                 "the platform refused a fresh access token (401): check the developer key, its scopes and "

@@ -273,17 +273,17 @@ def lms_add(
 def lms_sync_roster(district_id: str, lms_ref: str, as_json: bool) -> None:
     """Map placed courses' members (LTI NRPS) to Passback users, so grades reach students who never launched."""
     from gateway.services.roster import sync_roster
-    from gateway.worker import DeliveryWorker
+    from gateway.worker import build_adapter_context
 
     app = _app()
-    worker = DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
+    database, box = app.extensions["passback_db"], app.extensions["passback_box"]
     try:
         with app.app_context():
             result = sync_roster(
-                app.extensions["passback_db"],
-                app.extensions["passback_box"],
-                worker.http,
-                worker.adapter_context(),
+                database,
+                box,
+                app.extensions["passback_http"],
+                build_adapter_context(database, box),
                 district_id,
                 lms_ref,
             )

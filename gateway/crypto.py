@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import secrets
 from typing import Any
@@ -22,10 +21,6 @@ def hash_token(raw: str) -> str:
     # Tokens carry 256 bits of entropy, so a plain SHA-256 cannot be brute-forced; a slow hash would only
     # slow every request down.
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
-
-
-def token_matches(raw: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_token(raw), stored_hash)
 
 
 class SecretBox:

@@ -34,6 +34,21 @@ log = logging.getLogger("passback.worker")
 PURGE_INTERVAL_SECONDS = 3600
 
 
+def build_adapter_context(db: Database, box: SecretBox) -> AdapterContext:
+    """What adapters borrow from Passback: its current signing key and the database-backed token cache.
+    The worker, the roster sync and the read-back API all call LMSs with it."""
+    with db.transaction() as session:
+        key = current_signing_key(session, box)
+    return AdapterContext(signing_key=key, token_cache=DatabaseTokenCache(db, box))
+
+
+def nudge_worker(app: Any) -> None:
+    """Wake the embedded worker, if this process runs one, so new outbox rows go out now, not at its next poll."""
+    nudge = app.extensions.get("passback_worker_nudge")
+    if nudge is not None:
+        nudge()
+
+
 class DeliveryWorker:
     def __init__(
         self,
@@ -67,9 +82,7 @@ class DeliveryWorker:
         the database-backed token cache."""
         now = time.monotonic()
         if self._context is None or now - self._context_loaded > 60:
-            with self.db.transaction() as session:
-                key = current_signing_key(session, self.box)
-            self._context = AdapterContext(signing_key=key, token_cache=DatabaseTokenCache(self.db, self.box))
+            self._context = build_adapter_context(self.db, self.box)
             self._context_loaded = now
         return self._context
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields
 
 UNKNOWN_FIELD = "Unknown field."
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_strict_json(raw: bytes | str) -> Any:
+    """json.loads without Python's extensions: NaN, Infinity and -Infinity are refused (ValueError)."""
+    return json.loads(raw, parse_constant=_refuse_constant)
 
 
 class StrictSchema(Schema):

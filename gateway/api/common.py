@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import current_app, g, request
@@ -11,6 +10,7 @@ from marshmallow import Schema, ValidationError
 from gateway.extensions import db
 from gateway.services.auth import Principal, authenticate
 from gateway.services.errors import InvalidInput, NotFound, ServiceError, Unauthenticated
+from schemas.base import load_strict_json
 
 
 class MalformedJson(ServiceError):
@@ -23,10 +23,6 @@ class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def json_body() -> Any:
     """The request body as parsed JSON; strict: application/json, valid UTF-8, no NaN or Infinity."""
     mimetype = request.mimetype or ""
@@ -34,7 +30,7 @@ def json_body() -> Any:
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {request.content_type or 'missing'!s}")
     raw = request.get_data(cache=True)
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = load_strict_json(raw)
     except (ValueError, RecursionError) as exc:
         raise MalformedJson(f"request body is not valid JSON: {exc}") from exc
     bad = unstorable_string_path(body)

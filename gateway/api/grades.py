@@ -11,6 +11,8 @@ from gateway.extensions import db
 from gateway.services import idempotency
 from gateway.services.errors import ServiceError
 from gateway.services.grades import accept_grade, accepted_view, delete_grade, get_grade, grade_views, list_grades
+from gateway.services.readback import read_back
+from gateway.worker import build_adapter_context, nudge_worker
 from schemas.grades import (
     GradeListQuerySchema,
     GradeListResponseSchema,
@@ -72,15 +74,8 @@ def post_grade() -> Response:
             raise
         return _respond(replay.body, replay.status, replay.location, replayed=True)
     if accepted.deliveries:
-        _nudge_worker()
+        nudge_worker(current_app)
     return _respond(payload, 202, location)
-
-
-def _nudge_worker() -> None:
-    """Wake the embedded worker so new outbox rows go out now rather than at its next poll."""
-    nudge = current_app.extensions.get("passback_worker_nudge")
-    if nudge is not None:
-        nudge()
 
 
 def _respond(payload: dict, status: int, location: str | None, replayed: bool = False) -> Response:
@@ -111,30 +106,21 @@ def delete_grade_everywhere(grade_id: str) -> Response:
     grade = delete_grade(session, principal, grade_id)
     payload = grade_response.dump(grade_views(session, [grade])[0])
     session.commit()
-    _nudge_worker()
+    nudge_worker(current_app)
     return _respond(payload, 202, url_for("api.get_grade_status", grade_id=grade.id))
 
 
 @api.get("/grades/<grade_id>/lms")
 def read_grade_from_lms(grade_id: str) -> Response:
     """What each LMS that received the grade holds now (LTI 1.1 readResult; others say they cannot)."""
-    from gateway.services.readback import read_back
-    from gateway.worker import DeliveryWorker
-
     principal = current_principal()
     db.session().commit()  # the LMS calls below must not hold a transaction open
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    worker = DeliveryWorker(
-        app.extensions["passback_db"],
-        app.extensions["passback_box"],
-        app.config["PASSBACK"],
-        http=app.extensions["passback_http"],
-    )
+    database, box = current_app.extensions["passback_db"], current_app.extensions["passback_box"]
     values = read_back(
-        app.extensions["passback_db"],
-        app.extensions["passback_box"],
-        worker.http,
-        worker.adapter_context(),
+        database,
+        box,
+        current_app.extensions["passback_http"],
+        build_adapter_context(database, box),
         principal,
         grade_id,
     )

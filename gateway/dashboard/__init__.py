@@ -18,6 +18,7 @@ from gateway.services import dashboard as views
 from gateway.services import staff as staff_service
 from gateway.services.deliveries import retry_delivery, retry_failed
 from gateway.services.errors import ServiceError
+from gateway.worker import nudge_worker
 
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -145,7 +146,7 @@ def retry(staff: StaffUser, delivery_id: str) -> Response:
         return redirect(request.referrer or url_for("dashboard.delivery_list", status="failed"))  # type: ignore[return-value]
     staff_service.audit(database, staff, "retried delivery", delivery.id)
     database.commit()
-    _nudge()
+    nudge_worker(current_app)
     flash("Delivery queued again.")
     return redirect(url_for("dashboard.delivery_list", status="failed"))  # type: ignore[return-value]
 
@@ -202,13 +203,20 @@ def retry_connection_failures(staff: StaffUser, connection_id: str) -> Response:
     return _bulk_retry(staff, connection.name, url_for("dashboard.connection_list"), lms_connection_id=connection.id)
 
 
-def _bulk_retry(staff: StaffUser, target: str, back_to: str, **scope: str) -> Response:
+def _bulk_retry(
+    staff: StaffUser,
+    target: str,
+    back_to: str,
+    *,
+    lms_connection_id: str | None = None,
+    assignment_id: str | None = None,
+) -> Response:
     """Send a connection's or an assignment's failed deliveries again, audited, and say how many."""
     database = db.session()
-    count = retry_failed(database, staff.district_id, **scope)
+    count = retry_failed(database, staff.district_id, lms_connection_id=lms_connection_id, assignment_id=assignment_id)
     staff_service.audit(database, staff, "retried failed deliveries", target, count=count)
     database.commit()
-    _nudge()
+    nudge_worker(current_app)
     flash(f"{count} failed deliveries of {target} queued again.")
     return redirect(back_to)  # type: ignore[return-value]
 
@@ -219,12 +227,6 @@ def sandbox_gradebook(staff: StaffUser) -> Response:
     """The sandbox LMS's gradebook, as the simulated LMS holds it, for the district's sandbox connections."""
     entries = views.sandbox_gradebook(db.session(), staff.district_id)
     return _page("dashboard/sandbox.html", staff=staff, entries=entries)
-
-
-def _nudge() -> None:
-    nudge = current_app.extensions.get("passback_worker_nudge")
-    if nudge is not None:
-        nudge()
 
 
 def _drill(staff: StaffUser, level: str, **context: Any) -> Response:

@@ -6,10 +6,11 @@ import logging
 
 from flask import Response, current_app, redirect, request, url_for
 from markupsafe import escape
+from werkzeug.exceptions import HTTPException
 
 from gateway.extensions import db
 from gateway.lti import lti_bp
-from gateway.models import App
+from gateway.models import App, LaunchState, utcnow
 from gateway.services import deep_linking, lti13_launch, signin
 from gateway.services.errors import ServiceError
 
@@ -94,8 +95,6 @@ def launch() -> Response:
 def _spend_state(state: str) -> None:
     if not state:
         return
-    from gateway.models import LaunchState, utcnow
-
     with current_app.extensions["passback_db"].transaction() as session:
         login_state = session.get(LaunchState, state)
         if login_state is not None and login_state.used_at is None:
@@ -105,8 +104,6 @@ def _spend_state(state: str) -> None:
 @lti_bp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> Response:
     """People reach these endpoints in a browser frame: an unexpected error is a page too, and logged."""
-    from werkzeug.exceptions import HTTPException
-
     if isinstance(exc, HTTPException):
         return error_page(exc.code or 500, exc.name, exc.description or exc.name)
     if isinstance(exc, ServiceError):

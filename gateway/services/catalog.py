@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,6 +19,7 @@ from gateway.services.auth import Principal
 from gateway.services.directory import issue_token
 from gateway.services.errors import NotFound, ServiceError
 from schemas.assignments import AssignmentEntrySchema
+from schemas.base import load_strict_json
 
 
 class PulledAssignmentSchema(AssignmentEntrySchema):
@@ -199,7 +199,7 @@ def _fetch_catalog(http: HttpClient, url: str, token: str) -> tuple[list[dict[st
     if len(raw) > MAX_CATALOG_BYTES:
         raise CatalogFetchError(f"catalog is larger than {MAX_CATALOG_BYTES} bytes")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = load_strict_json(raw)
     except ValueError as exc:
         raise CatalogFetchError(f"catalog is not valid JSON: {exc}") from exc
     if not isinstance(body, dict) or not isinstance(body.get("assignments"), list):
@@ -221,10 +221,6 @@ def _fetch_catalog(http: HttpClient, url: str, token: str) -> tuple[list[dict[st
         seen.add(entry["id"])
         entries.append(entry)
     return entries, problems
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _snapshot(session: Session, app_id: str, district_id: str, audience: str) -> CatalogSnapshot:

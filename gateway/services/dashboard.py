@@ -15,12 +15,17 @@ from gateway.models import (
     AuditEntry,
     Delivery,
     DeliveryStatus,
+    DistrictApp,
     Grade,
+    GradeRevision,
     LmsConnection,
     Placement,
+    SandboxGradebookEntry,
     User,
     utcnow,
 )
+from gateway.services.errors import NotFound
+from gateway.services.lms import connection_settings
 
 SHOWN_STATUSES = ("delivered", "pending", "delivering", "retrying", "awaiting_launch", "failed", "unroutable")
 UNDELIVERED = (
@@ -42,16 +47,6 @@ class Overview:
     by_app: list[tuple[str, dict[str, int]]]
     oldest_undelivered: timedelta | None
     daily: list[tuple[str, int, int]] = field(default_factory=list)
-
-
-def _counts(session: Session, district_id: str, since: datetime) -> dict[str, int]:
-    rows = session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.district_id == district_id, Delivery.created_at >= since, Delivery.operation == "replace")
-        .group_by(Delivery.status)
-    ).all()
-    found = dict(rows)
-    return {status: int(found.get(status, 0)) for status in SHOWN_STATUSES}
 
 
 def overview(session: Session, district_id: str, *, now: datetime | None = None) -> Overview:
@@ -100,8 +95,8 @@ def overview(session: Session, district_id: str, *, now: datetime | None = None)
             )
         )
     return Overview(
-        day=_counts(session, district_id, now - timedelta(days=1)),
-        week=_counts(session, district_id, week_ago),
+        day=_status_counts(session, district_id, Delivery.created_at >= now - timedelta(days=1)),
+        week=_status_counts(session, district_id, Delivery.created_at >= week_ago),
         by_connection=sorted(by_connection.items()),
         by_app=sorted(by_app.items()),
         oldest_undelivered=(now - oldest) if oldest else None,
@@ -165,20 +160,12 @@ class ConnectionView:
 
 def connections(session: Session, box: Any, district_id: str, public_url: str) -> list[ConnectionView]:
     """The district's LMS connections with their health, delivery counts and LMS-side configuration."""
-    from gateway.services.lms import connection_settings
-
     base = public_url.rstrip("/")
     result = []
     for connection in session.scalars(
         select(LmsConnection).where(LmsConnection.district_id == district_id).order_by(LmsConnection.name)
     ):
-        counts = dict.fromkeys(SHOWN_STATUSES, 0)
-        for status, count in session.execute(
-            select(Delivery.status, func.count())
-            .where(Delivery.district_id == district_id, Delivery.lms_connection_id == connection.id)
-            .group_by(Delivery.status)
-        ):
-            counts[status] = int(count)
+        counts = _status_counts(session, district_id, Delivery.lms_connection_id == connection.id)
         settings = connection_settings(box, connection)
         if connection.adapter == "lti13":
             configuration = [
@@ -205,8 +192,6 @@ def connections(session: Session, box: Any, district_id: str, public_url: str) -
 def set_paused(session: Session, district_id: str, connection_id: str, paused: bool | None) -> LmsConnection:
     """Pause or resume delivery to one connection (None: just find it, in this district); grades keep being
     accepted and wait in the outbox."""
-    from gateway.services.errors import NotFound
-
     connection = session.scalar(
         select(LmsConnection).where(LmsConnection.id == connection_id, LmsConnection.district_id == district_id)
     )
@@ -275,8 +260,6 @@ def _csv_safe(text: str) -> str:
 
 def sandbox_gradebook(session: Session, district_id: str) -> list[tuple[str, Any, str]]:
     """Every sandbox connection's gradebook entries, with the student's name where Passback knows it."""
-    from gateway.models import SandboxGradebookEntry
-
     rows = session.execute(
         select(LmsConnection.name, SandboxGradebookEntry, User.name)
         .join(SandboxGradebookEntry, SandboxGradebookEntry.gradebook == LmsConnection.id)
@@ -291,6 +274,8 @@ def sandbox_gradebook(session: Session, district_id: str) -> list[tuple[str, Any
 
 
 def _status_counts(session: Session, district_id: str, *conditions: Any) -> dict[str, int]:
+    """Score deliveries (not deletions) of the district by status, under extra conditions on the delivery or
+    its grade; every status shown, zero included."""
     rows = session.execute(
         select(Delivery.status, func.count())
         .join(Grade, Grade.id == Delivery.grade_id)
@@ -304,8 +289,6 @@ def _status_counts(session: Session, district_id: str, *conditions: Any) -> dict
 
 def app_rows(session: Session, district_id: str) -> list[tuple[App, dict[str, int]]]:
     """The apps authorized in the district, with their deliveries by status."""
-    from gateway.models import DistrictApp
-
     apps = session.scalars(
         select(App)
         .join(DistrictApp, DistrictApp.app_id == App.id)
@@ -317,9 +300,6 @@ def app_rows(session: Session, district_id: str) -> list[tuple[App, dict[str, in
 
 def assignment_rows(session: Session, district_id: str, app_id: str) -> tuple[App, list[tuple[Assignment, dict]]]:
     """An authorized app's assignments with their deliveries in this district; NotFound for any other app."""
-    from gateway.models import DistrictApp
-    from gateway.services.errors import NotFound
-
     app = session.scalar(
         select(App)
         .join(DistrictApp, DistrictApp.app_id == App.id)
@@ -335,8 +315,6 @@ def assignment_rows(session: Session, district_id: str, app_id: str) -> tuple[Ap
 
 def placement_rows(session: Session, district_id: str, assignment_id: str) -> tuple[Assignment, list[tuple]]:
     """Where an assignment is placed in this district's LMSs, with each placement's deliveries."""
-    from gateway.services.errors import NotFound
-
     assignment = session.get(Assignment, assignment_id)
     if assignment is None or not any(app.id == assignment.app_id for app, _ in app_rows(session, district_id)):
         raise NotFound("no such assignment in this district")
@@ -354,15 +332,11 @@ def placement_rows(session: Session, district_id: str, assignment_id: str) -> tu
 
 def student_rows(session: Session, district_id: str, placement_id: str) -> tuple[Placement, list[tuple]]:
     """Each student's current grade at one placement and the delivery that carries it there."""
-    from gateway.services.errors import NotFound
-
     placement = session.scalar(
         select(Placement).where(Placement.id == placement_id, Placement.district_id == district_id)
     )
     if placement is None:
         raise NotFound("no such placement in this district")
-    from gateway.models import GradeRevision
-
     rows = session.execute(
         select(User, Grade, Delivery)
         .join(Grade, Grade.user_id == User.id)

@@ -31,7 +31,7 @@ from gateway.models import (
 )
 from gateway.services.auth import Principal
 from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound
-from gateway.services.routing import ROUTE_COLUMNS, Route, enrolled, route_revision
+from gateway.services.routing import ROUTE_COLUMNS, Route, enrolled, route_revision, schedule_deletions
 
 # A grade stamped in the future would make every later grade "older" (409) until that time comes.
 MAX_FUTURE_SKEW = timedelta(minutes=5)
@@ -77,10 +77,6 @@ class AcceptedGrade:
 
 def _to_naive_utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def find_assignment(session: Session, app_id: str, external_id: str) -> Assignment | None:
-    return session.scalar(select(Assignment).where(Assignment.app_id == app_id, Assignment.external_id == external_id))
 
 
 def accept_grade(
@@ -451,8 +447,6 @@ def grade_views(session: Session, grades: Sequence[Grade]) -> list[dict[str, Any
 def delete_grade(session: Session, principal: Principal, grade_id: str, *, now: datetime | None = None) -> Grade:
     """Clear a grade: undelivered sends are superseded, and every LMS that received it and supports deletion
     gets a delete. The grade and its history stay in Passback (marked deleted); a later post revives it."""
-    from gateway.services.routing import schedule_deletions
-
     principal.require_scope("grades:write")
     grade = get_grade(session, principal, grade_id)
     if grade.deleted_at is not None:

@@ -14,6 +14,7 @@ from gateway.crypto import SecretBox
 from gateway.models import Assignment, LmsConnection, Placement
 from gateway.services.directory import get_district
 from gateway.services.errors import Conflict, InvalidInput, NotFound
+from gateway.services.routing import route_waiting_grades
 
 
 def add_lms_connection(
@@ -89,8 +90,6 @@ def add_placement(
     title: str | None = None,
 ) -> Placement:
     """Place an assignment in an LMS course; grades already waiting for a destination are routed to it."""
-    from gateway.services.routing import route_waiting_grades
-
     connection = get_connection(session, district_id, connection_ref)
     assignment = session.scalar(
         select(Assignment).where(Assignment.app_id == app_id, Assignment.external_id == assignment_external_id)

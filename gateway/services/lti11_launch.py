@@ -14,15 +14,20 @@ from sqlalchemy.orm import Session
 
 from adapters.lti11_outcomes import accepted_extensions
 from gateway.crypto import SecretBox
-from gateway.models import Assignment, LaunchDestination, LmsConnection, Placement, UsedNonce, User, UserRole, utcnow
+from gateway.models import Assignment, LaunchDestination, LmsConnection, Placement, UsedNonce, User, utcnow
 from gateway.services.directory import enroll, get_or_create
 from gateway.services.lms import connection_settings
-from gateway.services.lti13_launch import LaunchRefused, linked_user, placement_for_link, resolve_link_assignment
+from gateway.services.lti13_launch import (
+    LaunchRefused,
+    linked_user,
+    placement_for_link,
+    resolve_link_assignment,
+    role_for,
+)
 from gateway.services.routing import release_awaiting_launch, route_waiting_grades
 
 TIMESTAMP_WINDOW_SECONDS = 300
 LTI_VERSIONS = ("LTI-1p0", "LTI-1p1")
-TEACHER_ROLES = ("instructor", "teachingassistant", "contentdeveloper", "administrator", "mentor")
 
 
 class _LaunchValidator(RequestValidator):
@@ -108,11 +113,6 @@ def verify_launch(
     return validator.connection, validator.settings
 
 
-def role_of(roles: str) -> str:
-    names = [r.strip().rsplit("/", 1)[-1].rsplit("#", 1)[-1].lower() for r in roles.split(",") if r.strip()]
-    return UserRole.TEACHER if any(n in TEACHER_ROLES for n in names) else UserRole.STUDENT
-
-
 def record_launch(
     session: Session, connection: LmsConnection, settings: Mapping[str, Any], params: Mapping[str, str]
 ) -> tuple[User, Assignment, Placement]:
@@ -131,7 +131,7 @@ def record_launch(
         connection,
         f"lti11:{key}",
         params["user_id"],
-        role=role_of(params.get("roles", "")),
+        role=role_for(params.get("roles", "").split(",")),
         name=params.get("lis_person_name_full") or None,
         email=params.get("lis_person_contact_email_primary") or None,
     )

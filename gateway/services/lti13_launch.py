@@ -11,7 +11,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -289,9 +289,14 @@ def _check_id_lengths(claims: Mapping[str, Any]) -> None:
 
 
 def role_of(claims: Mapping[str, Any]) -> str:
-    """Teacher for instructor-like LIS roles (compared case-insensitively, context or institution), else student."""
     roles = claims.get(CLAIM + "roles") or []
-    names = [str(r).rsplit("#", 1)[-1].rsplit("/", 1)[-1].lower() for r in roles if isinstance(r, str)]
+    return role_for(r for r in roles if isinstance(r, str))
+
+
+def role_for(roles: Iterable[str]) -> str:
+    """For any LTI version: teacher for instructor-like LIS roles (URIs, URNs or bare names, compared
+    case-insensitively, context or institution), else student."""
+    names = [r.strip().rsplit("#", 1)[-1].rsplit("/", 1)[-1].lower() for r in roles if r.strip()]
     return UserRole.TEACHER if any(n in TEACHER_ROLES for n in names) else UserRole.STUDENT
 
 
