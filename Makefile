@@ -22,6 +22,13 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[test]'
 	@touch $@
 
+# Browser tests drive Debian's chromium package (never a Playwright browser download).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	  || echo "could not install Debian's chromium; the browser tests will be skipped" >&2
+
 install: $(VENV)/.installed-run ## Create .venv and install Passback
 
 install-test: $(VENV)/.installed-test ## Create .venv and install Passback with test extras
@@ -29,7 +36,7 @@ install-test: $(VENV)/.installed-test ## Create .venv and install Passback with 
 run: install ## Migrate, seed the sandbox district, serve on 127.0.0.1:8000 with the embedded worker
 	$(BIN)/gateway run --host 127.0.0.1 --port 8000
 
-test: install-test ## Run the whole suite (SQLite; also PostgreSQL when GATEWAY_TEST_DATABASE_URL is set)
+test: install-test $(CHROMIUM) ## Run the whole suite (SQLite; also PostgreSQL when GATEWAY_TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest
 
 bench: install-test ## Accepted grades/s for POST /v1/grade vs a bare one-insert endpoint (gunicorn, 2 workers)

@@ -16,11 +16,13 @@ from adapters.http import HttpClient
 from adapters.lti11_outcomes import Lti11OutcomesAdapter
 from adapters.lti13_ags import Lti13AgsAdapter
 from adapters.sandbox import SandboxAdapter
+from adapters.schoology import SchoologyAdapter
 
 REGISTRY: dict[str, type[GradeAdapter]] = {
     SandboxAdapter.kind: SandboxAdapter,
     Lti13AgsAdapter.kind: Lti13AgsAdapter,
     Lti11OutcomesAdapter.kind: Lti11OutcomesAdapter,
+    SchoologyAdapter.kind: SchoologyAdapter,
 }
 
 __all__ = [

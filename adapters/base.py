@@ -6,8 +6,9 @@ time, retries and persistence.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
@@ -49,6 +50,11 @@ class Destination:
     user_data: Mapping[str, Any] = field(default_factory=dict)
     # The app's assignmentID placed here (for LMSs that key their gradebook on it, like the sandbox).
     assignment_id: str = ""
+    # Whether `lms_user_id` is the LMS's own id for the student (an LMS identity is linked) rather than
+    # Passback's user id as a fallback; and the keys an adapter may look the student up by instead.
+    lms_user_known: bool = True
+    user_email: str | None = None
+    user_sis_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,12 +131,45 @@ class MemoryTokenCache:
         self._tokens.pop(key, None)
 
 
+class LookupCache:
+    """Short-lived answers to LMS lookups (a section's enrollment ids, an assignment's maximum points), shared
+    by the adapters of one worker process. Thread-safe; entries expire so an LMS-side change is seen."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._entries: dict[str, tuple[Any, float]] = {}
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            if found[1] <= time.monotonic():
+                del self._entries[key]
+                return None
+            return found[0]
+
+    def put(self, key: str, value: Any, ttl: float) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                # Crude but bounded: forget everything rather than grow without limit.
+                self._entries.clear()
+            self._entries[key] = (value, time.monotonic() + ttl)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+
 @dataclass(frozen=True)
 class AdapterContext:
-    """What the worker lends an adapter besides its settings: Passback's signing key and the token cache."""
+    """What the worker lends an adapter besides its settings: Passback's signing key, the token cache, and a
+    per-process cache of LMS lookups."""
 
     signing_key: Any | None = None
     token_cache: AccessTokenCache = field(default_factory=MemoryTokenCache)
+    lookups: LookupCache = field(default_factory=LookupCache)
 
 
 class GradeAdapter(Protocol):
@@ -147,3 +186,21 @@ class GradeAdapter(Protocol):
     def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt: ...
 
     def probe(self) -> HealthReport: ...
+
+
+class BatchingAdapter(GradeAdapter, Protocol):
+    """An adapter whose LMS takes many grades in one request (Schoology's section grades PUT).
+
+    The worker groups claimed deliveries by `batch_key` (same connection) and hands each group, at most
+    `max_batch` items, to `deliver_batch`, which answers one outcome per item in order: a receipt, or the
+    error for that item alone.
+    """
+
+    max_batch: int
+
+    @classmethod
+    def batch_key(cls, destination: Destination) -> str | None: ...
+
+    def deliver_batch(
+        self, items: Sequence[tuple[NormalizedGrade, Destination]]
+    ) -> list[DeliveryReceipt | DeliveryError]: ...

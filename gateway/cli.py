@@ -302,6 +302,26 @@ def lms_sync_roster(district_id: str, lms_ref: str, as_json: bool) -> None:
     )
 
 
+@lms.command("probe")
+@click.option("--district", "district_id", required=True)
+@click.option("--lms", "lms_ref", required=True, help="LMS connection id or name.")
+@json_option
+def lms_probe(district_id: str, lms_ref: str, as_json: bool) -> None:
+    """Check that the LMS answers and accepts the connection's credentials, before any grade is sent."""
+    from gateway.services.lms import probe_connection
+
+    app = _app()
+    try:
+        with app.app_context():
+            report = probe_connection(app, district_id, lms_ref)
+    except ServiceError as exc:
+        _fail(exc)
+    data = {"ok": report.ok, "message": report.message}
+    _emit(as_json, data, lambda d: ("ok: " if d["ok"] else "FAILED: ") + d["message"])
+    if not report.ok:
+        raise SystemExit(1)
+
+
 @main.group()
 def placement() -> None:
     """Placements: where an assignment lives in an LMS."""
@@ -312,8 +332,9 @@ def placement() -> None:
 @click.option("--lms", "lms_ref", required=True, help="LMS connection id or name.")
 @click.option("--app", "app_ref", required=True, help="App id or client id.")
 @click.option("--assignment", required=True, help="The app's assignmentID.")
-@click.option("--course", required=True, help="The LMS's course id.")
-@click.option("--section", default=None)
+@click.option("--course", default=None, help="The LMS's course id (for Schoology, defaults to the section).")
+@click.option("--section", default=None, help="The LMS's section id (Schoology: where the grades go).")
+@click.option("--lms-assignment", default=None, help="The LMS's own assignment id (Schoology's grade column).")
 @click.option("--destination-json", default=None, help="Adapter destination data, e.g. a line item URL.")
 @json_option
 def placement_add(
@@ -321,14 +342,19 @@ def placement_add(
     lms_ref: str,
     app_ref: str,
     assignment: str,
-    course: str,
+    course: str | None,
     section: str | None,
+    lms_assignment: str | None,
     destination_json: str | None,
     as_json: bool,
 ) -> None:
+    """Place an app's assignment in an LMS course or section; grades for it are routed there."""
     from gateway.services.directory import get_app
     from gateway.services.lms import add_placement
 
+    destination = json.loads(destination_json) if destination_json else {}
+    if lms_assignment:
+        destination["assignment_id"] = lms_assignment
     try:
         with _session(_app()) as session:
             app_row = get_app(session, app_ref)
@@ -340,9 +366,9 @@ def placement_add(
                 assignment,
                 course,
                 section_id=section,
-                destination=json.loads(destination_json) if destination_json else None,
+                destination=destination,
             )
-            data = {"id": row.id, "course": row.course_id, "assignment": assignment}
+            data = {"id": row.id, "course": row.course_id, "section": row.section_id, "assignment": assignment}
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"placement {d['id']}: {d['assignment']} in course {d['course']}")

@@ -1,4 +1,4 @@
-"""Claim → deliver → record. The same `deliver_claimed` serves the embedded thread and `gateway worker`
+"""Claim → deliver → record. The same `deliver_claims` serves the embedded thread and `gateway worker`
 (and, later, Celery tasks): the outbox rows in the database stay the source of truth."""
 
 from __future__ import annotations
@@ -10,20 +10,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from adapters import REGISTRY, AdapterContext, GradeAdapter, HttpClient
-from adapters.base import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from adapters.base import DeliveryError, DeliveryReceipt, LookupCache, PermanentDeliveryError, RetryableDeliveryError
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.services.deliveries import (
     DISCOVERY_WAIT_SECONDS,
     Claim,
+    DeliveryWork,
     RetryPolicy,
     claim_due_deliveries,
     defer_claim,
     fail_orphaned_claim,
     load_work,
-    record_failure,
-    record_success,
+    record_outcome,
     release_discovery_lease,
     take_discovery_lease,
 )
@@ -34,12 +34,18 @@ log = logging.getLogger("passback.worker")
 PURGE_INTERVAL_SECONDS = 3600
 
 
-def build_adapter_context(db: Database, box: SecretBox) -> AdapterContext:
-    """What adapters borrow from Passback: its current signing key and the database-backed token cache.
-    The worker, the roster sync and the read-back API all call LMSs with it."""
+# LMS lookups (enrollment ids, maximum points) are shared by every adapter in this process.
+PROCESS_LOOKUPS = LookupCache()
+
+
+def build_adapter_context(db: Database, box: SecretBox, lookups: LookupCache | None = None) -> AdapterContext:
+    """What adapters borrow from Passback: its current signing key, the database-backed token cache and the
+    process's lookup cache. The worker, the roster sync and the read-back API all call LMSs with it."""
     with db.transaction() as session:
         key = current_signing_key(session, box)
-    return AdapterContext(signing_key=key, token_cache=DatabaseTokenCache(db, box))
+    return AdapterContext(
+        signing_key=key, token_cache=DatabaseTokenCache(db, box), lookups=lookups or PROCESS_LOOKUPS
+    )
 
 
 def nudge_worker(app: Any) -> None:
@@ -73,6 +79,8 @@ class DeliveryWorker:
             retry_after_max_seconds=settings.retry_after_max_seconds,
         )
         self.wakeup = threading.Event()
+        # Each worker keeps its own lookups (an LMS-side change is seen within their TTL, or on a miss).
+        self.lookups = LookupCache()
         self._context: AdapterContext | None = None
         self._last_purge = 0.0
         self._context_loaded = 0.0
@@ -82,7 +90,7 @@ class DeliveryWorker:
         the database-backed token cache."""
         now = time.monotonic()
         if self._context is None or now - self._context_loaded > 60:
-            self._context = build_adapter_context(self.db, self.box)
+            self._context = build_adapter_context(self.db, self.box, self.lookups)
             self._context_loaded = now
         return self._context
 
@@ -98,18 +106,46 @@ class DeliveryWorker:
 
     def deliver_claimed(self, claim: Claim) -> str | None:
         """Deliver one claimed row through its adapter and record the outcome. Returns the new status."""
+        return self.deliver_claims([claim]).get(claim.delivery_id)
+
+    def deliver_claims(self, claims: list[Claim]) -> dict[str, str | None]:
+        """The one delivery function, whoever claimed the rows (the embedded thread, `gateway worker`, a
+        Celery task): each claim goes through its adapter and its outcome is recorded. Claims for an adapter
+        that takes many grades per request are grouped by connection and batch key, topped up with more due
+        grades of the same batch, and sent together. Returns each delivery's new status (None: claim lost)."""
+        statuses: dict[str, str | None] = {}
+        batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
+        for claim in claims:
+            work = self._load(claim, statuses)
+            if work is None:
+                continue
+            adapter_cls = self.adapters.get(work.adapter)
+            key = None
+            if work.operation == "replace" and adapter_cls is not None and hasattr(adapter_cls, "deliver_batch"):
+                key = adapter_cls.batch_key(work.destination)  # type: ignore[attr-defined]
+            if key is None:
+                statuses[claim.delivery_id] = self._deliver_one(claim, work, adapter_cls)
+            else:
+                batches.setdefault((work.lms_connection_id, key), []).append((claim, work))
+        for (connection_id, key), group in batches.items():
+            statuses.update(self._deliver_batch(connection_id, key, group))
+        return statuses
+
+    def _load(self, claim: Claim, statuses: dict[str, str | None]) -> DeliveryWork | None:
         with self.db.transaction() as session:
             work = load_work(session, self.box, claim)
         if work is None:
             with self.db.transaction() as session:
                 orphaned = fail_orphaned_claim(session, claim)
             log.warning("delivery %s: %s", claim.delivery_id, "destination removed" if orphaned else "claim lost")
-            return "failed" if orphaned else None
-        adapter_cls = self.adapters.get(work.adapter)
+            statuses[claim.delivery_id] = "failed" if orphaned else None
+        return work
+
+    def _deliver_one(self, claim: Claim, work: DeliveryWork, adapter_cls: Any) -> str | None:
         discovering = bool(
             adapter_cls is not None
             and getattr(adapter_cls, "needs_discovery", None)
-            and adapter_cls.needs_discovery(work.destination.data)  # type: ignore[attr-defined]
+            and adapter_cls.needs_discovery(work.destination.data)
         )
         if discovering:
             with self.db.transaction() as session:
@@ -123,42 +159,98 @@ class DeliveryWorker:
                 with self.db.transaction() as session:
                     release_discovery_lease(session, work.destination.placement_id)
 
-    def _deliver(self, claim: Claim, work: Any, adapter_cls: Any) -> str | None:
-        error: DeliveryError | None = None
+    def _adapter(self, work: DeliveryWork, adapter_cls: Any) -> Any:
+        if adapter_cls is None:
+            raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
+        return adapter_cls.from_settings(work.settings, self.http, self.adapter_context())
+
+    def _deliver(self, claim: Claim, work: DeliveryWork, adapter_cls: Any) -> str | None:
+        outcome: DeliveryReceipt | DeliveryError
         try:
-            if adapter_cls is None:
-                raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
-            adapter = adapter_cls.from_settings(work.settings, self.http, self.adapter_context())
+            adapter = self._adapter(work, adapter_cls)
             if work.operation == "delete":
-                receipt = adapter.delete_result(work.destination)
+                outcome = adapter.delete_result(work.destination)
             else:
-                receipt = adapter.deliver(work.grade, work.destination)
-        except (RetryableDeliveryError, PermanentDeliveryError) as exc:
-            error = exc
+                outcome = adapter.deliver(work.grade, work.destination)
+        except DeliveryError as exc:
+            outcome = exc
         except Exception as exc:
-            # An adapter bug must not lose the grade: record it and retry within the bounded attempts.
-            log.exception("delivery %s: adapter %s raised", claim.delivery_id, work.adapter)
-            error = RetryableDeliveryError(f"internal error in adapter {work.adapter}: {type(exc).__name__}: {exc}")
+            outcome = self._adapter_bug(claim.delivery_id, work.adapter, exc)
         with self.db.transaction() as session:
-            if error is None:
-                ok = record_success(session, claim, receipt)
-                status = "delivered" if ok else None
-            else:
-                status = record_failure(session, claim, error, self.policy)
-        log.info(
-            "delivery %s via %s: %s%s",
-            claim.delivery_id,
-            work.adapter,
-            status or "claim lost",
-            f" ({error.message})" if error else "",
-        )
+            status = record_outcome(session, claim, outcome, self.policy)
+        self._log(claim.delivery_id, work.adapter, status, outcome)
         return status
 
+    def _deliver_batch(
+        self, connection_id: str, key: str, group: list[tuple[Claim, DeliveryWork]]
+    ) -> dict[str, str | None]:
+        adapter_cls = self.adapters[group[0][1].adapter]
+        try:
+            adapter = self._adapter(group[0][1], adapter_cls)
+        except Exception as exc:
+            error = exc if isinstance(exc, DeliveryError) else self._adapter_bug("batch", group[0][1].adapter, exc)
+            return self._record_batch(group, [error] * len(group))
+        room = int(getattr(adapter, "max_batch", 1)) - len(group)
+        if room > 0:
+            # Fill the request: more due grades of the same connection and section, claimed the usual way.
+            with self.db.transaction() as session:
+                more = claim_due_deliveries(
+                    session,
+                    limit=room,
+                    lease_seconds=self.settings.lease_seconds,
+                    max_attempts=self.settings.max_attempts,
+                    district_id=self.district_id,
+                    lms_connection_id=connection_id,
+                    section_id=key,
+                )
+            statuses: dict[str, str | None] = {}
+            for claim in more:
+                work = self._load(claim, statuses)
+                if work is not None and adapter_cls.batch_key(work.destination) == key:  # type: ignore[attr-defined]
+                    group.append((claim, work))
+                elif work is not None:
+                    statuses[claim.delivery_id] = self._deliver_one(claim, work, adapter_cls)
+        else:
+            statuses = {}
+        outcomes: list[DeliveryReceipt | DeliveryError]
+        try:
+            outcomes = list(adapter.deliver_batch([(work.grade, work.destination) for _, work in group]))
+            if len(outcomes) != len(group):
+                raise RuntimeError(f"deliver_batch answered {len(outcomes)} outcomes for {len(group)} grades")
+        except DeliveryError as exc:
+            outcomes = [exc] * len(group)
+        except Exception as exc:
+            outcomes = [self._adapter_bug("batch", group[0][1].adapter, exc)] * len(group)
+        statuses.update(self._record_batch(group, outcomes))
+        return statuses
+
+    def _record_batch(
+        self, group: list[tuple[Claim, DeliveryWork]], outcomes: list[Any]
+    ) -> dict[str, str | None]:
+        statuses: dict[str, str | None] = {}
+        with self.db.transaction() as session:
+            for (claim, _), outcome in zip(group, outcomes, strict=True):
+                statuses[claim.delivery_id] = record_outcome(session, claim, outcome, self.policy)
+        for (claim, work), outcome in zip(group, outcomes, strict=True):
+            self._log(claim.delivery_id, work.adapter, statuses[claim.delivery_id], outcome)
+        return statuses
+
+    @staticmethod
+    def _adapter_bug(delivery_id: str, adapter: str, exc: Exception) -> RetryableDeliveryError:
+        # An adapter bug must not lose the grade: record it and retry within the bounded attempts.
+        log.error("delivery %s: adapter %s raised", delivery_id, adapter, exc_info=exc)
+        return RetryableDeliveryError(f"internal error in adapter {adapter}: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _log(delivery_id: str, adapter: str, status: str | None, outcome: Any) -> None:
+        error = f" ({outcome.message})" if isinstance(outcome, DeliveryError) else ""
+        log.info("delivery %s via %s: %s%s", delivery_id, adapter, status or "claim lost", error)
+
     def run_once(self, limit: int | None = None) -> int:
-        """Claim a batch and deliver it. Returns how many deliveries were attempted."""
+        """Claim a batch and deliver it. Returns how many deliveries were claimed (batch top-ups not counted)."""
         claims = self.claim(limit)
-        for claim in claims:
-            self.deliver_claimed(claim)
+        if claims:
+            self.deliver_claims(claims)
         return len(claims)
 
     def run_until_idle(self, timeout: float = 30.0) -> int:

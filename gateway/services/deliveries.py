@@ -27,6 +27,7 @@ from gateway.models import (
     LmsConnection,
     LmsIdentity,
     Placement,
+    User,
     utcnow,
 )
 from gateway.services.errors import Conflict, NotFound
@@ -81,6 +82,8 @@ def claim_due_deliveries(
     max_attempts: int,
     now: datetime | None = None,
     district_id: str | None = None,
+    lms_connection_id: str | None = None,
+    section_id: str | None = None,
 ) -> list[Claim]:
     """Claim up to `limit` due deliveries for this worker until the lease expires.
 
@@ -103,6 +106,18 @@ def claim_due_deliveries(
     conditions = [_claimable(now, max_attempts), ~busy, ~paused]
     if district_id is not None:
         conditions.append(Delivery.district_id == district_id)
+    if lms_connection_id is not None:
+        # A batching worker topping up one LMS request: more due grades of the same connection (and section).
+        conditions.append(Delivery.lms_connection_id == lms_connection_id)
+        conditions.append(Delivery.operation == "replace")
+        if section_id is not None:
+            conditions.append(
+                Delivery.placement_id.in_(
+                    select(Placement.id).where(
+                        Placement.lms_connection_id == lms_connection_id, Placement.section_id == section_id
+                    )
+                )
+            )
     candidates = session.scalars(
         select(Delivery.id).where(*conditions).order_by(Delivery.next_attempt_at).limit(limit)
     ).all()
@@ -153,6 +168,7 @@ class DeliveryWork:
     claim_token: str
     operation: str
     adapter: str
+    lms_connection_id: str
     settings: dict[str, Any]
     grade: NormalizedGrade
     destination: Destination
@@ -183,6 +199,7 @@ def work_for(
     delivery, revision, placement, connection, assignment = row
     grade_row = session.get(Grade, delivery.grade_id)
     assert grade_row is not None
+    user = session.get(User, grade_row.user_id)
     lms_user_id = session.scalar(
         select(LmsIdentity.subject).where(
             LmsIdentity.user_id == grade_row.user_id, LmsIdentity.lms_connection_id == connection.id
@@ -216,12 +233,16 @@ def work_for(
         lms_user_id=lms_user_id or grade_row.user_id,
         user_data=dict(launch_data or {}),
         assignment_id=assignment.external_id,
+        lms_user_known=lms_user_id is not None,
+        user_email=user.email if user else None,
+        user_sis_id=user.sis_id if user else None,
     )
     return DeliveryWork(
         delivery.id,
         claim_token or "",
         delivery.operation,
         connection.adapter,
+        connection.id,
         connection_settings(box, connection),
         grade,
         destination,
@@ -297,6 +318,15 @@ def _truncate(text: str | None) -> str | None:
     if text is None:
         return None
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
+
+
+def record_outcome(
+    session: Session, claim: Claim, outcome: DeliveryReceipt | DeliveryError, policy: RetryPolicy
+) -> str | None:
+    """Record a receipt or an error for one claimed delivery; returns the new status (None: claim lost)."""
+    if isinstance(outcome, DeliveryError):
+        return record_failure(session, claim, outcome, policy)
+    return DeliveryStatus.DELIVERED if record_success(session, claim, outcome) else None
 
 
 def record_success(session: Session, claim: Claim, receipt: DeliveryReceipt, *, now: datetime | None = None) -> bool:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
+from adapters.base import DeliveryError, HealthReport
 from gateway.crypto import SecretBox
 from gateway.models import Assignment, LmsConnection, Placement
 from gateway.services.directory import get_district
@@ -83,7 +84,7 @@ def add_placement(
     connection_ref: str,
     app_id: str,
     assignment_external_id: str,
-    course_id: str,
+    course_id: str | None,
     *,
     section_id: str | None = None,
     destination: Mapping[str, Any] | None = None,
@@ -91,6 +92,15 @@ def add_placement(
 ) -> Placement:
     """Place an assignment in an LMS course; grades already waiting for a destination are routed to it."""
     connection = get_connection(session, district_id, connection_ref)
+    shape = getattr(REGISTRY.get(connection.adapter), "placement_destination", None)
+    if shape is not None:
+        # The adapter checks and completes what a placement must name (Schoology: section and assignment).
+        try:
+            course_id, section_id, destination = shape(course_id, section_id, dict(destination or {}))
+        except ValueError as exc:
+            raise InvalidInput(str(exc), fields={"destination": [str(exc)]}) from exc
+    if not course_id:
+        raise InvalidInput("a placement needs the LMS's course id", fields={"course": ["Missing data."]})
     assignment = session.scalar(
         select(Assignment).where(Assignment.app_id == app_id, Assignment.external_id == assignment_external_id)
     )
@@ -118,3 +128,21 @@ def add_placement(
     session.flush()
     route_waiting_grades(session, district_id, assignment_id=assignment.id)
     return placement
+
+
+def probe_connection(app: Any, district_id: str, connection_ref: str) -> HealthReport:
+    """Ask the connection's adapter whether the LMS answers and accepts its credentials (no grade is sent)."""
+    from gateway.worker import build_adapter_context
+
+    database, box = app.extensions["passback_db"], app.extensions["passback_box"]
+    with database.transaction() as session:
+        connection = get_connection(session, district_id, connection_ref)
+        adapter_name, settings = connection.adapter, connection_settings(box, connection)
+    adapter_cls = REGISTRY.get(adapter_name)
+    if adapter_cls is None:
+        return HealthReport(False, f"no adapter named {adapter_name!r} is installed")
+    adapter = adapter_cls.from_settings(settings, app.extensions["passback_http"], build_adapter_context(database, box))
+    try:
+        return adapter.probe()
+    except DeliveryError as exc:
+        return HealthReport(False, exc.message)

@@ -46,12 +46,21 @@ def sync_roster(
         if not hasattr(adapter_cls, "memberships"):
             raise InvalidInput(f"the {connection.adapter} adapter has no roster service")
         settings = connection_settings(box, connection)
+        roster_source = getattr(adapter_cls, "roster_source", None)
         courses: dict[str, str] = {}
         for placement in session.scalars(select(Placement).where(Placement.lms_connection_id == connection.id)):
-            url = (placement.destination or {}).get("context_memberships_url")
-            if url:
-                courses[placement.course_id] = str(url)
+            destination = placement.destination or {}
+            # What the adapter reads a course's members from: LTI's NRPS URL, Schoology's section id.
+            source = (
+                roster_source(destination, placement.section_id)
+                if roster_source
+                else destination.get("context_memberships_url")
+            )
+            if source:
+                courses[placement.course_id] = str(source)
         connection_id = connection.id
+        # LTI identities carry the platform's issuer; other LMSs are named by the connection (as `user enroll`).
+        issuer = str(settings.get("issuer") or f"passback:{connection_id}")
     adapter: Any = adapter_cls.from_settings(settings, http, context)
     result = RosterSync(courses=len(courses))
     for course_id, url in courses.items():
@@ -63,7 +72,7 @@ def sync_roster(
                 if str(member.get("status", "Active")) != "Active" or not member.get("user_id"):
                     continue
                 result.members += 1
-                user = _match(session, district_id, settings, member)
+                user = _match(session, district_id, issuer, settings, member)
                 if user is None:
                     result.unmatched.append(str(member["user_id"]))
                     continue
@@ -72,7 +81,7 @@ def sync_roster(
                 known = session.scalar(
                     select(LmsIdentity).where(
                         LmsIdentity.district_id == district_id,
-                        LmsIdentity.issuer == settings["issuer"],
+                        LmsIdentity.issuer == issuer,
                         LmsIdentity.subject == subject,
                     )
                 )
@@ -82,7 +91,7 @@ def sync_roster(
                             district_id=district_id,
                             user_id=user.id,
                             lms_connection_id=connection_id,
-                            issuer=settings["issuer"],
+                            issuer=issuer,
                             subject=subject,
                         )
                     )
@@ -94,19 +103,25 @@ def sync_roster(
     return result
 
 
-def _match(session: Any, district_id: str, settings: dict[str, Any], member: dict[str, Any]) -> User | None:
+def _match(
+    session: Any, district_id: str, issuer: str, settings: dict[str, Any], member: dict[str, Any]
+) -> User | None:
     existing = session.scalar(
         select(User)
         .join(LmsIdentity, LmsIdentity.user_id == User.id)
         .where(
             LmsIdentity.district_id == district_id,
-            LmsIdentity.issuer == settings["issuer"],
+            LmsIdentity.issuer == issuer,
             LmsIdentity.subject == str(member["user_id"]),
         )
     )
     if existing is not None:
         return existing
-    if settings.get("roster_match", "email") == "sourcedid":
+    rule = settings.get("roster_match", "email")
+    if rule == "uid":
+        # Matching by the LMS's own user id: only identities linked before (by an operator) count.
+        return None
+    if rule in ("sourcedid", "school_uid"):
         sourcedid = member.get("lis_person_sourcedid")
         if not sourcedid or str(sourcedid).startswith("$"):
             return None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from gateway.services.keys import current_signing_key
 from tests.factories import World, build_world
 from tests.fakes.ags_platform import AgsPlatform
 from tests.fakes.lti11_consumer import Lti11Consumer
+from tests.fakes.schoology_lms import Fault as SchoologyFault
+from tests.fakes.schoology_lms import SchoologyFake
 
 
 class Harness(Protocol):
@@ -128,7 +131,38 @@ class Lti11Harness:
         return float(entry.score) * self.consumer.points_possible if entry and entry.score else None
 
 
-HARNESSES: dict[str, Any] = {"sandbox": SandboxHarness, "lti13": Lti13Harness, "lti11": Lti11Harness}
+@dataclass
+class SchoologyHarness:
+    fake: SchoologyFake
+    context = None
+
+    def __post_init__(self) -> None:
+        self.fake.add_assignment("7001", "5001", max_points=10)
+        self.enrollment_id = self.fake.add_enrollment("7001", "201")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"base_url": self.fake.url, "consumer_key": "contract-key", "consumer_secret": "contract-secret"}
+
+    @property
+    def destination(self) -> Destination:
+        return Destination("placement-1", "7001", "7001", {"section_id": "7001", "assignment_id": "5001"}, "201")
+
+    def fail_next(self, status: int) -> None:
+        body = json.dumps({"status": status, "message": "Schoology says no"})
+        self.fake.faults.append(SchoologyFault(status, body, method="PUT"))
+
+    def stored_score(self) -> float | None:
+        entry = self.fake.grades.get(("7001", "5001", self.enrollment_id))
+        return float(entry["grade"]) if entry and entry["grade"] is not None else None
+
+
+HARNESSES: dict[str, Any] = {
+    "sandbox": SandboxHarness,
+    "lti13": Lti13Harness,
+    "lti11": Lti11Harness,
+    "schoology": SchoologyHarness,
+}
 
 
 def test_every_registered_adapter_has_a_harness() -> None:
@@ -144,6 +178,9 @@ def harness(request: pytest.FixtureRequest, app: Flask, live_server: Any, http: 
     elif request.param == "lti11":
         with Lti11Consumer("contract-key", "contract-secret-1") as consumer:
             yield Lti11Harness(consumer)
+    elif request.param == "schoology":
+        with SchoologyFake("contract-key", "contract-secret") as fake:
+            yield SchoologyHarness(fake)
     else:
         yield HARNESSES[request.param](world)
 

@@ -1,0 +1,421 @@
+"""Schoology's REST API: grades posted to Passback reach a Schoology-like fake on 127.0.0.1, section by section.
+
+The fake (tests/fakes/schoology_lms.py) verifies every request's two-legged OAuth 1.0a signature with oauthlib's
+signature functions and refuses a replayed nonce, pages enrollments two at a time, serves assignments with
+Schoology's string-typed `max_points`, and answers the grades PUT item by item. Wire details:
+../shared/reference/wire-formats.md §4.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select, update
+
+from gateway.cli import main as cli
+from gateway.models import Delivery, Grade, LmsConnection, User, utcnow
+from gateway.services.directory import create_user, enroll, link_identity
+from gateway.services.lms import add_lms_connection, add_placement, probe_connection
+from gateway.worker import DeliveryWorker
+from tests.conftest import TEST_ENCRYPTION_KEY
+from tests.factories import World
+from tests.fakes.schoology_lms import Fault, SchoologyFake
+
+KEY = "district-consumer-key"
+SECRET = "district-consumer-secret"
+SECTION = "7001"
+COLUMN = "5001"
+
+
+@dataclass
+class SchoologySetup:
+    world: World
+    fake: SchoologyFake
+    connection_id: str
+    enrollments: dict[str, str]  # Passback user id -> Schoology enrollment id
+
+    def post(self, user_id: str, **score: float | str) -> str:
+        response = self.world.post_grade({"assignmentID": "quiz-1", "userID": user_id, **score})
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    def delivery(self, grade_id: str) -> Delivery:
+        with self.world.session() as session:
+            rows = session.scalars(
+                select(Delivery)
+                .where(Delivery.grade_id == grade_id, Delivery.lms_connection_id == self.connection_id)
+                .order_by(Delivery.created_at.desc())
+            ).all()
+            assert rows, "the grade was routed to Schoology"
+            session.expunge_all()
+            return rows[0]
+
+    def stored(self, user_id: str) -> float | None:
+        entry = self.fake.grades.get((SECTION, COLUMN, self.enrollments[user_id]))
+        return entry["grade"] if entry else None
+
+
+def _add_students(setup: SchoologySetup, section: str, count: int, first_uid: int) -> list[str]:
+    users = []
+    with setup.world.session() as session:
+        connection = session.get(LmsConnection, setup.connection_id)
+        for n in range(count):
+            uid = str(first_uid + n)
+            user = create_user(session, setup.world.district_id, name=f"Student {uid}")
+            link_identity(session, user, connection, uid)
+            enroll(session, connection, section, user)
+            setup.enrollments[user.id] = setup.fake.add_enrollment(section, uid)
+            users.append(user.id)
+        session.commit()
+    return users
+
+
+@pytest.fixture
+def runner(app: object, database_url: str) -> CliRunner:
+    return CliRunner(
+        env={
+            "GATEWAY_DATABASE_URL": database_url,
+            "GATEWAY_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
+            "GATEWAY_SECRET_KEY": "test-secret-key",
+        }
+    )
+
+
+@pytest.fixture
+def schoology(world: World) -> Iterator[SchoologySetup]:
+    with SchoologyFake(KEY, SECRET) as fake:
+        fake.add_assignment(SECTION, COLUMN, max_points=25)
+        with world.session() as session:
+            connection = add_lms_connection(
+                session,
+                world.app.extensions["passback_box"],
+                world.district_id,
+                "Schoology",
+                "schoology",
+                {"base_url": fake.url, "consumer_key": KEY, "consumer_secret": SECRET},
+            )
+            connection_id = connection.id
+            session.commit()
+        setup = SchoologySetup(world, fake, connection_id, {})
+        with world.session() as session:
+            connection = session.get(LmsConnection, connection_id)
+            for uid, user_id in zip(("201", "202"), world.students, strict=True):
+                user = session.get(User, user_id)
+                link_identity(session, user, connection, uid)
+                enroll(session, connection, SECTION, user)
+                setup.enrollments[user_id] = fake.add_enrollment(SECTION, uid)
+            add_placement(
+                session,
+                world.district_id,
+                connection_id,
+                world.app_id,
+                "quiz-1",
+                None,
+                section_id=SECTION,
+                destination={"assignment_id": COLUMN},
+            )
+            session.commit()
+        yield setup
+
+
+def test_points_are_scaled_to_max_points_and_the_rounding_recorded(
+    schoology: SchoologySetup, worker: DeliveryWorker
+) -> None:
+    ada, alan = schoology.world.students
+    # quiz-1 is out of 10 for the app; the Schoology column is out of 25 (sent by the fake as the string "25").
+    third = schoology.post(ada, scoreGiven=1, scoreMaximum=3)
+    share = schoology.post(alan, percentage=0.85)
+    worker.run_until_idle()
+
+    assert schoology.stored(ada) == 8.33
+    assert schoology.stored(alan) == 21.25
+    rounded = schoology.delivery(third)
+    assert rounded.status == "delivered"
+    assert rounded.receipt is not None
+    assert rounded.receipt["points"] == "8.33" and rounded.receipt["exact_points"] == "8.333333333"
+    assert rounded.receipt["rounded"] is True and rounded.receipt["max_points"] == "25"
+    assert "rounded from 8.333333333" in (rounded.lms_response or "")
+    exact = schoology.delivery(share)
+    assert exact.receipt is not None and exact.receipt["rounded"] is False
+    assert not schoology.fake.signature_failures
+
+
+def test_grades_for_one_section_go_in_one_request_per_section(
+    schoology: SchoologySetup, worker: DeliveryWorker
+) -> None:
+    other = "7002"
+    schoology.fake.add_assignment(other, "5002", max_points=10)
+    with schoology.world.session() as session:
+        add_placement(
+            session,
+            schoology.world.district_id,
+            schoology.connection_id,
+            schoology.world.app_id,
+            "quiz-1",
+            None,
+            section_id=other,
+            destination={"assignment_id": "5002"},
+        )
+        session.commit()
+    first = _add_students(schoology, SECTION, 30, 300)
+    second = _add_students(schoology, other, 30, 400)
+    for n, user in enumerate(first + second):
+        schoology.post(user, scoreGiven=n % 10, scoreMaximum=10)
+    worker.run_until_idle()
+
+    puts = schoology.fake.grade_puts
+    assert sorted((section, len(items)) for section, items in puts) == [(SECTION, 30), (other, 30)]
+    assert all(schoology.delivery(g).status == "delivered" for g in _grade_ids(schoology, first + second))
+
+
+def _grade_ids(setup: SchoologySetup, users: list[str]) -> list[str]:
+    with setup.world.session() as session:
+        return list(session.scalars(select(Grade.id).where(Grade.user_id.in_(users))))
+
+
+def test_a_batch_is_chunked_to_the_size_schoology_accepts(schoology: SchoologySetup, worker: DeliveryWorker) -> None:
+    users = _add_students(schoology, SECTION, 130, 500)
+    for user in users:
+        schoology.post(user, percentage=0.5)
+    worker.run_until_idle()
+    sizes = sorted(len(items) for _, items in schoology.fake.grade_puts)
+    assert sum(sizes) == 130 and max(sizes) <= 100, sizes
+    assert len(sizes) <= 3, "grades travel in full chunks, not one request each"
+
+
+def test_one_refused_student_fails_alone(schoology: SchoologySetup, worker: DeliveryWorker) -> None:
+    ada, alan = schoology.world.students
+    schoology.fake.failing_enrollments[schoology.enrollments[alan]] = (403, "Grade is locked for this student")
+    ada_grade = schoology.post(ada, percentage=0.9)
+    alan_grade = schoology.post(alan, percentage=0.7)
+    worker.run_until_idle()
+
+    assert len(schoology.fake.grade_puts) == 1, "both went in one request"
+    assert schoology.delivery(ada_grade).status == "delivered" and schoology.stored(ada) == 22.5
+    failed = schoology.delivery(alan_grade)
+    assert failed.status == "failed"
+    assert "Grade is locked for this student" in (failed.last_error or "")
+    assert schoology.stored(alan) is None
+
+
+def test_probe_follows_the_303_with_a_newly_signed_request(schoology: SchoologySetup) -> None:
+    report = probe_connection(schoology.world.app, schoology.world.district_id, "Schoology")
+    assert report.ok, report.message
+    assert "key works" in report.message
+    paths = [path for _, path in schoology.fake.requests]
+    assert paths[-2:] == ["/v1/users/me", "/v1/users/1000"]
+    assert schoology.fake.replays_rejected == 0 and not schoology.fake.signature_failures
+
+
+def test_probe_names_the_likely_cause_of_a_refused_key(world: World, runner: CliRunner) -> None:
+    with SchoologyFake(KEY, "the-real-secret") as fake:
+        with world.session() as session:
+            add_lms_connection(
+                session,
+                world.app.extensions["passback_box"],
+                world.district_id,
+                "Wrong key",
+                "schoology",
+                {"base_url": fake.url, "consumer_key": KEY, "consumer_secret": "a-wrong-secret"},
+            )
+            session.commit()
+        result = runner.invoke(cli, ["lms", "probe", "--district", world.district_id, "--lms", "Wrong key"])
+    assert result.exit_code == 1
+    assert "consumer key or secret is wrong" in result.output
+
+
+def test_429_is_retried_after_the_time_schoology_asks(schoology: SchoologySetup, worker: DeliveryWorker) -> None:
+    ada = schoology.world.students[0]
+    schoology.fake.faults.append(Fault(429, '{"message": "slow down"}', {"Retry-After": "120"}, method="PUT"))
+    grade = schoology.post(ada, percentage=0.4)
+    before = utcnow()
+    worker.run_until_idle()
+    waiting = schoology.delivery(grade)
+    assert waiting.status == "retrying"
+    assert waiting.next_attempt_at is not None and waiting.next_attempt_at >= before + timedelta(seconds=119)
+    assert schoology.stored(ada) is None
+
+    _make_due(schoology, grade)
+    worker.run_until_idle()
+    assert schoology.delivery(grade).status == "delivered" and schoology.stored(ada) == 10
+
+
+def _make_due(setup: SchoologySetup, grade_id: str) -> None:
+    with setup.world.session() as session:
+        session.execute(update(Delivery).where(Delivery.grade_id == grade_id).values(next_attempt_at=utcnow()))
+        session.commit()
+
+
+def _listings(fake: SchoologyFake, section: str) -> int:
+    """How many times the section's enrollment list was read from its first page."""
+    return sum(
+        1 for _, path in fake.requests if path.startswith(f"/v1/sections/{section}/enrollments") and "start=0" in path
+    )
+
+
+def test_a_missing_enrollment_is_refreshed_once_then_fails_clearly(
+    schoology: SchoologySetup, worker: DeliveryWorker
+) -> None:
+    ada, alan = schoology.world.students
+    schoology.post(ada, percentage=0.6)
+    worker.run_until_idle()
+    assert _listings(schoology.fake, SECTION) == 1
+
+    schoology.fake.remove_enrollment(SECTION, "202")
+    grade = schoology.post(alan, percentage=0.6)
+    worker.run_until_idle()
+    failed = schoology.delivery(grade)
+    assert failed.status == "failed", "not a retry loop"
+    assert failed.attempts == 1
+    assert "not enrolled in section 7001" in (failed.last_error or "")
+    assert _listings(schoology.fake, SECTION) == 2, "the cached list was refreshed exactly once"
+
+
+def test_a_student_added_after_the_list_was_cached_is_found_by_the_refresh(
+    schoology: SchoologySetup, worker: DeliveryWorker
+) -> None:
+    ada = schoology.world.students[0]
+    schoology.post(ada, percentage=0.6)
+    worker.run_until_idle()
+    (late,) = _add_students(schoology, SECTION, 1, 900)
+    grade = schoology.post(late, percentage=1)
+    worker.run_until_idle()
+    assert schoology.delivery(grade).status == "delivered"
+    assert schoology.stored(late) == 25
+
+
+def test_a_newer_grade_replaces_the_waiting_one(schoology: SchoologySetup, worker: DeliveryWorker) -> None:
+    ada = schoology.world.students[0]
+    with schoology.world.session() as session:
+        session.execute(update(LmsConnection).where(LmsConnection.id == schoology.connection_id).values(paused=True))
+        session.commit()
+    schoology.post(ada, percentage=0.3)
+    schoology.post(ada, percentage=0.8)
+    worker.run_until_idle()
+    assert schoology.fake.grade_puts == [], "a paused connection sends nothing"
+    with schoology.world.session() as session:
+        session.execute(update(LmsConnection).where(LmsConnection.id == schoology.connection_id).values(paused=False))
+        session.commit()
+    worker.run_until_idle()
+    ((_, items),) = schoology.fake.grade_puts
+    assert [item["grade"] for item in items] == [20], "only the newest grade travels"
+    assert schoology.stored(ada) == 20
+
+
+def test_a_refused_key_is_permanent_and_shows_on_the_connection(
+    schoology: SchoologySetup, worker: DeliveryWorker
+) -> None:
+    ada = schoology.world.students[0]
+    schoology.fake.faults.append(Fault(401, '{"message": "Invalid consumer key"}', method="PUT"))
+    grade = schoology.post(ada, percentage=0.5)
+    worker.run_until_idle()
+    failed = schoology.delivery(grade)
+    assert failed.status == "failed" and failed.attempts == 1
+    assert "consumer key or secret is wrong" in (failed.last_error or "")
+    with schoology.world.session() as session:
+        connection = session.get(LmsConnection, schoology.connection_id)
+        assert connection is not None and "consumer key or secret is wrong" in (connection.last_failure or "")
+
+
+def test_students_are_found_by_school_uid_through_the_303(world: World, worker: DeliveryWorker) -> None:
+    with SchoologyFake(KEY, SECRET) as fake:
+        fake.add_assignment(SECTION, COLUMN, max_points=10)
+        fake.add_user("3301", school_uid="S-1001")
+        enrollment = fake.add_enrollment(SECTION, "3301")
+        with world.session() as session:
+            connection = add_lms_connection(
+                session,
+                world.app.extensions["passback_box"],
+                world.district_id,
+                "Schoology by SIS id",
+                "schoology",
+                {"base_url": fake.url, "consumer_key": KEY, "consumer_secret": SECRET, "roster_match": "school_uid"},
+            )
+            student = create_user(session, world.district_id, name="Grace")
+            student.sis_id = "S-1001"
+            enroll(session, connection, SECTION, student)
+            add_placement(
+                session, world.district_id, connection.id, world.app_id, "quiz-1", None,
+                section_id=SECTION, destination={"assignment_id": COLUMN},
+            )  # fmt: skip
+            student_id = student.id
+            session.commit()
+        response = world.post_grade(
+            {"assignmentID": "quiz-1", "userID": student_id, "scoreGiven": 7, "scoreMaximum": 10}
+        )
+        assert response.status_code == 202, response.text
+        worker.run_until_idle()
+        assert fake.grades[(SECTION, COLUMN, enrollment)]["grade"] == 7
+        assert "/v1/users/ext/S-1001" in [path for _, path in fake.requests]
+        assert fake.replays_rejected == 0
+
+
+def test_roster_sync_links_students_by_school_uid(world: World, worker: DeliveryWorker, runner: CliRunner) -> None:
+    with SchoologyFake(KEY, SECRET) as fake:
+        fake.add_assignment(SECTION, COLUMN, max_points=10)
+        for n in range(5):
+            fake.add_user(str(4400 + n), school_uid=f"SIS-{n}")
+            fake.add_enrollment(SECTION, str(4400 + n))
+        fake.add_enrollment(SECTION, "4499", admin=1)  # the teacher: not a student, not matched
+        with world.session() as session:
+            add_lms_connection(
+                session,
+                world.app.extensions["passback_box"],
+                world.district_id,
+                "Schoology roster",
+                "schoology",
+                {"base_url": fake.url, "consumer_key": KEY, "consumer_secret": SECRET, "roster_match": "school_uid"},
+            )
+            students = []
+            for n in range(4):  # SIS-4 has no Passback user: reported unmatched
+                user = create_user(session, world.district_id, name=f"S{n}")
+                user.sis_id = f"SIS-{n}"
+                students.append(user.id)
+            session.commit()
+        placed = runner.invoke(
+            cli,
+            [
+                "placement", "add", "--district", world.district_id, "--lms", "Schoology roster",
+                "--app", world.app_id, "--assignment", "quiz-1", "--section", SECTION, "--lms-assignment", COLUMN,
+                "--json",
+            ],
+        )  # fmt: skip
+        assert placed.exit_code == 0, placed.output
+        assert json.loads(placed.output)["section"] == SECTION
+        synced = runner.invoke(
+            cli, ["lms", "sync-roster", "--district", world.district_id, "--lms", "Schoology roster", "--json"]
+        )
+        assert synced.exit_code == 0, synced.output
+        summary = json.loads(synced.output)
+        assert (summary["members"], summary["matched"], summary["unmatched"]) == (5, 4, ["4404"])
+        for user in students:
+            world.post_grade({"assignmentID": "quiz-1", "userID": user, "percentage": 1})
+        worker.run_until_idle()
+        assert len(fake.grade_puts) == 1 and len(fake.grade_puts[0][1]) == 4
+
+
+def test_a_schoology_placement_must_name_section_and_assignment(world: World, runner: CliRunner) -> None:
+    with world.session() as session:
+        add_lms_connection(
+            session,
+            world.app.extensions["passback_box"],
+            world.district_id,
+            "Schoology",
+            "schoology",
+            {"base_url": "https://api.schoology.com/v1", "consumer_key": KEY, "consumer_secret": SECRET},
+        )
+        session.commit()
+    result = runner.invoke(
+        cli,
+        [
+            "placement", "add", "--district", world.district_id, "--lms", "Schoology", "--app", world.app_id,
+            "--assignment", "quiz-1", "--section", SECTION,
+        ],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "Schoology assignment id (--lms-assignment)" in result.output
