@@ -19,6 +19,7 @@ from schemas.assignments import (
 from schemas.errors import ErrorSchema
 from schemas.grades import GradeListResponseSchema, GradeRequestSchema, GradeResponseSchema, LmsValuesSchema
 from schemas.me import MeSchema
+from schemas.placements import PlacementsRequestSchema, PlacementsResponseSchema
 
 openapi_bp = Blueprint("openapi", __name__)
 
@@ -63,9 +64,26 @@ def build_spec() -> dict[str, Any]:
         ("BulkAssignments", BulkAssignmentsSchema),
         ("BulkResult", BulkResultSchema),
         ("Me", MeSchema),
+        ("PlacementsRequest", PlacementsRequestSchema),
+        ("Placements", PlacementsResponseSchema),
     ]:
         spec.components.schema(name, schema=schema)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    spec.path(
+        path="/v1/placements",
+        operations={
+            "post": {
+                "summary": "Place catalog assignments in LMS courses or sections (e.g. Schoology), all or none",
+                "security": secured,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "PlacementsRequest"}}},
+                "responses": {
+                    "201": _json("Placements", "At least one placement was created"),
+                    "200": _json("Placements", "Every placement already existed"),
+                    **_errors("400", "401", "403", "404", "409", "415", "422"),
+                },
+            }
+        },
+    )
     assignment_id = {"name": "assignment_id", "in": "path", "required": True, "schema": {"type": "string"}}
     spec.path(
         path="/v1/grade",

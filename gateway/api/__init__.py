@@ -12,4 +12,4 @@ def _refuse_unstorable_url() -> None:
     reject_unstorable_url()
 
 
-from gateway.api import assignments, grades, me  # noqa: E402,F401  (views register on the blueprint)
+from gateway.api import assignments, grades, me, placements  # noqa: E402,F401  (views register on the blueprint)

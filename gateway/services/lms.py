@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import ValidationError
@@ -14,7 +15,7 @@ from adapters.base import DeliveryError, HealthReport
 from gateway.crypto import SecretBox
 from gateway.models import Assignment, LmsConnection, Placement
 from gateway.services.directory import get_district
-from gateway.services.errors import Conflict, InvalidInput, NotFound
+from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import route_waiting_grades
 
 
@@ -146,3 +147,88 @@ def probe_connection(app: Any, district_id: str, connection_ref: str) -> HealthR
         return adapter.probe()
     except DeliveryError as exc:
         return HealthReport(False, exc.message)
+
+
+@dataclass(frozen=True)
+class PlacementView:
+    id: str
+    assignment_id: str
+    lms_name: str
+    lms_connection_id: str
+    course_id: str
+    section_id: str | None
+    lms_assignment_id: str | None
+    created: bool
+
+
+@dataclass
+class PlacementsResult:
+    created: int = 0
+    existing: int = 0
+    placements: list[PlacementView] = field(default_factory=list)
+
+
+def place_assignments(
+    session: Session, district_id: str, app_id: str, entries: list[Mapping[str, Any]]
+) -> PlacementsResult:
+    """Map an app's catalog assignments to LMS courses or sections, all or none: asking again for a placement
+    that exists returns it (so a script can run twice); any bad entry refuses the whole request."""
+    result = PlacementsResult()
+    for index, entry in enumerate(entries):
+        destination = {"assignment_id": entry["lmsAssignmentID"]} if entry.get("lmsAssignmentID") else {}
+        try:
+            placement, created = _place_one(session, district_id, app_id, entry, destination)
+        except ServiceError as exc:
+            fields = {f"placements[{index}].{name}": messages for name, messages in (exc.fields or {}).items()}
+            raise type(exc)(f"placements[{index}]: {exc.message}", fields=fields or None, code=exc.code) from exc
+        result.created += created
+        result.existing += not created
+        result.placements.append(
+            PlacementView(
+                placement.id,
+                entry["assignmentID"],
+                placement.lms_connection.name,
+                placement.lms_connection_id,
+                placement.course_id,
+                placement.section_id,
+                (placement.destination or {}).get("assignment_id"),
+                created,
+            )
+        )
+    return result
+
+
+def _place_one(
+    session: Session, district_id: str, app_id: str, entry: Mapping[str, Any], destination: dict[str, Any]
+) -> tuple[Placement, bool]:
+    try:
+        return add_placement(
+            session,
+            district_id,
+            entry["lms"],
+            app_id,
+            entry["assignmentID"],
+            entry.get("course"),
+            section_id=entry.get("section"),
+            destination=destination,
+        ), True
+    except Conflict:
+        connection = get_connection(session, district_id, entry["lms"])
+        existing = session.scalar(
+            select(Placement)
+            .join(Assignment, Assignment.id == Placement.assignment_id)
+            .where(
+                Placement.lms_connection_id == connection.id,
+                Assignment.app_id == app_id,
+                Assignment.external_id == entry["assignmentID"],
+                Placement.course_id == (entry.get("course") or entry.get("section")),
+            )
+        )
+        if existing is None:
+            raise
+        wanted = destination.get("assignment_id")
+        if wanted and (existing.destination or {}).get("assignment_id") != wanted:
+            raise Conflict(
+                f"assignment {entry['assignmentID']!r} is already placed in that course with another LMS assignment"
+            ) from None
+        return existing, False

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from gateway.cli import main as cli
-from gateway.models import Delivery, Grade, LmsConnection, User, utcnow
+from gateway.models import Delivery, Grade, LmsConnection, Placement, User, utcnow
 from gateway.services.directory import create_user, enroll, link_identity
 from gateway.services.lms import add_lms_connection, add_placement, probe_connection
 from gateway.worker import DeliveryWorker
@@ -419,3 +419,82 @@ def test_a_schoology_placement_must_name_section_and_assignment(world: World, ru
     )  # fmt: skip
     assert result.exit_code != 0
     assert "Schoology assignment id (--lms-assignment)" in result.output
+
+
+def test_an_app_places_its_assignments_in_schoology_sections_in_bulk(
+    schoology: SchoologySetup, worker: DeliveryWorker
+) -> None:
+    world = schoology.world
+    schoology.fake.add_assignment("7003", "5003", max_points=50)
+    body = {
+        "placements": [
+            {"assignmentID": "quiz-2", "lms": "Schoology", "section": "7003", "lmsAssignmentID": "5003"},
+            # Asking again for an existing placement returns it: a script can run twice.
+            {"assignmentID": "quiz-1", "lms": "Schoology", "section": SECTION, "lmsAssignmentID": COLUMN},
+        ]
+    }
+    response = world.http.post(world.url("/v1/placements"), json=body, headers=world.headers())
+    assert response.status_code == 201, response.text
+    answer = response.json()
+    assert (answer["created"], answer["existing"]) == (1, 1)
+    placed = answer["placements"][0]
+    assert (placed["section"], placed["course"], placed["lmsAssignmentID"], placed["lms"]) == (
+        "7003", "7003", "5003", "Schoology"
+    )  # fmt: skip
+    again = world.http.post(world.url("/v1/placements"), json=body, headers=world.headers())
+    assert again.status_code == 200 and again.json()["created"] == 0
+
+    (student,) = _add_students(schoology, "7003", 1, 700)
+    world.post_grade({"assignmentID": "quiz-2", "userID": student, "percentage": 0.5})
+    worker.run_until_idle()
+    assert any(section == "7003" and items[0]["grade"] == 25 for section, items in schoology.fake.grade_puts)
+
+
+@pytest.mark.parametrize(
+    ("entry", "status", "field"),
+    [
+        ({"assignmentID": "quiz-2", "lms": "Schoology", "section": "7003"}, 422, "placements[0].destination"),
+        ({"assignmentID": "nope", "lms": "Schoology", "section": "7003", "lmsAssignmentID": "1"}, 404, None),
+        ({"assignmentID": "quiz-2", "lms": "Elsewhere", "section": "7003", "lmsAssignmentID": "1"}, 404, None),
+        ({"assignmentID": "quiz-2", "lms": "Schoology", "section": "7003", "lmsAssignmentID": ""}, 422,
+         "placements[0].lmsAssignmentID"),
+        ({"assignmentID": "quiz-2", "lms": "Schoology", "sektion": "7003"}, 422, "placements[0].sektion"),
+        ({"assignmentID": "quiz-1", "lms": "Schoology", "section": SECTION, "lmsAssignmentID": "9999"}, 409, None),
+    ],
+    ids=["no-lms-assignment", "unknown-assignment", "unknown-connection", "empty-id", "unknown-field", "conflict"],
+)  # fmt: skip
+def test_bad_placements_are_refused_and_change_nothing(
+    schoology: SchoologySetup, entry: dict[str, str], status: int, field: str | None
+) -> None:
+    world = schoology.world
+    good = {"assignmentID": "quiz-2", "lms": "Schoology", "section": "7009", "lmsAssignmentID": "5009"}
+    response = world.http.post(world.url("/v1/placements"), json={"placements": [entry, good]}, headers=world.headers())
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    if field:
+        assert field in error["fields"], error
+    with world.session() as session:
+        sections = set(session.scalars(select(Placement.section_id).where(Placement.section_id.is_not(None))))
+    assert sections == {SECTION}, "nothing was placed, not even the good entry"
+
+
+def test_a_student_token_cannot_place_assignments(schoology: SchoologySetup) -> None:
+    world = schoology.world
+    token = world.user_token(world.students[0])
+    body = {"placements": [{"assignmentID": "quiz-2", "lms": "Schoology", "section": "1", "lmsAssignmentID": "2"}]}
+    response = world.http.post(world.url("/v1/placements"), json=body, headers=world.headers(token))
+    assert response.status_code == 403
+
+
+def test_a_re_enrolled_student_is_sent_again_under_the_new_enrollment(
+    schoology: SchoologySetup, worker: DeliveryWorker
+) -> None:
+    ada, alan = schoology.world.students
+    schoology.post(ada, percentage=0.6)
+    worker.run_until_idle()  # the section's enrollments are now cached
+    schoology.fake.remove_enrollment(SECTION, "202")
+    schoology.enrollments[alan] = schoology.fake.add_enrollment(SECTION, "202", enrollment_id="99999")
+    grade = schoology.post(alan, percentage=0.4)
+    worker.run_until_idle()
+    assert schoology.delivery(grade).status == "delivered"
+    assert schoology.stored(alan) == 10

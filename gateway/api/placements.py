@@ -1,0 +1,28 @@
+"""POST /v1/placements: an app (or a district's script with the app's token) maps catalog assignments to LMS
+courses or sections, e.g. Schoology sections and their assignments, in bulk."""
+
+from __future__ import annotations
+
+from flask import Response, jsonify
+
+from gateway.api import api
+from gateway.api.common import current_principal, json_object, load
+from gateway.extensions import db
+from gateway.services.catalog import require_catalog_writer
+from gateway.services.lms import place_assignments
+from schemas.placements import PlacementsRequestSchema, PlacementsResponseSchema
+
+
+@api.post("/placements")
+def post_placements() -> Response:
+    principal = current_principal()
+    # Placing is catalog work: the district-app token may, a student's sign-in token may not.
+    require_catalog_writer(principal)
+    data = load(PlacementsRequestSchema(), json_object())
+    session = db.session()
+    result = place_assignments(session, principal.district_id, principal.app_id, data["placements"])
+    payload = PlacementsResponseSchema().dump(result)
+    session.commit()
+    response = jsonify(payload)
+    response.status_code = 201 if result.created else 200
+    return response
