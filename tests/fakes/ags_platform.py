@@ -59,8 +59,14 @@ class Fault:
 class AgsPlatform:
     """Start with `with AgsPlatform(client_id, tool_jwks_url) as platform:`; `platform.url` is its base."""
 
-    def __init__(self, client_id: str, tool_jwks_url: str, *, token_lifetime: int = 3600) -> None:
+    def __init__(
+        self, client_id: str, tool_jwks_url: str, *, token_lifetime: int = 3600, schoology_rules: bool = False
+    ) -> None:
         self.client_id = client_id
+        # Schoology's further refusals (wire-formats §3A.8, §3.10): its token endpoint takes JWT client
+        # assertions only, never HTTP Basic; its line item queries know no resource_link_id filter.
+        self.schoology_rules = schoology_rules
+        self.lineitem_queries: list[dict[str, str]] = []
         self.tool_jwks_url = tool_jwks_url
         self.token_lifetime = token_lifetime
         self.lock = threading.Lock()
@@ -196,6 +202,8 @@ class AgsPlatform:
                 self.token_requests += 1
             if request.mimetype != "application/x-www-form-urlencoded":
                 return jsonify(error="invalid_request", error_description="form encoding required"), 400
+            if self.schoology_rules and "Authorization" in request.headers:
+                return jsonify(error="invalid_client", error_description="JWT client assertion only"), 401
             if form.get("grant_type") != "client_credentials" or form.get("client_assertion_type") != (
                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
             ):
@@ -222,6 +230,9 @@ class AgsPlatform:
                 return jsonify(error="wrong Accept"), 406
             if request.args.get("type_id") != "3":
                 return jsonify(error="No handler found"), 400
+            self.lineitem_queries.append(dict(request.args))
+            if self.schoology_rules and "resource_link_id" in request.args:
+                return jsonify(error='"resource_link_id" is not allowed'), 400
             items = [
                 i
                 for i in self.lineitems.values()
@@ -276,6 +287,9 @@ class AgsPlatform:
                 return fault
             if request.args.get("type_id") != "3":
                 return jsonify(error="No handler found"), 400
+            self.lineitem_queries.append(dict(request.args))
+            if self.schoology_rules and "resource_link_id" in request.args:
+                return jsonify(error='"resource_link_id" is not allowed'), 400
             if request.content_type != MEDIA_SCORE:
                 return jsonify(error="Incorrect score received: content type"), 400
             if number not in self.lineitems:
