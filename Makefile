@@ -39,8 +39,9 @@ run: install ## Migrate, seed the sandbox district, serve on 127.0.0.1:8000 with
 test: install-test $(CHROMIUM) ## Run the whole suite (SQLite; also PostgreSQL when GATEWAY_TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest
 
-bench: install-test ## Accepted grades/s for POST /v1/grade vs a bare one-insert endpoint (gunicorn, 2 workers)
+bench: install-test ## Benchmarks: grade intake vs a bare insert endpoint; Schoology batched vs one request per grade
 	$(BIN)/python -m bench.grade_throughput
+	$(BIN)/python -m bench.schoology_batching --json bench/results/schoology_batching.json
 
 lint: install-test ## ruff, and mypy on adapters/, schemas/ and gateway/services/
 	$(BIN)/ruff check .

@@ -22,10 +22,12 @@ from gateway.services.deliveries import (
     claim_due_deliveries,
     defer_claim,
     fail_orphaned_claim,
-    load_work,
+    load_works,
     record_outcome,
+    record_successes,
     release_discovery_lease,
     take_discovery_lease,
+    touch_connection,
 )
 from gateway.services.keys import current_signing_key
 from gateway.services.token_cache import DatabaseTokenCache
@@ -43,9 +45,7 @@ def build_adapter_context(db: Database, box: SecretBox, lookups: LookupCache | N
     process's lookup cache. The worker, the roster sync and the read-back API all call LMSs with it."""
     with db.transaction() as session:
         key = current_signing_key(session, box)
-    return AdapterContext(
-        signing_key=key, token_cache=DatabaseTokenCache(db, box), lookups=lookups or PROCESS_LOOKUPS
-    )
+    return AdapterContext(signing_key=key, token_cache=DatabaseTokenCache(db, box), lookups=lookups or PROCESS_LOOKUPS)
 
 
 def nudge_worker(app: Any) -> None:
@@ -115,10 +115,7 @@ class DeliveryWorker:
         grades of the same batch, and sent together. Returns each delivery's new status (None: claim lost)."""
         statuses: dict[str, str | None] = {}
         batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
-        for claim in claims:
-            work = self._load(claim, statuses)
-            if work is None:
-                continue
+        for claim, work in self._load(claims, statuses):
             adapter_cls = self.adapters.get(work.adapter)
             key = None
             if work.operation == "replace" and adapter_cls is not None and hasattr(adapter_cls, "deliver_batch"):
@@ -131,15 +128,21 @@ class DeliveryWorker:
             statuses.update(self._deliver_batch(connection_id, key, group))
         return statuses
 
-    def _load(self, claim: Claim, statuses: dict[str, str | None]) -> DeliveryWork | None:
+    def _load(self, claims: list[Claim], statuses: dict[str, str | None]) -> list[tuple[Claim, DeliveryWork]]:
+        """The claims' work, read together; a claim whose destination was removed fails with the reason."""
         with self.db.transaction() as session:
-            work = load_work(session, self.box, claim)
-        if work is None:
+            works = load_works(session, self.box, claims)
+        loaded = []
+        for claim in claims:
+            work = works.get(claim.delivery_id)
+            if work is not None:
+                loaded.append((claim, work))
+                continue
             with self.db.transaction() as session:
                 orphaned = fail_orphaned_claim(session, claim)
             log.warning("delivery %s: %s", claim.delivery_id, "destination removed" if orphaned else "claim lost")
             statuses[claim.delivery_id] = "failed" if orphaned else None
-        return work
+        return loaded
 
     def _deliver_one(self, claim: Claim, work: DeliveryWork, adapter_cls: Any) -> str | None:
         discovering = bool(
@@ -204,11 +207,10 @@ class DeliveryWorker:
                     section_id=key,
                 )
             statuses: dict[str, str | None] = {}
-            for claim in more:
-                work = self._load(claim, statuses)
-                if work is not None and adapter_cls.batch_key(work.destination) == key:  # type: ignore[attr-defined]
+            for claim, work in self._load(more, statuses):
+                if adapter_cls.batch_key(work.destination) == key:  # type: ignore[attr-defined]
                     group.append((claim, work))
-                elif work is not None:
+                else:
                     statuses[claim.delivery_id] = self._deliver_one(claim, work, adapter_cls)
         else:
             statuses = {}
@@ -224,13 +226,27 @@ class DeliveryWorker:
         statuses.update(self._record_batch(group, outcomes))
         return statuses
 
-    def _record_batch(
-        self, group: list[tuple[Claim, DeliveryWork]], outcomes: list[Any]
-    ) -> dict[str, str | None]:
+    def _record_batch(self, group: list[tuple[Claim, DeliveryWork]], outcomes: list[Any]) -> dict[str, str | None]:
         statuses: dict[str, str | None] = {}
+        plain = [
+            (claim, outcome)
+            for (claim, _), outcome in zip(group, outcomes, strict=True)
+            if isinstance(outcome, DeliveryReceipt) and not outcome.destination_update
+        ]
         with self.db.transaction() as session:
+            delivered = record_successes(session, plain)
+            statuses.update(
+                {claim.delivery_id: "delivered" if claim.delivery_id in delivered else None for claim, _ in plain}
+            )
             for (claim, _), outcome in zip(group, outcomes, strict=True):
-                statuses[claim.delivery_id] = record_outcome(session, claim, outcome, self.policy)
+                if claim.delivery_id not in statuses:
+                    statuses[claim.delivery_id] = record_outcome(session, claim, outcome, self.policy, touch=False)
+            # The connection's health, once for the whole request rather than once per grade.
+            errors = [o for o in outcomes if isinstance(o, DeliveryError)]
+            if len(errors) < len(outcomes):
+                touch_connection(session, group[0][1].lms_connection_id, error=None)
+            if errors:
+                touch_connection(session, group[0][1].lms_connection_id, error=errors[-1].message)
         for (claim, work), outcome in zip(group, outcomes, strict=True):
             self._log(claim.delivery_id, work.adapter, statuses[claim.delivery_id], outcome)
         return statuses

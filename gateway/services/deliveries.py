@@ -9,9 +9,9 @@ import random
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import Table, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from adapters import DeliveryReceipt, Destination, NormalizedGrade
@@ -118,15 +118,25 @@ def claim_due_deliveries(
                     )
                 )
             )
-    candidates = session.scalars(
-        select(Delivery.id).where(*conditions).order_by(Delivery.next_attempt_at).limit(limit)
+    candidates = session.execute(
+        select(Delivery.id, Delivery.grade_id, Delivery.placement_id)
+        .where(*conditions)
+        .order_by(Delivery.next_attempt_at)
+        .limit(limit)
     ).all()
-    claims: list[Claim] = []
-    for delivery_id in candidates:
-        token = secrets.token_hex(16)
-        result = session.execute(
+    # One row per (grade, placement): the in-flight check above cannot see rows this same statement claims.
+    chosen: dict[tuple[str, str | None], str] = {}
+    for delivery_id, grade_id, placement_id in candidates:
+        chosen.setdefault((grade_id, placement_id), delivery_id)
+    if not chosen:
+        return []
+    # One conditional UPDATE takes them all; the conditions are checked again per row, so a row another
+    # worker took in the meantime is not taken twice. RETURNING tells which rows this call won.
+    token = secrets.token_hex(16)
+    won = set(
+        session.scalars(
             update(Delivery)
-            .where(Delivery.id == delivery_id, *conditions)
+            .where(Delivery.id.in_(list(chosen.values())), *conditions)
             .values(
                 status=DeliveryStatus.DELIVERING,
                 claim_token=token,
@@ -134,11 +144,11 @@ def claim_due_deliveries(
                 attempts=Delivery.attempts + 1,
                 updated_at=now,
             )
+            .returning(Delivery.id)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            claims.append(Claim(delivery_id, token))
-    return claims
+    )
+    return [Claim(delivery_id, token) for delivery_id in chosen.values() if delivery_id in won]
 
 
 def _fail_exhausted_leases(session: Session, now: datetime, max_attempts: int) -> None:
@@ -176,77 +186,107 @@ class DeliveryWork:
 
 def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | None:
     """Read the claimed delivery's grade revision and destination; None if the claim is no longer ours."""
-    return work_for(session, box, claim.delivery_id, claim_token=claim.claim_token)
+    return load_works(session, box, [claim]).get(claim.delivery_id)
+
+
+def load_works(session: Session, box: SecretBox, claims: list[Claim]) -> dict[str, DeliveryWork]:
+    """The work of many claimed deliveries in a few queries (a batch of a hundred is common); claims that are
+    no longer ours are left out."""
+    tokens = {claim.delivery_id: claim.claim_token for claim in claims}
+    works = _works(session, box, list(tokens), tokens)
+    return {delivery_id: work for delivery_id, work in works.items() if work.claim_token == tokens[delivery_id]}
 
 
 def work_for(
     session: Session, box: SecretBox, delivery_id: str, *, claim_token: str | None = None
 ) -> DeliveryWork | None:
     """A delivery's grade revision, destination and adapter settings; with `claim_token`, only if it is ours."""
-    conditions = [Delivery.id == delivery_id]
-    if claim_token is not None:
-        conditions.append(Delivery.claim_token == claim_token)
-    row = session.execute(
-        select(Delivery, GradeRevision, Placement, LmsConnection, Assignment)
+    work = _works(session, box, [delivery_id], {delivery_id: claim_token or ""}).get(delivery_id)
+    if work is None or (claim_token is not None and work.claim_token != claim_token):
+        return None
+    return work
+
+
+def _works(
+    session: Session, box: SecretBox, delivery_ids: list[str], tokens: dict[str, str]
+) -> dict[str, DeliveryWork]:
+    if not delivery_ids:
+        return {}
+    rows = session.execute(
+        select(Delivery, GradeRevision, Placement, LmsConnection, Assignment, Grade, User)
         .join(GradeRevision, GradeRevision.id == Delivery.revision_id)
         .join(Placement, Placement.id == Delivery.placement_id)
         .join(LmsConnection, LmsConnection.id == Delivery.lms_connection_id)
         .join(Assignment, Assignment.id == Placement.assignment_id)
-        .where(*conditions)
-    ).first()
-    if row is None:
-        return None
-    delivery, revision, placement, connection, assignment = row
-    grade_row = session.get(Grade, delivery.grade_id)
-    assert grade_row is not None
-    user = session.get(User, grade_row.user_id)
-    lms_user_id = session.scalar(
-        select(LmsIdentity.subject).where(
-            LmsIdentity.user_id == grade_row.user_id, LmsIdentity.lms_connection_id == connection.id
+        .join(Grade, Grade.id == Delivery.grade_id)
+        .join(User, User.id == Grade.user_id)
+        .where(Delivery.id.in_(delivery_ids))
+    ).all()
+    if not rows:
+        return {}
+    user_ids = {row.Grade.user_id for row in rows}
+    connection_ids = {row.LmsConnection.id for row in rows}
+    placement_ids = {row.Placement.id for row in rows}
+    subjects = {
+        (user_id, connection_id): subject
+        for user_id, connection_id, subject in session.execute(
+            select(LmsIdentity.user_id, LmsIdentity.lms_connection_id, LmsIdentity.subject).where(
+                LmsIdentity.user_id.in_(user_ids), LmsIdentity.lms_connection_id.in_(connection_ids)
+            )
         )
-    )
-    launch_data = session.scalar(
-        select(LaunchDestination.data).where(
-            LaunchDestination.placement_id == placement.id, LaunchDestination.user_id == grade_row.user_id
+    }
+    launches = {
+        (placement_id, user_id): data
+        for placement_id, user_id, data in session.execute(
+            select(LaunchDestination.placement_id, LaunchDestination.user_id, LaunchDestination.data).where(
+                LaunchDestination.placement_id.in_(placement_ids), LaunchDestination.user_id.in_(user_ids)
+            )
         )
-    )
-    grade = NormalizedGrade(
-        grade_id=grade_row.id,
-        revision=revision.revision,
-        user_id=grade_row.user_id,
-        assignment_id=assignment.external_id,
-        assignment_name=assignment.name,
-        fraction=revision.fraction,
-        score_given=revision.score_given,
-        score_maximum=revision.score_maximum,
-        timestamp=revision.timestamp,
-        activity_progress=revision.activity_progress,
-        grading_progress=revision.grading_progress,
-        comment=revision.comment,
-        context=revision.context,
-    )
-    destination = Destination(
-        placement_id=placement.id,
-        course_id=placement.course_id,
-        section_id=placement.section_id,
-        data=dict(placement.destination or {}),
-        lms_user_id=lms_user_id or grade_row.user_id,
-        user_data=dict(launch_data or {}),
-        assignment_id=assignment.external_id,
-        lms_user_known=lms_user_id is not None,
-        user_email=user.email if user else None,
-        user_sis_id=user.sis_id if user else None,
-    )
-    return DeliveryWork(
-        delivery.id,
-        claim_token or "",
-        delivery.operation,
-        connection.adapter,
-        connection.id,
-        connection_settings(box, connection),
-        grade,
-        destination,
-    )
+    }
+    settings: dict[str, dict[str, Any]] = {}
+    works: dict[str, DeliveryWork] = {}
+    for delivery, revision, placement, connection, assignment, grade_row, user in rows:
+        if connection.id not in settings:
+            settings[connection.id] = connection_settings(box, connection)
+        lms_user_id = subjects.get((grade_row.user_id, connection.id))
+        grade = NormalizedGrade(
+            grade_id=grade_row.id,
+            revision=revision.revision,
+            user_id=grade_row.user_id,
+            assignment_id=assignment.external_id,
+            assignment_name=assignment.name,
+            fraction=revision.fraction,
+            score_given=revision.score_given,
+            score_maximum=revision.score_maximum,
+            timestamp=revision.timestamp,
+            activity_progress=revision.activity_progress,
+            grading_progress=revision.grading_progress,
+            comment=revision.comment,
+            context=revision.context,
+        )
+        destination = Destination(
+            placement_id=placement.id,
+            course_id=placement.course_id,
+            section_id=placement.section_id,
+            data=dict(placement.destination or {}),
+            lms_user_id=lms_user_id or grade_row.user_id,
+            user_data=dict(launches.get((placement.id, grade_row.user_id)) or {}),
+            assignment_id=assignment.external_id,
+            lms_user_known=lms_user_id is not None,
+            user_email=user.email,
+            user_sis_id=user.sis_id,
+        )
+        works[delivery.id] = DeliveryWork(
+            delivery.id,
+            delivery.claim_token or "",
+            delivery.operation,
+            connection.adapter,
+            connection.id,
+            dict(settings[connection.id]),
+            grade,
+            destination,
+        )
+    return works
 
 
 DISCOVERY_LEASE_SECONDS = 120
@@ -321,15 +361,18 @@ def _truncate(text: str | None) -> str | None:
 
 
 def record_outcome(
-    session: Session, claim: Claim, outcome: DeliveryReceipt | DeliveryError, policy: RetryPolicy
+    session: Session, claim: Claim, outcome: DeliveryReceipt | DeliveryError, policy: RetryPolicy, *, touch: bool = True
 ) -> str | None:
-    """Record a receipt or an error for one claimed delivery; returns the new status (None: claim lost)."""
+    """Record a receipt or an error for one claimed delivery; returns the new status (None: claim lost).
+    `touch=False` leaves the connection's health to the caller (a batch touches it once)."""
     if isinstance(outcome, DeliveryError):
-        return record_failure(session, claim, outcome, policy)
-    return DeliveryStatus.DELIVERED if record_success(session, claim, outcome) else None
+        return record_failure(session, claim, outcome, policy, touch=touch)
+    return DeliveryStatus.DELIVERED if record_success(session, claim, outcome, touch=touch) else None
 
 
-def record_success(session: Session, claim: Claim, receipt: DeliveryReceipt, *, now: datetime | None = None) -> bool:
+def record_success(
+    session: Session, claim: Claim, receipt: DeliveryReceipt, *, now: datetime | None = None, touch: bool = True
+) -> bool:
     """Mark the claimed delivery delivered. Returns False if the claim was lost (another worker took over)."""
     now = now or utcnow()
     delivery = session.scalar(
@@ -351,8 +394,56 @@ def record_success(session: Session, claim: Claim, receipt: DeliveryReceipt, *, 
         placement = session.get(Placement, delivery.placement_id, with_for_update=True)
         if placement is not None:
             placement.destination = {**(placement.destination or {}), **receipt.destination_update}
-    _touch_connection(session, delivery.lms_connection_id, now, error=None)
+    if touch:
+        touch_connection(session, delivery.lms_connection_id, error=None, now=now)
     return True
+
+
+def record_successes(
+    session: Session, receipts: list[tuple[Claim, DeliveryReceipt]], *, now: datetime | None = None
+) -> set[str]:
+    """Mark many claimed deliveries delivered in one statement (a batch's receipts, none of which teach the
+    placement anything). Returns the delivery ids still ours, which are the ones marked."""
+    if not receipts:
+        return set()
+    now = now or utcnow()
+    ours = {
+        (delivery_id, token)
+        for delivery_id, token in session.execute(
+            select(Delivery.id, Delivery.claim_token).where(Delivery.id.in_([c.delivery_id for c, _ in receipts]))
+        )
+    }
+    rows = [
+        {
+            "b_id": claim.delivery_id,
+            "b_token": claim.claim_token,
+            "b_lms_status": receipt.lms_status,
+            "b_lms_response": _truncate(receipt.summary),
+            "b_receipt": dict(receipt.details) if receipt.details else None,
+        }
+        for claim, receipt in receipts
+        if (claim.delivery_id, claim.claim_token) in ours
+    ]
+    if rows:
+        table = cast(Table, Delivery.__table__)
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"), table.c.claim_token == bindparam("b_token"))
+            .values(
+                status=DeliveryStatus.DELIVERED,
+                delivered_at=now,
+                updated_at=now,
+                next_attempt_at=None,
+                lease_expires_at=None,
+                claim_token=None,
+                last_error=None,
+                lms_status=bindparam("b_lms_status"),
+                lms_response=bindparam("b_lms_response"),
+                receipt=bindparam("b_receipt"),
+            ),
+            rows,
+        )
+    return {str(row["b_id"]) for row in rows}
 
 
 def record_failure(
@@ -363,6 +454,7 @@ def record_failure(
     *,
     now: datetime | None = None,
     rng: random.Random | None = None,
+    touch: bool = True,
 ) -> str | None:
     """Record a failed attempt: retry later with backoff, or fail for good. Returns the new status."""
     now = now or utcnow()
@@ -394,7 +486,8 @@ def record_failure(
         delivery.next_attempt_at = None
         prefix = "" if isinstance(error, PermanentDeliveryError) else f"gave up after {delivery.attempts} attempts: "
         delivery.last_error = _truncate(prefix + error.message)
-    _touch_connection(session, delivery.lms_connection_id, now, error=error.message)
+    if touch:
+        touch_connection(session, delivery.lms_connection_id, error=error.message, now=now)
     return delivery.status
 
 
@@ -408,9 +501,13 @@ def _newer_revision_id(session: Session, delivery: Delivery) -> str | None:
     return current if current is not None and current != delivery.revision_id else None
 
 
-def _touch_connection(session: Session, connection_id: str | None, now: datetime, error: str | None) -> None:
+def touch_connection(
+    session: Session, connection_id: str | None, *, error: str | None, now: datetime | None = None
+) -> None:
+    """Keep the connection's health: when it last took a grade, and when and why it last refused one."""
     if connection_id is None:
         return
+    now = now or utcnow()
     values: dict[str, Any] = (
         {"last_success_at": now} if error is None else {"last_failure_at": now, "last_failure": _truncate(error)}
     )
