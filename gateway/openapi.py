@@ -17,7 +17,14 @@ from schemas.assignments import (
     CatalogSchema,
 )
 from schemas.errors import ErrorSchema
-from schemas.grades import GradeListResponseSchema, GradeRequestSchema, GradeResponseSchema, LmsValuesSchema
+from schemas.grades import (
+    BulkGradeRequestSchema,
+    BulkGradeResponseSchema,
+    GradeListResponseSchema,
+    GradeRequestSchema,
+    GradeResponseSchema,
+    LmsValuesSchema,
+)
 from schemas.me import MeSchema
 from schemas.placements import PlacementsRequestSchema, PlacementsResponseSchema
 
@@ -64,11 +71,27 @@ def build_spec() -> dict[str, Any]:
         ("BulkAssignments", BulkAssignmentsSchema),
         ("BulkResult", BulkResultSchema),
         ("Me", MeSchema),
+        ("BulkGradeRequest", BulkGradeRequestSchema),
+        ("BulkGradeResponse", BulkGradeResponseSchema),
         ("PlacementsRequest", PlacementsRequestSchema),
         ("Placements", PlacementsResponseSchema),
     ]:
         spec.components.schema(name, schema=schema)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    spec.path(
+        path="/v1/grades",
+        operations={
+            "post": {
+                "summary": "Post up to 1,000 grades; each entry is validated and stored on its own",
+                "security": secured,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "BulkGradeRequest"}}},
+                "responses": {
+                    "200": _json("BulkGradeResponse", "One result per entry: 202 accepted, or its own error"),
+                    **_errors("400", "401", "403", "415", "422"),
+                },
+            }
+        },
+    )
     spec.path(
         path="/v1/placements",
         operations={

@@ -179,3 +179,32 @@ class LmsValueSchema(Schema):
 
 class LmsValuesSchema(Schema):
     lms = fields.List(fields.Nested(LmsValueSchema))
+
+
+MAX_BULK_GRADES = 1000
+
+
+class BulkGradeRequestSchema(StrictSchema):
+    """`POST /v1/grades`: the envelope only; each entry is then loaded with GradeRequestSchema on its own, so one
+    bad grade is refused alone."""
+
+    grades = fields.List(
+        fields.Raw(),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_BULK_GRADES, error="Must hold 1 to 1000 grades."),
+    )
+
+
+class BulkGradeResultSchema(Schema):
+    index = fields.Integer(metadata={"description": "The entry's position in the request's `grades`."})
+    status = fields.Integer(metadata={"description": "202 accepted, or the status the entry alone would get."})
+    id = fields.String(metadata={"description": "The grade's id (accepted entries)."})
+    revision = fields.Integer()
+    changed = fields.Boolean(metadata={"description": "False when an identical grade was already stored."})
+    error = fields.Dict(keys=fields.String(), values=fields.Raw(), metadata={"description": "Refused entries."})
+
+
+class BulkGradeResponseSchema(Schema):
+    accepted = fields.Integer()
+    rejected = fields.Integer()
+    results = fields.List(fields.Nested(BulkGradeResultSchema))

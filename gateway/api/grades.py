@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Response, current_app, jsonify, request, url_for
 from sqlalchemy.exc import IntegrityError
 
@@ -9,11 +11,21 @@ from gateway.api import api
 from gateway.api.common import current_principal, json_object, load
 from gateway.extensions import db
 from gateway.services import idempotency
-from gateway.services.errors import ServiceError
-from gateway.services.grades import accept_grade, accepted_view, delete_grade, get_grade, grade_views, list_grades
+from gateway.services.errors import InvalidInput, ServiceError
+from gateway.services.grades import (
+    accept_grade,
+    accept_grades,
+    accepted_view,
+    delete_grade,
+    get_grade,
+    grade_views,
+    list_grades,
+)
 from gateway.services.readback import read_back
 from gateway.worker import build_adapter_context, nudge_worker
 from schemas.grades import (
+    BulkGradeRequestSchema,
+    BulkGradeResponseSchema,
     GradeListQuerySchema,
     GradeListResponseSchema,
     GradeRequestSchema,
@@ -24,6 +36,59 @@ from schemas.grades import (
 # Built once: marshmallow schemas keep no per-call state, and building one per request shows in the bench.
 grade_request = GradeRequestSchema()
 grade_response = GradeResponseSchema()
+bulk_request = BulkGradeRequestSchema()
+bulk_response = BulkGradeResponseSchema()
+# A thousand grades with comments do not fit the single-grade body limit.
+MAX_BULK_BODY_BYTES = 4 * 1024 * 1024
+
+
+@api.post("/grades")
+def post_grades() -> Response:
+    """Up to 1,000 grades in one request, each validated and stored on its own; 200 with a result per entry."""
+    request.max_content_length = max(MAX_BULK_BODY_BYTES, current_app.config["PASSBACK"].max_body_bytes)
+    envelope: dict[str, Any] = {}
+    input_error: ServiceError | None = None
+    try:
+        envelope = load(bulk_request, json_object())
+    except ServiceError as exc:
+        input_error = exc
+    principal = current_principal()  # a bad token answers 401 before a bad body answers 4xx, as /v1/grade
+    if input_error is not None:
+        raise input_error
+    entries: list[tuple[int, Any]] = []
+    for index, entry in enumerate(envelope["grades"]):
+        try:
+            if not isinstance(entry, dict):
+                raise InvalidInput("each grade must be a JSON object", fields={"_schema": ["Must be an object."]})
+            entries.append((index, load(grade_request, entry)))
+        except ServiceError as exc:
+            entries.append((index, exc))
+    session = db.session()
+    outcomes = accept_grades(session, principal, entries)
+    session.commit()
+    results: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if outcome.accepted is not None:
+            grade = outcome.accepted.grade
+            results.append(
+                {
+                    "index": outcome.index,
+                    "status": 202,
+                    "id": grade.id,
+                    "revision": grade.revision,
+                    "changed": outcome.accepted.changed,
+                }
+            )
+        else:
+            assert outcome.error is not None
+            error: dict[str, Any] = {"code": outcome.error.code, "message": outcome.error.message}
+            if outcome.error.fields:
+                error["fields"] = outcome.error.fields
+            results.append({"index": outcome.index, "status": outcome.error.status, "error": error})
+    accepted = sum(1 for r in results if r["status"] == 202)
+    if any(o.accepted is not None and o.accepted.deliveries for o in outcomes):
+        nudge_worker(current_app)
+    return jsonify(bulk_response.dump({"accepted": accepted, "rejected": len(results) - accepted, "results": results}))
 
 
 @api.post("/grade")

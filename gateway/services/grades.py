@@ -30,7 +30,7 @@ from gateway.models import (
     utcnow,
 )
 from gateway.services.auth import Principal
-from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound
+from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import ROUTE_COLUMNS, Route, enrolled, route_revision, schedule_deletions
 
 # A grade stamped in the future would make every later grade "older" (409) until that time comes.
@@ -456,3 +456,36 @@ def delete_grade(session: Session, principal: Principal, grade_id: str, *, now: 
     grade.updated_at = now
     schedule_deletions(session, grade, now)
     return grade
+
+
+@dataclass
+class BulkOutcome:
+    """One entry of a bulk post: accepted (with its grade) or refused (with the error it alone would get)."""
+
+    index: int
+    accepted: AcceptedGrade | None = None
+    error: ServiceError | None = None
+
+
+def accept_grades(
+    session: Session, principal: Principal, entries: list[tuple[int, Mapping[str, Any] | ServiceError]]
+) -> list[BulkOutcome]:
+    """Accept many grades in one transaction, each on its own: an entry that breaks a rule is rolled back to
+    its savepoint and reported, the others are kept. Entries are taken in order, so two entries for one
+    student and assignment are a grade and its newer revision (or a conflict, as two posts would be)."""
+    principal.require_scope("grades:write")
+    outcomes: list[BulkOutcome] = []
+    for index, entry in entries:
+        if isinstance(entry, ServiceError):
+            outcomes.append(BulkOutcome(index, error=entry))
+            continue
+        savepoint = session.begin_nested()
+        try:
+            accepted = accept_grade(session, principal, entry)
+        except ServiceError as exc:
+            savepoint.rollback()
+            outcomes.append(BulkOutcome(index, error=exc))
+            continue
+        savepoint.commit()
+        outcomes.append(BulkOutcome(index, accepted=accepted))
+    return outcomes
