@@ -5,9 +5,11 @@ from __future__ import annotations
 import email.utils
 import re
 import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -136,3 +138,78 @@ def link_url(response: requests.Response, rel: str) -> str | None:
                 if key.lower() == "rel" and wanted in raw.strip('"').lower().split():
                     return url.strip()
     return None
+
+
+class RequestLimiter(Protocol):
+    """What ThrottledHttpClient needs of a limiter (gateway/throttle.py has the in-process and Redis ones)."""
+
+    def acquire(self, key: str, rate: float, burst: int) -> float: ...
+
+    def pause(self, key: str, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """One LMS connection's request limits."""
+
+    key: str
+    rate: float = 10.0
+    burst: int = 10
+    # Canvas sends X-Rate-Limit-Remaining (its bucket starts at 700): below this, pause a little (§3.8).
+    low_water: float = 100.0
+    # How long everyone waits after a 429 or a rate-limit 403 that names no Retry-After.
+    default_pause: float = 10.0
+    # Never sleep longer than this in one request; a longer wait becomes a retryable error instead, so the
+    # worker frees itself and the outbox schedules the retry.
+    max_wait: float = 30.0
+
+
+class ThrottledHttpClient(HttpClient):
+    """An HttpClient view for one LMS connection: waits for the connection's request rate before each call,
+    and tells every worker to back off when the LMS says it is overloaded. Adapters use it as an HttpClient."""
+
+    def __init__(self, http: HttpClient, limiter: RequestLimiter, throttle: Throttle) -> None:
+        # No super().__init__(): the view shares the wrapped client's per-thread sessions (connection reuse).
+        self.http = http
+        self.limiter = limiter
+        self.throttle = throttle
+        self.timeout = http.timeout
+        self.waited = 0.0
+
+    @property
+    def session(self) -> requests.Session:
+        return self.http.session
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        started = time.monotonic()
+        while True:
+            wait = self.limiter.acquire(self.throttle.key, self.throttle.rate, self.throttle.burst)
+            if wait <= 0:
+                break
+            if time.monotonic() - started + wait > self.throttle.max_wait:
+                raise base.RetryableDeliveryError(
+                    f"{_host(url)} is being throttled by Passback (the LMS asked to slow down)", retry_after=wait
+                )
+            time.sleep(min(wait, 1.0))
+        self.waited += time.monotonic() - started
+        response = self.http.request(method, url, **kwargs)
+        self._observe(response)
+        return response
+
+    def _observe(self, response: requests.Response) -> None:
+        status = response.status_code
+        if status == 429 or (status == 403 and is_rate_limit_refusal(status, response.text or "")):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            self.limiter.pause(self.throttle.key, retry_after or self.throttle.default_pause)
+            return
+        remaining = _float(response.headers.get("X-Rate-Limit-Remaining"))
+        if remaining is not None and remaining < self.throttle.low_water:
+            # The lower the bucket, the longer everyone waits; Canvas refills it at about 10 units a second.
+            self.limiter.pause(self.throttle.key, (self.throttle.low_water - remaining) / 10.0)
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

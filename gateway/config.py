@@ -48,10 +48,25 @@ class Settings:
     retry_after_max_seconds: float = 86400.0
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 30.0
+    # Celery over this broker (redis://…) instead of the embedded worker; Redis also shares the throttles.
+    broker_url: str = ""
+    # How often the sweep re-enqueues connections with due deliveries (a lost message only delays a grade).
+    sweep_seconds: float = 15.0
+    # One Celery task delivers to one connection for at most this long, then hands on to a new task.
+    drain_seconds: float = 30.0
+    # Per LMS connection, shared by all workers: concurrent deliveries, requests a second, burst.
+    connection_concurrency: int = 4
+    connection_rate: float = 10.0
+    connection_burst: int = 10
+    # After a 429 or a rate-limit 403 without Retry-After, nobody sends to that connection for this long.
+    connection_pause_seconds: float = 10.0
     idempotency_ttl_seconds: float = 86400.0
     catalog_cache_seconds: float = 300.0
     token_touch_seconds: float = 60.0
     max_body_bytes: int = 64 * 1024
+    # A staff dashboard session ends this long after sign-in, however busy, and after this long unused.
+    staff_session_seconds: int = 8 * 3600
+    staff_idle_seconds: int = 3600
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

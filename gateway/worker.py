@@ -11,6 +11,7 @@ from typing import Any
 
 from adapters import REGISTRY, AdapterContext, GradeAdapter, HttpClient
 from adapters.base import DeliveryError, DeliveryReceipt, LookupCache, PermanentDeliveryError, RetryableDeliveryError
+from adapters.http import Throttle, ThrottledHttpClient
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
@@ -31,6 +32,7 @@ from gateway.services.deliveries import (
 )
 from gateway.services.keys import current_signing_key
 from gateway.services.token_cache import DatabaseTokenCache
+from gateway.throttle import Limiter, make_limiter
 
 log = logging.getLogger("passback.worker")
 PURGE_INTERVAL_SECONDS = 3600
@@ -65,6 +67,7 @@ class DeliveryWorker:
         http: HttpClient | None = None,
         adapters: Mapping[str, type[GradeAdapter]] = REGISTRY,
         district_id: str | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.db = db
         self.box = box
@@ -72,6 +75,8 @@ class DeliveryWorker:
         self.http = http or HttpClient(settings.http_connect_timeout, settings.http_read_timeout)
         self.adapters = adapters
         self.district_id = district_id
+        # Per-connection request rates and pauses: in this process, or in Redis when a broker is configured.
+        self.limiter = limiter or make_limiter(settings.broker_url)
         self.policy = RetryPolicy(
             base_seconds=settings.backoff_base_seconds,
             max_seconds=settings.backoff_max_seconds,
@@ -162,10 +167,21 @@ class DeliveryWorker:
                 with self.db.transaction() as session:
                     release_discovery_lease(session, work.destination.placement_id)
 
+    def http_for(self, connection_id: str) -> ThrottledHttpClient:
+        """The shared HTTP client, throttled for one LMS connection."""
+        settings = self.settings
+        throttle = Throttle(
+            key=connection_id,
+            rate=settings.connection_rate,
+            burst=settings.connection_burst,
+            default_pause=settings.connection_pause_seconds,
+        )
+        return ThrottledHttpClient(self.http, self.limiter, throttle)
+
     def _adapter(self, work: DeliveryWork, adapter_cls: Any) -> Any:
         if adapter_cls is None:
             raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
-        return adapter_cls.from_settings(work.settings, self.http, self.adapter_context())
+        return adapter_cls.from_settings(work.settings, self.http_for(work.lms_connection_id), self.adapter_context())
 
     def _deliver(self, claim: Claim, work: DeliveryWork, adapter_cls: Any) -> str | None:
         outcome: DeliveryReceipt | DeliveryError

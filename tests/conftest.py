@@ -65,6 +65,11 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "max_attempts": 15,
         "http_connect_timeout": 2.0,
         "http_read_timeout": 5.0,
+        # Tests script 429s and check the retry at once: a short shared pause keeps them quick.
+        "connection_pause_seconds": 0.05,
+        # Throttling has its own tests; elsewhere it must not slow a thousand test deliveries down.
+        "connection_rate": 100_000.0,
+        "connection_burst": 100_000,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

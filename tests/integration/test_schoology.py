@@ -21,6 +21,7 @@ from gateway.cli import main as cli
 from gateway.models import Delivery, Grade, LmsConnection, Placement, User, utcnow
 from gateway.services.directory import create_user, enroll, link_identity
 from gateway.services.lms import add_lms_connection, add_placement, probe_connection
+from gateway.throttle import LocalLimiter
 from gateway.worker import DeliveryWorker
 from tests.conftest import TEST_ENCRYPTION_KEY
 from tests.factories import World
@@ -240,6 +241,14 @@ def test_429_is_retried_after_the_time_schoology_asks(schoology: SchoologySetup,
     assert waiting.next_attempt_at is not None and waiting.next_attempt_at >= before + timedelta(seconds=119)
     assert schoology.stored(ada) is None
 
+    # Every worker holds back from this connection for as long as Schoology asked, not only this grade.
+    assert worker.limiter.paused_for(schoology.connection_id) > 100
+    _make_due(schoology, grade)
+    worker.run_until_idle()
+    assert schoology.delivery(grade).status == "retrying", "nothing is sent while the connection is paused"
+    assert [method for method, _ in schoology.fake.requests].count("PUT") == 1, "only the refused one"
+
+    worker.limiter = LocalLimiter()  # the two minutes have passed
     _make_due(schoology, grade)
     worker.run_until_idle()
     assert schoology.delivery(grade).status == "delivered" and schoology.stored(ada) == 10

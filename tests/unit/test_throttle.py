@@ -1,0 +1,158 @@
+"""Per-connection limits (gateway/throttle.py) and the throttled HTTP view adapters send through
+(adapters/http.py): the same rules in one process and, through the real Redis on 127.0.0.1:6379, across
+workers. No timing is asserted: what is checked is who may send and how long they are told to wait."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask, Response
+from werkzeug.serving import make_server
+
+from adapters.base import RetryableDeliveryError
+from adapters.http import HttpClient, Throttle, ThrottledHttpClient
+from gateway.throttle import LocalLimiter, RedisLimiter, delivery_slot
+
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["local", "redis"])
+def limiter(request: pytest.FixtureRequest) -> Any:
+    if request.param == "local":
+        return LocalLimiter()
+    if not _redis_available():
+        pytest.skip(f"no Redis at {REDIS_URL} (set GATEWAY_TEST_REDIS_URL); the shared limits are untested here")
+    return RedisLimiter(REDIS_URL, prefix=f"passback-test:{secrets.token_hex(6)}:")
+
+
+def test_a_burst_goes_at_once_then_requests_wait_their_turn(limiter: Any) -> None:
+    waits = [limiter.acquire("canvas", 2.0, 3) for _ in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert 0.3 < waits[3] <= 0.5, "at 2 a second, the next token is about half a second away"
+    assert limiter.acquire("moodle", 2.0, 3) == 0.0, "connections have their own buckets"
+
+
+def test_a_pause_holds_everyone_back_and_is_never_shortened(limiter: Any) -> None:
+    limiter.pause("canvas", 30)
+    limiter.pause("canvas", 5)
+    assert 25 < limiter.acquire("canvas", 100.0, 100) <= 30
+    assert 25 < limiter.paused_for("canvas") <= 30
+    assert limiter.paused_for("moodle") == 0.0
+
+
+def test_concurrent_delivery_slots_are_capped_and_freed(limiter: Any) -> None:
+    with delivery_slot(limiter, "canvas", 2, 60) as first, delivery_slot(limiter, "canvas", 2, 60) as second:
+        assert first and second
+        with delivery_slot(limiter, "canvas", 2, 60) as third:
+            assert third is None, "a third concurrent delivery to the same connection waits"
+    with delivery_slot(limiter, "canvas", 2, 60) as again:
+        assert again is not None, "released slots are free again"
+
+
+def test_an_expired_slot_frees_itself(limiter: Any) -> None:
+    # A worker killed while holding a slot cannot release it: the slot lapses after its ttl.
+    assert limiter.try_slot("canvas", 1, 0.01) is not None
+    threading.Event().wait(0.05)
+    assert limiter.try_slot("canvas", 1, 60) is not None
+
+
+def test_two_redis_limiters_share_one_bucket() -> None:
+    if not _redis_available():
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    prefix = f"passback-test:{secrets.token_hex(6)}:"
+    a, b = RedisLimiter(REDIS_URL, prefix=prefix), RedisLimiter(REDIS_URL, prefix=prefix)
+    assert [a.acquire("canvas", 1.0, 2), b.acquire("canvas", 1.0, 2)] == [0.0, 0.0]
+    assert a.acquire("canvas", 1.0, 2) > 0 and b.acquire("canvas", 1.0, 2) > 0
+    b.pause("canvas", 60)
+    assert a.paused_for("canvas") > 55
+
+
+class ScriptedLms:
+    """A tiny LMS on 127.0.0.1 answering what the test queues: (status, headers, body)."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, dict[str, str], str]] = []
+        self.hits = 0
+        app = Flask("scripted")
+
+        @app.route("/score", methods=["POST"])
+        def score() -> Response:
+            self.hits += 1
+            status, headers, body = self.answers.pop(0) if self.answers else (200, {}, "{}")
+            return Response(body, status=status, headers=headers)
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/score"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def lms() -> Iterator[ScriptedLms]:
+    server = ScriptedLms()
+    yield server
+    server.close()
+
+
+def test_a_429_pauses_the_connection_for_its_retry_after(lms: ScriptedLms) -> None:
+    limiter = LocalLimiter()
+    http = ThrottledHttpClient(HttpClient(), limiter, Throttle("canvas", rate=100, burst=100, max_wait=1))
+    lms.answers.append((429, {"Retry-After": "120"}, ""))
+    assert http.request("POST", lms.url).status_code == 429
+    assert 115 < limiter.paused_for("canvas") <= 120
+    with pytest.raises(RetryableDeliveryError) as caught:
+        http.request("POST", lms.url)
+    assert caught.value.retry_after is not None and caught.value.retry_after > 115
+    assert lms.hits == 1, "nothing more is sent to a connection that asked to wait"
+
+
+def test_canvas_rate_limit_403_and_a_low_remaining_bucket_slow_everyone(lms: ScriptedLms) -> None:
+    limiter = LocalLimiter()
+    http = ThrottledHttpClient(
+        HttpClient(), limiter, Throttle("canvas", rate=100, burst=100, default_pause=7, low_water=100)
+    )
+    lms.answers.append((403, {}, "403 Forbidden (Rate Limit Exceeded)"))
+    http.request("POST", lms.url)
+    assert 6 < limiter.paused_for("canvas") <= 7, "Canvas's 403 names no Retry-After: the default pause"
+
+    other = LocalLimiter()
+    http = ThrottledHttpClient(HttpClient(), other, Throttle("canvas", rate=100, burst=100, low_water=100))
+    lms.answers.append((200, {"X-Rate-Limit-Remaining": "650.5"}, "{}"))
+    http.request("POST", lms.url)
+    assert other.paused_for("canvas") == 0.0, "a full bucket costs nothing"
+    lms.answers.append((200, {"X-Rate-Limit-Remaining": "40"}, "{}"))
+    http.request("POST", lms.url)
+    assert 5 < other.paused_for("canvas") <= 6, "60 units under the low-water mark: about 6 s at 10 units/s"
+
+
+def test_an_ordinary_refusal_does_not_pause(lms: ScriptedLms) -> None:
+    limiter = LocalLimiter()
+    http = ThrottledHttpClient(HttpClient(), limiter, Throttle("canvas"))
+    lms.answers.append((403, {}, "user not authorized"))
+    http.request("POST", lms.url)
+    assert limiter.paused_for("canvas") == 0.0
+
+
+def test_the_throttled_view_reuses_the_clients_session() -> None:
+    base = HttpClient()
+    view = ThrottledHttpClient(base, LocalLimiter(), Throttle("canvas"))
+    assert view.session is base.session
+    assert isinstance(view.session, requests.Session)
