@@ -1,8 +1,8 @@
-"""WSGI entry point: `gunicorn wsgi:app`. Starts the embedded delivery worker unless
-GATEWAY_EMBEDDED_WORKER=false (then run `gateway worker` separately)."""
+"""WSGI entry point: `gunicorn wsgi:app`. Starts the embedded delivery worker unless GATEWAY_EMBEDDED_WORKER=false
+or GATEWAY_BROKER_URL is set (then run `gateway worker` separately: on its own, or as Celery workers)."""
 
 from gateway import create_app, start_embedded_worker
 
 app = create_app()
-if app.config["PASSBACK"].embedded_worker:
+if app.config["PASSBACK"].embedded_worker and not app.config["PASSBACK"].broker_url:
     start_embedded_worker(app)

@@ -27,7 +27,8 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
     app.config["SESSION_COOKIE_NAME"] = "passback_session"
-    app.config["PERMANENT_SESSION_LIFETIME"] = 8 * 3600
+    # The cookie's lifetime; the dashboard also ends a session on its own clock (sign-in age, idle time).
+    app.config["PERMANENT_SESSION_LIFETIME"] = settings.staff_session_seconds
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # tied to the session, which expires on its own
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
@@ -72,6 +73,12 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    if settings.broker_url:
+        # Delivery runs on Celery workers: accepted grades wake them through the broker.
+        from gateway.tasks import Dispatcher
+
+        app.extensions["passback_dispatch"] = Dispatcher(settings)
 
     logging.getLogger("passback").setLevel(logging.INFO)
     return app

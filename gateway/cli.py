@@ -486,16 +486,29 @@ def purge_command(as_json: bool) -> None:
 
 
 @main.command("worker")
-@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
-@click.option("--district", "district_id", default=None, help="Only this district's deliveries.")
-def worker_command(once: bool, district_id: str | None) -> None:
-    """Run the delivery worker on its own (set GATEWAY_EMBEDDED_WORKER=false on the web servers)."""
+@click.option("--once", is_flag=True, help="Deliver what is due now, then exit (without a broker).")
+@click.option("--district", "district_id", default=None, help="Only this district's deliveries (without a broker).")
+@click.option("--concurrency", default=8, show_default=True, help="Celery: deliveries in parallel in this process.")
+@click.option("--beat", is_flag=True, help="Celery: also run the periodic sweep here (one beat per installation).")
+def worker_command(once: bool, district_id: str | None, concurrency: int, beat: bool) -> None:
+    """Run delivery on its own: a Celery worker when GATEWAY_BROKER_URL is set, else the outbox polling worker
+    (set GATEWAY_EMBEDDED_WORKER=false on the web servers)."""
     import signal
     import threading
 
     from gateway.worker import DeliveryWorker
 
     app = _app()
+    settings = app.config["PASSBACK"]
+    if settings.broker_url and not once:
+        from gateway.tasks import configure_celery
+
+        argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "INFO"]
+        argv += ["-Q", "passback", "--without-gossip", "--without-mingle"]
+        if beat:
+            argv += ["--beat", "--schedule", settings.beat_schedule_path()]
+        configure_celery(settings).worker_main(argv)
+        return
     worker = DeliveryWorker(
         app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"], district_id=district_id
     )
@@ -511,6 +524,17 @@ def worker_command(once: bool, district_id: str | None) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     worker.run_forever(stop)
+
+
+@main.command("beat")
+def beat_command() -> None:
+    """Celery beat: the periodic sweep that re-enqueues connections with due deliveries (run exactly one)."""
+    from gateway.tasks import configure_celery
+
+    settings = _app().config["PASSBACK"]
+    if not settings.broker_url:
+        raise click.ClickException("set GATEWAY_BROKER_URL: without a broker the worker polls the outbox itself")
+    configure_celery(settings).start(["beat", "--loglevel", "INFO", "--schedule", settings.beat_schedule_path()])
 
 
 @main.command("run")
@@ -537,7 +561,7 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
         with _session(app) as session:
             demo = seed_demo(session, app.extensions["passback_box"], public_url)
         click.echo(_demo_banner(demo, public_url))
-    if settings.embedded_worker:
+    if settings.embedded_worker and not settings.broker_url:
         start_embedded_worker(app)
     click.echo(f"Passback listening on {public_url} (Ctrl-C to stop)")
     sys.stdout.flush()

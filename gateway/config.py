@@ -69,6 +69,11 @@ class Settings:
     staff_idle_seconds: int = 3600
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def beat_schedule_path(self) -> str:
+        """Where celery beat keeps its schedule state (beside the instance's other files)."""
+        INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+        return str(INSTANCE_DIR / "celerybeat-schedule")
+
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         values: dict[str, Any] = {}

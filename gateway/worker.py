@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from adapters import REGISTRY, AdapterContext, GradeAdapter, HttpClient
@@ -27,6 +27,7 @@ from gateway.services.deliveries import (
     record_outcome,
     record_successes,
     release_discovery_lease,
+    supersede_claim,
     take_discovery_lease,
     touch_connection,
 )
@@ -50,11 +51,16 @@ def build_adapter_context(db: Database, box: SecretBox, lookups: LookupCache | N
     return AdapterContext(signing_key=key, token_cache=DatabaseTokenCache(db, box), lookups=lookups or PROCESS_LOOKUPS)
 
 
-def nudge_worker(app: Any) -> None:
-    """Wake the embedded worker, if this process runs one, so new outbox rows go out now, not at its next poll."""
+def nudge_worker(app: Any, connection_ids: Iterable[str | None] | None = None) -> None:
+    """New outbox rows (for these connections, or anywhere): wake the embedded worker if this process runs one,
+    or ask the Celery workers to drain those connections, so the rows go out now rather than at the next poll
+    or sweep."""
     nudge = app.extensions.get("passback_worker_nudge")
     if nudge is not None:
         nudge()
+    dispatch = app.extensions.get("passback_dispatch")
+    if dispatch is not None:
+        dispatch(None if connection_ids is None else {c for c in connection_ids if c})
 
 
 class DeliveryWorker:
@@ -140,6 +146,12 @@ class DeliveryWorker:
         loaded = []
         for claim in claims:
             work = works.get(claim.delivery_id)
+            if work is not None and work.outdated:
+                # Only the newest grade for a student and assignment is sent (e.g. an old revision whose
+                # worker died, reclaimed after a newer one arrived).
+                with self.db.transaction() as session:
+                    statuses[claim.delivery_id] = "superseded" if supersede_claim(session, claim) else None
+                continue
             if work is not None:
                 loaded.append((claim, work))
                 continue

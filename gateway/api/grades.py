@@ -86,8 +86,11 @@ def post_grades() -> Response:
                 error["fields"] = outcome.error.fields
             results.append({"index": outcome.index, "status": outcome.error.status, "error": error})
     accepted = sum(1 for r in results if r["status"] == 202)
-    if any(o.accepted is not None and o.accepted.deliveries for o in outcomes):
-        nudge_worker(current_app)
+    connections: set[str | None] = {
+        d.lms_connection_id for o in outcomes if o.accepted for d, _ in o.accepted.deliveries
+    }
+    if connections:
+        nudge_worker(current_app, connections)
     return jsonify(bulk_response.dump({"accepted": accepted, "rejected": len(results) - accepted, "results": results}))
 
 
@@ -139,7 +142,7 @@ def post_grade() -> Response:
             raise
         return _respond(replay.body, replay.status, replay.location, replayed=True)
     if accepted.deliveries:
-        nudge_worker(current_app)
+        nudge_worker(current_app, {delivery.lms_connection_id for delivery, _ in accepted.deliveries})
     return _respond(payload, 202, location)
 
 

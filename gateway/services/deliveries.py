@@ -107,10 +107,10 @@ def claim_due_deliveries(
     if district_id is not None:
         conditions.append(Delivery.district_id == district_id)
     if lms_connection_id is not None:
-        # A batching worker topping up one LMS request: more due grades of the same connection (and section).
+        # One connection's work (a Celery drain), or a batching worker topping up one request to a section.
         conditions.append(Delivery.lms_connection_id == lms_connection_id)
-        conditions.append(Delivery.operation == "replace")
         if section_id is not None:
+            conditions.append(Delivery.operation == "replace")
             conditions.append(
                 Delivery.placement_id.in_(
                     select(Placement.id).where(
@@ -182,6 +182,9 @@ class DeliveryWork:
     settings: dict[str, Any]
     grade: NormalizedGrade
     destination: Destination
+    # A newer revision of the grade exists: sending this one would only be overwritten (or, landing late,
+    # overwrite the newer one). The worker supersedes it instead of sending.
+    outdated: bool = False
 
 
 def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | None:
@@ -285,6 +288,7 @@ def _works(
             dict(settings[connection.id]),
             grade,
             destination,
+            outdated=delivery.operation == "replace" and revision.revision < grade_row.revision,
         )
     return works
 
@@ -333,6 +337,23 @@ def defer_claim(session: Session, claim: Claim, seconds: float, *, now: datetime
         )
         .execution_options(synchronize_session=False)
     )
+
+
+def supersede_claim(session: Session, claim: Claim, *, now: datetime | None = None) -> bool:
+    """A claimed delivery of an older revision: mark it superseded by the grade's current revision, unsent."""
+    now = now or utcnow()
+    delivery = session.scalar(
+        select(Delivery).where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+    )
+    if delivery is None:
+        return False
+    delivery.status = DeliveryStatus.SUPERSEDED
+    delivery.superseded_by = _newer_revision_id(session, delivery)
+    delivery.next_attempt_at = None
+    delivery.claim_token = None
+    delivery.lease_expires_at = None
+    delivery.updated_at = now
+    return True
 
 
 def fail_orphaned_claim(session: Session, claim: Claim, *, now: datetime | None = None) -> bool:

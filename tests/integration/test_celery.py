@@ -1,0 +1,189 @@
+"""Delivery on Celery workers over the real Redis on 127.0.0.1:6379 (GATEWAY_BROKER_URL), against SQLite and,
+in CI, PostgreSQL: `gateway worker --beat` runs as a real process; the web app publishes to the broker after it
+commits a grade. Skipped, with the reason, where no Redis answers.
+
+- A grade posted is delivered by the Celery worker.
+- A lost message (nothing published at all) only delays the grade: the sweep finds the due delivery.
+- A Celery worker killed with SIGKILL mid-delivery: a new worker delivers the grade once the lease expires,
+  with its final value.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway.models import Delivery, LmsConnection
+from tests.factories import World
+from tests.fakes.scripted_lms import Close, Hang, ScriptedLms
+from tests.integration.test_worker_crash import worker_command, worker_env
+
+pytestmark = pytest.mark.slow
+
+REDIS_URL = os.environ.get("GATEWAY_TEST_BROKER_URL", "redis://127.0.0.1:6379/14")
+LEASE_SECONDS = 3.0
+
+
+def _redis() -> object | None:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        client.ping()
+        return client
+    except Exception:
+        return None
+
+
+@pytest.fixture(autouse=True)
+def broker() -> Iterator[None]:
+    client = _redis()
+    if client is None:
+        pytest.skip(f"no Redis at {REDIS_URL}: the Celery path is untested here (CI runs it)")
+    client.flushdb()  # type: ignore[attr-defined]  # this test database index only
+    yield
+    client.flushdb()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    return {"lease_seconds": LEASE_SECONDS, "broker_url": REDIS_URL}
+
+
+@pytest.fixture
+def lms(world: World) -> Iterator[ScriptedLms]:
+    with ScriptedLms(world.sandbox_secret) as fake:
+        box = world.app.extensions["passback_box"]
+        with world.session() as session:
+            connection = session.get(LmsConnection, world.connection_id)
+            assert connection is not None
+            connection.settings_encrypted = box.encrypt_json(
+                {"base_url": fake.base_url, "secret": world.sandbox_secret}
+            )
+        yield fake
+        assert fake.problems == [], "the gateway broke the LMS protocol"
+
+
+class CeleryWorker:
+    def __init__(self, database_url: str, tmp_path: Path, name: str, *, beat: bool = True) -> None:
+        env = worker_env(database_url, tmp_path)
+        env.update(
+            {
+                "GATEWAY_BROKER_URL": REDIS_URL,
+                "GATEWAY_SWEEP_SECONDS": "1",
+                "GATEWAY_BACKOFF_BASE_SECONDS": "0.2",
+                "GATEWAY_BACKOFF_MAX_SECONDS": "1",
+            }
+        )
+        self.log_path = tmp_path / f"{name}.log"
+        argv = [*worker_command(), "--concurrency", "4"] + (["--beat"] if beat else [])
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@pytest.fixture
+def start_worker(database_url: str, tmp_path: Path) -> Iterator[object]:
+    started: list[CeleryWorker] = []
+
+    def start(name: str = "celery", beat: bool = True) -> CeleryWorker:
+        worker = CeleryWorker(database_url, tmp_path, name, beat=beat)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def post(world: World, percentage: float) -> str:
+    response = world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": percentage})
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def statuses(world: World, grade_id: str) -> list[tuple[str, int]]:
+    with world.session() as session:
+        rows = session.execute(
+            select(Delivery.status, Delivery.attempts)
+            .where(Delivery.grade_id == grade_id)
+            .order_by(Delivery.created_at)
+        ).all()
+    return [(status, attempts) for status, attempts in rows]
+
+
+def wait_for(world: World, grade_id: str, status: str, worker: CeleryWorker, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = statuses(world, grade_id)
+        if current and current[-1][0] == status:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"grade {grade_id} not {status} in {timeout} s: {statuses(world, grade_id)}\n{worker.log()}")
+
+
+def test_a_posted_grade_is_delivered_by_a_celery_worker(world: World, lms: ScriptedLms, start_worker: object) -> None:
+    worker = start_worker(beat=False)  # type: ignore[operator]
+    grade_id = post(world, 0.7)  # the web app publishes a drain for the connection after the commit
+    wait_for(world, grade_id, "delivered", worker)
+    [entry] = lms.gradebook.values()
+    assert entry.score_given == 7.0 and entry.writes == 1
+    assert "passback.drain_connection" in worker.log()
+
+
+def test_a_lost_message_only_delays_the_grade(
+    world: World, lms: ScriptedLms, start_worker: object, database_url: str
+) -> None:
+    # The web app publishes nothing (as if the broker had lost the message): only the sweep can find it.
+    world.app.extensions.pop("passback_dispatch")
+    grade_id = post(world, 0.4)
+    worker = start_worker()  # type: ignore[operator]
+    wait_for(world, grade_id, "delivered", worker)
+    assert "passback.sweep" in worker.log()
+    [entry] = lms.gradebook.values()
+    assert entry.score_given == 4.0
+
+
+def test_a_killed_celery_worker_loses_no_grade(world: World, lms: ScriptedLms, start_worker: object) -> None:
+    [hang] = lms.script(Hang(then=Close()))
+    assert isinstance(hang, Hang)
+    first = start_worker("first")  # type: ignore[operator]
+    grade_id = post(world, 0.8)
+    assert hang.arrived.wait(30), "the Celery worker never reached the LMS:\n" + first.log()
+    assert statuses(world, grade_id) == [("delivering", 1)]
+    first.kill()
+    hang.release()
+
+    # The app changes its mind while no worker runs: the newer grade supersedes the undelivered one.
+    newer = world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.85})
+    assert newer.status_code == 202
+
+    second = start_worker("second")  # type: ignore[operator]
+    wait_for(world, grade_id, "delivered", second)
+    # Exactly the final value is in the gradebook, stored once.
+    [entry] = lms.gradebook.values()
+    assert entry.score_given == 8.5 and entry.writes == 1, (statuses(world, grade_id), second.log())
+    # The dead worker's claim of the old value was taken back and superseded, never sent again.
+    assert statuses(world, grade_id) == [("superseded", 2), ("delivered", 1)]
