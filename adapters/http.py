@@ -155,8 +155,10 @@ class Throttle:
     key: str
     rate: float = 10.0
     burst: int = 10
-    # Canvas sends X-Rate-Limit-Remaining (its bucket starts at 700): below this, pause a little (§3.8).
+    # Canvas sends X-Rate-Limit-Remaining (its bucket starts at 700): below `low_water`, or below this
+    # fraction of the fullest bucket seen, pause a little (wire-formats §3.8).
     low_water: float = 100.0
+    low_fraction: float = 0.15
     # How long everyone waits after a 429 or a rate-limit 403 that names no Retry-After.
     default_pause: float = 10.0
     # Never sleep longer than this in one request; a longer wait becomes a retryable error instead, so the
@@ -203,9 +205,20 @@ class ThrottledHttpClient(HttpClient):
             self.limiter.pause(self.throttle.key, retry_after or self.throttle.default_pause)
             return
         remaining = _float(response.headers.get("X-Rate-Limit-Remaining"))
-        if remaining is not None and remaining < self.throttle.low_water:
-            # The lower the bucket, the longer everyone waits; Canvas refills it at about 10 units a second.
-            self.limiter.pause(self.throttle.key, (self.throttle.low_water - remaining) / 10.0)
+        if remaining is None:
+            return
+        # The LMS's bucket size is not announced: the fullest it was seen stands for it (Canvas's is 700).
+        key = self.throttle.key
+        with _BUCKETS_LOCK:
+            full = _BUCKET_HIGH_WATER[key] = max(_BUCKET_HIGH_WATER.get(key, 0.0), remaining)
+        low_water = min(self.throttle.low_water, full * self.throttle.low_fraction)
+        if remaining < low_water:
+            # The lower the bucket, the longer everyone waits, as if it refilled at our own request rate.
+            self.limiter.pause(self.throttle.key, (low_water - remaining) / max(self.throttle.rate, 1.0))
+
+
+_BUCKET_HIGH_WATER: dict[str, float] = {}
+_BUCKETS_LOCK = threading.Lock()
 
 
 def _float(value: str | None) -> float | None:

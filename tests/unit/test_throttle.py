@@ -134,13 +134,28 @@ def test_canvas_rate_limit_403_and_a_low_remaining_bucket_slow_everyone(lms: Scr
     assert 6 < limiter.paused_for("canvas") <= 7, "Canvas's 403 names no Retry-After: the default pause"
 
     other = LocalLimiter()
-    http = ThrottledHttpClient(HttpClient(), other, Throttle("canvas", rate=100, burst=100, low_water=100))
-    lms.answers.append((200, {"X-Rate-Limit-Remaining": "650.5"}, "{}"))
+    key = f"canvas-{secrets.token_hex(4)}"
+    http = ThrottledHttpClient(HttpClient(), other, Throttle(key, rate=10, burst=100, low_water=100))
+    lms.answers.append((200, {"X-Rate-Limit-Remaining": "700"}, "{}"))
     http.request("POST", lms.url)
-    assert other.paused_for("canvas") == 0.0, "a full bucket costs nothing"
+    assert other.paused_for(key) == 0.0, "a full bucket costs nothing"
     lms.answers.append((200, {"X-Rate-Limit-Remaining": "40"}, "{}"))
     http.request("POST", lms.url)
-    assert 5 < other.paused_for("canvas") <= 6, "60 units under the low-water mark: about 6 s at 10 units/s"
+    assert 5 < other.paused_for(key) <= 6, "60 units under the low-water mark: about 6 s at 10 a second"
+
+
+def test_a_small_bucket_is_judged_by_its_own_size(lms: ScriptedLms) -> None:
+    # An LMS whose whole bucket is 15 requests: 12 left is plenty, 1 left is low.
+    limiter = LocalLimiter()
+    key = f"small-{secrets.token_hex(4)}"
+    http = ThrottledHttpClient(HttpClient(), limiter, Throttle(key, rate=15, burst=15))
+    lms.answers.extend([(200, {"X-Rate-Limit-Remaining": "15"}, "{}"), (200, {"X-Rate-Limit-Remaining": "12"}, "{}")])
+    http.request("POST", lms.url)
+    http.request("POST", lms.url)
+    assert limiter.paused_for(key) == 0.0
+    lms.answers.append((200, {"X-Rate-Limit-Remaining": "1"}, "{}"))
+    http.request("POST", lms.url)
+    assert 0 < limiter.paused_for(key) < 1
 
 
 def test_an_ordinary_refusal_does_not_pause(lms: ScriptedLms) -> None:
