@@ -6,6 +6,7 @@ import email.utils
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ class HttpClient:
     def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 30.0) -> None:
         self.timeout = (connect_timeout, read_timeout)
         self._local = threading.local()
+        self._no_proxy = urllib.request.getproxies().get("no")
 
     @property
     def session(self) -> requests.Session:
@@ -35,6 +37,10 @@ class HttpClient:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = USER_AGENT
+            # Read the proxy environment once, not on every request (requests does that, and it shows at
+            # hundreds of deliveries a second); HTTP(S)_PROXY and NO_PROXY are honoured as they were at start.
+            session.proxies = {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https")}
+            session.trust_env = False
             self._local.session = session
         return session
 
@@ -42,6 +48,8 @@ class HttpClient:
         """Send one request; transport failures become RetryableDeliveryError, responses are returned as is."""
         kwargs.setdefault("timeout", self.timeout)
         kwargs.setdefault("allow_redirects", False)
+        if self.session.proxies and requests.utils.should_bypass_proxies(url, no_proxy=self._no_proxy):
+            kwargs.setdefault("proxies", {"http": None, "https": None})
         try:
             return self.session.request(method, url, **kwargs)
         except requests.Timeout as exc:

@@ -126,15 +126,21 @@ class DeliveryWorker:
         grades of the same batch, and sent together. Returns each delivery's new status (None: claim lost)."""
         statuses: dict[str, str | None] = {}
         batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
+        # Outcomes of single deliveries, recorded together at the end of the round (one transaction).
+        sent: list[tuple[Claim, DeliveryWork, Any]] = []
         for claim, work in self._load(claims, statuses):
             adapter_cls = self.adapters.get(work.adapter)
             key = None
             if work.operation == "replace" and adapter_cls is not None and hasattr(adapter_cls, "deliver_batch"):
                 key = adapter_cls.batch_key(work.destination)  # type: ignore[attr-defined]
             if key is None:
-                statuses[claim.delivery_id] = self._deliver_one(claim, work, adapter_cls)
+                status = self._deliver_one(claim, work, adapter_cls, sent)
+                if status is not None:
+                    statuses[claim.delivery_id] = status
             else:
                 batches.setdefault((work.lms_connection_id, key), []).append((claim, work))
+        if sent:
+            statuses.update(self._record_batch([(c, w) for c, w, _ in sent], [o for _, _, o in sent]))
         for (connection_id, key), group in batches.items():
             statuses.update(self._deliver_batch(connection_id, key, group))
         return statuses
@@ -161,23 +167,30 @@ class DeliveryWorker:
             statuses[claim.delivery_id] = "failed" if orphaned else None
         return loaded
 
-    def _deliver_one(self, claim: Claim, work: DeliveryWork, adapter_cls: Any) -> str | None:
+    def _deliver_one(
+        self, claim: Claim, work: DeliveryWork, adapter_cls: Any, sent: list[tuple[Claim, DeliveryWork, Any]]
+    ) -> str | None:
+        """Send one delivery. Its outcome goes to `sent`, to be recorded with the round's others, and None is
+        returned; a delivery that looks up its destination under the placement's lease is recorded at once
+        (what it learned serves the next delivery) and its status returned."""
         discovering = bool(
             adapter_cls is not None
             and getattr(adapter_cls, "needs_discovery", None)
             and adapter_cls.needs_discovery(work.destination.data)
         )
-        if discovering:
-            with self.db.transaction() as session:
-                if not take_discovery_lease(session, work.destination.placement_id):
-                    defer_claim(session, claim, DISCOVERY_WAIT_SECONDS)
-                    return "pending"
+        if not discovering:
+            sent.append((claim, work, self._send(claim, work, adapter_cls)))
+            return None
+        with self.db.transaction() as session:
+            if not take_discovery_lease(session, work.destination.placement_id):
+                defer_claim(session, claim, DISCOVERY_WAIT_SECONDS)
+                return "pending"
         try:
-            return self._deliver(claim, work, adapter_cls)
+            outcome = self._send(claim, work, adapter_cls)
+            return self._record_batch([(claim, work)], [outcome])[claim.delivery_id]
         finally:
-            if discovering:
-                with self.db.transaction() as session:
-                    release_discovery_lease(session, work.destination.placement_id)
+            with self.db.transaction() as session:
+                release_discovery_lease(session, work.destination.placement_id)
 
     def http_for(self, connection_id: str) -> ThrottledHttpClient:
         """The shared HTTP client, throttled for one LMS connection."""
@@ -195,22 +208,17 @@ class DeliveryWorker:
             raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
         return adapter_cls.from_settings(work.settings, self.http_for(work.lms_connection_id), self.adapter_context())
 
-    def _deliver(self, claim: Claim, work: DeliveryWork, adapter_cls: Any) -> str | None:
-        outcome: DeliveryReceipt | DeliveryError
+    def _send(self, claim: Claim, work: DeliveryWork, adapter_cls: Any) -> DeliveryReceipt | DeliveryError:
+        """The adapter's answer for one delivery: a receipt, or the error (never raised)."""
         try:
             adapter = self._adapter(work, adapter_cls)
             if work.operation == "delete":
-                outcome = adapter.delete_result(work.destination)
-            else:
-                outcome = adapter.deliver(work.grade, work.destination)
+                return adapter.delete_result(work.destination)  # type: ignore[no-any-return]
+            return adapter.deliver(work.grade, work.destination)  # type: ignore[no-any-return]
         except DeliveryError as exc:
-            outcome = exc
+            return exc
         except Exception as exc:
-            outcome = self._adapter_bug(claim.delivery_id, work.adapter, exc)
-        with self.db.transaction() as session:
-            status = record_outcome(session, claim, outcome, self.policy)
-        self._log(claim.delivery_id, work.adapter, status, outcome)
-        return status
+            return self._adapter_bug(claim.delivery_id, work.adapter, exc)
 
     def _deliver_batch(
         self, connection_id: str, key: str, group: list[tuple[Claim, DeliveryWork]]
@@ -235,11 +243,14 @@ class DeliveryWorker:
                     section_id=key,
                 )
             statuses: dict[str, str | None] = {}
+            strays: list[tuple[Claim, DeliveryWork, Any]] = []
             for claim, work in self._load(more, statuses):
                 if adapter_cls.batch_key(work.destination) == key:  # type: ignore[attr-defined]
                     group.append((claim, work))
                 else:
-                    statuses[claim.delivery_id] = self._deliver_one(claim, work, adapter_cls)
+                    strays.append((claim, work, self._send(claim, work, adapter_cls)))
+            if strays:
+                statuses.update(self._record_batch([(c, w) for c, w, _ in strays], [o for _, _, o in strays]))
         else:
             statuses = {}
         outcomes: list[DeliveryReceipt | DeliveryError]
@@ -269,12 +280,16 @@ class DeliveryWorker:
             for (claim, _), outcome in zip(group, outcomes, strict=True):
                 if claim.delivery_id not in statuses:
                     statuses[claim.delivery_id] = record_outcome(session, claim, outcome, self.policy, touch=False)
-            # The connection's health, once for the whole request rather than once per grade.
-            errors = [o for o in outcomes if isinstance(o, DeliveryError)]
-            if len(errors) < len(outcomes):
-                touch_connection(session, group[0][1].lms_connection_id, error=None)
-            if errors:
-                touch_connection(session, group[0][1].lms_connection_id, error=errors[-1].message)
+            # Each connection's health, once for the round rather than once per grade.
+            by_connection: dict[str, list[Any]] = {}
+            for (_, work), outcome in zip(group, outcomes, strict=True):
+                by_connection.setdefault(work.lms_connection_id, []).append(outcome)
+            for connection_id, results in by_connection.items():
+                errors = [o for o in results if isinstance(o, DeliveryError)]
+                if len(errors) < len(results):
+                    touch_connection(session, connection_id, error=None)
+                if errors:
+                    touch_connection(session, connection_id, error=errors[-1].message)
         for (claim, work), outcome in zip(group, outcomes, strict=True):
             self._log(claim.delivery_id, work.adapter, statuses[claim.delivery_id], outcome)
         return statuses

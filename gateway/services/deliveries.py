@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -34,6 +35,9 @@ from gateway.services.errors import Conflict, NotFound
 from gateway.services.lms import connection_settings
 
 MAX_ERROR_CHARS = 2000
+SUCCESS_TOUCH_SECONDS = 5.0
+_LAST_SUCCESS_TOUCH: dict[str, datetime] = {}
+_TOUCH_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -529,6 +533,14 @@ def touch_connection(
     if connection_id is None:
         return
     now = now or utcnow()
+    if error is None:
+        # Every worker would otherwise update the same connection row after every grade (a hot row): a
+        # success is written at most every few seconds per process; a failure always.
+        with _TOUCH_LOCK:
+            last = _LAST_SUCCESS_TOUCH.get(connection_id)
+            if last is not None and (now - last).total_seconds() < SUCCESS_TOUCH_SECONDS:
+                return
+            _LAST_SUCCESS_TOUCH[connection_id] = now
     values: dict[str, Any] = (
         {"last_success_at": now} if error is None else {"last_failure_at": now, "last_failure": _truncate(error)}
     )

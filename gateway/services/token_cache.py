@@ -4,6 +4,8 @@ workers and processes, encrypted at rest."""
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import delete
@@ -17,17 +19,41 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# Tokens this process has read or written, so that a delivery does not read the database for one every time;
+# another process's drop (after a 401) reaches this one at its own 401, which drops the token here too.
+_MEMORY: dict[str, tuple[str, float]] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+def _remember(key_hash: str, token: str, seconds_left: float) -> None:
+    with _MEMORY_LOCK:
+        _MEMORY[key_hash] = (token, time.monotonic() + seconds_left)
+
+
+def _forget(key_hash: str) -> None:
+    with _MEMORY_LOCK:
+        _MEMORY.pop(key_hash, None)
+
+
 class DatabaseTokenCache:
     def __init__(self, db: Database, box: SecretBox) -> None:
         self.db = db
         self.box = box
 
     def get(self, key: str) -> str | None:
+        key_hash = _hash(key)
+        with _MEMORY_LOCK:
+            found = _MEMORY.get(key_hash)
+        if found is not None and found[1] > time.monotonic():
+            return found[0]
         with self.db.transaction() as session:
-            row = session.get(CachedAccessToken, _hash(key))
-            if row is None or row.expires_at <= utcnow():
+            row = session.get(CachedAccessToken, key_hash)
+            now = utcnow()
+            if row is None or row.expires_at <= now:
                 return None
-            return str(self.box.decrypt_json(row.token_encrypted))
+            token = str(self.box.decrypt_json(row.token_encrypted))
+            _remember(key_hash, token, (row.expires_at - now).total_seconds())
+            return token
 
     def put(self, key: str, token: str, expires_in: float) -> None:
         with self.db.transaction() as session:
@@ -37,7 +63,9 @@ class DatabaseTokenCache:
                 session.add(row)
             row.token_encrypted = self.box.encrypt_json(token)
             row.expires_at = utcnow() + timedelta(seconds=expires_in)
+        _remember(_hash(key), token, expires_in)
 
     def drop(self, key: str) -> None:
+        _forget(_hash(key))
         with self.db.transaction() as session:
             session.execute(delete(CachedAccessToken).where(CachedAccessToken.key_hash == _hash(key)))

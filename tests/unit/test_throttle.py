@@ -36,7 +36,10 @@ def limiter(request: pytest.FixtureRequest) -> Any:
     if request.param == "local":
         return LocalLimiter()
     if not _redis_available():
-        pytest.skip(f"no Redis at {REDIS_URL} (set GATEWAY_TEST_REDIS_URL); the shared limits are untested here")
+        reason = f"no Redis at {REDIS_URL} (set GATEWAY_TEST_REDIS_URL); the shared limits are untested here"
+        if os.environ.get("PASSBACK_REQUIRE_REDIS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
     return RedisLimiter(REDIS_URL, prefix=f"passback-test:{secrets.token_hex(6)}:")
 
 
