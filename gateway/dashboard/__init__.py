@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+import json
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
 from werkzeug.exceptions import NotFound
 
 from gateway.extensions import db
@@ -25,27 +38,49 @@ dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
 def _age(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
         if seconds >= size:
             count = seconds // size
             return f"{count} {unit}{'s' if count != 1 else ''}"
-    return f"{seconds} seconds"
+    return "0 seconds"
+
+
+def _pretty_json(value: Any) -> str:
+    # Shown as text (autoescaped by the template), so it reads as the app sent it, quotes and brackets included.
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
 def _page(template: str, http_status: int = 200, **context: Any) -> Response:
-    html = render_template(template, age=_age, **context)
+    html = render_template(template, age=_age, pretty_json=_pretty_json, **context)
     return Response(html, status=http_status, content_type="text/html; charset=utf-8")
+
+
+def _session_expired() -> bool:
+    """The session cookie is signed, not stored: its age is checked here, on the server's clock, from the
+    sign-in time and the last request it made (both inside the signed cookie)."""
+    settings = current_app.config["PASSBACK"]
+    now = time.time()
+    signed_in_at = session.get("signed_in_at")
+    seen_at = session.get("seen_at")
+    if not isinstance(signed_in_at, int | float) or not isinstance(seen_at, int | float):
+        return True
+    return now - signed_in_at > settings.staff_session_seconds or now - seen_at > settings.staff_idle_seconds
 
 
 def current_staff() -> StaffUser | None:
     staff_id = session.get("staff_id")
     if not staff_id:
         return None
+    if _session_expired():
+        session.clear()
+        flash("Your session has expired: please sign in again.")
+        return None
     staff = db.session().get(StaffUser, staff_id)
     # A session of a deleted or moved account ends here rather than showing another district.
     if staff is None or staff.district_id != session.get("district_id"):
         session.clear()
         return None
+    session["seen_at"] = int(time.time())
     return staff
 
 
@@ -65,6 +100,21 @@ def _start_session(staff: StaffUser) -> None:
     session.permanent = True
     session["staff_id"] = staff.id
     session["district_id"] = staff.district_id
+    session["signed_in_at"] = session["seen_at"] = int(time.time())
+
+
+def _dashboard_path(target: str | None, default: str) -> str:
+    """Only paths of this dashboard are followed after a form: never an open redirect."""
+    if not target or not target.startswith("/dashboard/") or target.startswith("//"):
+        return default
+    return target
+
+
+def _page_number() -> int:
+    try:
+        return max(1, min(int(request.args.get("page", "1")), 10_000))
+    except ValueError:
+        return 1
 
 
 @dashboard_bp.route("/login", methods=["GET", "POST"])
@@ -81,11 +131,7 @@ def login() -> Response:
     staff_service.audit(database, staff, "signed in")
     database.commit()
     _start_session(staff)
-    target = request.args.get("next", "")
-    # Only paths of this dashboard: never an open redirect.
-    if not target.startswith("/dashboard/") or target.startswith("//"):
-        target = url_for("dashboard.overview")
-    return redirect(target)  # type: ignore[return-value]
+    return redirect(_dashboard_path(request.args.get("next"), url_for("dashboard.overview")))  # type: ignore[return-value]
 
 
 @dashboard_bp.route("/setup/<token>", methods=["GET", "POST"])
@@ -120,21 +166,36 @@ def overview(staff: StaffUser) -> Response:
 @dashboard_bp.get("/deliveries")
 @staff_required
 def delivery_list(staff: StaffUser) -> Response:
+    status = _status_filter()
+    found = views.deliveries(
+        db.session(),
+        staff.district_id,
+        status=status,
+        before=views.parse_cursor(request.args.get("before")),
+        after=views.parse_cursor(request.args.get("after")),
+    )
+    return _page("dashboard/deliveries.html", staff=staff, found=found, status=status, cursor=views.cursor_text)
+
+
+def _status_filter() -> str | None:
     status = request.args.get("status") or None
     if status is not None and status not in views.SHOWN_STATUSES:
         raise NotFound("no such status")
-    try:
-        page = max(1, min(int(request.args.get("page", "1")), 10_000))
-    except ValueError:
-        page = 1
-    items, more = views.deliveries(db.session(), staff.district_id, status=status, page=page)
-    return _page("dashboard/deliveries.html", staff=staff, items=items, more=more, page=page, status=status)
+    return status
+
+
+@dashboard_bp.get("/deliveries/<delivery_id>")
+@staff_required
+def delivery(staff: StaffUser, delivery_id: str) -> Response:
+    detail = _found(lambda: views.delivery_detail(db.session(), staff.district_id, delivery_id))
+    return _page("dashboard/delivery.html", staff=staff, d=detail)
 
 
 @dashboard_bp.post("/deliveries/<delivery_id>/retry")
 @staff_required
 def retry(staff: StaffUser, delivery_id: str) -> Response:
     database = db.session()
+    back_to = _dashboard_path(request.form.get("next"), url_for("dashboard.delivery_list", status="failed"))
     try:
         # Scoped by the staff member's district: another district's delivery id is simply not found.
         delivery = retry_delivery(database, staff.district_id, delivery_id)
@@ -143,25 +204,43 @@ def retry(staff: StaffUser, delivery_id: str) -> Response:
         if exc.status == 404:
             raise NotFound(exc.message) from exc
         flash(exc.message)
-        return redirect(request.referrer or url_for("dashboard.delivery_list", status="failed"))  # type: ignore[return-value]
+        return redirect(back_to)  # type: ignore[return-value]
     staff_service.audit(database, staff, "retried delivery", delivery.id)
     database.commit()
     nudge_worker(current_app)
     flash("Delivery queued again.")
-    return redirect(url_for("dashboard.delivery_list", status="failed"))  # type: ignore[return-value]
+    return redirect(back_to)  # type: ignore[return-value]
 
 
 @dashboard_bp.get("/deliveries.csv")
 @staff_required
 def delivery_csv(staff: StaffUser) -> Response:
-    status = request.args.get("status") or None
-    if status is not None and status not in views.SHOWN_STATUSES:
-        raise NotFound("no such status")
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(views.deliveries_csv_rows(db.session(), staff.district_id, status=status))
+    status = _status_filter()
+    district_id = staff.district_id
+
+    def chunks() -> Iterator[str]:
+        """Streamed a thousand rows at a time, each read in a short transaction of its own: an export of the
+        whole district holds no lock (SQLite's included) for longer than one chunk, and no memory for more."""
+        database = db.session()
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(views.CSV_COLUMNS)
+        after: views.Cursor | None = None
+        sent = 0
+        while True:
+            rows, after = views.csv_chunk(database, district_id, status=status, after=after)
+            database.commit()
+            writer.writerows(rows[: views.CSV_MAX_ROWS - sent])
+            sent += len(rows)
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if after is None or sent >= views.CSV_MAX_ROWS:
+                return
+
     name = f"passback-deliveries-{status or 'all'}.csv"
     return Response(
-        buffer.getvalue(),
+        stream_with_context(chunks()),
         content_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
@@ -224,9 +303,14 @@ def _bulk_retry(
 @dashboard_bp.get("/sandbox")
 @staff_required
 def sandbox_gradebook(staff: StaffUser) -> Response:
-    """The sandbox LMS's gradebook, as the simulated LMS holds it, for the district's sandbox connections."""
-    entries = views.sandbox_gradebook(db.session(), staff.district_id)
-    return _page("dashboard/sandbox.html", staff=staff, entries=entries)
+    """The sandbox LMS's gradebook, as the simulated LMS holds it, one sandbox connection at a time."""
+    page = _page_number()
+    data = _found(
+        lambda: views.sandbox_gradebook(
+            db.session(), staff.district_id, connection_id=request.args.get("connection") or None, page=page
+        )
+    )
+    return _page("dashboard/sandbox.html", staff=staff, data=data, page=page)
 
 
 def _drill(staff: StaffUser, level: str, **context: Any) -> Response:
@@ -256,14 +340,14 @@ def app_assignments(staff: StaffUser, app_id: str) -> Response:
 @dashboard_bp.get("/assignments/<assignment_id>")
 @staff_required
 def assignment_placements(staff: StaffUser, assignment_id: str) -> Response:
-    assignment, rows = _found(lambda: views.placement_rows(db.session(), staff.district_id, assignment_id))
-    return _drill(staff, "placements", assignment=assignment, rows=rows)
+    app, assignment, rows = _found(lambda: views.placement_rows(db.session(), staff.district_id, assignment_id))
+    return _drill(staff, "placements", app=app, assignment=assignment, rows=rows)
 
 
 @dashboard_bp.post("/assignments/<assignment_id>/retry-failed")
 @staff_required
 def retry_assignment_failures(staff: StaffUser, assignment_id: str) -> Response:
-    assignment, _rows = _found(lambda: views.placement_rows(db.session(), staff.district_id, assignment_id))
+    _app, assignment = _found(lambda: views.district_assignment(db.session(), staff.district_id, assignment_id))
     back_to = url_for("dashboard.assignment_placements", assignment_id=assignment.id)
     return _bulk_retry(staff, assignment.external_id, back_to, assignment_id=assignment.id)
 
@@ -271,8 +355,9 @@ def retry_assignment_failures(staff: StaffUser, assignment_id: str) -> Response:
 @dashboard_bp.get("/placements/<placement_id>")
 @staff_required
 def placement_students(staff: StaffUser, placement_id: str) -> Response:
-    placement, rows = _found(lambda: views.student_rows(db.session(), staff.district_id, placement_id))
-    return _drill(staff, "students", placement=placement, rows=rows)
+    page = _page_number()
+    found = _found(lambda: views.student_rows(db.session(), staff.district_id, placement_id, page=page))
+    return _drill(staff, "students", students=found, placement=found.placement, rows=found.rows, page=page)
 
 
 @dashboard_bp.get("/audit")

@@ -103,6 +103,9 @@ class Delivery(Base):
         # The dashboard's time windows and newest-first lists.
         Index("ix_deliveries_district_created", "district_id", "created_at"),
         Index("ix_deliveries_district_updated", "district_id", "updated_at"),
+        # The dashboard's counts by placement (and so by assignment, app and connection): a covering index, so
+        # counting a district's deliveries reads the index alone; also a placement's student list.
+        Index("ix_deliveries_district_placement", "district_id", "placement_id", "status", "operation"),
     )
 
     id: Mapped[str] = id_column()

@@ -260,3 +260,280 @@ def test_drill_down_from_app_to_student_and_retry_an_assignment(
     outsider = signed_in(other, staff_of(other, "staff@other.example"))
     for path in (app_link, assignment_link, placement_link):
         assert outsider.get(world.url(path)).status_code == 404, path
+
+
+# --- CSRF, session expiry, lockout -----------------------------------------------------------------------------
+
+
+def _failed_delivery(world: World, worker: DeliveryWorker) -> str:
+    from sqlalchemy import select
+
+    from gateway.models import Delivery
+
+    world.inject_faults(1, status=422)
+    world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.6})
+    worker.run_until_idle()
+    with world.session() as session:
+        return session.scalar(select(Delivery.id).where(Delivery.district_id == world.district_id))
+
+
+def _delivery_state(world: World, delivery_id: str) -> tuple[str, int, object]:
+    from gateway.models import Delivery
+
+    with world.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        return delivery.status, delivery.attempts, delivery.updated_at
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(None, id="no-token"),
+        pytest.param("forged", id="wrong-token"),
+        pytest.param("other", id="other-session"),
+    ],
+)
+@pytest.mark.parametrize(
+    "action",
+    ["retry", "retry-assignment", "pause", "retry-connection", "logout"],
+)
+def test_every_form_post_needs_this_sessions_csrf_token(
+    world: World, worker: DeliveryWorker, token: str | None, action: str
+) -> None:
+    delivery_id = _failed_delivery(world, worker)
+    browser = signed_in(world, staff_of(world))
+    assignments = browser.get(world.url(f"/dashboard/apps/{world.app_id}")).text
+    assignment_link = re.search(r'href="(/dashboard/assignments/[0-9a-f]+)">Quiz 1<', assignments).group(1)
+    path = {
+        "retry": f"/dashboard/deliveries/{delivery_id}/retry",
+        "retry-assignment": f"{assignment_link}/retry-failed",
+        "pause": f"/dashboard/connections/{world.connection_id}/pause",
+        "retry-connection": f"/dashboard/connections/{world.connection_id}/retry-failed",
+        "logout": "/dashboard/logout",
+    }[action]
+    data = {}
+    if token == "forged":
+        data["csrf_token"] = "IjBhZGQ4ZGM1In0.forged.signature"
+    elif token == "other":
+        # A valid token, but of another signed-in session (another staff member of the same district).
+        intruder = signed_in(world, staff_of(world, "intruder@district.example"))
+        data["csrf_token"] = csrf(intruder.get(world.url("/dashboard/")))
+    before = _delivery_state(world, delivery_id)
+
+    refused = browser.post(world.url(path), data=data, allow_redirects=False)
+
+    assert refused.status_code == 400, refused.text[:300]
+    assert _delivery_state(world, delivery_id) == before, "nothing was retried"
+    assert "paused: grades are accepted and wait" not in browser.get(world.url("/dashboard/connections")).text
+    assert browser.get(world.url("/dashboard/"), allow_redirects=False).status_code == 200, "still signed in"
+    assert "retried" not in browser.get(world.url("/dashboard/audit")).text
+
+
+def _test_client_signed_in(world: World, email: str) -> object:
+    client = world.app.test_client()
+    form = client.get("/dashboard/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    response = client.post("/dashboard/login", data={"email": email, "password": PASSWORD, "csrf_token": token})
+    assert response.status_code == 302
+    return client
+
+
+@pytest.mark.parametrize(
+    ("aged", "seconds"),
+    [
+        pytest.param("seen_at", 3600 + 5, id="idle-for-longer-than-an-hour"),
+        pytest.param("signed_in_at", 8 * 3600 + 5, id="signed-in-more-than-8-hours-ago"),
+    ],
+)
+def test_a_session_expires_when_idle_or_old_even_with_a_valid_cookie(world: World, aged: str, seconds: int) -> None:
+    client = _test_client_signed_in(world, staff_of(world))
+    assert client.get("/dashboard/").status_code == 200
+    with client.session_transaction() as session:
+        session[aged] -= seconds
+
+    response = client.get("/dashboard/deliveries")
+
+    assert response.status_code == 302 and "/dashboard/login" in response.headers["Location"]
+    login = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Your session has expired" in login
+    with client.session_transaction() as session:
+        assert "staff_id" not in session, "the expired session is cleared, not just refused"
+
+
+def test_activity_keeps_a_session_alive_and_the_lifetime_comes_from_settings(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from gateway import create_app
+    from gateway.config import Settings
+
+    client = _test_client_signed_in(world, staff_of(world))
+    with client.session_transaction() as session:
+        session["seen_at"] -= 3000  # 50 minutes idle: still inside the hour
+        stale = session["seen_at"]
+    assert client.get("/dashboard/").status_code == 200
+    with client.session_transaction() as session:
+        assert session["seen_at"] > stale, "a request counts as activity"
+    assert world.app.permanent_session_lifetime == timedelta(hours=8), "the safe default"
+
+    monkeypatch.setenv("GATEWAY_STAFF_SESSION_SECONDS", "1800")
+    monkeypatch.setenv("GATEWAY_STAFF_IDLE_SECONDS", "600")
+    base = world.app.config["PASSBACK"]
+    settings = Settings.from_env(
+        database_url=base.database_url, secret_key=base.secret_key, encryption_keys=base.encryption_keys
+    )
+    assert (settings.staff_session_seconds, settings.staff_idle_seconds) == (1800, 600)
+    configured = create_app(settings, database=world.app.extensions["passback_db"])
+    assert configured.permanent_session_lifetime == timedelta(minutes=30)
+
+
+def test_a_lockout_ends_after_its_time_and_the_count_starts_again(world: World) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from gateway.models import StaffUser, utcnow
+    from gateway.services.staff import LOCKOUT_SECONDS
+
+    email = staff_of(world)
+    browser = requests.Session()
+    for _ in range(MAX_FAILED_LOGINS):
+        page = browser.get(world.url("/dashboard/login"))
+        browser.post(
+            world.url("/dashboard/login"), data={"email": email, "password": "nope nope nope", "csrf_token": csrf(page)}
+        )
+    with world.session() as session:
+        staff = session.scalar(select(StaffUser).where(StaffUser.email == email))
+        assert staff.locked_until is not None
+        assert staff.locked_until - utcnow() > timedelta(seconds=LOCKOUT_SECONDS - 60)
+        staff.locked_until = utcnow() - timedelta(seconds=1)  # the 15 minutes have passed
+
+    signed_in(world, email)
+    with world.session() as session:
+        staff = session.scalar(select(StaffUser).where(StaffUser.email == email))
+        assert (staff.failed_logins, staff.locked_until) == (0, None)
+
+
+# --- one delivery, LMS connections ---------------------------------------------------------------------------------
+
+
+def test_a_delivery_page_shows_the_lms_answer_and_the_grade_and_is_scoped(
+    world: World, worker: DeliveryWorker, live_server: LiveServer, http: requests.Session
+) -> None:
+    world.inject_faults(1, status=422)
+    world.post_grade(
+        {
+            "assignmentID": "quiz-1",
+            "userID": world.students[0],
+            "percentage": 0.6,
+            "comment": "Good effort",
+            "context": {"attempt": 2, "note": "<script>alert(1)</script>"},
+        }
+    )
+    worker.run_until_idle()
+    browser = signed_in(world, staff_of(world))
+    failed = browser.get(world.url("/dashboard/deliveries"), params={"status": "failed"}).text
+    link = re.search(r'href="(/dashboard/deliveries/[0-9a-f]+)" aria-label="Details', failed).group(1)
+
+    page = browser.get(world.url(link))
+
+    assert page.status_code == 200
+    for text in ("Quiz 1 for Ada", "injected fault, HTTP 422", "6/10", "Good effort", "course-101", "Quiz App"):
+        assert text in page.text, text
+    assert "&lt;script&gt;" in page.text and "<script>alert" not in page.text, "app context is escaped"
+    assert "Retry this delivery now" in page.text
+
+    other = build_world(world.app, live_server.url, http, district_name="Other District")
+    outsider = signed_in(other, staff_of(other, "staff@other.example"))
+    assert outsider.get(world.url(link)).status_code == 404
+
+
+def test_connections_show_health_tokens_and_what_to_enter_on_the_lms_side_without_secrets(world: World) -> None:
+    from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_SCORE, Lti13AgsAdapter
+    from gateway.services.lms import add_lms_connection, connection_settings
+    from gateway.services.token_cache import DatabaseTokenCache
+
+    box = world.app.extensions["passback_box"]
+    with world.session() as session:
+        canvas = add_lms_connection(
+            session,
+            box,
+            world.district_id,
+            "Canvas",
+            "lti13",
+            {"platform": "canvas", "client_id": "10000000000123", "deployment_ids": "7:abc"},
+        )
+        add_lms_connection(
+            session,
+            box,
+            world.district_id,
+            "Moodle 1.1",
+            "lti11",
+            {"consumer_key": "springfield-moodle", "shared_secret": "very-secret-shared-value"},
+        )
+        canvas_id, settings = canvas.id, connection_settings(box, canvas)
+    browser = signed_in(world, staff_of(world))
+    page = browser.get(world.url("/dashboard/connections")).text
+    assert "None cached: the next delivery asks the platform" in page
+
+    adapter = Lti13AgsAdapter.from_settings(settings, None)  # type: ignore[arg-type]
+    DatabaseTokenCache(world.app.extensions["passback_db"], box).put(
+        adapter._token_key([SCOPE_LINEITEM, SCOPE_SCORE]), "the-access-token-itself", 3600
+    )
+    page = browser.get(world.url("/dashboard/connections")).text
+
+    assert "Cached, expires" in page and "lti-ags/scope/lineitem, lti-ags/scope/score" in page
+    assert "the-access-token-itself" not in page, "never the token"
+    assert "very-secret-shared-value" not in page, "never the LTI 1.1 secret"
+    for value in (
+        f"{world.base_url}/lti/config/{canvas_id}",
+        f"{world.base_url}/lti/login",
+        f"{world.base_url}/lti/jwks",
+        f"{world.base_url}/lti11/launch",
+        "springfield-moodle",
+        "10000000000123",
+        "(adapter: lti13)",
+        "(adapter: lti11)",
+    ):
+        assert value in page, value
+    # Each copy button is a real button with a label and points at an element holding the value.
+    buttons = re.findall(r'<button type="button" class="copy" data-copy-target="([^"]+)" aria-label="([^"]+)"', page)
+    assert ("Copy Consumer key of Moodle 1.1" in [label for _, label in buttons]) and len(buttons) >= 8
+    for target, _ in buttons:
+        assert f'id="{target}"' in page
+
+
+def test_the_delivery_list_pages_by_position_newest_first_without_gaps_or_repeats(world: World) -> None:
+    from gateway.services.dashboard import PAGE_SIZE
+    from gateway.services.directory import create_user, enroll
+    from gateway.services.lms import get_connection
+
+    with world.session() as session:
+        connection = get_connection(session, world.district_id, world.connection_id)
+        students = []
+        for n in range(30):
+            user = create_user(session, world.district_id, name=f"Student {n:02d}")
+            enroll(session, connection, "course-101", user)
+            students.append(user.id)
+    for student in students:
+        for assignment in ("quiz-1", "quiz-2"):
+            world.post_grade({"assignmentID": assignment, "userID": student, "percentage": 0.5})
+    browser = signed_in(world, staff_of(world))
+
+    def listed(page: requests.Response) -> list[str]:
+        return re.findall(r'href="/dashboard/deliveries/([0-9a-f]+)" aria-label="Details', page.text)
+
+    def link(page: requests.Response, text: str) -> str | None:
+        match = re.search(rf'href="([^"]+)">{re.escape(text)}</a>', page.text)
+        return match.group(1).replace("&amp;", "&") if match else None
+
+    first = browser.get(world.url("/dashboard/deliveries"))
+    assert len(listed(first)) == PAGE_SIZE and link(first, "← Newer") is None
+    second = browser.get(world.url(link(first, "Older →")))
+    assert len(listed(second)) == 60 - PAGE_SIZE and link(second, "Older →") is None
+    assert not set(listed(first)) & set(listed(second)), "no delivery on two pages"
+    back = browser.get(world.url(link(second, "← Newer")))
+    assert listed(back) == listed(first), "newer goes back to the same page"
+    garbled = browser.get(world.url("/dashboard/deliveries"), params={"before": "not-a-cursor"})
+    assert listed(garbled) == listed(first), "a cursor that does not parse starts at the newest"
