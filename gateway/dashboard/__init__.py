@@ -30,7 +30,8 @@ from gateway.models import StaffUser
 from gateway.services import dashboard as views
 from gateway.services import staff as staff_service
 from gateway.services.deliveries import retry_delivery, retry_failed
-from gateway.services.errors import ServiceError
+from gateway.services.errors import InvalidInput, ServiceError
+from gateway.services.lms import place_assignments, probe_connection
 from gateway.worker import nudge_worker
 
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -272,6 +273,62 @@ def pause_or_resume(staff: StaffUser, connection_id: str, action: str) -> Respon
     database.commit()
     flash(f"Delivery to {connection.name} {'paused' if action == 'pause' else 'resumed'}.")
     return redirect(url_for("dashboard.connection_list"))  # type: ignore[return-value]
+
+
+@dashboard_bp.post("/connections/<connection_id>/probe")
+@staff_required
+def probe(staff: StaffUser, connection_id: str) -> Response:
+    """Ask the LMS whether it accepts the connection's credentials ("key works"), before any grade is sent."""
+    database = db.session()
+    connection = _found(lambda: views.set_paused(database, staff.district_id, connection_id, paused=None))
+    name = connection.name
+    database.commit()  # no transaction stays open while the LMS is called
+    report = probe_connection(current_app, staff.district_id, connection_id)
+    staff_service.audit(database, staff, "checked the connection", name, ok=report.ok)
+    database.commit()
+    flash(f"{name}: {'works' if report.ok else 'does not work'}. {report.message}")
+    return redirect(url_for("dashboard.connection_list") + f"#c-{connection_id}")  # type: ignore[return-value]
+
+
+@dashboard_bp.route("/connections/<connection_id>/mappings", methods=["GET", "POST"])
+@staff_required
+def mappings(staff: StaffUser, connection_id: str) -> Response:
+    """Map catalog assignments to Schoology sections and assignments in bulk (the page's form does what
+    POST /v1/placements does for an app)."""
+    database = db.session()
+    connection, apps, rows = _found(lambda: views.connection_mappings(database, staff.district_id, connection_id))
+    error: ServiceError | None = None
+    text = ""
+    if request.method == "POST":
+        text = request.form.get("mappings", "")
+        app_id = request.form.get("app", "")
+        try:
+            if app_id not in {app.id for app in apps}:
+                raise InvalidInput("choose one of the district's apps", fields={"app": ["Choose an app."]})
+            entries = [{**entry, "lms": connection.id} for entry in views.parse_mapping_lines(text)]
+            result = place_assignments(database, staff.district_id, app_id, entries)
+        except ServiceError as exc:
+            database.rollback()
+            error = exc
+        else:
+            staff_service.audit(
+                database, staff, "mapped assignments", connection.name, created=result.created, existing=result.existing
+            )
+            database.commit()
+            nudge_worker(current_app)
+            flash(f"{result.created} mappings added, {result.existing} already there.")
+            return redirect(url_for("dashboard.mappings", connection_id=connection.id))  # type: ignore[return-value]
+        connection, apps, rows = views.connection_mappings(database, staff.district_id, connection_id)
+    return _page(
+        "dashboard/mappings.html",
+        http_status=422 if error else 200,
+        staff=staff,
+        connection=connection,
+        apps=apps,
+        rows=rows,
+        error=error,
+        text=text,
+    )
 
 
 @dashboard_bp.post("/connections/<connection_id>/retry-failed")

@@ -34,7 +34,7 @@ from gateway.models import (
     User,
     utcnow,
 )
-from gateway.services.errors import NotFound
+from gateway.services.errors import InvalidInput, NotFound
 from gateway.services.lms import connection_settings
 from gateway.services.token_cache import _hash as cache_key_hash
 
@@ -475,6 +475,8 @@ class ConnectionView:
     registration: list[tuple[str, str]] = field(default_factory=list)
     # LTI 1.3 only: the cached access tokens (None for other adapters).
     tokens: list[CachedTokenState] | None = None
+    # Schoology REST: placements (catalog assignment → section and Schoology assignment) are mapped here.
+    maps_assignments: bool = False
 
 
 def connections(session: Session, box: SecretBox, district_id: str, public_url: str) -> list[ConnectionView]:
@@ -511,8 +513,75 @@ def connections(session: Session, box: SecretBox, district_id: str, public_url: 
             ]
         elif connection.adapter == "sandbox":
             view.configuration = [ConfigValue("Sandbox gradebook", str(settings.get("base_url", "")) + "/gradebook")]
+        elif connection.adapter == "schoology":
+            # Nothing to enter on Schoology's side: the key was made there. What Passback uses, to compare.
+            view.registration = [
+                ("API base URL", str(settings.get("base_url", ""))),
+                ("Consumer key", str(settings.get("consumer_key", ""))),
+                ("Students found by", str(settings.get("roster_match", "uid"))),
+            ]
+            view.maps_assignments = True
         result.append(view)
     return result
+
+
+@dataclass(frozen=True)
+class MappingRow:
+    """One placement of a catalog assignment in an LMS section, for the mapping page."""
+
+    app_name: str
+    assignment_id: str
+    assignment_name: str
+    section_id: str | None
+    lms_assignment_id: str | None
+
+
+def connection_mappings(
+    session: Session, district_id: str, connection_id: str
+) -> tuple[LmsConnection, list[App], list[MappingRow]]:
+    """A connection of this district, the apps authorized in the district, and the connection's placements
+    (catalog assignment → section and LMS assignment); NotFound for another district's connection."""
+    connection = session.scalar(
+        select(LmsConnection).where(LmsConnection.id == connection_id, LmsConnection.district_id == district_id)
+    )
+    if connection is None:
+        raise NotFound("no such LMS connection in this district")
+    apps = [app for app, _ in app_rows(session, district_id)]
+    rows = session.execute(
+        select(App.name, Assignment.external_id, Assignment.name, Placement.section_id, Placement.destination)
+        .join(Assignment, Assignment.id == Placement.assignment_id)
+        .join(App, App.id == Assignment.app_id)
+        .where(Placement.lms_connection_id == connection.id, Placement.district_id == district_id)
+        .order_by(App.name, Assignment.name, Placement.section_id)
+        .limit(MAX_ASSIGNMENTS)
+    ).all()
+    mappings = [
+        MappingRow(app_name, external_id, name, section, (destination or {}).get("assignment_id"))
+        for app_name, external_id, name, section, destination in rows
+    ]
+    return connection, apps, mappings
+
+
+def parse_mapping_lines(text: str) -> list[dict[str, str]]:
+    """`assignmentID, section, LMS assignment id` per line (commas or tabs, as pasted from a spreadsheet);
+    blank lines and lines starting with # are skipped. InvalidInput names the first bad line."""
+    entries = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [part.strip() for part in line.replace("\t", ",").split(",")]
+        if len(parts) != 3 or not all(parts):
+            raise InvalidInput(
+                f"line {number}: expected three values, assignmentID, section and Schoology assignment id",
+                fields={"mappings": [f"Line {number} is {raw.strip()!r}."]},
+            )
+        entries.append({"assignmentID": parts[0], "section": parts[1], "lmsAssignmentID": parts[2]})
+    if not entries:
+        raise InvalidInput("no mappings given", fields={"mappings": ["Enter at least one line."]})
+    if len(entries) > 1000:
+        raise InvalidInput("at most 1,000 mappings at once", fields={"mappings": ["Split the list."]})
+    return entries
 
 
 def cached_tokens(session: Session, settings: dict[str, Any], *, now: datetime | None = None) -> list[CachedTokenState]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,7 +169,7 @@ class PlacementsResult:
 
 
 def place_assignments(
-    session: Session, district_id: str, app_id: str, entries: list[Mapping[str, Any]]
+    session: Session, district_id: str, app_id: str, entries: Sequence[Mapping[str, Any]]
 ) -> PlacementsResult:
     """Map an app's catalog assignments to LMS courses or sections, all or none: asking again for a placement
     that exists returns it (so a script can run twice); any bad entry refuses the whole request."""

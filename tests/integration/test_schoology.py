@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+import requests
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
@@ -24,7 +25,7 @@ from gateway.services.lms import add_lms_connection, add_placement, probe_connec
 from gateway.throttle import LocalLimiter
 from gateway.worker import DeliveryWorker
 from tests.conftest import TEST_ENCRYPTION_KEY
-from tests.factories import World
+from tests.factories import World, build_world
 from tests.fakes.schoology_lms import Fault, SchoologyFake
 
 KEY = "district-consumer-key"
@@ -507,3 +508,69 @@ def test_a_re_enrolled_student_is_sent_again_under_the_new_enrollment(
     worker.run_until_idle()
     assert schoology.delivery(grade).status == "delivered"
     assert schoology.stored(alan) == 10
+
+
+def _signed_in(world: World) -> tuple[requests.Session, str]:
+    from tests.integration.test_dashboard import csrf, signed_in, staff_of
+
+    browser = signed_in(world, staff_of(world))
+    page = browser.get(world.url("/dashboard/connections"))
+    return browser, csrf(page)
+
+
+def test_the_connections_page_checks_the_key_before_any_grade(schoology: SchoologySetup) -> None:
+    world = schoology.world
+    browser, token = _signed_in(world)
+    page = browser.get(world.url("/dashboard/connections"))
+    assert "Students found by" in page.text and KEY in page.text and SECRET not in page.text
+    checked = browser.post(
+        world.url(f"/dashboard/connections/{schoology.connection_id}/probe"), data={"csrf_token": token}
+    )
+    assert checked.status_code == 200
+    assert "Schoology: works. key works: Schoology accepts it as" in checked.text
+    assert schoology.fake.grade_puts == [], "checking sends no grade"
+    audit = browser.get(world.url("/dashboard/audit"))
+    assert "checked the connection" in audit.text
+
+
+def test_staff_map_catalog_assignments_to_sections_in_bulk(schoology: SchoologySetup, worker: DeliveryWorker) -> None:
+    world = schoology.world
+    schoology.fake.add_assignment("7005", "5005", max_points=20)
+    browser, token = _signed_in(world)
+    url = world.url(f"/dashboard/connections/{schoology.connection_id}/mappings")
+    page = browser.get(url)
+    assert page.status_code == 200 and "Quiz 1" in page.text, "the existing mapping is listed"
+
+    bad = browser.post(
+        url, data={"csrf_token": token, "app": world.app_id, "mappings": "quiz-2, 7005, 5005\nquiz-2, 7006"}
+    )
+    assert bad.status_code == 422 and "line 2: expected three values" in bad.text
+    foreign = browser.post(url, data={"csrf_token": token, "app": "someone-else", "mappings": "quiz-2, 7005, 5005"})
+    assert foreign.status_code == 422 and "choose one of the district" in foreign.text
+
+    done = browser.post(
+        url, data={"csrf_token": token, "app": world.app_id, "mappings": "# pasted\nquiz-2\t7005\t5005\n"}
+    )
+    assert done.status_code == 200 and "1 mappings added, 0 already there." in done.text
+    assert "<code>7005</code>" in done.text and "<code>5005</code>" in done.text
+
+    (student,) = _add_students(schoology, "7005", 1, 750)
+    world.post_grade({"assignmentID": "quiz-2", "userID": student, "percentage": 0.75})
+    worker.run_until_idle()
+    assert any(section == "7005" and items[0]["grade"] == 15 for section, items in schoology.fake.grade_puts)
+
+
+def test_another_districts_connection_cannot_be_checked_or_mapped(schoology: SchoologySetup, world: World) -> None:
+    other = build_world(world.app, world.base_url, world.http, district_name="Elsewhere")
+    from tests.integration.test_dashboard import csrf, signed_in, staff_of
+
+    browser = signed_in(other, staff_of(other, "staff@elsewhere.example"))
+    token = csrf(browser.get(other.url("/dashboard/connections")))
+    target = f"/dashboard/connections/{schoology.connection_id}"
+    assert browser.get(other.url(target + "/mappings")).status_code == 404
+    assert browser.post(other.url(target + "/probe"), data={"csrf_token": token}).status_code == 404
+    posted = browser.post(
+        other.url(target + "/mappings"), data={"csrf_token": token, "app": other.app_id, "mappings": "quiz-2, 1, 2"}
+    )
+    assert posted.status_code == 404
+    assert schoology.fake.requests == [], "nothing reached the other district's Schoology"
