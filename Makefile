@@ -39,9 +39,10 @@ run: install ## Migrate, seed the sandbox district, serve on 127.0.0.1:8000 with
 test: install-test $(CHROMIUM) ## Run the whole suite (SQLite; also PostgreSQL when GATEWAY_TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest
 
-bench: install-test ## Benchmarks: grade intake vs a bare insert endpoint; Schoology batched vs one request per grade
+bench: install-test ## Benchmarks: intake vs a bare insert (C), Schoology batching, backfill (A), direct pylti1p3 (B), faults (D)
 	$(BIN)/python -m bench.grade_throughput
 	$(BIN)/python -m bench.schoology_batching --json bench/results/schoology_batching.json
+	$(BIN)/python -m bench.backfill
 
 lint: install-test ## ruff, and mypy on adapters/, schemas/ and gateway/services/
 	$(BIN)/ruff check .
