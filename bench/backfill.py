@@ -560,12 +560,15 @@ def main(argv: list[str] | None = None) -> int:
         if "A" in args.scenarios:
             print(f"A: backfill of {args.grades} grades …", flush=True)
             report["A"] = scenario_a(args, postgres_url, args.broker, tmp)
+            print(f"   {json.dumps(report['A'])}", flush=True)
         if "B" in args.scenarios:
             print(f"B: {args.direct_grades} grades sent directly with pylti1p3 …", flush=True)
             report["B"] = scenario_b(args)
+            print(f"   {json.dumps(report['B'], default=str)}", flush=True)
         if "D" in args.scenarios:
             print(f"D: {args.fault_grades} grades with faults and a killed worker …", flush=True)
             report["D"] = scenario_d(args, postgres_url, args.broker, tmp)
+            print(f"   {json.dumps(report['D'])}", flush=True)
     report["C"] = scenario_c_from_results()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "backfill.json").write_text(json.dumps(report, indent=2, default=str))

@@ -302,6 +302,49 @@ def lms_sync_roster(district_id: str, lms_ref: str, as_json: bool) -> None:
     )
 
 
+@lms.command("limits")
+@click.option("--district", "district_id", required=True)
+@click.option("--lms", "lms_ref", required=True, help="LMS connection id or name.")
+@click.option("--rate", type=click.FloatRange(min=0.1, max=10_000), default=None, help="Requests a second.")
+@click.option("--concurrency", type=click.IntRange(min=1, max=256), default=None, help="Deliveries at once.")
+@click.option("--default", "use_default", is_flag=True, help="Go back to the installation's defaults.")
+@json_option
+def lms_limits(
+    district_id: str, lms_ref: str, rate: float | None, concurrency: int | None, use_default: bool, as_json: bool
+) -> None:
+    """Show or set one LMS connection's request rate and concurrency (shared by every worker)."""
+    from gateway.services.lms import get_connection
+
+    app = _app()
+    settings = app.config["PASSBACK"]
+    try:
+        with _session(app) as session:
+            connection = get_connection(session, district_id, lms_ref)
+            if use_default:
+                connection.rate_limit = connection.concurrency_limit = None
+            if rate is not None:
+                connection.rate_limit = rate
+            if concurrency is not None:
+                connection.concurrency_limit = concurrency
+            data = {
+                "lms": connection.name,
+                "rate": connection.rate_limit or settings.connection_rate,
+                "concurrency": connection.concurrency_limit or settings.connection_concurrency,
+                "own_rate": connection.rate_limit is not None,
+                "own_concurrency": connection.concurrency_limit is not None,
+            }
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(
+        as_json,
+        data,
+        lambda d: (
+            f"{d['lms']}: {d['rate']:g} requests/s{'' if d['own_rate'] else ' (default)'}, "
+            f"{d['concurrency']} at once{'' if d['own_concurrency'] else ' (default)'}"
+        ),
+    )
+
+
 @lms.command("probe")
 @click.option("--district", "district_id", required=True)
 @click.option("--lms", "lms_ref", required=True, help="LMS connection id or name.")

@@ -68,7 +68,10 @@ class Runtime:
     def drain(self, connection_id: str) -> str:
         settings = self.settings
         slot_key = f"deliver:{connection_id}"
-        with delivery_slot(self.limiter, slot_key, settings.connection_concurrency, settings.lease_seconds) as slot:
+        with self.worker.db.transaction() as session:
+            own_limit = session.scalar(select(LmsConnection.concurrency_limit).where(LmsConnection.id == connection_id))
+        concurrency = own_limit or settings.connection_concurrency
+        with delivery_slot(self.limiter, slot_key, concurrency, settings.lease_seconds) as slot:
             if slot is None:
                 return "busy"
             deadline = time.monotonic() + settings.drain_seconds

@@ -192,13 +192,15 @@ class DeliveryWorker:
             with self.db.transaction() as session:
                 release_discovery_lease(session, work.destination.placement_id)
 
-    def http_for(self, connection_id: str) -> ThrottledHttpClient:
-        """The shared HTTP client, throttled for one LMS connection."""
+    def http_for(self, connection_id: str, rate: float | None = None) -> ThrottledHttpClient:
+        """The shared HTTP client, throttled for one LMS connection (its own rate, or the default)."""
         settings = self.settings
+        rate = rate or settings.connection_rate
         throttle = Throttle(
             key=connection_id,
-            rate=settings.connection_rate,
-            burst=settings.connection_burst,
+            rate=rate,
+            # A connection slowed below the default burst must not be allowed the default burst either.
+            burst=max(1, min(settings.connection_burst, int(rate))),
             default_pause=settings.connection_pause_seconds,
         )
         return ThrottledHttpClient(self.http, self.limiter, throttle)
@@ -206,7 +208,8 @@ class DeliveryWorker:
     def _adapter(self, work: DeliveryWork, adapter_cls: Any) -> Any:
         if adapter_cls is None:
             raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
-        return adapter_cls.from_settings(work.settings, self.http_for(work.lms_connection_id), self.adapter_context())
+        http = self.http_for(work.lms_connection_id, work.rate_limit)
+        return adapter_cls.from_settings(work.settings, http, self.adapter_context())
 
     def _send(self, claim: Claim, work: DeliveryWork, adapter_cls: Any) -> DeliveryReceipt | DeliveryError:
         """The adapter's answer for one delivery: a receipt, or the error (never raised)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.models.base import Base, created_column, id_column
@@ -25,6 +25,10 @@ class LmsConnection(Base):
     # How a launch finds its registration: "issuer|client_id" for LTI 1.3, the consumer key for LTI 1.1.
     registration_key: Mapped[str | None] = mapped_column(String(800), unique=True, default=None)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # This LMS's own limits, where the installation's defaults (GATEWAY_CONNECTION_RATE / _CONCURRENCY) do not
+    # fit: requests a second, and deliveries at once, across all workers.
+    rate_limit: Mapped[float | None] = mapped_column(Float, default=None)
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = created_column()
     last_success_at: Mapped[datetime | None] = mapped_column(default=None)
     last_failure_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -127,6 +127,10 @@ def claim_due_deliveries(
         .where(*conditions)
         .order_by(Delivery.next_attempt_at)
         .limit(limit)
+        # PostgreSQL: lock the candidates now and pass over rows another transaction holds (an API request
+        # superseding them, another worker claiming), so a claim never waits on, nor deadlocks with, them.
+        # SQLite has one writer at a time and renders no FOR UPDATE.
+        .with_for_update(skip_locked=True, of=Delivery)
     ).all()
     # One row per (grade, placement): the in-flight check above cannot see rows this same statement claims.
     chosen: dict[tuple[str, str | None], str] = {}
@@ -189,6 +193,8 @@ class DeliveryWork:
     # A newer revision of the grade exists: sending this one would only be overwritten (or, landing late,
     # overwrite the newer one). The worker supersedes it instead of sending.
     outdated: bool = False
+    # The connection's own request rate, where it has one (else the installation's default).
+    rate_limit: float | None = None
 
 
 def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | None:
@@ -293,6 +299,7 @@ def _works(
             grade,
             destination,
             outdated=delivery.operation == "replace" and revision.revision < grade_row.revision,
+            rate_limit=connection.rate_limit,
         )
     return works
 
