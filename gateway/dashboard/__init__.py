@@ -256,7 +256,13 @@ def connection_list(staff: StaffUser) -> Response:
         staff.district_id,
         current_app.config["PASSBACK"].public_url,
     )
-    return _page("dashboard/connections.html", staff=staff, items=items, statuses=views.SHOWN_STATUSES)
+    return _page(
+        "dashboard/connections.html",
+        staff=staff,
+        items=items,
+        statuses=views.SHOWN_STATUSES,
+        defaults=current_app.config["PASSBACK"],
+    )
 
 
 @dashboard_bp.post("/connections/<connection_id>/<action>")

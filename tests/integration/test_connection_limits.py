@@ -83,3 +83,14 @@ def test_a_drain_respects_the_connections_own_concurrency(world: World, runner: 
         assert held is not None
         assert runtime.drain(world.connection_id) == "busy", "one delivery at once: the slot is taken"
     assert runtime.drain(world.connection_id) == "delivered 1"
+
+
+def test_the_connections_page_shows_the_limits(world: World, runner: CliRunner) -> None:
+    from tests.integration.test_dashboard import signed_in, staff_of
+
+    browser = signed_in(world, staff_of(world))
+    page = browser.get(world.url("/dashboard/connections"))
+    assert "requests a second (default)" in page.text
+    limits(runner, world, "--rate", "3", "--concurrency", "2")
+    page = browser.get(world.url("/dashboard/connections"))
+    assert "3 requests a second," in page.text and "2 deliveries at once" in page.text
