@@ -7,7 +7,7 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ USER_AGENT = "Passback/0.1 (+https://github.com/passback/passback)"
 # Statuses that a retry can fix; other 4xx are permanent (the LMS refused this request as sent).
 RETRYABLE_STATUSES = frozenset({401, 408, 425, 429})
 MAX_KEPT_BODY = 2000
+MAX_PAUSE_SECONDS = 86400.0
 
 
 class HttpClient:
@@ -178,9 +179,18 @@ class ThrottledHttpClient(HttpClient):
     """An HttpClient view for one LMS connection: waits for the connection's request rate before each call,
     and tells every worker to back off when the LMS says it is overloaded. Adapters use it as an HttpClient."""
 
-    def __init__(self, http: HttpClient, limiter: RequestLimiter, throttle: Throttle) -> None:
+    def __init__(
+        self,
+        http: HttpClient,
+        limiter: RequestLimiter,
+        throttle: Throttle,
+        before_request: Callable[[], None] | None = None,
+    ) -> None:
         # No super().__init__(): the view shares the wrapped client's per-thread sessions (connection reuse).
         self.http = http
+        # Called before every request, after the throttle: the worker checks (and renews) its claim there,
+        # and raises to stop a send whose claim it no longer holds.
+        self.before_request = before_request
         self.limiter = limiter
         self.throttle = throttle
         self.timeout = http.timeout
@@ -202,6 +212,8 @@ class ThrottledHttpClient(HttpClient):
                 )
             time.sleep(min(wait, 1.0))
         self.waited += time.monotonic() - started
+        if self.before_request is not None:
+            self.before_request()
         response = self.http.request(method, url, **kwargs)
         self._observe(response)
         return response
@@ -210,7 +222,8 @@ class ThrottledHttpClient(HttpClient):
         status = response.status_code
         if status == 429 or (status == 403 and is_rate_limit_refusal(status, response.text or "")):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            self.limiter.pause(self.throttle.key, retry_after or self.throttle.default_pause)
+            # An absurd Retry-After (weeks) must not silence a connection longer than a day.
+            self.limiter.pause(self.throttle.key, min(retry_after or self.throttle.default_pause, MAX_PAUSE_SECONDS))
             return
         remaining = _float(response.headers.get("X-Rate-Limit-Remaining"))
         if remaining is None:
@@ -222,7 +235,8 @@ class ThrottledHttpClient(HttpClient):
         low_water = min(self.throttle.low_water, full * self.throttle.low_fraction)
         if remaining < low_water:
             # The lower the bucket, the longer everyone waits, as if it refilled at our own request rate.
-            self.limiter.pause(self.throttle.key, (low_water - remaining) / max(self.throttle.rate, 1.0))
+            pause = (low_water - remaining) / max(self.throttle.rate, 1.0)
+            self.limiter.pause(self.throttle.key, min(pause, MAX_PAUSE_SECONDS))
 
 
 _BUCKET_HIGH_WATER: dict[str, float] = {}

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, quote, urljoin, urlsplit
 
@@ -179,6 +179,7 @@ class SchoologyAdapter:
         """One signed request. A redirect is followed by signing a new request for its Location: replaying the
         old header is refused as a duplicate nonce (wire-formats §4.1)."""
         url = self._url(path)
+        self._check_origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             headers = {"Authorization": self.authorization(method, url), "Accept": "application/json"}
             if json is not None:
@@ -187,9 +188,21 @@ class SchoologyAdapter:
             if response.status_code not in (301, 302, 303, 307, 308) or "Location" not in response.headers:
                 return response
             url = urljoin(url, response.headers["Location"])
+            self._check_origin(url)
             if response.status_code == 303:
                 method, json = "GET", None
         raise PermanentDeliveryError(f"Schoology redirected more than {MAX_REDIRECTS} times from {path}")
+
+    def _check_origin(self, url: str) -> None:
+        """Signed requests go to the configured API's own scheme, host and port only: a redirect or a paging
+        link elsewhere (or from https down to http) would hand another server a signed header, and with
+        PLAINTEXT the secret itself."""
+        wanted, got = urlsplit(self.base_url), urlsplit(url)
+        if (got.scheme, got.hostname, got.port) != (wanted.scheme, wanted.hostname, wanted.port):
+            raise PermanentDeliveryError(
+                f"Schoology pointed Passback to {got.scheme}://{got.netloc}, outside the configured API "
+                f"{wanted.scheme}://{wanted.netloc}; not followed"
+            )
 
     def raise_for_status(self, response: requests.Response, what: str) -> None:
         """Classify a Schoology answer (wire-formats §4.5), with a message that says what to fix."""
@@ -240,7 +253,9 @@ class SchoologyAdapter:
         self.raise_for_status(response, what)
         answer = json_or_none(response)
         if answer is None:
-            raise RetryableDeliveryError(f"Schoology answered {what} without a JSON object", response.status_code)
+            raise RetryableDeliveryError(
+                f"Schoology answered {what} without a JSON object", lms_status=response.status_code
+            )
         return answer
 
     # --- lookups ----------------------------------------------------------------------------------------------
@@ -373,6 +388,10 @@ class SchoologyAdapter:
                 item = self._resolve(index, grade, destination, refreshed)
             except DeliveryError as exc:
                 outcomes[index] = exc
+                continue
+            except (ArithmeticError, ValueError) as exc:
+                # A score no gradebook can hold (e.g. 1e20 points): this grade fails, the batch goes on.
+                outcomes[index] = PermanentDeliveryError(f"cannot turn this score into Schoology points: {exc!r}")
                 continue
             resolved.setdefault(item.section_id, []).append(item)
         for section_id, section_items in resolved.items():
@@ -576,7 +595,8 @@ def scale_points(grade: NormalizedGrade, max_points: Decimal) -> tuple[Decimal, 
     Schoology's, else scoreGiven / scoreMaximum * max_points; rounded half-up to two decimals."""
     given = Decimal(repr(grade.score_given))
     maximum = Decimal(repr(grade.score_maximum))
-    exact = given if maximum == max_points else (given / maximum * max_points if maximum else Decimal(0))
+    with localcontext(prec=60):
+        exact = given if maximum == max_points else (given / maximum * max_points if maximum else Decimal(0))
     exact = exact.quantize(Decimal("1e-9"), rounding=ROUND_HALF_UP)
     return exact, exact.quantize(POINTS_QUANTUM, rounding=ROUND_HALF_UP)
 

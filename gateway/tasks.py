@@ -11,6 +11,7 @@ killed worker's claims expire so the next drain takes them again. Tasks are ackn
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -71,7 +72,37 @@ class Runtime:
         with self.worker.db.transaction() as session:
             own_limit = session.scalar(select(LmsConnection.concurrency_limit).where(LmsConnection.id == connection_id))
         concurrency = own_limit or settings.connection_concurrency
-        with delivery_slot(self.limiter, slot_key, concurrency, settings.lease_seconds) as slot:
+        # A slot outlives a few leases (renewed after every round); a dead worker's slot frees itself.
+        slot_ttl = settings.lease_seconds * 3
+        outcome = self._drain(connection_id, slot_key, concurrency, slot_ttl)
+        if outcome.startswith("delivered") and not outcome.endswith("handed on") and self._has_due(connection_id):
+            # Work committed while this drain was finishing may have been refused a slot ("busy"): look once
+            # more after giving the slot back, rather than leave it to the sweep.
+            self._kick_quietly(connection_id)
+        return outcome
+
+    def _has_due(self, connection_id: str) -> bool:
+        with self.worker.db.transaction() as session:
+            return (
+                session.scalar(
+                    select(Delivery.id)
+                    .where(
+                        Delivery.lms_connection_id == connection_id, _claimable(utcnow(), self.settings.max_attempts)
+                    )
+                    .limit(1)
+                )
+                is not None
+            )
+
+    def _kick_quietly(self, connection_id: str) -> None:
+        try:
+            kick(self.limiter, connection_id)
+        except Exception as exc:  # the broker may be down: the sweep covers for it
+            log.warning("could not publish a drain for %s (%s)", connection_id, type(exc).__name__)
+
+    def _drain(self, connection_id: str, slot_key: str, concurrency: int, slot_ttl: float) -> str:
+        settings = self.settings
+        with delivery_slot(self.limiter, slot_key, concurrency, slot_ttl) as slot:
             if slot is None:
                 return "busy"
             deadline = time.monotonic() + settings.drain_seconds
@@ -90,13 +121,15 @@ class Runtime:
                     return f"delivered {delivered}"
                 if len(claims) == settings.worker_batch_size:
                     # A backlog: let another slot's worker help (the kick marker keeps this to one message).
-                    kick(self.limiter, connection_id)
+                    self._kick_quietly(connection_id)
                 self.worker.deliver_claims(claims)
                 delivered += len(claims)
-                self.limiter.renew_slot(slot_key, slot, settings.lease_seconds)
+                self.limiter.renew_slot(slot_key, slot, slot_ttl)
                 if time.monotonic() > deadline:
-                    # Hand on to a fresh task, so other connections' drains get the worker too.
-                    drain_connection.apply_async(args=[connection_id], queue=QUEUE)
+                    # Hand on to a fresh task, so other connections' drains get the worker too (if the broker
+                    # refuses, the sweep finds the rest).
+                    with contextlib.suppress(Exception):
+                        drain_connection.apply_async(args=[connection_id], queue=QUEUE)
                     return f"delivered {delivered}, handed on"
 
     def _heartbeat(self, connection_id: str) -> None:

@@ -90,14 +90,14 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], 3600)
 return tostring(wait)
 """
-# KEYS: pause key. ARGV: seconds. Extends the pause, never shortens it.
+# KEYS: pause key. ARGV: seconds, and the key's time to live in whole milliseconds. Extends, never shortens.
 _PAUSE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local untl = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if untl > current then
-  redis.call('SET', KEYS[1], tostring(untl), 'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
+  redis.call('SET', KEYS[1], tostring(untl), 'PX', ARGV[2])
 end
 return 1
 """
@@ -137,7 +137,8 @@ class RedisLimiter:
         return float(wait)
 
     def pause(self, key: str, seconds: float) -> None:
-        self._pause(keys=[self.prefix + "pause:" + key], args=[seconds])
+        seconds = max(0.0, min(seconds, 86400.0))
+        self._pause(keys=[self.prefix + "pause:" + key], args=[seconds, int(seconds * 1000) + 1000])
 
     def paused_for(self, key: str) -> float:
         raw = self.redis.get(self.prefix + "pause:" + key)

@@ -24,6 +24,7 @@ from gateway.services.deliveries import (
     defer_claim,
     fail_orphaned_claim,
     load_works,
+    reconfirm_claims,
     record_outcome,
     record_successes,
     release_discovery_lease,
@@ -61,6 +62,33 @@ def nudge_worker(app: Any, connection_ids: Iterable[str | None] | None = None) -
     dispatch = app.extensions.get("passback_dispatch")
     if dispatch is not None:
         dispatch(None if connection_ids is None else {c for c in connection_ids if c})
+
+
+class ClaimLost(Exception):
+    """The worker no longer holds a claim it was about to send for: its lease ran out (another worker may
+    have the delivery now) or a newer grade replaced it. The send is abandoned; nothing is recorded."""
+
+
+class LeaseKeeper:
+    """Before each LMS request of a delivery (or a batch), make sure its claims are still held: renew their
+    leases once a third of the lease has passed since the last check, and stop the send if one was lost. So no
+    request ever goes out under an expired lease, however many requests or retries a delivery needs."""
+
+    def __init__(self, db: Database, claims: list[Claim], lease_seconds: float, claimed_at: float) -> None:
+        self.db = db
+        self.claims = claims
+        self.lease_seconds = lease_seconds
+        # When the claims were taken (monotonic): their leases run from then, not from when sending starts.
+        self.checked = claimed_at
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.checked < self.lease_seconds / 3:
+            return
+        with self.db.transaction() as session:
+            confirmed, _ = reconfirm_claims(session, self.claims, self.lease_seconds)
+        if len(confirmed) < len(self.claims):
+            raise ClaimLost(f"{len(self.claims) - len(confirmed)} of {len(self.claims)} claims lost before sending")
+        self.checked = time.monotonic()
 
 
 class DeliveryWorker:
@@ -124,6 +152,7 @@ class DeliveryWorker:
         Celery task): each claim goes through its adapter and its outcome is recorded. Claims for an adapter
         that takes many grades per request are grouped by connection and batch key, topped up with more due
         grades of the same batch, and sent together. Returns each delivery's new status (None: claim lost)."""
+        claimed_at = time.monotonic()  # the claims were just taken; a caller's earlier claim time would be safer
         statuses: dict[str, str | None] = {}
         batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
         # Outcomes of single deliveries, recorded together at the end of the round (one transaction).
@@ -134,7 +163,7 @@ class DeliveryWorker:
             if work.operation == "replace" and adapter_cls is not None and hasattr(adapter_cls, "deliver_batch"):
                 key = adapter_cls.batch_key(work.destination)  # type: ignore[attr-defined]
             if key is None:
-                status = self._deliver_one(claim, work, adapter_cls, sent)
+                status = self._deliver_one(claim, work, adapter_cls, sent, claimed_at)
                 if status is not None:
                     statuses[claim.delivery_id] = status
             else:
@@ -142,7 +171,7 @@ class DeliveryWorker:
         if sent:
             statuses.update(self._record_batch([(c, w) for c, w, _ in sent], [o for _, _, o in sent]))
         for (connection_id, key), group in batches.items():
-            statuses.update(self._deliver_batch(connection_id, key, group))
+            statuses.update(self._deliver_batch(connection_id, key, group, claimed_at))
         return statuses
 
     def _load(self, claims: list[Claim], statuses: dict[str, str | None]) -> list[tuple[Claim, DeliveryWork]]:
@@ -168,7 +197,12 @@ class DeliveryWorker:
         return loaded
 
     def _deliver_one(
-        self, claim: Claim, work: DeliveryWork, adapter_cls: Any, sent: list[tuple[Claim, DeliveryWork, Any]]
+        self,
+        claim: Claim,
+        work: DeliveryWork,
+        adapter_cls: Any,
+        sent: list[tuple[Claim, DeliveryWork, Any]],
+        claimed_at: float,
     ) -> str | None:
         """Send one delivery. Its outcome goes to `sent`, to be recorded with the round's others, and None is
         returned; a delivery that looks up its destination under the placement's lease is recorded at once
@@ -179,20 +213,22 @@ class DeliveryWorker:
             and adapter_cls.needs_discovery(work.destination.data)
         )
         if not discovering:
-            sent.append((claim, work, self._send(claim, work, adapter_cls)))
+            sent.append((claim, work, self._send(claim, work, adapter_cls, claimed_at)))
             return None
         with self.db.transaction() as session:
             if not take_discovery_lease(session, work.destination.placement_id):
                 defer_claim(session, claim, DISCOVERY_WAIT_SECONDS)
                 return "pending"
         try:
-            outcome = self._send(claim, work, adapter_cls)
+            outcome = self._send(claim, work, adapter_cls, claimed_at)
             return self._record_batch([(claim, work)], [outcome])[claim.delivery_id]
         finally:
             with self.db.transaction() as session:
                 release_discovery_lease(session, work.destination.placement_id)
 
-    def http_for(self, connection_id: str, rate: float | None = None) -> ThrottledHttpClient:
+    def http_for(
+        self, connection_id: str, rate: float | None = None, keeper: LeaseKeeper | None = None
+    ) -> ThrottledHttpClient:
         """The shared HTTP client, throttled for one LMS connection (its own rate, or the default)."""
         settings = self.settings
         rate = rate or settings.connection_rate
@@ -203,32 +239,41 @@ class DeliveryWorker:
             burst=max(1, min(settings.connection_burst, int(rate))),
             default_pause=settings.connection_pause_seconds,
         )
-        return ThrottledHttpClient(self.http, self.limiter, throttle)
+        return ThrottledHttpClient(self.http, self.limiter, throttle, before_request=keeper)
 
-    def _adapter(self, work: DeliveryWork, adapter_cls: Any) -> Any:
+    def _adapter(self, work: DeliveryWork, adapter_cls: Any, claims: list[Claim], claimed_at: float) -> Any:
         if adapter_cls is None:
             raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
-        http = self.http_for(work.lms_connection_id, work.rate_limit)
+        keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, claimed_at)
+        http = self.http_for(work.lms_connection_id, work.rate_limit, keeper)
         return adapter_cls.from_settings(work.settings, http, self.adapter_context())
 
-    def _send(self, claim: Claim, work: DeliveryWork, adapter_cls: Any) -> DeliveryReceipt | DeliveryError:
-        """The adapter's answer for one delivery: a receipt, or the error (never raised)."""
+    def _send(
+        self, claim: Claim, work: DeliveryWork, adapter_cls: Any, claimed_at: float
+    ) -> DeliveryReceipt | DeliveryError | None:
+        """The adapter's answer for one delivery: a receipt, or the error (never raised); None when the claim
+        was lost before a request went out."""
         try:
-            adapter = self._adapter(work, adapter_cls)
+            adapter = self._adapter(work, adapter_cls, [claim], claimed_at)
             if work.operation == "delete":
                 return adapter.delete_result(work.destination)  # type: ignore[no-any-return]
             return adapter.deliver(work.grade, work.destination)  # type: ignore[no-any-return]
+        except ClaimLost as exc:
+            log.warning("delivery %s: not sent, %s", claim.delivery_id, exc)
+            return None
         except DeliveryError as exc:
             return exc
         except Exception as exc:
             return self._adapter_bug(claim.delivery_id, work.adapter, exc)
 
     def _deliver_batch(
-        self, connection_id: str, key: str, group: list[tuple[Claim, DeliveryWork]]
+        self, connection_id: str, key: str, group: list[tuple[Claim, DeliveryWork]], claimed_at: float
     ) -> dict[str, str | None]:
         adapter_cls = self.adapters[group[0][1].adapter]
         try:
-            adapter = self._adapter(group[0][1], adapter_cls)
+            # The group grows below (top-up): the keeper holds the same list, so it checks every claim in it.
+            claims = [claim for claim, _ in group]
+            adapter = self._adapter(group[0][1], adapter_cls, claims, claimed_at)
         except Exception as exc:
             error = exc if isinstance(exc, DeliveryError) else self._adapter_bug("batch", group[0][1].adapter, exc)
             return self._record_batch(group, [error] * len(group))
@@ -250,17 +295,21 @@ class DeliveryWorker:
             for claim, work in self._load(more, statuses):
                 if adapter_cls.batch_key(work.destination) == key:  # type: ignore[attr-defined]
                     group.append((claim, work))
+                    claims.append(claim)
                 else:
-                    strays.append((claim, work, self._send(claim, work, adapter_cls)))
+                    strays.append((claim, work, self._send(claim, work, adapter_cls, claimed_at)))
             if strays:
                 statuses.update(self._record_batch([(c, w) for c, w, _ in strays], [o for _, _, o in strays]))
         else:
             statuses = {}
-        outcomes: list[DeliveryReceipt | DeliveryError]
+        outcomes: list[DeliveryReceipt | DeliveryError | None]
         try:
             outcomes = list(adapter.deliver_batch([(work.grade, work.destination) for _, work in group]))
             if len(outcomes) != len(group):
                 raise RuntimeError(f"deliver_batch answered {len(outcomes)} outcomes for {len(group)} grades")
+        except ClaimLost as exc:
+            log.warning("batch of %d for %s: not sent, %s", len(group), key, exc)
+            outcomes = [None] * len(group)
         except DeliveryError as exc:
             outcomes = [exc] * len(group)
         except Exception as exc:
@@ -270,6 +319,12 @@ class DeliveryWorker:
 
     def _record_batch(self, group: list[tuple[Claim, DeliveryWork]], outcomes: list[Any]) -> dict[str, str | None]:
         statuses: dict[str, str | None] = {}
+        # A send abandoned because its claim was lost records nothing: the row is another worker's now.
+        for (claim, _), outcome in zip(group, outcomes, strict=True):
+            if outcome is None:
+                statuses[claim.delivery_id] = None
+        kept = [(pair, outcome) for pair, outcome in zip(group, outcomes, strict=True) if outcome is not None]
+        group, outcomes = [pair for pair, _ in kept], [outcome for _, outcome in kept]
         plain = [
             (claim, outcome)
             for (claim, _), outcome in zip(group, outcomes, strict=True)

@@ -3,13 +3,14 @@ courses or sections, e.g. Schoology sections and their assignments, in bulk."""
 
 from __future__ import annotations
 
-from flask import Response, jsonify
+from flask import Response, current_app, jsonify
 
 from gateway.api import api
 from gateway.api.common import current_principal, json_object, load
 from gateway.extensions import db
 from gateway.services.catalog import require_catalog_writer
 from gateway.services.lms import place_assignments
+from gateway.worker import nudge_worker
 from schemas.placements import PlacementsRequestSchema, PlacementsResponseSchema
 
 
@@ -23,6 +24,8 @@ def post_placements() -> Response:
     result = place_assignments(session, principal.district_id, principal.app_id, data["placements"])
     payload = PlacementsResponseSchema().dump(result)
     session.commit()
+    # Grades that were waiting for these placements were routed to them: send them now.
+    nudge_worker(current_app, {p.lms_connection_id for p in result.placements})
     response = jsonify(payload)
     response.status_code = 201 if result.created else 200
     return response

@@ -571,9 +571,10 @@ def parse_mapping_lines(text: str) -> list[dict[str, str]]:
         if not line or line.startswith("#"):
             continue
         parts = [part.strip() for part in line.replace("\t", ",").split(",")]
-        if len(parts) != 3 or not all(parts):
+        if len(parts) != 3 or not all(parts) or any(len(part) > 255 for part in parts):
             raise InvalidInput(
-                f"line {number}: expected three values, assignmentID, section and Schoology assignment id",
+                f"line {number}: expected three values of at most 255 characters, assignmentID, section and "
+                "Schoology assignment id",
                 fields={"mappings": [f"Line {number} is {raw.strip()!r}."]},
             )
         entries.append({"assignmentID": parts[0], "section": parts[1], "lmsAssignmentID": parts[2]})

@@ -298,7 +298,8 @@ def _works(
             dict(settings[connection.id]),
             grade,
             destination,
-            outdated=delivery.operation == "replace" and revision.revision < grade_row.revision,
+            # A delete is outdated too once the grade was posted again (revived) after it.
+            outdated=revision.revision < grade_row.revision,
             rate_limit=connection.rate_limit,
         )
     return works
@@ -332,6 +333,51 @@ def release_discovery_lease(session: Session, placement_id: str) -> None:
     )
 
 
+def reconfirm_claims(
+    session: Session, claims: list[Claim], lease_seconds: float, *, now: datetime | None = None
+) -> tuple[set[str], set[str]]:
+    """Right before sending: renew the lease of each claim that is still ours, unexpired and of the grade's
+    current revision. Returns (confirmed, outdated) delivery ids; an outdated claim should be superseded, and a
+    claim in neither set was lost (its lease ran out and another worker may have it) and must not be sent.
+
+    This is what keeps an old score from landing after a new one: while a claim's lease runs, the newer
+    delivery of the same grade cannot be claimed, and a claim whose lease ran out is never sent."""
+    if not claims:
+        return set(), set()
+    now = now or utcnow()
+    ids = [claim.delivery_id for claim in claims]
+    tokens = {claim.delivery_id: claim.claim_token for claim in claims}
+    rows = session.execute(
+        select(Delivery.id, Delivery.claim_token, Delivery.lease_expires_at, Delivery.revision_id, Delivery.grade_id)
+        .where(Delivery.id.in_(ids))
+        .with_for_update()
+    ).all()
+    current = dict(
+        session.execute(
+            select(Grade.id, GradeRevision.id)
+            .join(GradeRevision, (GradeRevision.grade_id == Grade.id) & (GradeRevision.revision == Grade.revision))
+            .where(Grade.id.in_({row.grade_id for row in rows}))
+        ).all()
+    )
+    confirmed: set[str] = set()
+    outdated: set[str] = set()
+    for row in rows:
+        if row.claim_token != tokens[row.id] or row.lease_expires_at is None or row.lease_expires_at < now:
+            continue
+        if current.get(row.grade_id) not in (None, row.revision_id):
+            outdated.add(row.id)
+        else:
+            confirmed.add(row.id)
+    if confirmed:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(confirmed))
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False)
+        )
+    return confirmed, outdated
+
+
 def defer_claim(session: Session, claim: Claim, seconds: float, *, now: datetime | None = None) -> None:
     """Give a claimed delivery back untouched, to be tried shortly: waiting is not a failed attempt."""
     now = now or utcnow()
@@ -354,7 +400,9 @@ def supersede_claim(session: Session, claim: Claim, *, now: datetime | None = No
     """A claimed delivery of an older revision: mark it superseded by the grade's current revision, unsent."""
     now = now or utcnow()
     delivery = session.scalar(
-        select(Delivery).where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+        select(Delivery)
+        .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+        .with_for_update()
     )
     if delivery is None:
         return False
@@ -407,8 +455,11 @@ def record_success(
 ) -> bool:
     """Mark the claimed delivery delivered. Returns False if the claim was lost (another worker took over)."""
     now = now or utcnow()
+    # Locked: between this read and the write below another worker must not take the row over.
     delivery = session.scalar(
-        select(Delivery).where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+        select(Delivery)
+        .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+        .with_for_update()
     )
     if delivery is None:
         return False
@@ -442,7 +493,9 @@ def record_successes(
     ours = {
         (delivery_id, token)
         for delivery_id, token in session.execute(
-            select(Delivery.id, Delivery.claim_token).where(Delivery.id.in_([c.delivery_id for c, _ in receipts]))
+            select(Delivery.id, Delivery.claim_token)
+            .where(Delivery.id.in_([c.delivery_id for c, _ in receipts]))
+            .with_for_update()
         )
     }
     rows = [
@@ -490,8 +543,11 @@ def record_failure(
 ) -> str | None:
     """Record a failed attempt: retry later with backoff, or fail for good. Returns the new status."""
     now = now or utcnow()
+    # Locked: between this read and the write below another worker must not take the row over.
     delivery = session.scalar(
-        select(Delivery).where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+        select(Delivery)
+        .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
+        .with_for_update()
     )
     if delivery is None:
         return None

@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
@@ -125,8 +126,14 @@ def add_placement(
         destination=dict(destination or {}),
         title=title or assignment.name,
     )
-    session.add(placement)
-    session.flush()
+    try:
+        # A savepoint: two requests placing the same assignment at once meet at the unique constraint, and
+        # the loser is told so (409) instead of failing the whole transaction.
+        with session.begin_nested():
+            session.add(placement)
+            session.flush()
+    except IntegrityError as exc:
+        raise Conflict("this assignment is already placed in that course") from exc
     route_waiting_grades(session, district_id, assignment_id=assignment.id)
     return placement
 
@@ -142,11 +149,15 @@ def probe_connection(app: Any, district_id: str, connection_ref: str) -> HealthR
     adapter_cls = REGISTRY.get(adapter_name)
     if adapter_cls is None:
         return HealthReport(False, f"no adapter named {adapter_name!r} is installed")
-    adapter = adapter_cls.from_settings(settings, app.extensions["passback_http"], build_adapter_context(database, box))
     try:
+        adapter = adapter_cls.from_settings(
+            settings, app.extensions["passback_http"], build_adapter_context(database, box)
+        )
         return adapter.probe()
     except DeliveryError as exc:
         return HealthReport(False, exc.message)
+    except Exception as exc:  # a probe must report, never fail the page that asked for it
+        return HealthReport(False, f"the check itself failed: {type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)

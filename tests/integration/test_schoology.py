@@ -545,6 +545,10 @@ def test_staff_map_catalog_assignments_to_sections_in_bulk(schoology: SchoologyS
         url, data={"csrf_token": token, "app": world.app_id, "mappings": "quiz-2, 7005, 5005\nquiz-2, 7006"}
     )
     assert bad.status_code == 422 and "line 2: expected three values" in bad.text
+    too_long = browser.post(
+        url, data={"csrf_token": token, "app": world.app_id, "mappings": "quiz-2, " + "7" * 300 + ", 1"}
+    )
+    assert too_long.status_code == 422 and "at most 255 characters" in too_long.text
     foreign = browser.post(url, data={"csrf_token": token, "app": "someone-else", "mappings": "quiz-2, 7005, 5005"})
     assert foreign.status_code == 422 and "choose one of the district" in foreign.text
 
@@ -574,3 +578,24 @@ def test_another_districts_connection_cannot_be_checked_or_mapped(schoology: Sch
     )
     assert posted.status_code == 404
     assert schoology.fake.requests == [], "nothing reached the other district's Schoology"
+
+
+def test_a_score_no_gradebook_can_hold_fails_alone(schoology: SchoologySetup, worker: DeliveryWorker) -> None:
+    ada, alan = schoology.world.students
+    huge = schoology.post(ada, scoreGiven=1e30, scoreMaximum=1)
+    fine = schoology.post(alan, percentage=0.5)
+    worker.run_until_idle()
+    failed = schoology.delivery(huge)
+    assert failed.status == "failed" and failed.attempts == 1
+    assert "cannot turn this score into Schoology points" in (failed.last_error or "")
+    assert schoology.delivery(fine).status == "delivered" and schoology.stored(alan) == 12.5
+
+
+def test_a_redirect_away_from_the_configured_api_is_not_followed(schoology: SchoologySetup) -> None:
+    # Following it would hand another server a signed header (with PLAINTEXT, the secret itself).
+    schoology.fake.faults.append(
+        Fault(303, "", {"Location": "http://attacker.example/v1/users/1000"}, path_contains="/users/me")
+    )
+    report = probe_connection(schoology.world.app, schoology.world.district_id, "Schoology")
+    assert not report.ok
+    assert "outside the configured API" in report.message and "not followed" in report.message

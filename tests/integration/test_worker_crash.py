@@ -216,3 +216,39 @@ def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
     assert crashing.run_until_idle() == 1
     assert delivery_of(world, grade_id).status == "delivered"
     assert [s.score_given for s in lms.gradebook.values()] == [9.0]
+
+
+def test_a_slow_round_never_sends_an_old_score_after_its_lease_ran_out(
+    world: World, lms: ScriptedLms, database_url: str
+) -> None:
+    """A worker claims two grades in one round; the first send hangs past the lease. Meanwhile the second
+    student's grade is corrected and another worker delivers the new score. When the slow worker gets to the
+    second grade its claim is gone, so it sends nothing: the old score never lands over the new one."""
+    db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
+    slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=1.5))
+    other = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=30))
+    ada, alan = world.students
+    [hang] = lms.script(Hang())
+    assert isinstance(hang, Hang)
+    world.post_grade({"assignmentID": "quiz-1", "userID": ada, "percentage": 0.1})
+    world.post_grade({"assignmentID": "quiz-1", "userID": alan, "percentage": 0.5})
+    claims = slow.claim()
+    assert len(claims) == 2
+    results: dict[str, str | None] = {}
+    thread = threading.Thread(target=lambda: results.update(slow.deliver_claims(claims)), daemon=True)
+    thread.start()
+    assert hang.arrived.wait(5), "the first send reached the LMS and hangs there"
+
+    corrected = world.post_grade({"assignmentID": "quiz-1", "userID": alan, "percentage": 0.9})
+    assert corrected.status_code == 202
+    time.sleep(1.7)  # past the slow worker's lease
+    other.run_until_idle()
+    alan_entries = [s for s in lms.gradebook.values() if s.key[2] == alan]
+    assert [s.score_given for s in alan_entries] == [9.0], "the correction is in the gradebook"
+
+    hang.release()
+    thread.join(10)
+    assert not thread.is_alive()
+    alan_entries = [s for s in lms.gradebook.values() if s.key[2] == alan]
+    assert [(s.score_given, s.writes) for s in alan_entries] == [(9.0, 1)], "the old 5 was never sent"
+    assert lms.writes_for(alan, "quiz-1") == 1

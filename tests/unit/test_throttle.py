@@ -174,3 +174,11 @@ def test_the_throttled_view_reuses_the_clients_session() -> None:
     view = ThrottledHttpClient(base, LocalLimiter(), Throttle("canvas"))
     assert view.session is base.session
     assert isinstance(view.session, requests.Session)
+
+
+def test_an_absurd_retry_after_pauses_a_day_at_most(lms: ScriptedLms, limiter: Any) -> None:
+    key = f"canvas-{secrets.token_hex(4)}"
+    http = ThrottledHttpClient(HttpClient(), limiter, Throttle(key, rate=100, burst=100, max_wait=1))
+    lms.answers.append((429, {"Retry-After": "99999999"}, ""))
+    http.request("POST", lms.url)
+    assert 86000 < limiter.paused_for(key) <= 86400
