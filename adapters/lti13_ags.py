@@ -5,6 +5,7 @@ Wire details and per-LMS quirks: ../shared/reference/wire-formats.md §3 (AGS) a
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -41,6 +42,15 @@ ASSERTION_LIFETIME = 300
 TOKEN_EXPIRY_MARGIN = 120
 MAX_LINEITEM_PAGES = 50
 CANVAS_SUBMISSION_EXTENSION = "https://canvas.instructure.com/lti/submission"
+
+_TOKEN_LOCKS: dict[str, threading.Lock] = {}
+_TOKEN_LOCKS_GUARD = threading.Lock()
+
+
+def _token_lock(key: str) -> threading.Lock:
+    with _TOKEN_LOCKS_GUARD:
+        return _TOKEN_LOCKS.setdefault(key, threading.Lock())
+
 
 # Platform presets: the URLs an admin would otherwise copy by hand (wire-formats.md §3A.8, §3.2).
 PRESETS: dict[str, dict[str, str]] = {
@@ -172,12 +182,21 @@ class Lti13AgsAdapter:
         return jwt.encode({"alg": "RS256", "kid": key.kid, "typ": "JWT"}, claims, key)
 
     def access_token(self, scopes: list[str], *, fresh: bool = False) -> str:
-        """A bearer token for these scopes: from the shared cache, or by client credentials (RFC 7523)."""
+        """A bearer token for these scopes: from the shared cache, or by client credentials (RFC 7523). Threads
+        of one process that miss the cache together wait for one of them to fetch it (one token, not one each)."""
         key = self._token_key(scopes)
         if not fresh:
             cached = self.context.token_cache.get(key)
             if cached:
                 return cached
+        with _token_lock(key):
+            if not fresh:
+                cached = self.context.token_cache.get(key)
+                if cached:
+                    return cached
+            return self._fetch_token(key, scopes)
+
+    def _fetch_token(self, key: str, scopes: list[str]) -> str:
         response = self.http.request(
             "POST",
             self.settings["token_url"],

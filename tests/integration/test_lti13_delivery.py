@@ -381,3 +381,36 @@ def test_canvas_submission_extension_is_sent_when_the_grade_asks(ags: AgsSetup, 
     worker.run_until_idle()
     score = ags.platform.score_of(ags.subs[ags.world.students[0]], 1)
     assert score["https://canvas.instructure.com/lti/submission"] == canvas
+
+
+def test_threads_that_miss_the_token_cache_together_fetch_one_token(ags: AgsSetup, app: Flask) -> None:
+    """Workers starting at once on a cold cache: threads of one process wait for one token request."""
+    import threading
+
+    from adapters import HttpClient
+    from adapters.lti13_ags import Lti13AgsAdapter
+    from gateway.models import LmsConnection
+    from gateway.services.lms import connection_settings
+    from gateway.worker import build_adapter_context
+
+    db, box = app.extensions["passback_db"], app.extensions["passback_box"]
+    with ags.world.session() as session:
+        connection = session.get(LmsConnection, ags.connection_id)
+        assert connection is not None
+        settings = connection_settings(box, connection)
+    context = build_adapter_context(db, box)
+    start = threading.Barrier(8)
+    tokens: list[str] = []
+
+    def fetch() -> None:
+        adapter = Lti13AgsAdapter.from_settings(settings, HttpClient(2, 5), context)
+        start.wait()
+        tokens.append(adapter.access_token([SCOPE_SCORE]))
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(tokens) == 8 and len(set(tokens)) == 1
+    assert ags.platform.token_requests == 1
