@@ -396,14 +396,20 @@ def defer_claim(session: Session, claim: Claim, seconds: float, *, now: datetime
     )
 
 
-def supersede_claim(session: Session, claim: Claim, *, now: datetime | None = None) -> bool:
-    """A claimed delivery of an older revision: mark it superseded by the grade's current revision, unsent."""
-    now = now or utcnow()
-    delivery = session.scalar(
+def _claimed_row(session: Session, claim: Claim) -> Delivery | None:
+    """The claimed delivery if the claim is still ours, locked: between this read and the caller's write another
+    worker must not take the row over."""
+    return session.scalar(
         select(Delivery)
         .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
         .with_for_update()
     )
+
+
+def supersede_claim(session: Session, claim: Claim, *, now: datetime | None = None) -> bool:
+    """A claimed delivery of an older revision: mark it superseded by the grade's current revision, unsent."""
+    now = now or utcnow()
+    delivery = _claimed_row(session, claim)
     if delivery is None:
         return False
     delivery.status = DeliveryStatus.SUPERSEDED
@@ -455,12 +461,7 @@ def record_success(
 ) -> bool:
     """Mark the claimed delivery delivered. Returns False if the claim was lost (another worker took over)."""
     now = now or utcnow()
-    # Locked: between this read and the write below another worker must not take the row over.
-    delivery = session.scalar(
-        select(Delivery)
-        .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
-        .with_for_update()
-    )
+    delivery = _claimed_row(session, claim)
     if delivery is None:
         return False
     delivery.status = DeliveryStatus.DELIVERED
@@ -543,12 +544,7 @@ def record_failure(
 ) -> str | None:
     """Record a failed attempt: retry later with backoff, or fail for good. Returns the new status."""
     now = now or utcnow()
-    # Locked: between this read and the write below another worker must not take the row over.
-    delivery = session.scalar(
-        select(Delivery)
-        .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
-        .with_for_update()
-    )
+    delivery = _claimed_row(session, claim)
     if delivery is None:
         return None
     delivery.claim_token = None

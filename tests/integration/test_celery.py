@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway.models import Delivery, LmsConnection
+from gateway.models import Delivery
 from tests.factories import World
 from tests.fakes.scripted_lms import Close, Hang, ScriptedLms
 from tests.integration.test_worker_crash import worker_command, worker_env
@@ -58,20 +58,6 @@ def broker() -> Iterator[None]:
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
     return {"lease_seconds": LEASE_SECONDS, "broker_url": REDIS_URL}
-
-
-@pytest.fixture
-def lms(world: World) -> Iterator[ScriptedLms]:
-    with ScriptedLms(world.sandbox_secret) as fake:
-        box = world.app.extensions["passback_box"]
-        with world.session() as session:
-            connection = session.get(LmsConnection, world.connection_id)
-            assert connection is not None
-            connection.settings_encrypted = box.encrypt_json(
-                {"base_url": fake.base_url, "secret": world.sandbox_secret}
-            )
-        yield fake
-        assert fake.problems == [], "the gateway broke the LMS protocol"
 
 
 class CeleryWorker:

@@ -20,18 +20,11 @@ from flask import Flask
 
 from gateway.cli import main
 from gateway.worker import DeliveryWorker
-from tests.conftest import TEST_ENCRYPTION_KEY, LiveServer
+from tests.conftest import LiveServer
 
 
 @pytest.fixture
-def gateway_cli(app: Flask, database_url: str) -> Any:
-    runner = CliRunner(
-        env={
-            "GATEWAY_DATABASE_URL": database_url,
-            "GATEWAY_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
-            "GATEWAY_SECRET_KEY": "test-secret-key",
-        }
-    )
+def gateway_cli(runner: CliRunner) -> Any:
 
     def run(*args: str) -> dict[str, Any]:
         result = runner.invoke(main, [*args, "--json"], catch_exceptions=False)

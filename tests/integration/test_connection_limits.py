@@ -15,21 +15,9 @@ from gateway.services.deliveries import load_works
 from gateway.tasks import Runtime
 from gateway.throttle import RedisLimiter, delivery_slot
 from gateway.worker import DeliveryWorker
-from tests.conftest import TEST_ENCRYPTION_KEY
 from tests.factories import World
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-@pytest.fixture
-def runner(database_url: str) -> CliRunner:
-    return CliRunner(
-        env={
-            "GATEWAY_DATABASE_URL": database_url,
-            "GATEWAY_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
-            "GATEWAY_SECRET_KEY": "test-secret-key",
-        }
-    )
 
 
 def limits(runner: CliRunner, world: World, *args: str) -> dict:

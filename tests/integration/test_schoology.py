@@ -24,7 +24,6 @@ from gateway.services.directory import create_user, enroll, link_identity
 from gateway.services.lms import add_lms_connection, add_placement, probe_connection
 from gateway.throttle import LocalLimiter
 from gateway.worker import DeliveryWorker
-from tests.conftest import TEST_ENCRYPTION_KEY
 from tests.factories import World, build_world
 from tests.fakes.schoology_lms import Fault, SchoologyFake
 
@@ -75,17 +74,6 @@ def _add_students(setup: SchoologySetup, section: str, count: int, first_uid: in
             users.append(user.id)
         session.commit()
     return users
-
-
-@pytest.fixture
-def runner(app: object, database_url: str) -> CliRunner:
-    return CliRunner(
-        env={
-            "GATEWAY_DATABASE_URL": database_url,
-            "GATEWAY_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
-            "GATEWAY_SECRET_KEY": "test-secret-key",
-        }
-    )
 
 
 @pytest.fixture

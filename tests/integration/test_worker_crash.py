@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from gateway.models import Delivery, LmsConnection, utcnow
+from gateway.models import Delivery, utcnow
 from gateway.services.deliveries import retry_delivery
 from gateway.worker import DeliveryWorker
 from tests.conftest import TEST_ENCRYPTION_KEY, make_settings
@@ -36,20 +35,6 @@ LEASE_SECONDS = 3.0
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
     return {"lease_seconds": LEASE_SECONDS}
-
-
-@pytest.fixture
-def lms(world: World) -> Iterator[ScriptedLms]:
-    with ScriptedLms(world.sandbox_secret) as fake:
-        box = world.app.extensions["passback_box"]
-        with world.session() as session:
-            connection = session.get(LmsConnection, world.connection_id)
-            assert connection is not None
-            connection.settings_encrypted = box.encrypt_json(
-                {"base_url": fake.base_url, "secret": world.sandbox_secret}
-            )
-        yield fake
-        assert fake.problems == [], "the gateway broke the LMS protocol"
 
 
 def post(world: World, percentage: float) -> str:
