@@ -5,8 +5,11 @@ Wire details, Canvas extensions and per-LMS quirks: ../shared/reference/wire-for
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from lxml import etree
@@ -48,6 +51,40 @@ def accepted_extensions(launch_params: Mapping[str, str]) -> dict[str, Any]:
     return extensions
 
 
+POINTS = re.compile(r"^\s*\d{1,9}(\.\d{1,9})?\s*$")
+# Canvas puts the assignment's points possible in every graded launch (`$Canvas.assignment.pointsPossible`;
+# canvas-lms:lib/basic_lti/tool_launch.rb#for_assignment!).
+POINTS_POSSIBLE_PARAM = "custom_canvas_assignment_points_possible"
+
+
+def positive_points(value: Any) -> float | None:
+    """A points-possible value as the LMS sent it, or None unless it is a plain positive decimal."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if not isinstance(value, int | float) and not (isinstance(value, str) and POINTS.match(value)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def launch_points_possible(launch_params: Mapping[str, str]) -> float | None:
+    """The assignment's points possible when the launch says it (Canvas); None otherwise."""
+    return positive_points(launch_params.get(POINTS_POSSIBLE_PARAM))
+
+
+@dataclass(frozen=True)
+class ReplaceRequest:
+    """A replaceResultRequest and what it carries: resultScore (a 0..1 fraction) or resultTotalScore (points on
+    the LMS's scale, `points_possible` being that scale), and a note when the score had to be capped."""
+
+    body: bytes
+    message_id: str
+    score_element: str
+    score_text: str
+    points_possible: float | None
+    note: str | None
+
+
 class Lti11SettingsSchema(Schema):
     """`gateway lms add --adapter lti11`: the consumer key and shared secret the LMS uses for this tool."""
 
@@ -84,12 +121,19 @@ def _local(element: Any) -> str:
     return etree.QName(element).localname if isinstance(element.tag, str) else ""
 
 
-def _find(root: Any, name: str) -> Any:
-    # By local name: old Moodle-derived consumers answer in another namespace (wire-formats §2.3).
-    for element in root.iter():
-        if _local(element) == name:
-            return element
-    return None
+def _child(parent: Any, *path: str) -> Any:
+    """The element at a path of direct children, by local name (old Moodle and Canvas answer in the
+    `lis/oms1p0/pox` namespace, §2.3); None when any step is missing. Nothing is looked for anywhere else."""
+    node = parent
+    for name in path:
+        if node is None:
+            return None
+        node = next((c for c in node if _local(c) == name), None)
+    return node
+
+
+def _text(element: Any) -> str:
+    return (element.text or "").strip() if element is not None else ""
 
 
 class PoxResponse:
@@ -103,9 +147,15 @@ class HostileXml(ValueError):
     """A response that declares a DTD or entities: POX never needs one, so it is refused outright."""
 
 
-def parse_response(body: bytes) -> PoxResponse | None:
-    """The consumer's POX answer, or None when the body is not a POX envelope (e.g. a proxy's error page).
-    Raises HostileXml for a document with a DOCTYPE (entity tricks), whatever it claims to say."""
+class NotOurAnswer(ValueError):
+    """A POX answer that names another message or another operation: it says nothing about this request."""
+
+
+def parse_response(body: bytes, message_id: str, operation: str) -> PoxResponse | None:
+    """The consumer's POX answer to our `operation` request `message_id`, read at the envelope's own positions
+    (header > statusInfo, body > <operation>Response); None when the body is not a POX envelope (e.g. a
+    proxy's error page). Raises HostileXml for a document with a DOCTYPE, whatever it claims to say, and
+    NotOurAnswer when the answer names another message or, for a success, another operation."""
     if not body or len(body) > MAX_RESPONSE_BYTES:
         return None
     try:
@@ -118,18 +168,32 @@ def parse_response(body: bytes) -> PoxResponse | None:
         raise HostileXml("the response declares a DTD or entities")
     if root is None or _local(root) != "imsx_POXEnvelopeResponse":
         return None
-    code = _find(root, "imsx_codeMajor")
-    if code is None or not (code.text or "").strip():
+    status = _child(root, "imsx_POXHeader", "imsx_POXResponseHeaderInfo", "imsx_statusInfo")
+    code = _text(_child(status, "imsx_codeMajor")).lower()
+    if not code:
         return None
-    description = _find(root, "imsx_description")
+    # Canvas and Moodle echo our imsx_messageIdentifier; Moodle leaves it empty when it failed before reading
+    # the request (mod/lti/classes/service_exception_handler.php), so only a present one must match.
+    reference = _text(_child(status, "imsx_messageRefIdentifier"))
+    if reference and reference != message_id:
+        raise NotOurAnswer(f"the answer names message {reference[:80]!r}, not this request's {message_id}")
+    pox_body = _child(root, "imsx_POXBody")
+    body_element = next((c for c in pox_body if isinstance(c.tag, str)), None) if pox_body is not None else None
+    if code in ("success", "processing"):
+        # Canvas says `replaceResult`, Moodle `replaceResultRequest`, old Moodle nothing (its body names it).
+        named = _text(_child(status, "imsx_operationRefIdentifier"))
+        if named and named not in (operation, operation + "Request"):
+            raise NotOurAnswer(f"the answer is for {named[:80]!r}, not {operation}")
+        if body_element is not None and _local(body_element) != operation + "Response":
+            raise NotOurAnswer(f"the answer's body is {_local(body_element)!r}, not {operation}Response")
+        if not named and body_element is None:
+            raise NotOurAnswer(f"the {code} answer names no operation, so it cannot be taken for {operation}")
     score = None
-    result_score = _find(root, "resultScore")
-    if result_score is not None:
-        text = _find(result_score, "textString")
-        score = (text.text or "").strip() if text is not None else ""
-    return PoxResponse(
-        code.text.strip().lower(), (description.text or "").strip() if description is not None else "", score
-    )
+    if operation == "readResult" and body_element is not None and _local(body_element) == "readResultResponse":
+        text = _child(body_element, "result", "resultScore", "textString")
+        if _child(body_element, "result", "resultScore") is not None:
+            score = _text(text)
+    return PoxResponse(code, _text(_child(status, "imsx_description")), score)
 
 
 class Lti11OutcomesAdapter:
@@ -157,26 +221,32 @@ class Lti11OutcomesAdapter:
 
     # --- building requests ------------------------------------------------------------------------------
 
-    def replace_body(self, grade: NormalizedGrade, destination: Destination) -> tuple[bytes, str | None]:
-        """The replaceResultRequest and, if the score had to be capped at 1.0, a note saying so."""
+    def replace_body(self, grade: NormalizedGrade, destination: Destination) -> ReplaceRequest:
+        """The replaceResultRequest, with which score element it carries and why (wire-formats §2.4, §2.6)."""
         extensions = destination.data.get("extensions") or {}
         asked = (grade.context or {}).get("lti11") if isinstance(grade.context, Mapping) else None
         asked = asked if isinstance(asked, Mapping) else {}
-        root, request = envelope("replaceResultRequest", self._sourcedid(destination), str(uuid.uuid4()))
+        message_id = str(uuid.uuid4())
+        root, request = envelope("replaceResultRequest", self._sourcedid(destination), message_id)
         result = _el(request.find(f"{{{NS}}}resultRecord"), "result")
         note = None
-        if grade.fraction > 1 and extensions.get("result_total_score"):
-            # Canvas: raw points, may exceed the assignment's points (resultScore would be refused above 1).
-            score = _el(result, "resultTotalScore")
-            _el(score, "language", "en")
-            _el(score, "textString", _decimal(grade.score_given))
+        points_possible = positive_points(destination.data.get("points_possible"))
+        if grade.fraction > 1 and extensions.get("result_total_score") and points_possible is not None:
+            # Canvas: points on the assignment's own scale (the launch said its points possible); may exceed it.
+            element, text = "resultTotalScore", _decimal(grade.fraction * points_possible)
         else:
             fraction = min(max(grade.fraction, 0.0), 1.0)
             if fraction != grade.fraction:
-                note = f"score {grade.fraction:g} capped at 1.0: this LMS accepts 0.0 to 1.0 only"
-            score = _el(result, "resultScore")
-            _el(score, "language", "en")
-            _el(score, "textString", _decimal(fraction))
+                why = (
+                    "the launch did not say the assignment's points possible"
+                    if extensions.get("result_total_score")
+                    else "this LMS accepts 0.0 to 1.0 only"
+                )
+                note = f"score {grade.fraction:g} capped at 1.0: {why}"
+            element, text, points_possible = "resultScore", _decimal(fraction), None
+        score = _el(result, element)
+        _el(score, "language", "en")
+        _el(score, "textString", text)
         data = asked.get("resultData")
         accepted_values = extensions.get("data_values") or []
         if isinstance(data, Mapping):
@@ -196,9 +266,16 @@ class Lti11OutcomesAdapter:
             # submissionDetails is a sibling of resultRecord, before it (Canvas's own selectors, §2.6).
             submission = etree.Element(f"{{{NS}}}submissionDetails")
             request.insert(0, submission)
-            for name, text in details:
-                _el(submission, name, text)
-        return etree.tostring(root, xml_declaration=True, encoding="UTF-8"), note
+            for name, detail in details:
+                _el(submission, name, detail)
+        return ReplaceRequest(
+            etree.tostring(root, xml_declaration=True, encoding="UTF-8"),
+            message_id,
+            element,
+            text,
+            points_possible,
+            note,
+        )
 
     @staticmethod
     def _sourcedid(destination: Destination) -> str:
@@ -231,7 +308,7 @@ class Lti11OutcomesAdapter:
                 return response
         return response
 
-    def _outcome(self, operation: str, url: str, body: bytes) -> tuple[Any, PoxResponse]:
+    def _outcome(self, operation: str, url: str, body: bytes, message_id: str) -> tuple[Any, PoxResponse]:
         response = self._post(url, body)
         status = response.status_code
         excerpt = body_excerpt(response)
@@ -244,9 +321,14 @@ class Lti11OutcomesAdapter:
                 lms_body=excerpt,
             )
         try:
-            parsed = parse_response(response.content[: MAX_RESPONSE_BYTES + 1])
+            parsed = parse_response(response.content[: MAX_RESPONSE_BYTES + 1], message_id, operation)
         except HostileXml as exc:
             raise PermanentDeliveryError(f"consumer's answer refused: {exc}", status, excerpt) from exc
+        except NotOurAnswer as exc:
+            # Not an answer to this request (a proxy's or cache's mix-up): the request is idempotent, so resend.
+            raise RetryableDeliveryError(
+                f"consumer's answer to {operation} not taken: {exc}", None, status, excerpt
+            ) from exc
         if status == 401:
             raise PermanentDeliveryError(
                 "the consumer refused the signature twice (401): check the consumer key, secret and clock",
@@ -260,8 +342,17 @@ class Lti11OutcomesAdapter:
                     f"consumer answered HTTP {status} without a POX response", None, status, excerpt
                 )
             raise PermanentDeliveryError(f"consumer answered HTTP {status} to {operation}", status, excerpt)
-        if parsed.code_major in ("success", "processing"):
+        if parsed.code_major == "success":
             return response, parsed
+        if parsed.code_major == "processing":
+            # Accepted but not yet applied (§2.8): the gradebook may not hold it, so not delivered; the
+            # operation is idempotent, and it is sent again until the consumer answers success.
+            raise RetryableDeliveryError(
+                f"consumer answered processing to {operation}: accepted, not yet in the gradebook; will resend",
+                None,
+                status,
+                excerpt,
+            )
         # failure/unsupported, with HTTP 200 (Moodle) or 422 (Canvas): permanent, with the consumer's words.
         raise PermanentDeliveryError(
             f"consumer answered {parsed.code_major}: {parsed.description or 'no description'}", status, excerpt
@@ -270,24 +361,35 @@ class Lti11OutcomesAdapter:
     def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
         """replaceResult: a replace, so repeating it is safe."""
         url = self._url(destination)
-        body, note = self.replace_body(grade, destination)
-        response, parsed = self._outcome("replaceResult", url, body)
-        summary = f"replaceResult {parsed.code_major}" + (f"; {note}" if note else "")
+        request = self.replace_body(grade, destination)
+        response, parsed = self._outcome("replaceResult", url, request.body, request.message_id)
+        sent = f"{request.score_element} {request.score_text}" + (
+            f" points of {request.points_possible:g} possible" if request.points_possible is not None else ""
+        )
+        summary = f"replaceResult {parsed.code_major}; sent {sent}" + (f"; {request.note}" if request.note else "")
         return DeliveryReceipt(
             lms_status=response.status_code,
             summary=summary,
             details={
                 "code_major": parsed.code_major,
                 "description": parsed.description,
-                **({"cap": note} if note else {}),
+                "message_id": request.message_id,
+                "score_element": request.score_element,
+                "score_sent": request.score_text,
+                **({"points_possible": request.points_possible} if request.points_possible is not None else {}),
+                **({"cap": request.note} if request.note else {}),
             },
         )
 
     def read_result(self, destination: Destination) -> float | None:
         """What the consumer's gradebook holds now (a teacher's override included); None for no grade."""
-        root, _ = envelope("readResultRequest", self._sourcedid(destination), str(uuid.uuid4()))
+        message_id = str(uuid.uuid4())
+        root, _ = envelope("readResultRequest", self._sourcedid(destination), message_id)
         _, parsed = self._outcome(
-            "readResult", self._url(destination), etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+            "readResult",
+            self._url(destination),
+            etree.tostring(root, xml_declaration=True, encoding="UTF-8"),
+            message_id,
         )
         if not parsed.score:
             return None
@@ -298,9 +400,13 @@ class Lti11OutcomesAdapter:
 
     def delete_result(self, destination: Destination) -> DeliveryReceipt:
         """Clear the student's grade in the consumer's gradebook."""
-        root, _ = envelope("deleteResultRequest", self._sourcedid(destination), str(uuid.uuid4()))
+        message_id = str(uuid.uuid4())
+        root, _ = envelope("deleteResultRequest", self._sourcedid(destination), message_id)
         response, parsed = self._outcome(
-            "deleteResult", self._url(destination), etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+            "deleteResult",
+            self._url(destination),
+            etree.tostring(root, xml_declaration=True, encoding="UTF-8"),
+            message_id,
         )
         return DeliveryReceipt(lms_status=response.status_code, summary=f"deleteResult {parsed.code_major}")
 

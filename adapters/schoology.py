@@ -25,6 +25,8 @@ import requests
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 from oauthlib.oauth1.rfc5849.utils import escape
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from adapters.base import (
     AdapterContext,
@@ -69,10 +71,36 @@ class SchoologySettingsSchema(Schema):
 
     @validates_schema
     def _plaintext_needs_https(self, data: Mapping[str, Any], **_: Any) -> None:
-        # PLAINTEXT sends the secret itself; Schoology is HTTPS-only, and so must we be (loopback aside, for tests).
-        url = urlsplit(str(data.get("base_url", DEFAULT_BASE_URL)))
-        if data.get("signature_method") == "PLAINTEXT" and url.scheme != "https" and url.hostname != "127.0.0.1":
-            raise ValidationError("PLAINTEXT signatures need an https base_url.", "signature_method")
+        if data.get("signature_method") == "PLAINTEXT":
+            problem = plaintext_transport_problem(str(data.get("base_url", DEFAULT_BASE_URL)))
+            if problem:
+                raise ValidationError(problem, "signature_method")
+
+
+PLAINTEXT_LOOPBACK = "127.0.0.1"
+
+
+def plaintext_transport_problem(url: str) -> str | None:
+    """Why a PLAINTEXT signature (the secret itself, in the header) may not travel to `url`; None when it may.
+    One rule: https, or plain http to exactly 127.0.0.1 (the loopback test fakes), and no other name of the
+    loopback. The host is read as the HTTP client connects to it (urllib3) and must read the same with the
+    standard library, so a parser difference (`http://a\\@127.0.0.1`) opens no door."""
+    try:
+        client = parse_url(url)
+    except LocationParseError:
+        client = None
+    split = urlsplit(url)
+    scheme = (client.scheme or "").lower() if client else ""
+    host = (client.host or "").strip("[]").lower() if client else ""
+    rule = (
+        "PLAINTEXT signatures send the consumer secret itself, so they need an https base_url "
+        f"(plain http only to exactly {PLAINTEXT_LOOPBACK})"
+    )
+    if not host or host != (split.hostname or "").lower() or scheme != split.scheme.lower():
+        return f"{rule} whose host reads one way; {url[:200]!r} does not"
+    if scheme == "https" or (scheme == "http" and host == PLAINTEXT_LOOPBACK):
+        return None
+    return f"{rule}; not {scheme}://{host}"
 
 
 class _Clock:
@@ -181,6 +209,12 @@ class SchoologyAdapter:
         url = self._url(path)
         self._check_origin(url)
         for _ in range(MAX_REDIRECTS + 1):
+            if self.signature_method == "PLAINTEXT":
+                # Checked here, not only when the connection was added: settings stored before the rule, or
+                # edited outside `gateway lms add`, must not put the secret on a plain-http wire either.
+                problem = plaintext_transport_problem(url)
+                if problem:
+                    raise PermanentDeliveryError(problem)
             headers = {"Authorization": self.authorization(method, url), "Accept": "application/json"}
             if json is not None:
                 headers["Content-Type"] = "application/json"

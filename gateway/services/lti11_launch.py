@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from adapters.lti11_outcomes import accepted_extensions
+from adapters.lti11_outcomes import accepted_extensions, launch_points_possible
 from gateway.crypto import SecretBox
 from gateway.models import Assignment, LaunchDestination, LmsConnection, Placement, UsedNonce, User, utcnow
 from gateway.services.directory import enroll, get_or_create
@@ -146,7 +146,12 @@ def record_launch(
         params.get("custom_assignment") or params.get("assignment") or None,
         params.get("custom_app") or params.get("app") or None,
     )
-    destination: dict[str, Any] = {"resource_link_id": link_id, "extensions": accepted_extensions(params)}
+    destination: dict[str, Any] = {
+        "resource_link_id": link_id,
+        "extensions": accepted_extensions(params),
+        # The LMS's scale for resultTotalScore; None (not absent) so a relaunch without it forgets an old one.
+        "points_possible": launch_points_possible(params),
+    }
     if params.get("lis_outcome_service_url"):
         destination["outcome_service_url"] = params["lis_outcome_service_url"]
     placement = placement_for_link(

@@ -14,7 +14,11 @@ It does both halves of LTI 1.1 that Passback meets:
   decimal in 0..1 with `.`, else `failure` "Score is not between 0 and 1" (HTTP 422, or 200 in Moodle mode).
 
 Tests script the answers with `answer_next()` / `fail_next()`; `calls` keeps every outcome request, verified
-or not, and `gradebook` what was stored, by sourcedId.
+or not, and `gradebook` what was stored, by sourcedId. A scripted envelope may name another message
+(`message_ref`) or operation (`operation_ref`), carry another body (`body_xml`) or namespace (Canvas's and old
+Moodle's `lis/oms1p0/pox`), as a confused proxy or consumer would; a `processing` answer stores nothing yet
+(accepted and pending). Launches carry `custom_canvas_assignment_points_possible` like Canvas's
+(`$Canvas.assignment.pointsPossible`), and `resultTotalScore` is taken as points on that scale.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ CANVAS_EXTENSIONS = {
     "ext_outcome_submission_needs_additional_review_accepted": "true",
     "ext_outcome_submission_prioritize_non_tool_grade_accepted": "true",
 }
+OLD_NS = "http://www.imsglobal.org/lis/oms1p0/pox"
 DECIMAL = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 
 
@@ -81,6 +86,10 @@ class Answer:
     delay: float = 0.0
     remaining: int = 1
     extra_status_xml: str = ""
+    message_ref: str | None = None  # None: echo the request's imsx_messageIdentifier
+    operation_ref: str | None = None  # None: the request's operation, as Canvas names it
+    body_xml: str | None = None  # None: <{operation}Response/>
+    namespace: str = NS
 
 
 @dataclass
@@ -251,6 +260,8 @@ class Lti11Consumer:
             "lis_result_sourcedid": self.sourcedid_for(user_id, link),
             "custom_assignment": "quiz-1",
             "tool_consumer_info_product_family_code": "canvas",
+            # Canvas sends the assignment's points as a Ruby float ("10.0").
+            "custom_canvas_assignment_points_possible": str(float(self.points_possible)),
             **CANVAS_EXTENSIONS,
         }
         params.update(overrides)
@@ -305,6 +316,7 @@ class Lti11Consumer:
         code_major: str = "failure",
         count: int = 1,
         extra_status_xml: str = "",
+        message_ref: str | None = None,
     ) -> None:
         """Answer the next request(s) with a `failure` (or `unsupported`) envelope."""
         self.answers.append(
@@ -314,6 +326,7 @@ class Lti11Consumer:
                 description=description,
                 remaining=count,
                 extra_status_xml=extra_status_xml,
+                message_ref=message_ref,
             )
         )
 
@@ -382,20 +395,27 @@ class Lti11Consumer:
         description: str,
         body_xml: str = "",
         extra_status_xml: str = "",
+        *,
+        message_ref: str | None = None,
+        operation_ref: str | None = None,
+        namespace: str = NS,
     ) -> str:
         operation = call.operation if call and call.operation else "replaceResult"
         severity = "status" if code_major == "success" else "error"
         body_xml = body_xml or f"<{operation}Response/>"
-        ref = call.message_identifier if call and call.message_identifier else ""
+        if message_ref is None:
+            message_ref = call.message_identifier if call and call.message_identifier else ""
+        operation_ref = operation if operation_ref is None else operation_ref
         return (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f'<imsx_POXEnvelopeResponse xmlns="{NS}"><imsx_POXHeader><imsx_POXResponseHeaderInfo>'
+            f'<imsx_POXEnvelopeResponse xmlns="{namespace}"><imsx_POXHeader><imsx_POXResponseHeaderInfo>'
             f"<imsx_version>V1.0</imsx_version><imsx_messageIdentifier>{uuid.uuid4().int % 10**10}"
             "</imsx_messageIdentifier><imsx_statusInfo>"
             f"<imsx_codeMajor>{code_major}</imsx_codeMajor><imsx_severity>{severity}</imsx_severity>"
             f"<imsx_description>{_escape(description)}</imsx_description>"
-            f"<imsx_messageRefIdentifier>{_escape(ref)}</imsx_messageRefIdentifier>"
-            f"<imsx_operationRefIdentifier>{operation}</imsx_operationRefIdentifier>{extra_status_xml}"
+            f"<imsx_messageRefIdentifier>{_escape(message_ref)}</imsx_messageRefIdentifier>"
+            + (f"<imsx_operationRefIdentifier>{operation_ref}</imsx_operationRefIdentifier>" if operation_ref else "")
+            + f"{extra_status_xml}"
             f"</imsx_statusInfo></imsx_POXResponseHeaderInfo></imsx_POXHeader>"
             f"<imsx_POXBody>{body_xml}</imsx_POXBody></imsx_POXEnvelopeResponse>"
         )
@@ -511,8 +531,17 @@ class Lti11Consumer:
                 call.answered = answer.status
                 if answer.code_major is not None:
                     xml = self._envelope(
-                        call, answer.code_major, answer.description, extra_status_xml=answer.extra_status_xml
+                        call,
+                        answer.code_major,
+                        answer.description,
+                        answer.body_xml or "",
+                        answer.extra_status_xml,
+                        message_ref=answer.message_ref,
+                        operation_ref=answer.operation_ref,
+                        namespace=answer.namespace,
                     )
+                    if answer.body_xml == "":
+                        xml = xml.replace(f"<{call.operation}Response/>", "")
                     return Response(xml, status=answer.status, content_type="application/xml")
                 return Response(
                     answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers

@@ -23,6 +23,10 @@ Field types follow the examples in the Schoology docs, not Python's convenience:
 an assignment's `max_points` and `grading_scale` are strings ("100", "12.5"), its `id` an integer. A client
 must convert them, as it must against the real API.
 
+Schoology is HTTPS-only: a PLAINTEXT-signed request (the secret itself in the header) that arrives over plain
+HTTP by any name but `127.0.0.1` (the loopback address the tests are allowed) is recorded in
+`plaintext_exposures` by the Host it was sent to; the secret has crossed an unencrypted wire.
+
 Tests script failures with `faults` (answered after the signature check, before anything else) and
 `failing_enrollments` (per-item failures inside a grades PUT); `requests`, `grade_puts`, `grades`,
 `signature_failures` and the counters record what was received. It imports nothing from the gateway.
@@ -172,6 +176,7 @@ class SchoologyFake:
         self.grade_puts: list[tuple[str, list[dict[str, Any]]]] = []
         self.requests: list[tuple[str, str]] = []
         self.signature_failures: list[str] = []
+        self.plaintext_exposures: list[str] = []
         self.replays_rejected = 0
         self.enrollment_pages_served = 0
         self.seen_nonces: set[tuple[str, str]] = set()
@@ -287,6 +292,9 @@ class SchoologyFake:
         if oauth.get("oauth_version", "1.0") != "1.0":
             return f"oauth_version {oauth['oauth_version']!r} is not 1.0"
         method = oauth["oauth_signature_method"]
+        if method == "PLAINTEXT" and request.scheme != "https" and request.host.rsplit(":", 1)[0] != "127.0.0.1":
+            with self.lock:
+                self.plaintext_exposures.append(request.host)
         if method not in ("HMAC-SHA1", "PLAINTEXT"):
             return f"signature method {method!r} is neither HMAC-SHA1 nor PLAINTEXT"
         if oauth["oauth_consumer_key"] != self.consumer_key:

@@ -26,6 +26,7 @@ from adapters.base import DeliveryError, NormalizedGrade, RetryableDeliveryError
 from gateway.models import (
     App,
     AuthorizationCode,
+    Delivery,
     Enrollment,
     LaunchDestination,
     LmsConnection,
@@ -40,6 +41,8 @@ from tests.conftest import LiveServer
 from tests.factories import World
 from tests.fakes.lti11_consumer import (
     CANVAS_EXTENSIONS,
+    NS,
+    OLD_NS,
     Lti11Consumer,
     OutcomeCall,
     billion_laughs,
@@ -798,3 +801,235 @@ def test_grade_for_a_launch_without_sourcedid_fails_with_the_reason(lti11: Lti11
     delivery = lti11.delivery(location)
     assert delivery["status"] == "failed"
     assert "sent no lis_result_sourcedid" in delivery["lastError"]
+
+
+# --- answers matched to their request (issue 13, item 6) --------------------------------------------------
+
+OTHER_MESSAGE = "0b7c2d61-0000-4000-8000-000000000000"
+
+
+def _success_in_the_body(status_xml: str = "") -> str:
+    """An envelope whose header carries no status; a `success` sits inside the body instead."""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><imsx_POXEnvelopeResponse xmlns="{NS}"><imsx_POXHeader>'
+        f"<imsx_POXResponseHeaderInfo><imsx_version>V1.0</imsx_version>{status_xml}</imsx_POXResponseHeaderInfo>"
+        "</imsx_POXHeader><imsx_POXBody><replaceResultResponse><imsx_statusInfo><imsx_codeMajor>success"
+        "</imsx_codeMajor></imsx_statusInfo></replaceResultResponse></imsx_POXBody></imsx_POXEnvelopeResponse>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("script", "error_text"),
+    [
+        pytest.param(
+            lambda c: c.answer_next(200, code_major="success", message_ref=OTHER_MESSAGE),
+            OTHER_MESSAGE,
+            id="success-naming-another-message",
+        ),
+        pytest.param(
+            lambda c: c.answer_next(
+                200, code_major="success", operation_ref="readResult", body_xml="<readResultResponse/>"
+            ),
+            "readResult",
+            id="success-for-another-operation",
+        ),
+        pytest.param(
+            lambda c: c.answer_next(200, code_major="success", body_xml="<deleteResultResponse/>"),
+            "deleteResultResponse",
+            id="success-with-another-operations-body",
+        ),
+        pytest.param(
+            lambda c: c.answer_next(200, _success_in_the_body(), content_type="application/xml"),
+            "without a POX response",
+            id="success-outside-the-header",
+        ),
+        pytest.param(
+            lambda c: c.answer_next(200, code_major="processing", description="Queued"),
+            "processing",
+            id="processing-is-not-delivered",
+        ),
+        pytest.param(
+            lambda c: c.fail_next("Score is not between 0 and 1", status=422, message_ref=OTHER_MESSAGE),
+            OTHER_MESSAGE,
+            id="failure-naming-another-message",
+        ),
+    ],
+)
+def test_an_answer_that_is_not_this_requests_success_is_not_delivered(
+    lti11: Lti11, worker: DeliveryWorker, script: Callable[[Lti11Consumer], None], error_text: str
+) -> None:
+    """Only a success in the envelope's header status, naming our message and operation, is a delivery. Anything
+    else is resent (replaceResult is idempotent) until the consumer's own success comes back."""
+    lti11.launch_ok()
+    sourcedid = lti11.consumer.sourcedid_for("canvas-user-1", "rl-quiz-1")
+    script(lti11.consumer)
+    location = lti11.grade(lti11.user_of(), percentage=0.7)
+    worker.run_once()
+    delivery = lti11.delivery(location)
+    assert delivery["status"] == "retrying", delivery
+    assert error_text in (delivery["lastError"] or ""), delivery
+    assert sourcedid not in lti11.consumer.gradebook
+
+    drive(worker, lambda: lti11.delivery(location)["status"] == "delivered")
+    first, second = replace_calls(lti11.consumer)
+    assert first.message_identifier != second.message_identifier, "each request has its own message id"
+    assert float(lti11.consumer.gradebook[sourcedid].score or "nan") == 0.7
+    assert lti11.consumer.problems == []
+
+
+def test_a_request_and_its_answer_are_tied_by_the_message_id(lti11: Lti11, worker: DeliveryWorker) -> None:
+    lti11.launch_ok()
+    location = lti11.grade(lti11.user_of(), percentage=0.7)
+    worker.run_until_idle()
+    [call] = replace_calls(lti11.consumer)
+    with lti11.world.session() as session:
+        receipt = session.scalar(select(Delivery.receipt).where(Delivery.grade_id == location.rsplit("/", 1)[-1]))
+    assert receipt is not None and receipt["message_id"] == call.message_identifier
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"operation_ref": "replaceResultRequest"}, id="moodle-names-the-request"),
+        pytest.param({"namespace": OLD_NS, "operation_ref": "", "message_ref": ""}, id="old-moodle-namespace"),
+        pytest.param({"namespace": OLD_NS}, id="canvas-oms1p0-namespace"),
+        pytest.param({"message_ref": "  {echo}\n  "}, id="reference-with-whitespace"),
+    ],
+)
+def test_consumer_dialects_of_a_success_are_delivered(
+    lti11: Lti11, worker: DeliveryWorker, options: dict[str, str]
+) -> None:
+    """Moodle names the request (`replaceResultRequest`); old Moodle answers in another namespace with no
+    operation reference; an empty messageRefIdentifier is taken as no reference (§2.3)."""
+    lti11.launch_ok()
+    if options.get("message_ref", "").strip() == "{echo}":
+        # The id is known only once the request is built: echo it from the consumer's side.
+        original = lti11.consumer._envelope
+
+        def echo(call: Any, *args: Any, **kwargs: Any) -> str:
+            kwargs["message_ref"] = f"  {call.message_identifier}\n  "
+            return original(call, *args, **kwargs)
+
+        lti11.consumer._envelope = echo  # type: ignore[method-assign]
+        options = {}
+    lti11.consumer.answer_next(200, code_major="success", **options)
+    location = lti11.grade(lti11.user_of(), percentage=0.7)
+    worker.run_once()
+    assert lti11.delivery(location)["status"] == "delivered", lti11.delivery(location)
+    assert len(replace_calls(lti11.consumer)) == 1
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(
+            lambda c: c.answer_next(
+                200,
+                code_major="success",
+                message_ref=OTHER_MESSAGE,
+                body_xml="<readResultResponse><result><resultScore><language>en</language>"
+                "<textString>0.99</textString></resultScore></result></readResultResponse>",
+            ),
+            id="another-messages-score",
+        ),
+        pytest.param(
+            lambda c: c.answer_next(
+                200,
+                code_major="success",
+                extra_status_xml="<resultScore><language>en</language><textString>0.99</textString></resultScore>",
+                body_xml="<readResultResponse><result><resultScore><language>en</language>"
+                "<textString>0.7</textString></resultScore></result></readResultResponse>",
+            ),
+            id="a-score-outside-the-body",
+        ),
+    ],
+)
+def test_read_back_takes_only_the_score_of_its_own_answer(
+    lti11: Lti11, worker: DeliveryWorker, script: Callable[[Lti11Consumer], None]
+) -> None:
+    lti11.launch_ok()
+    location = lti11.grade(lti11.user_of(), percentage=0.7)
+    worker.run_until_idle()
+    script(lti11.consumer)
+    [value] = lti11.world.get(location + "/lms").json()["lms"]
+    assert value["value"] != pytest.approx(0.99), value
+    assert value["value"] == pytest.approx(0.7) or value["error"], value
+
+
+# --- extra credit on the LMS's scale (issue 13, item 7) ---------------------------------------------------
+
+
+def _receipt(lti: Lti11, location: str) -> dict[str, Any]:
+    with lti.world.session() as session:
+        receipt = session.scalar(select(Delivery.receipt).where(Delivery.grade_id == location.rsplit("/", 1)[-1]))
+    assert receipt is not None
+    return dict(receipt)
+
+
+def test_extra_credit_goes_as_points_on_the_canvas_assignments_scale(lti11: Lti11, worker: DeliveryWorker) -> None:
+    """The app grades out of 10; the Canvas assignment is worth 50 points. 12/10 is 120%: 60 of Canvas's points."""
+    lti11.consumer.points_possible = 50
+    lti11.launch_ok()
+    with lti11.world.session() as session:
+        destination = session.scalar(
+            select(Placement.destination).where(Placement.lms_connection_id == lti11.connection_id)
+        )
+    assert destination is not None and destination["points_possible"] == 50
+    sourcedid = lti11.consumer.sourcedid_for("canvas-user-1", "rl-quiz-1")
+    location = lti11.grade(lti11.user_of(), scoreGiven=12, scoreMaximum=10)
+    worker.run_until_idle()
+    delivery = lti11.delivery(location)
+    assert delivery["status"] == "delivered", delivery
+    [call] = replace_calls(lti11.consumer)
+    assert float(child(call.operation_element, "resultRecord/result/resultTotalScore/textString").text) == 60.0
+    assert float(lti11.consumer.gradebook[sourcedid].total_score or "nan") == 60.0
+    assert "resultTotalScore 60 points of 50 possible" in delivery["lmsResponse"], delivery
+    receipt = _receipt(lti11, location)
+    assert (receipt["score_element"], receipt["score_sent"], receipt["points_possible"]) == (
+        "resultTotalScore",
+        "60",
+        50,
+    )
+    # What Canvas holds, read back as its fraction, is the app's 120%.
+    assert lti11.world.get(location + "/lms").json()["lms"][0]["value"] == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        pytest.param(None, id="launch-without-points-possible"),
+        pytest.param("$Canvas.assignment.pointsPossible", id="unsubstituted-variable"),
+        pytest.param("0", id="no-points-possible"),
+    ],
+)
+def test_extra_credit_without_the_lms_scale_is_capped_and_says_so(
+    lti11: Lti11, worker: DeliveryWorker, points: str | None
+) -> None:
+    """resultTotalScore accepted, but the launch does not say the assignment's points: sending the app's own points
+    would be right only by chance, so the capped fraction goes, and the delivery says why."""
+    lti11.launch_ok(custom_canvas_assignment_points_possible=points)
+    sourcedid = lti11.consumer.sourcedid_for("canvas-user-1", "rl-quiz-1")
+    location = lti11.grade(lti11.user_of(), scoreGiven=12, scoreMaximum=10)
+    worker.run_until_idle()
+    delivery = lti11.delivery(location)
+    assert delivery["status"] == "delivered", delivery
+    [call] = replace_calls(lti11.consumer)
+    result = child(call.operation_element, "resultRecord/result")
+    assert child_names(result) == ["resultScore"]
+    assert float(lti11.consumer.gradebook[sourcedid].score or "nan") == 1.0
+    assert "capped at 1.0: the launch did not say the assignment's points possible" in delivery["lmsResponse"]
+    receipt = _receipt(lti11, location)
+    assert (receipt["score_element"], receipt["score_sent"]) == ("resultScore", "1")
+    assert "points_possible" not in receipt
+
+
+def test_a_score_within_full_marks_goes_as_the_fraction_whatever_the_scale(
+    lti11: Lti11, worker: DeliveryWorker
+) -> None:
+    lti11.consumer.points_possible = 50
+    lti11.launch_ok()
+    location = lti11.grade(lti11.user_of(), scoreGiven=7, scoreMaximum=20)
+    worker.run_until_idle()
+    [call] = replace_calls(lti11.consumer)
+    assert child_names(child(call.operation_element, "resultRecord/result")) == ["resultScore"]
+    assert _receipt(lti11, location)["score_sent"] == "0.35"

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -587,3 +588,79 @@ def test_a_redirect_away_from_the_configured_api_is_not_followed(schoology: Scho
     report = probe_connection(schoology.world.app, schoology.world.district_id, "Schoology")
     assert not report.ok
     assert "outside the configured API" in report.message and "not followed" in report.message
+
+
+# --- PLAINTEXT only over https, or plain http to exactly 127.0.0.1 (issue 13, item 19) ---------------------
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        pytest.param("http://localhost:{port}/v1", id="localhost"),
+        # The standard library reads the host after the backslash (127.0.0.1); the HTTP client connects to
+        # the one before it.
+        pytest.param("http://localhost:{port}\\@127.0.0.1/v1", id="parser-difference"),
+    ],
+)
+def test_plaintext_settings_stored_before_the_rule_never_send_the_secret_over_plain_http(
+    schoology: SchoologySetup, worker: DeliveryWorker, base: str
+) -> None:
+    """Settings written before the rule (or restored, or edited outside `gateway lms add`) are checked again at
+    every request: the grade fails with the rule, and Schoology never sees the secret on a plain-http wire."""
+    box = schoology.world.app.extensions["passback_box"]
+    port = urlsplit(schoology.fake.url).port
+    with schoology.world.session() as session:
+        connection = session.get(LmsConnection, schoology.connection_id)
+        assert connection is not None
+        connection.settings_encrypted = box.encrypt_json(
+            {
+                "base_url": base.format(port=port),
+                "consumer_key": KEY,
+                "consumer_secret": SECRET,
+                "signature_method": "PLAINTEXT",
+            }
+        )
+        session.commit()
+    grade_id = schoology.post(schoology.world.students[0], percentage=0.8)
+    worker.run_until_idle()
+    delivery = schoology.delivery(grade_id)
+    assert schoology.fake.plaintext_exposures == []
+    assert schoology.fake.requests == []
+    assert delivery.status == "failed", (delivery.status, delivery.last_error)
+    assert "PLAINTEXT" in (delivery.last_error or "") and "https" in (delivery.last_error or "")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "accepted"),
+    [
+        pytest.param("https://district.schoology.example/v1", True, id="https"),
+        pytest.param("http://127.0.0.1:8443/v1", True, id="http-127.0.0.1"),
+        pytest.param("http://localhost:8443/v1", False, id="http-localhost"),
+        pytest.param("http://127.0.0.2:8443/v1", False, id="http-127.0.0.2"),
+        pytest.param("http://[::1]:8443/v1", False, id="http-ipv6-loopback"),
+        pytest.param("http://127.0.0.1.nip.io/v1", False, id="http-name-starting-127.0.0.1"),
+        pytest.param("http://127.0.0.1@district.schoology.example/v1", False, id="http-userinfo-127.0.0.1"),
+        pytest.param("http://district.schoology.example/v1", False, id="http"),
+    ],
+)
+def test_lms_add_accepts_plaintext_only_over_https_or_to_exactly_127_0_0_1(
+    world: World, runner: CliRunner, base_url: str, accepted: bool
+) -> None:
+    result = runner.invoke(
+        cli,
+        [
+            "lms", "add", "--district", world.district_id, "--name", "Plain", "--adapter", "schoology",
+            "--setting", f"base_url={base_url}", "--setting", f"consumer_key={KEY}",
+            "--setting", f"consumer_secret={SECRET}", "--setting", "signature_method=PLAINTEXT",
+        ],
+    )  # fmt: skip
+    with world.session() as session:
+        stored = session.scalar(select(LmsConnection).where(LmsConnection.name == "Plain"))
+    if accepted:
+        assert result.exit_code == 0, result.output
+        assert stored is not None
+    else:
+        assert result.exit_code != 0, result.output
+        assert "signature_method" in result.output and "https" in result.output, result.output
+        assert SECRET not in result.output
+        assert stored is None
