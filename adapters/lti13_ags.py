@@ -433,10 +433,9 @@ class Lti13AgsAdapter:
         """What the gradebook holds when the platform kept its score: the last score delivered there, if any."""
         last = destination.last_receipt
         held = last.get("gradebook_holds") if lineitem and last.get("lineitem") == lineitem else None
-        score = held.get("score") if isinstance(held, Mapping) else None
-        if score is None:
+        if not isinstance(held, Mapping) or held.get("score") is None:
             return {"score": None, "kept": True}
-        return {"score": score, "scoreMaximum": held.get("scoreMaximum"), "kept": True}  # type: ignore[union-attr]
+        return {"score": held["score"], "scoreMaximum": held.get("scoreMaximum"), "kept": True}
 
     def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
         """POST the score to the placement's line item (found or created first). Repeating is safe: the
