@@ -36,6 +36,8 @@ class NormalizedGrade:
     grading_progress: str = "FullyGraded"
     comment: str | None = None
     context: Mapping[str, Any] | None = None
+    # With a gradingProgress the LMS does not count: keep the score it holds (True) or clear it (False).
+    preserve_score: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Destination:
     lms_user_known: bool = True
     user_email: str | None = None
     user_sis_id: str | None = None
+    # The details of the last receipt for this grade at this placement (what was sent, what the gradebook
+    # held), so an adapter can order its timestamps after it; empty when nothing was delivered there yet.
+    last_receipt: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@ Wire details and per-LMS quirks: ../shared/reference/wire-formats.md §3 (AGS) a
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -42,6 +43,15 @@ ASSERTION_LIFETIME = 300
 TOKEN_EXPIRY_MARGIN = 120
 MAX_LINEITEM_PAGES = 50
 CANVAS_SUBMISSION_EXTENSION = "https://canvas.instructure.com/lti/submission"
+# The gradingProgress values with which a platform counts scoreGiven; with any other it sets the score to nil
+# (Canvas: Lti::IMS::ScoresController; Moodle: gradebookservices scores.php). AGS promises only FullyGraded.
+COUNTED_PROGRESS: dict[str, frozenset[str]] = {
+    "canvas": frozenset({"FullyGraded", "PendingManual"}),
+    "moodle": frozenset({"FullyGraded"}),
+}
+# How finely a platform orders score timestamps: Moodle compares whole seconds and refuses an equal one (409).
+TIMESTAMP_RESOLUTION: dict[str, timedelta] = {"moodle": timedelta(seconds=1)}
+MILLISECOND = timedelta(milliseconds=1)
 
 _TOKEN_LOCKS: dict[str, threading.Lock] = {}
 _TOKEN_LOCKS_GUARD = threading.Lock()
@@ -129,6 +139,27 @@ def scores_url(lineitem_url: str) -> str:
 def _timestamp(value: datetime) -> str:
     # AGS wants sub-second precision and an offset; stored times are naive UTC.
     return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "+00:00"
+
+
+def _parse_timestamp(value: Any) -> datetime | None:
+    """A timestamp Passback sent (or an LMS quoted) as naive UTC; None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+def _floor(value: datetime, resolution: timedelta) -> datetime:
+    """`value` rounded down to the platform's resolution (whole seconds for Moodle, milliseconds otherwise)."""
+    step = int(resolution / timedelta(microseconds=1))
+    micros = int((value - datetime(1970, 1, 1)) / timedelta(microseconds=1))
+    return datetime(1970, 1, 1) + timedelta(microseconds=micros - micros % step)
+
+
+_CANVAS_STORED_TIMESTAMP = re.compile(r"before last updated timestamp of (\S+)")
 
 
 class Lti13AgsAdapter:
@@ -317,47 +348,164 @@ class Lti13AgsAdapter:
 
     # --- scores ----------------------------------------------------------------------------------------
 
-    def score_body(self, grade: NormalizedGrade, destination: Destination) -> dict[str, Any]:
+    @property
+    def platform(self) -> str:
+        return str(self.settings.get("platform") or "generic")
+
+    def counts_score(self, grade: NormalizedGrade) -> bool:
+        """Whether the platform keeps scoreGiven with this gradingProgress (AGS promises it for FullyGraded)."""
+        return grade.grading_progress in COUNTED_PROGRESS.get(self.platform, frozenset({"FullyGraded"}))
+
+    def score_body(
+        self, grade: NormalizedGrade, destination: Destination, timestamp: datetime | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "userId": destination.lms_user_id,
             "scoreGiven": grade.score_given,
             "scoreMaximum": grade.score_maximum,
             "activityProgress": grade.activity_progress,
             "gradingProgress": grade.grading_progress,
-            "timestamp": _timestamp(grade.timestamp),
+            "timestamp": _timestamp(timestamp or grade.timestamp),
         }
         if grade.comment:
             body["comment"] = grade.comment
-        canvas = (grade.context or {}).get("canvas") if self.settings.get("platform") == "canvas" else None
+        if self.platform != "canvas":
+            return body
+        canvas = (grade.context or {}).get("canvas")
+        extension: dict[str, Any] = {}
         if isinstance(canvas, Mapping):
             extension = {
                 k: canvas[k]
                 for k in ("submitted_at", "new_submission", "prioritize_non_tool_grade", "needs_additional_review")
                 if k in canvas
             }
-            if extension:
-                body[CANVAS_SUBMISSION_EXTENSION] = extension
+        if grade.preserve_score and not self.counts_score(grade):
+            # Canvas sets the score to nil for a progress it does not count, unless told to preserve it.
+            extension["preserve_score"] = True
+        if extension:
+            body[CANVAS_SUBMISSION_EXTENSION] = extension
         return body
+
+    def _resolution(self) -> timedelta:
+        return TIMESTAMP_RESOLUTION.get(self.platform, MILLISECOND)
+
+    def score_timestamp(self, grade: NormalizedGrade, destination: Destination, lineitem: str) -> datetime:
+        """The grade's timestamp, unless the platform would not order it after the last score sent to this
+        line item for this student: then one step (Moodle: one whole second) after that one."""
+        stamp = grade.timestamp.replace(tzinfo=None)
+        last = destination.last_receipt
+        sent = _parse_timestamp(last.get("timestamp")) if last.get("lineitem") == lineitem else None
+        step = self._resolution()
+        if sent is not None and _floor(stamp, step) <= _floor(sent, step):
+            stamp = _floor(sent, step) + step
+        return stamp
+
+    def _later_timestamp(self, refused: datetime, response: Any) -> datetime:
+        """After a refusal for an older timestamp: a timestamp after the refused one, after now, and after the
+        one the platform says it holds (Canvas quotes it; Moodle does not)."""
+        step = self._resolution()
+        candidates = [refused, datetime.now(UTC).replace(tzinfo=None)]
+        quoted = _CANVAS_STORED_TIMESTAMP.search(_lms_message(response) or "")
+        stored = _parse_timestamp(quoted.group(1).rstrip(".,")) if quoted else None
+        if stored is not None:
+            candidates.append(stored)
+        return _floor(max(candidates), step) + step
+
+    def _refused_as_older(self, response: Any) -> bool:
+        """The platform refused the score because it holds one stamped later (or, on Moodle, in the same
+        second): Moodle's 409 (its only 409 there; the reason is in the status line, which HTTP/2 drops),
+        Canvas's 400 "before last updated timestamp"."""
+        if response.status_code == 409:
+            return True
+        return response.status_code == 400 and bool(_CANVAS_STORED_TIMESTAMP.search(_lms_message(response) or ""))
+
+    def _post_score(self, lineitem: str, grade: NormalizedGrade, destination: Destination, stamp: datetime) -> Any:
+        return self._authorized(
+            "POST",
+            scores_url(lineitem),
+            self._granted(destination, [SCOPE_LINEITEM, SCOPE_SCORE]),
+            json=self.score_body(grade, destination, stamp),
+            headers={"Content-Type": MEDIA_SCORE, "Accept": "application/json"},
+        )
+
+    @staticmethod
+    def _kept(destination: Destination, lineitem: str | None) -> dict[str, Any]:
+        """What the gradebook holds when the platform kept its score: the last score delivered there, if any."""
+        last = destination.last_receipt
+        held = last.get("gradebook_holds") if lineitem and last.get("lineitem") == lineitem else None
+        if not isinstance(held, Mapping) or held.get("score") is None:
+            return {"score": None, "kept": True}
+        return {"score": held["score"], "scoreMaximum": held.get("scoreMaximum"), "kept": True}
 
     def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
         """POST the score to the placement's line item (found or created first). Repeating is safe: the
-        timestamp is the grade's, so the platform treats a repeat as the same score."""
+        timestamp is the grade's (or, where the platform would not order it after the last one sent, the
+        next one it would), so the platform treats a repeat as the same score.
+
+        The receipt says what the gradebook holds now (`gradebook_holds`): the score sent, no score, or the
+        score kept from before (a progress the platform does not count, with `preserve_score`)."""
+        counted = self.counts_score(grade)
+        if not counted and grade.preserve_score and self.platform == "moodle":
+            return self._not_sent_to_moodle(grade, destination)
         lineitem, learned = self.find_or_create_lineitem(grade, destination)
-        scopes = self._granted(destination, [SCOPE_LINEITEM, SCOPE_SCORE])
-        response = self._authorized(
-            "POST",
-            scores_url(lineitem),
-            scopes,
-            json=self.score_body(grade, destination),
-            headers={"Content-Type": MEDIA_SCORE, "Accept": "application/json"},
-        )
+        stamp = self.score_timestamp(grade, destination, lineitem)
+        response = self._post_score(lineitem, grade, destination, stamp)
+        if self._refused_as_older(response):
+            # The worker sends only a grade's newest revision: what the platform holds is older in truth (an
+            # earlier revision in the same second, or a send whose receipt was lost). Stamp it later, once.
+            stamp = self._later_timestamp(stamp, response)
+            response = self._post_score(lineitem, grade, destination, stamp)
+            if self._refused_as_older(response):
+                raise RetryableDeliveryError(
+                    "the platform holds a score stamped later than now; trying again later",
+                    lms_status=response.status_code,
+                    lms_body=body_excerpt(response),
+                )
         self._classify(response)
         answer = json_or_none(response) or {}
+        holds: dict[str, Any]
+        if counted:
+            holds = {"score": grade.score_given, "scoreMaximum": grade.score_maximum}
+            if grade.grading_progress != "FullyGraded" and self.platform not in COUNTED_PROGRESS:
+                holds["certain"] = False  # AGS lets a platform ignore any progress but FullyGraded
+            summary = f"score {grade.score_given:g}/{grade.score_maximum:g} posted to {lineitem}"
+        elif grade.preserve_score and self.platform == "canvas":
+            holds = self._kept(destination, lineitem)
+            summary = f"{grade.grading_progress} posted to {lineitem} with preserve_score: the score is kept"
+        elif self.platform in COUNTED_PROGRESS:
+            holds = {"score": None}
+            summary = f"{grade.grading_progress} posted to {lineitem}: the platform clears the score"
+        else:
+            holds = {"score": grade.score_given, "scoreMaximum": grade.score_maximum, "certain": False}
+            summary = (
+                f"score {grade.score_given:g}/{grade.score_maximum:g} ({grade.grading_progress}) posted to {lineitem}"
+            )
+        details: dict[str, Any] = {"lineitem": lineitem, "timestamp": _timestamp(stamp), "gradebook_holds": holds}
+        if "resultUrl" in answer:
+            details["resultUrl"] = answer["resultUrl"]
         return DeliveryReceipt(
             lms_status=response.status_code,
-            summary=f"score {grade.score_given:g}/{grade.score_maximum:g} posted to {lineitem}",
-            details={"lineitem": lineitem, **({"resultUrl": answer["resultUrl"]} if "resultUrl" in answer else {})},
+            summary=summary,
+            details=details,
             destination_update={"lineitem": lineitem} if learned else None,
+        )
+
+    def _not_sent_to_moodle(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
+        """Moodle sets scoreGiven to null unless gradingProgress is FullyGraded, erasing the grade it holds; the
+        app did not ask to clear it, so nothing is sent. The last send's line item and timestamp are carried
+        over, so the next score is still ordered after what Moodle holds."""
+        last = destination.last_receipt
+        lineitem = destination.data.get("lineitem")
+        details: dict[str, Any] = {
+            "sent": False,
+            "gradebook_holds": self._kept(destination, str(lineitem) if lineitem else None),
+        }
+        details.update({k: last[k] for k in ("lineitem", "timestamp") if k in last})
+        return DeliveryReceipt(
+            lms_status=None,
+            summary=f"not sent: Moodle would drop a {grade.grading_progress} score and clear the grade it holds, "
+            "which is kept (send preserveScore false to clear it)",
+            details=details,
         )
 
     # --- rosters (Names and Role Provisioning Services 2.0) -----------------------------------------------

@@ -19,6 +19,17 @@ MAX_CONTEXT_BYTES = 4096
 MAX_COMMENT_CHARS = 10_000
 
 
+class JsonBoolean(fields.Boolean):
+    """A JSON true or false: not 1, "true" or "yes"."""
+
+    default_error_messages = {"invalid": "Must be a JSON boolean: true or false."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class GradeRequestSchema(StrictSchema):
     assignmentID = fields.String(
         required=True, validate=validate.Regexp(ASSIGNMENT_ID_PATTERN, error=ASSIGNMENT_ID_RULE)
@@ -42,6 +53,13 @@ class GradeRequestSchema(StrictSchema):
     )
     activityProgress = fields.String(validate=validate.OneOf(ACTIVITY_PROGRESS))
     gradingProgress = fields.String(validate=validate.OneOf(GRADING_PROGRESS))
+    preserveScore = JsonBoolean(
+        metadata={
+            "description": "Only for a gradingProgress the LMS does not count (Canvas counts FullyGraded and "
+            "PendingManual, Moodle only FullyGraded): true (the default) keeps the score the LMS already holds, "
+            "false clears it."
+        },
+    )
 
     @validates("percentage")
     def _percentage_in_range(self, value: float, **_: Any) -> None:
@@ -129,6 +147,15 @@ class DeliveryStatusSchema(Schema):
     lmsStatus = fields.Integer(attribute="lms_status", allow_none=True)
     lmsResponse = fields.String(attribute="lms_response", allow_none=True)
     deliveredAt = UtcDateTime(attribute="delivered_at", allow_none=True)
+    gradebookHolds = fields.Dict(
+        attribute="gradebook_holds",
+        allow_none=True,
+        metadata={
+            "description": "What the LMS gradebook holds after this delivery, where the adapter can tell: "
+            "`score` and `scoreMaximum` (`score` null: no score); `kept: true` when the LMS kept the score it "
+            "held before (the score shown is the last one Passback delivered, null if none)."
+        },
+    )
     updatedAt = UtcDateTime(attribute="updated_at")
 
 
@@ -145,6 +172,7 @@ class GradeResponseSchema(Schema):
     timestamp = UtcDateTime()
     activityProgress = fields.String(attribute="activity_progress")
     gradingProgress = fields.String(attribute="grading_progress")
+    preserveScore = fields.Boolean(attribute="preserve_score")
     revision = fields.Integer()
     createdAt = UtcDateTime(attribute="created_at")
     updatedAt = UtcDateTime(attribute="updated_at")

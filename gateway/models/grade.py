@@ -6,8 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import true
 
 from gateway.models.base import Base, created_column, id_column, utcnow
 
@@ -38,6 +39,8 @@ class Grade(Base):
     context: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     activity_progress: Mapped[str] = mapped_column(String(20))
     grading_progress: Mapped[str] = mapped_column(String(20))
+    # With a gradingProgress the LMS does not count: keep the score it holds (True) or clear it (False).
+    preserve_score: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     timestamp: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = created_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -64,6 +67,7 @@ class GradeRevision(Base):
     context: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     activity_progress: Mapped[str] = mapped_column(String(20))
     grading_progress: Mapped[str] = mapped_column(String(20))
+    preserve_score: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     timestamp: Mapped[datetime] = mapped_column()
     token_id: Mapped[str | None] = mapped_column(String(24), default=None)
     received_at: Mapped[datetime] = created_column()

@@ -256,6 +256,7 @@ def _works(
             )
         )
     }
+    receipts = _last_receipts(session, {row.Delivery.grade_id for row in rows}, placement_ids)
     settings: dict[str, dict[str, Any]] = {}
     works: dict[str, DeliveryWork] = {}
     for delivery, revision, placement, connection, assignment, grade_row, user in rows:
@@ -276,6 +277,7 @@ def _works(
             grading_progress=revision.grading_progress,
             comment=revision.comment,
             context=revision.context,
+            preserve_score=revision.preserve_score,
         )
         destination = Destination(
             placement_id=placement.id,
@@ -288,6 +290,7 @@ def _works(
             lms_user_known=lms_user_id is not None,
             user_email=user.email,
             user_sis_id=user.sis_id,
+            last_receipt=receipts.get((grade_row.id, placement.id)) or {},
         )
         works[delivery.id] = DeliveryWork(
             delivery.id,
@@ -303,6 +306,26 @@ def _works(
             rate_limit=connection.rate_limit,
         )
     return works
+
+
+def _last_receipts(
+    session: Session, grade_ids: set[str], placement_ids: set[str]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The receipt of the latest delivered send of each grade to each placement (one grade's sends to one
+    placement never overlap, so the latest delivered is the last the LMS accepted)."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for grade_id, placement_id, receipt in session.execute(
+        select(Delivery.grade_id, Delivery.placement_id, Delivery.receipt)
+        .where(
+            Delivery.grade_id.in_(grade_ids),
+            Delivery.placement_id.in_(placement_ids),
+            Delivery.operation == "replace",
+            Delivery.status == DeliveryStatus.DELIVERED,
+        )
+        .order_by(Delivery.delivered_at.desc(), Delivery.id.desc())
+    ):
+        latest.setdefault((grade_id, placement_id), receipt or {})
+    return latest
 
 
 DISCOVERY_LEASE_SECONDS = 120

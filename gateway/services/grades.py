@@ -243,6 +243,7 @@ def _grade_values(data: Mapping[str, Any], normalized: Normalized, timestamp: da
         "context": data.get("context"),
         "activity_progress": data.get("activityProgress", "Completed"),
         "grading_progress": data.get("gradingProgress", "FullyGraded"),
+        "preserve_score": data.get("preserveScore", True),
         "timestamp": timestamp,
     }
 
@@ -278,6 +279,7 @@ def _add_revision(session: Session, grade: Any, principal: Principal, now: datet
             "context": grade.context,
             "activity_progress": grade.activity_progress,
             "grading_progress": grade.grading_progress,
+            "preserve_score": grade.preserve_score,
             "timestamp": grade.timestamp,
             "token_id": principal.token_id,
             "received_at": now,
@@ -379,6 +381,7 @@ def _delivery_view(delivery: Delivery, route: Route | None) -> dict[str, Any]:
         "lms_status": delivery.lms_status,
         "lms_response": delivery.lms_response,
         "delivered_at": delivery.delivered_at,
+        "gradebook_holds": (delivery.receipt or {}).get("gradebook_holds"),
         "updated_at": delivery.updated_at,
     }
 
@@ -400,6 +403,7 @@ def grade_view(grade: Grade, assignment_external_id: str, deliveries: list[dict[
         "timestamp": grade.timestamp,
         "activity_progress": grade.activity_progress,
         "grading_progress": grade.grading_progress,
+        "preserve_score": grade.preserve_score,
         "revision": grade.revision,
         "created_at": grade.created_at,
         "updated_at": grade.updated_at,

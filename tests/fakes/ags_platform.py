@@ -4,8 +4,17 @@ It checks what a real platform checks, and more than `lti1p3platform` does: the 
 against Passback's published JWKS (fetched over HTTP, the signature checked with `cryptography` directly, not
 with the library Passback signs with), with `alg`, `iss` = `sub` = client_id, `aud` = the token URL, `exp`,
 `iat` and a never-seen `jti`; bearer tokens and their scopes on every service call; exact media types; score
-bodies; Canvas's rule that an older timestamp is refused. Line item URLs carry a Moodle-style query string
-so that `/scores` must be put on the path.
+bodies. Line item URLs carry a Moodle-style query string so that `/scores` must be put on the path.
+
+Two gradebooks, chosen with `lms=`, each keeping what its LMS keeps (`held(user)`), not merely the last body:
+- "canvas" (the default; canvas-lms `Lti::IMS::ScoresController`): a timestamp earlier than the stored one is
+  refused with 400 (an equal one is accepted); `scoreGiven` counts only with `gradingProgress` FullyGraded or
+  PendingManual, any other progress sets the score to nil unless the submission extension carries
+  `"preserve_score": true`.
+- "moodle" (moodle `gradebookservices/classes/local/resources/scores.php`): the stored timestamp is compared
+  in whole seconds and an equal or later one is refused with `409 Refusing score with an earlier timestamp
+  for item N and user U` (in the reason phrase; the body is `[]`); `scoreGiven` is dropped unless
+  `gradingProgress` is FullyGraded.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import requests
 from cryptography.hazmat.primitives import hashes
@@ -34,6 +43,9 @@ SCOPE_NRPS = "https://purl.imsglobal.org/spec/lti-nrps/scope/contextmembership.r
 MEDIA_MEMBERSHIPS = "application/vnd.ims.lti-nrps.v2.membershipcontainer+json"
 ACTIVITY = {"Initialized", "Started", "InProgress", "Submitted", "Completed"}
 GRADING = {"FullyGraded", "Pending", "PendingManual", "Failed", "NotReady"}
+CANVAS_SUBMISSION = "https://canvas.instructure.com/lti/submission"
+# The gradingProgress values with which each LMS counts scoreGiven.
+COUNTED = {"canvas": {"FullyGraded", "PendingManual"}, "moodle": {"FullyGraded"}}
 PAGE_SIZE = 2
 
 
@@ -60,9 +72,16 @@ class AgsPlatform:
     """Start with `with AgsPlatform(client_id, tool_jwks_url) as platform:`; `platform.url` is its base."""
 
     def __init__(
-        self, client_id: str, tool_jwks_url: str, *, token_lifetime: int = 3600, schoology_rules: bool = False
+        self,
+        client_id: str,
+        tool_jwks_url: str,
+        *,
+        token_lifetime: int = 3600,
+        schoology_rules: bool = False,
+        lms: Literal["canvas", "moodle"] = "canvas",
     ) -> None:
         self.client_id = client_id
+        self.lms = lms
         # Schoology's further refusals (wire-formats §3A.8, §3.10): its token endpoint takes JWT client
         # assertions only, never HTTP Basic; its line item queries know no resource_link_id filter.
         self.schoology_rules = schoology_rules
@@ -76,6 +95,10 @@ class AgsPlatform:
         self.seen_jti: set[str] = set()
         self.lineitems: dict[int, dict[str, Any]] = {}
         self.scores: dict[tuple[int, str], dict[str, Any]] = {}
+        # What the gradebook holds per (line item, user): the score (None: no score) and its stored time.
+        self.gradebook: dict[tuple[int, str], tuple[float | None, datetime]] = {}
+        # Every score POST refused for its timestamp: (user, timestamp sent).
+        self.timestamp_refusals: list[tuple[str, str]] = []
         self.score_posts = 0
         self.lineitem_posts: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
@@ -131,7 +154,49 @@ class AgsPlatform:
         self.faults.append(Fault(status, body, headers or {}, count, content_type))
 
     def score_of(self, user_id: str, lineitem_number: int = 1) -> dict[str, Any] | None:
+        """The last score body the platform accepted for the user (not what the gradebook holds: see held)."""
         return self.scores.get((lineitem_number, user_id))
+
+    def held(self, user_id: str, lineitem_number: int = 1) -> float | None:
+        """The score the gradebook holds for the user, on the score's own scale; None: no score."""
+        found = self.gradebook.get((lineitem_number, user_id))
+        return found[0] if found else None
+
+    def _refuse_timestamp(self, number: int, body: dict[str, Any], stamp: datetime) -> Response | None:
+        previous = self.gradebook.get((number, body["userId"]))
+        if previous is None:
+            return None
+        if self.lms == "moodle":
+            # Moodle: `timemodified >= strtotime(timestamp)`, both whole seconds.
+            if int(previous[1].timestamp()) < int(stamp.timestamp()):
+                return None
+            self.timestamp_refusals.append((body["userId"], body["timestamp"]))
+            return Response(
+                "[]",
+                status=f"409 Refusing score with an earlier timestamp for item {number} and user {body['userId']}",
+                content_type=MEDIA_SCORE,
+            )
+        if previous[1] <= stamp:
+            return None
+        self.timestamp_refusals.append((body["userId"], body["timestamp"]))
+        return jsonify(
+            errors={
+                "type": "bad_request",
+                "message": f"Provided timestamp of {body['timestamp']} before last updated "
+                f"timestamp of {previous[1].isoformat()}",
+            }
+        ), 400
+
+    def _store(self, number: int, body: dict[str, Any], stamp: datetime) -> None:
+        key = (number, body["userId"])
+        given = body.get("scoreGiven")
+        if body["gradingProgress"] not in COUNTED[self.lms]:
+            given = None
+        if given is None and self.lms == "canvas":
+            extension = body.get(CANVAS_SUBMISSION)
+            if isinstance(extension, dict) and extension.get("preserve_score") is True and key in self.gradebook:
+                given = self.gradebook[key][0]
+        self.gradebook[key] = (given, stamp)
 
     # --- the platform ---------------------------------------------------------------------------------
 
@@ -311,18 +376,16 @@ class AgsPlatform:
                 stamp = None
             if problems:
                 return jsonify(errors={"type": "bad_request", "message": f"invalid: {problems}"}), 400
+            assert stamp is not None
             with self.lock:
                 self.score_posts += 1
-                previous = self.scores.get((number, body["userId"]))
-                if previous and datetime.fromisoformat(previous["timestamp"]) > stamp:
-                    return jsonify(
-                        errors={
-                            "type": "bad_request",
-                            "message": f"Provided timestamp of {body['timestamp']} before last updated "
-                            f"timestamp of {previous['timestamp']}",
-                        }
-                    ), 400
+                refused = self._refuse_timestamp(number, body, stamp)
+                if refused is not None:
+                    return refused
                 self.scores[(number, body["userId"])] = body
+                self._store(number, body, stamp)
+            if self.lms == "moodle":
+                return Response("", status=200)  # Moodle answers 200 with no useful body
             return Response(
                 json.dumps({"resultUrl": f"{self.url}/results/{number}/{body['userId']}"}), content_type=MEDIA_SCORE
             )
