@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import heapq
+import itertools
 import re
+import socket
 import threading
 import time
 import urllib.request
@@ -14,6 +18,9 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.connection
+import urllib3.connectionpool
+from requests.adapters import HTTPAdapter
 
 from adapters import base
 
@@ -22,13 +29,26 @@ USER_AGENT = "Passback/0.1 (+https://github.com/passback/passback)"
 RETRYABLE_STATUSES = frozenset({401, 408, 425, 429})
 MAX_KEPT_BODY = 2000
 MAX_PAUSE_SECONDS = 86400.0
+# An LMS answer is a score entry or a short error: a body larger than this is never read whole.
+MAX_RESPONSE_BYTES = 1024 * 1024
+_CHUNK = 64 * 1024
 
 
 class HttpClient:
-    """A shared requests.Session (one per thread) with Passback's timeouts on every call."""
+    """A shared requests.Session (one per thread) with Passback's timeouts on every call: a connect timeout,
+    a per-read timeout, and a total deadline for the whole exchange (connect, headers and body), so an LMS
+    that trickles its answer a byte at a time is cut off; answers are read in chunks up to `max_body`."""
 
-    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 30.0) -> None:
-        self.timeout = (connect_timeout, read_timeout)
+    def __init__(
+        self,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        deadline: float = 30.0,
+        max_body: int = MAX_RESPONSE_BYTES,
+    ) -> None:
+        self.deadline = deadline
+        self.timeout = (min(connect_timeout, deadline), min(read_timeout, deadline))
+        self.max_body = max_body
         self._local = threading.local()
         self._no_proxy = urllib.request.getproxies().get("no")
 
@@ -42,29 +62,208 @@ class HttpClient:
             # hundreds of deliveries a second); HTTP(S)_PROXY and NO_PROXY are honoured as they were at start.
             session.proxies = {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https")}
             session.trust_env = False
+            # Sockets that the request deadline can cut, whatever phase the exchange is in.
+            adapter = _DeadlineAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
         return session
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """Send one request; transport failures become RetryableDeliveryError, responses are returned as is."""
+        """Send one request and read its answer within the deadline; transport failures, a missed deadline
+        and an oversized 2xx answer become RetryableDeliveryError, other responses are returned as is (an
+        oversized error answer keeps its first `max_body` bytes). A caller passing stream=True reads the body
+        itself; the deadline then covers the exchange up to the headers."""
         kwargs.setdefault("timeout", self.timeout)
         kwargs.setdefault("allow_redirects", False)
         if self.session.proxies and requests.utils.should_bypass_proxies(url, no_proxy=self._no_proxy):
             kwargs.setdefault("proxies", {"http": None, "https": None})
+        caller_streams = bool(kwargs.pop("stream", False))
+        deadline = _Deadline(time.monotonic() + self.deadline)
+        _WATCHDOG.watch(deadline)
+        _CURRENT.deadline = deadline
         try:
-            return self.session.request(method, url, **kwargs)
-        except requests.Timeout as exc:
-            # A read timeout means "unknown": the LMS may have stored the grade. Every adapter's write must
-            # be safe to repeat (a replace, or carry the grade's timestamp).
-            raise base.RetryableDeliveryError(f"timed out talking to {_host(url)}: {exc}") from exc
-        except requests.ConnectionError as exc:
-            raise base.RetryableDeliveryError(f"could not connect to {_host(url)}: {exc}") from exc
+            response = self.session.request(method, url, stream=True, **kwargs)
+            if not caller_streams:
+                self._read_body(response, url, deadline)
+            return response
         except requests.RequestException as exc:
+            if deadline.expired:
+                raise base.RetryableDeliveryError(
+                    f"no complete answer from {_host(url)} within {self.deadline:g} s; cut off"
+                ) from exc
+            if isinstance(exc, requests.Timeout):
+                # A read timeout means "unknown": the LMS may have stored the grade. Every adapter's write must
+                # be safe to repeat (a replace, or carry the grade's timestamp).
+                raise base.RetryableDeliveryError(f"timed out talking to {_host(url)}: {exc}") from exc
+            if isinstance(exc, requests.ConnectionError):
+                raise base.RetryableDeliveryError(f"could not connect to {_host(url)}: {exc}") from exc
             raise base.RetryableDeliveryError(f"HTTP error talking to {_host(url)}: {exc}") from exc
+        finally:
+            _CURRENT.deadline = None
+            deadline.finish()
+
+    def _read_body(self, response: requests.Response, url: str, deadline: _Deadline) -> None:
+        """Read the body in chunks, at most `max_body` bytes (decoded), and keep it as the response's content."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(_CHUNK):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self.max_body:
+                    break
+        except BaseException:
+            response.close()
+            raise
+        if deadline.expired:
+            # An answer without Content-Length ends at a clean close, which is also what a cut looks like.
+            response.close()
+            raise requests.ConnectionError("cut off at the request deadline")
+        if size > self.max_body:
+            # The connection is dropped, not drained: the rest of the answer is never read.
+            response.close()
+            kept = b"".join(chunks)[: self.max_body]
+            if 200 <= response.status_code < 300:
+                raise base.RetryableDeliveryError(
+                    f"{_host(url)} answered HTTP {response.status_code} with more than {self.max_body} bytes; not read",
+                    lms_status=response.status_code,
+                )
+            response._content = kept
+        else:
+            response._content = b"".join(chunks)
+        response._content_consumed = True  # type: ignore[attr-defined]
 
 
 def _host(url: str) -> str:
     return urlsplit(url).netloc or url
+
+
+class _Deadline:
+    """The end of one request's time: when it passes, every socket the request uses is shut down, which ends
+    a read blocked on a trickling LMS at once (a socket timeout only bounds each read)."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.expired = False
+        self.done = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def attach(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if not self.expired:
+                self._sockets.append(sock)
+                return
+        _cut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _cut(sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self.done = True
+            self._sockets = []
+
+
+def _cut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One daemon thread that expires request deadlines when they pass (one thread for all requests)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: _Deadline) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="passback-http-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                # Finished requests are dropped as they surface (a finished deadline is never cut).
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait(60)
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                _, _, deadline = heapq.heappop(self._heap)
+            deadline.expire()
+
+
+_WATCHDOG = _Watchdog()
+# The deadline of the request this thread is making: its connections attach their sockets to it.
+_CURRENT = threading.local()
+
+
+def _attach_current(sock: socket.socket | None) -> None:
+    deadline = getattr(_CURRENT, "deadline", None)
+    if deadline is not None:
+        deadline.attach(sock)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _attach_current(self.sock)
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        _attach_current(self.sock)  # a pooled connection, reused: connect() was not called this time
+        return super().getresponse(*args, **kwargs)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _attach_current(self.sock)
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        _attach_current(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter with connections whose sockets the request deadline can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if hasattr(manager, "pool_classes_by_scheme"):
+            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
