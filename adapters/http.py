@@ -363,15 +363,45 @@ class Throttle:
     key: str
     rate: float = 10.0
     burst: int = 10
-    # Canvas sends X-Rate-Limit-Remaining (its bucket starts at 700): below `low_water`, or below this
+    # Canvas sends X-Rate-Limit-Remaining (its bucket counts as full at 600): below `low_water`, or below this
     # fraction of the fullest bucket seen, pause a little (wire-formats §3.8).
     low_water: float = 100.0
     low_fraction: float = 0.15
-    # How long everyone waits after a 429 or a rate-limit 403 that names no Retry-After.
+    # The longest pause after rate-limit refusals (429, Canvas's 403) in a row that name no Retry-After; the
+    # first pause is only the time the LMS's bucket needs for one request, doubled per refusal in a row.
     default_pause: float = 10.0
+    # Keep room in the LMS's bucket for this many requests (the connection's concurrent deliveries): a pause
+    # lasts until the bucket can take them all, so they do not land on a full bucket together.
+    headroom: int = 4
     # Never sleep longer than this in one request; a longer wait becomes a retryable error instead, so the
     # worker frees itself and the outbox schedules the retry.
     max_wait: float = 30.0
+
+
+@dataclass
+class BucketView:
+    """What this process has learnt of one connection's LMS bucket from its answers (Canvas reports
+    X-Rate-Limit-Remaining and X-Request-Cost on every answer, wire-formats §3.8)."""
+
+    # The fullest X-Rate-Limit-Remaining seen stands for the bucket's size (not announced).
+    full: float = 0.0
+    # Units the bucket regains a second, learnt from how Remaining moves between answers; None: not yet.
+    refill: float | None = None
+    # Units one request costs (X-Request-Cost, averaged); one unit until the LMS says.
+    cost: float = 1.0
+    last_at: float | None = None
+    last_remaining: float | None = None
+    # Rate-limit refusals in a row (reset by any other answer); a refusal of a request sent before the last
+    # pause began does not count (it was already on its way when the LMS said stop).
+    refusals: int = 0
+    paused_at: float = float("-inf")
+
+
+# The smallest pause after a refusal, so a bucket reported as refilled still gets a breath.
+MIN_REFUSAL_PAUSE = 0.05
+# Refill is learnt over spans between answers of this length: shorter ones are noise (two answers landing
+# together), longer ones mostly idle time.
+_SAMPLE_SPAN = (0.05, 10.0)
 
 
 class ThrottledHttpClient(HttpClient):
@@ -394,6 +424,8 @@ class ThrottledHttpClient(HttpClient):
         self.throttle = throttle
         self.timeout = http.timeout
         self.waited = 0.0
+        # The clock the bucket's refill is learnt on (a test advances its own).
+        self.clock: Callable[[], float] = time.monotonic
 
     @property
     def session(self) -> requests.Session:
@@ -413,33 +445,77 @@ class ThrottledHttpClient(HttpClient):
         self.waited += time.monotonic() - started
         if self.before_request is not None:
             self.before_request()
+        sent_at = self.clock()
         response = self.http.request(method, url, **kwargs)
-        self._observe(response)
+        self._observe(response, sent_at)
         return response
 
-    def _observe(self, response: requests.Response) -> None:
+    def _observe(self, response: requests.Response, sent_at: float | None = None) -> None:
+        """Learn from the answer what the LMS's bucket holds and how fast it refills, and pause the connection
+        (for every worker) as long as the bucket needs: after a refusal, Retry-After when given, else the time
+        to regain room for `headroom` requests, doubled per refusal in a row (up to `default_pause`); after a
+        success that leaves the bucket low, the time to refill it to the low-water mark."""
         status = response.status_code
-        if status == 429 or (status == 403 and is_rate_limit_refusal(status, response.text or "")):
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            # An absurd Retry-After (weeks) must not silence a connection longer than a day.
-            self.limiter.pause(self.throttle.key, min(retry_after or self.throttle.default_pause, MAX_PAUSE_SECONDS))
-            return
+        refused = status == 429 or (status == 403 and is_rate_limit_refusal(status, response.text or ""))
         remaining = _float(response.headers.get("X-Rate-Limit-Remaining"))
+        cost = _float(response.headers.get("X-Request-Cost"))
+        key = self.throttle.key
+        now = self.clock()
+        with _BUCKETS_LOCK:
+            view = _BUCKETS.setdefault(key, BucketView())
+            _learn(view, now, remaining, None if refused else cost)
+            if not refused:
+                view.refusals = 0
+            elif sent_at is None or sent_at >= view.paused_at:
+                view.refusals += 1
+                view.paused_at = now
+            refill = view.refill or max(self.throttle.rate, 1.0)
+            need, refusals, full = view.cost * max(self.throttle.headroom, 1), max(view.refusals, 1), view.full
+        if refused:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None:
+                # An absurd Retry-After (weeks) must not silence a connection longer than a day.
+                pause = min(retry_after, MAX_PAUSE_SECONDS)
+            else:
+                regain = max(need - (remaining or 0.0), 0.0) / refill
+                pause = min(max(regain, MIN_REFUSAL_PAUSE) * 2 ** (refusals - 1), self.throttle.default_pause)
+            self.limiter.pause(key, pause)
+            return
         if remaining is None:
             return
-        # The LMS's bucket size is not announced: the fullest it was seen stands for it (Canvas's is 700).
-        key = self.throttle.key
-        with _BUCKETS_LOCK:
-            full = _BUCKET_HIGH_WATER[key] = max(_BUCKET_HIGH_WATER.get(key, 0.0), remaining)
-        low_water = min(self.throttle.low_water, full * self.throttle.low_fraction)
+        low_water = max(min(self.throttle.low_water, full * self.throttle.low_fraction), need)
         if remaining < low_water:
-            # The lower the bucket, the longer everyone waits, as if it refilled at our own request rate.
-            pause = (low_water - remaining) / max(self.throttle.rate, 1.0)
-            self.limiter.pause(self.throttle.key, min(pause, MAX_PAUSE_SECONDS))
+            # The lower the bucket, the longer everyone waits: until it has refilled to the low-water mark.
+            self.limiter.pause(key, min((low_water - remaining) / refill, MAX_PAUSE_SECONDS))
 
 
-_BUCKET_HIGH_WATER: dict[str, float] = {}
+def _learn(view: BucketView, now: float, remaining: float | None, cost: float | None) -> None:
+    """Fold one answer into the view. Between two answers the bucket gained refill * elapsed and lost the
+    later request's cost, so refill = (remaining - previous remaining + cost) / elapsed. Spans where the
+    bucket sat at the top (idle: a full bucket hides its refill) or longer than a few seconds are skipped."""
+    if cost is not None and cost >= 0:
+        view.cost = cost if view.last_at is None else 0.7 * view.cost + 0.3 * cost
+    if remaining is None:
+        return
+    previous, at = view.last_remaining, view.last_at
+    at_top = previous is not None and previous >= view.full and remaining >= view.full
+    if previous is not None and at is not None and not at_top and _SAMPLE_SPAN[0] <= now - at <= _SAMPLE_SPAN[1]:
+        sample = (remaining - previous + (cost or 0.0)) / (now - at)
+        if sample > 0:
+            view.refill = sample if view.refill is None else 0.7 * view.refill + 0.3 * sample
+    view.full = max(view.full, remaining)
+    view.last_at, view.last_remaining = now, remaining
+
+
+_BUCKETS: dict[str, BucketView] = {}
 _BUCKETS_LOCK = threading.Lock()
+
+
+def bucket_view(key: str) -> BucketView | None:
+    """A copy of what this process has learnt of a connection's LMS bucket (for the dashboard and tests)."""
+    with _BUCKETS_LOCK:
+        view = _BUCKETS.get(key)
+        return None if view is None else BucketView(**vars(view))
 
 
 def _float(value: str | None) -> float | None:

@@ -247,6 +247,7 @@ class DeliveryWorker:
             # A connection slowed below the default burst must not be allowed the default burst either.
             burst=max(1, min(settings.connection_burst, int(rate))),
             default_pause=settings.connection_pause_seconds,
+            headroom=settings.connection_concurrency,
         )
         return ThrottledHttpClient(self.http, self.limiter, throttle, before_request=keeper)
 
