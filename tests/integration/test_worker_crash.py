@@ -183,7 +183,7 @@ def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
     world: World, lms: ScriptedLms, database_url: str
 ) -> None:
     db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
-    crashing = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=0.2, max_attempts=2))
+    crashing = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=0.6, max_attempts=2))
     grade_id = post(world, 0.9)
 
     # Two workers in a row claim it and die before a result (nothing is ever sent).
@@ -191,7 +191,7 @@ def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
         [_abandoned] = crashing.claim()
         assert delivery_of(world, grade_id).attempts == attempt
         assert crashing.claim() == []  # within the lease: not claimable
-        time.sleep(0.25)
+        time.sleep(0.65)  # past the lease (0.6 s: a shorter one runs out under load before the retry's send)
     assert crashing.claim() == []
     failed = delivery_of(world, grade_id)
     assert failed.status == "failed"
