@@ -39,10 +39,11 @@ run: install ## Migrate, seed the sandbox district, serve on 127.0.0.1:8000 with
 test: install-test $(CHROMIUM) ## Run the whole suite (SQLite; also PostgreSQL when GATEWAY_TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest
 
-bench: install-test ## Benchmarks: intake vs a bare insert (C), Schoology batching, backfill (A), direct pylti1p3 (B), faults (D)
+bench: install-test ## Benchmarks: intake vs a bare insert (C), Schoology batching, backfill (A), direct pylti1p3 (B), faults (D), Canvas 403 throughput
 	$(BIN)/python -m bench.grade_throughput
 	$(BIN)/python -m bench.schoology_batching --json bench/results/schoology_batching.json
 	$(BIN)/python -m bench.backfill
+	$(BIN)/python -m bench.canvas_throttle --json bench/results/canvas_throttle.json
 
 lint: install-test ## ruff, and mypy on adapters/, schemas/ and gateway/services/
 	$(BIN)/ruff check .

@@ -37,7 +37,9 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
         database.configure(settings.database_url)
     app.extensions["passback_db"] = database
     app.extensions["passback_box"] = SecretBox(settings.encryption_keys)
-    app.extensions["passback_http"] = HttpClient(settings.http_connect_timeout, settings.http_read_timeout)
+    app.extensions["passback_http"] = HttpClient(
+        settings.http_connect_timeout, settings.http_read_timeout, settings.request_deadline()
+    )
 
     @app.teardown_appcontext
     def _remove_session(_exc: BaseException | None) -> None:

@@ -48,6 +48,11 @@ class Settings:
     retry_after_max_seconds: float = 86400.0
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 30.0
+    # Every LMS request ends within this many seconds, answer read or not; at most a third of the lease, so a
+    # request started under a checked lease ends while that lease still holds (see request_deadline()).
+    http_request_deadline: float = 30.0
+    # The embedded/polling worker delivers to this many LMS connections at once (one thread per connection).
+    worker_threads: int = 4
     # Celery over this broker (redis://…) instead of the embedded worker; Redis also shares the throttles.
     broker_url: str = ""
     # How often the sweep re-enqueues connections with due deliveries (a lost message only delays a grade).
@@ -68,6 +73,23 @@ class Settings:
     staff_session_seconds: int = 8 * 3600
     staff_idle_seconds: int = 3600
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def request_deadline(self) -> float:
+        """The total time one LMS request may take: the configured deadline, never more than a third of the
+        lease (the worker re-checks its lease before a request once a third of it has passed)."""
+        return min(self.http_request_deadline, self.lease_seconds / 3)
+
+    def validate(self, deadline_given: bool = True) -> None:
+        """Refuse settings that break a delivery rule, naming the variables and the rule."""
+        if self.http_request_deadline <= 0:
+            raise ValueError("GATEWAY_HTTP_REQUEST_DEADLINE must be a number of seconds > 0")
+        if deadline_given and self.http_request_deadline > self.lease_seconds / 3:
+            raise ValueError(
+                f"GATEWAY_HTTP_REQUEST_DEADLINE ({self.http_request_deadline:g} s) must be at most a third of "
+                f"GATEWAY_LEASE_SECONDS ({self.lease_seconds:g} s), so an LMS request always ends inside its lease"
+            )
+        if self.worker_threads < 1:
+            raise ValueError("GATEWAY_WORKER_THREADS must be at least 1")
 
     def beat_schedule_path(self) -> str:
         """Where celery beat keeps its schedule state (beside the instance's other files)."""
@@ -93,6 +115,9 @@ class Settings:
                 values[f.name] = raw
         values.update(overrides)
         settings = cls(**values)
+        # A deadline left at its default follows a short lease down (request_deadline()); one set explicitly
+        # must respect the lease.
+        settings.validate(deadline_given="http_request_deadline" in values)
         settings.fill_development_defaults()
         return settings
 

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from adapters import REGISTRY, AdapterContext, GradeAdapter, HttpClient
@@ -22,6 +23,7 @@ from gateway.services.deliveries import (
     RetryPolicy,
     claim_due_deliveries,
     defer_claim,
+    due_connections,
     fail_orphaned_claim,
     load_works,
     reconfirm_claims,
@@ -106,7 +108,9 @@ class DeliveryWorker:
         self.db = db
         self.box = box
         self.settings = settings
-        self.http = http or HttpClient(settings.http_connect_timeout, settings.http_read_timeout)
+        self.http = http or HttpClient(
+            settings.http_connect_timeout, settings.http_read_timeout, settings.request_deadline()
+        )
         self.adapters = adapters
         self.district_id = district_id
         # Per-connection request rates and pauses: in this process, or in Redis when a broker is configured.
@@ -133,7 +137,9 @@ class DeliveryWorker:
             self._context_loaded = now
         return self._context
 
-    def claim(self, limit: int | None = None) -> list[Claim]:
+    def claim(
+        self, limit: int | None = None, *, lms_connection_id: str | None = None, without_connection: bool = False
+    ) -> list[Claim]:
         with self.db.transaction() as session:
             return claim_due_deliveries(
                 session,
@@ -141,18 +147,21 @@ class DeliveryWorker:
                 lease_seconds=self.settings.lease_seconds,
                 max_attempts=self.settings.max_attempts,
                 district_id=self.district_id,
+                lms_connection_id=lms_connection_id,
+                without_connection=without_connection,
             )
 
     def deliver_claimed(self, claim: Claim) -> str | None:
         """Deliver one claimed row through its adapter and record the outcome. Returns the new status."""
         return self.deliver_claims([claim]).get(claim.delivery_id)
 
-    def deliver_claims(self, claims: list[Claim]) -> dict[str, str | None]:
+    def deliver_claims(self, claims: list[Claim], claimed_at: float | None = None) -> dict[str, str | None]:
         """The one delivery function, whoever claimed the rows (the embedded thread, `gateway worker`, a
         Celery task): each claim goes through its adapter and its outcome is recorded. Claims for an adapter
         that takes many grades per request are grouped by connection and batch key, topped up with more due
         grades of the same batch, and sent together. Returns each delivery's new status (None: claim lost)."""
-        claimed_at = time.monotonic()  # the claims were just taken; a caller's earlier claim time would be safer
+        if claimed_at is None:
+            claimed_at = time.monotonic()  # the claims were just taken
         statuses: dict[str, str | None] = {}
         batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
         # Outcomes of single deliveries, recorded together at the end of the round (one transaction).
@@ -238,6 +247,7 @@ class DeliveryWorker:
             # A connection slowed below the default burst must not be allowed the default burst either.
             burst=max(1, min(settings.connection_burst, int(rate))),
             default_pause=settings.connection_pause_seconds,
+            headroom=settings.connection_concurrency,
         )
         return ThrottledHttpClient(self.http, self.limiter, throttle, before_request=keeper)
 
@@ -393,22 +403,80 @@ class DeliveryWorker:
             purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds)
 
     def run_forever(self, stop: threading.Event) -> None:
-        log.info("delivery worker started")
-        while not stop.is_set():
-            try:
-                self.purge_if_due()
-            except Exception:
-                log.exception("delivery worker: housekeeping failed")
-            try:
-                done = self.run_once()
-            except Exception:
-                # The database may be briefly unavailable; keep the worker alive and try again.
-                log.exception("delivery worker: claim round failed")
-                done = 0
-            if done == 0:
-                self.wakeup.wait(self.settings.worker_poll_seconds)
-                self.wakeup.clear()
+        """Deliver until `stop`: up to `worker_threads` connections at once, each connection's claims on one
+        thread, so a slow or hanging LMS holds only its own thread (and each request ends at its deadline)."""
+        threads = max(1, self.settings.worker_threads)
+        log.info("delivery worker started (%d connections at once)", threads)
+        busy: set[str | None] = set()
+        busy_lock = threading.Lock()
+        with ThreadPoolExecutor(threads, thread_name_prefix="passback-deliver") as pool:
+            while not stop.is_set():
+                try:
+                    self.purge_if_due()
+                except Exception:
+                    log.exception("delivery worker: housekeeping failed")
+                try:
+                    started = self._dispatch(pool, threads, busy, busy_lock)
+                except Exception:
+                    # The database may be briefly unavailable; keep the worker alive and try again.
+                    log.exception("delivery worker: claim round failed")
+                    started = 0
+                if started == 0:
+                    # A finished connection wakes the loop too, so its next claims go out at once.
+                    self.wakeup.wait(self.settings.worker_poll_seconds)
+                    self.wakeup.clear()
         log.info("delivery worker stopped")
+
+    def _dispatch(
+        self, pool: ThreadPoolExecutor, threads: int, busy: set[str | None], busy_lock: threading.Lock
+    ) -> int:
+        """Claim the due work of connections no thread is working on (one connection per free thread) and
+        hand each connection's claims to a thread. Returns how many connections were started."""
+        with busy_lock:
+            taken = set(busy)
+        free = threads - len(taken)
+        if free <= 0:
+            return 0
+        with self.db.transaction() as session:
+            candidates = due_connections(
+                session,
+                max_attempts=self.settings.max_attempts,
+                # A few spare: a connection's due rows may all wait on another revision in flight.
+                limit=free + 4,
+                exclude=taken,
+                district_id=self.district_id,
+            )
+        started = 0
+        for connection_id in candidates:
+            if started >= free:
+                break
+            claims = self.claim(lms_connection_id=connection_id, without_connection=connection_id is None)
+            if not claims:
+                continue
+            claimed_at = time.monotonic()
+            with busy_lock:
+                busy.add(connection_id)
+            pool.submit(self._deliver_for_connection, connection_id, claims, claimed_at, busy, busy_lock)
+            started += 1
+        return started
+
+    def _deliver_for_connection(
+        self,
+        connection_id: str | None,
+        claims: list[Claim],
+        claimed_at: float,
+        busy: set[str | None],
+        busy_lock: threading.Lock,
+    ) -> None:
+        try:
+            self.deliver_claims(claims, claimed_at)
+        except Exception:
+            # Unrecorded claims are taken again when their leases run out.
+            log.exception("delivery worker: round for connection %s failed", connection_id)
+        finally:
+            with busy_lock:
+                busy.discard(connection_id)
+            self.wakeup.set()
 
 
 class EmbeddedWorker:

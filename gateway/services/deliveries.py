@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, exists, or_, select, update
+from sqlalchemy import Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from adapters import DeliveryReceipt, Destination, NormalizedGrade
@@ -88,6 +88,7 @@ def claim_due_deliveries(
     district_id: str | None = None,
     lms_connection_id: str | None = None,
     section_id: str | None = None,
+    without_connection: bool = False,
 ) -> list[Claim]:
     """Claim up to `limit` due deliveries for this worker until the lease expires.
 
@@ -110,6 +111,9 @@ def claim_due_deliveries(
     conditions = [_claimable(now, max_attempts), ~busy, ~paused]
     if district_id is not None:
         conditions.append(Delivery.district_id == district_id)
+    if without_connection:
+        # Rows whose connection was removed (they fail as orphaned once loaded).
+        conditions.append(Delivery.lms_connection_id.is_(None))
     if lms_connection_id is not None:
         # One connection's work (a Celery drain), or a batching worker topping up one request to a section.
         conditions.append(Delivery.lms_connection_id == lms_connection_id)
@@ -680,3 +684,36 @@ def retry_failed(
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def due_connections(
+    session: Session,
+    *,
+    max_attempts: int,
+    limit: int,
+    exclude: set[str | None] | frozenset[str | None] = frozenset(),
+    district_id: str | None = None,
+    now: datetime | None = None,
+) -> list[str | None]:
+    """Connections (None: rows whose connection was removed) with due deliveries, the longest-waiting first,
+    leaving out `exclude` and paused connections: what a worker that delivers to several connections at once
+    claims next, one connection at a time."""
+    now = now or utcnow()
+    paused = exists().where(LmsConnection.id == Delivery.lms_connection_id, LmsConnection.paused.is_(True))
+    conditions = [_claimable(now, max_attempts), ~paused]
+    if district_id is not None:
+        conditions.append(Delivery.district_id == district_id)
+    named = [c for c in exclude if c is not None]
+    if named:
+        conditions.append(or_(Delivery.lms_connection_id.is_(None), Delivery.lms_connection_id.not_in(named)))
+    if None in exclude:
+        conditions.append(Delivery.lms_connection_id.is_not(None))
+    first_due = func.min(Delivery.next_attempt_at)
+    rows = session.execute(
+        select(Delivery.lms_connection_id, first_due)
+        .where(*conditions)
+        .group_by(Delivery.lms_connection_id)
+        .order_by(first_due)
+        .limit(limit)
+    ).all()
+    return [connection_id for connection_id, _ in rows]

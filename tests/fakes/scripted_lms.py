@@ -15,6 +15,8 @@ Score writes consume scripted steps in order, one per request; once the script i
     lms.script(Respond(503, headers={"Retry-After": "30"}))   # the next write answers 503
     hang = lms.script(Hang())[0]                               # the next write waits for hang.release()
     lms.script(Close())                                        # the next write gets no answer at all
+    lms.script(Trickle(interval=0.05))                         # the answer comes one byte per interval
+    lms.script(Junk(32 * 2**20))                               # a 200 followed by 32 MiB of junk
 
 It imports nothing from the gateway: it is an LMS, not a part of Passback.
 """
@@ -87,7 +89,37 @@ class Hang:
         self.released.set()
 
 
-Step = Store | Respond | Close | Hang
+@dataclass
+class Trickle:
+    """Store the score, then send the whole answer (status line, headers, body) one byte per `interval`, or
+    only the body so when `head_at_once`; stop when the client goes away or after `max_seconds`.
+
+    `sent` counts the bytes the LMS managed to send; `abandoned` is set when the client hung up first."""
+
+    interval: float = 0.05
+    head_at_once: bool = False
+    max_seconds: float = 60.0
+    sent: int = 0
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    # release(): stop trickling and close the connection (the client sees an answer cut short).
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
+class Junk:
+    """Store the score and answer 200 with the entry followed by `size` bytes of junk (Content-Length covers
+    all of it), sent in 64 KiB pieces until the client stops reading. `sent` counts the bytes sent."""
+
+    size: int = 32 * 1024 * 1024
+    sent: int = 0
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+Step = Store | Respond | Close | Hang | Trickle | Junk
 
 
 # --- what the LMS saw and stored -----------------------------------------------------------------------------
@@ -152,7 +184,7 @@ class ScriptedLms:
         # Every stored write in the order the LMS stored it: (course, item, student, scoreGiven).
         self.write_log: list[tuple[str, str, str, float]] = []
         self._steps: deque[Step] = deque()
-        self._hangs: list[Hang] = []
+        self._hangs: list[Hang | Trickle] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -187,7 +219,7 @@ class ScriptedLms:
         """Queue steps for the next score writes, one step per write, in order."""
         with self._lock:
             self._steps.extend(steps)
-            self._hangs.extend(s for s in steps if isinstance(s, Hang))
+            self._hangs.extend(s for s in steps if isinstance(s, Hang | Trickle))
         return list(steps)
 
     def release_all(self) -> None:
@@ -393,9 +425,70 @@ class _Handler(BaseHTTPRequestHandler):
             request.outcome = f"answered {step.status}"
             self._send_json(step.status, step.payload(), step.headers)
             return
+        if isinstance(step, Trickle):
+            self._trickle(request, step)
+            return
+        if isinstance(step, Junk):
+            self._junk(request, step)
+            return
         assert isinstance(step, Store)
         entry = self.server.lms._store(request)
         self._send_json(step.status, {"entry": entry.as_entry()})
+
+    def _answer_bytes(self, request: RecordedRequest, extra: int = 0) -> tuple[bytes, bytes]:
+        entry = self.server.lms._store(request)
+        body = json.dumps({"entry": entry.as_entry()}).encode()
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) + extra}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        return head, body
+
+    def _trickle(self, request: RecordedRequest, step: Trickle) -> None:
+        head, body = self._answer_bytes(request)
+        request.outcome = "trickled"
+        self.close_connection = True
+        stop_at = time.monotonic() + step.max_seconds
+        try:
+            if step.head_at_once:
+                self.connection.sendall(head)
+                step.sent += len(head)
+                pending = body
+            else:
+                pending = head + body
+            for i in range(len(pending)):
+                if step.released.wait(step.interval) or time.monotonic() > stop_at:
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.connection.sendall(pending[i : i + 1])
+                step.sent += 1
+                if _peer_closed(self.connection):
+                    step.abandoned.set()
+                    return
+        except OSError:
+            step.abandoned.set()
+        finally:
+            step.finished.set()
+
+    def _junk(self, request: RecordedRequest, step: Junk) -> None:
+        head, body = self._answer_bytes(request, extra=step.size)
+        request.outcome = "answered 200 with junk"
+        self.close_connection = True
+        piece = b"x" * 65536
+        try:
+            self.connection.sendall(head + body)
+            step.sent += len(head) + len(body)
+            left = step.size
+            while left > 0:
+                chunk = piece[: min(left, len(piece))]
+                self.connection.sendall(chunk)
+                step.sent += len(chunk)
+                left -= len(chunk)
+        except OSError:
+            pass
+        finally:
+            step.finished.set()
 
     @staticmethod
     def _check_score(data: Any) -> str | None:
@@ -419,6 +512,19 @@ class _Handler(BaseHTTPRequestHandler):
         if parsed.tzinfo is None or parsed.utcoffset() != UTC.utcoffset(None):
             return "timestamp must be in UTC with an offset"
         return None
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True once the client has closed or reset the connection (a readable socket with nothing to read)."""
+    import select
+
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def unused_port() -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from adapters.http import HttpClient
 from gateway.models import Delivery, utcnow
 from gateway.services.deliveries import retry_delivery
 from gateway.worker import DeliveryWorker
@@ -151,7 +152,9 @@ def test_late_result_of_a_worker_whose_lease_expired_is_ignored(
     """A slow (not dead) worker finishes after its lease expired and another worker delivered: its result is
     dropped, it does not overwrite the row."""
     db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
-    slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=0.3))
+    # A call outliving its lease: the request deadline (a third of the lease) normally prevents it; a long one
+    # here stands for a stalled process, to show the late result is still dropped.
+    slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=1.0), http=HttpClient(2, 5, deadline=30))
     other = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=30))
     [hang] = lms.script(Hang())
     assert isinstance(hang, Hang)
@@ -162,7 +165,7 @@ def test_late_result_of_a_worker_whose_lease_expired_is_ignored(
     thread = threading.Thread(target=lambda: results.append(slow.deliver_claimed(claim)), daemon=True)
     thread.start()
     assert hang.arrived.wait(5)
-    time.sleep(0.4)  # past the slow worker's lease
+    time.sleep(1.1)  # past the slow worker's lease (1 s: a shorter one expires under load before the send)
 
     assert other.run_once() == 1
     delivered = delivery_of(world, grade_id)
@@ -180,7 +183,7 @@ def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
     world: World, lms: ScriptedLms, database_url: str
 ) -> None:
     db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
-    crashing = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=0.2, max_attempts=2))
+    crashing = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=0.6, max_attempts=2))
     grade_id = post(world, 0.9)
 
     # Two workers in a row claim it and die before a result (nothing is ever sent).
@@ -188,7 +191,7 @@ def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
         [_abandoned] = crashing.claim()
         assert delivery_of(world, grade_id).attempts == attempt
         assert crashing.claim() == []  # within the lease: not claimable
-        time.sleep(0.25)
+        time.sleep(0.65)  # past the lease (0.6 s: a shorter one runs out under load before the retry's send)
     assert crashing.claim() == []
     failed = delivery_of(world, grade_id)
     assert failed.status == "failed"
@@ -210,7 +213,8 @@ def test_a_slow_round_never_sends_an_old_score_after_its_lease_ran_out(
     student's grade is corrected and another worker delivers the new score. When the slow worker gets to the
     second grade its claim is gone, so it sends nothing: the old score never lands over the new one."""
     db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
-    slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=1.5))
+    # As above, a call outliving its lease (a stalled process) despite the request deadline.
+    slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=1.5), http=HttpClient(2, 5, deadline=30))
     other = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=30))
     ada, alan = world.students
     [hang] = lms.script(Hang())

@@ -11,8 +11,15 @@ import pytest
 import requests
 
 from adapters.base import PermanentDeliveryError, RetryableDeliveryError
-from adapters.http import MAX_KEPT_BODY, HttpClient, json_or_none, parse_retry_after, raise_for_delivery
-from tests.fakes.scripted_lms import Close, Hang, Respond, ScriptedLms, unused_port
+from adapters.http import (
+    MAX_KEPT_BODY,
+    MAX_RESPONSE_BYTES,
+    HttpClient,
+    json_or_none,
+    parse_retry_after,
+    raise_for_delivery,
+)
+from tests.fakes.scripted_lms import Close, Hang, Junk, Respond, ScriptedLms, Trickle, unused_port
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -223,3 +230,38 @@ def test_error_answers_are_returned_not_raised_by_the_client(lms: ScriptedLms) -
     assert caught.value.retry_after == 9.0
     assert "down" in caught.value.message
     assert lms.problems == []
+
+
+# --- the request deadline and the body cap (issue 13, item 4) --------------------------------------------------
+
+
+@pytest.mark.parametrize("head_at_once", [False, True], ids=["whole-answer", "body-only"])
+def test_a_trickling_answer_is_cut_off_at_the_request_deadline(lms: ScriptedLms, head_at_once: bool) -> None:
+    # One byte every 50 ms never trips the 5 s per-read timeout: only the total deadline ends the exchange.
+    [trickle] = lms.script(Trickle(interval=0.05, head_at_once=head_at_once))
+    with pytest.raises(RetryableDeliveryError) as caught:
+        _put(HttpClient(1.0, 5.0, deadline=0.5), lms)
+    assert caught.value.message.startswith("no complete answer from 127.0.0.1:")
+    assert "within 0.5 s" in caught.value.message
+    assert trickle.abandoned.wait(10), "the client hung up while the LMS was still trickling"
+    assert trickle.finished.is_set()
+
+
+def test_an_answer_followed_by_32_mib_of_junk_is_not_read_whole(lms: ScriptedLms) -> None:
+    [junk] = lms.script(Junk(32 * 1024 * 1024))
+    with pytest.raises(RetryableDeliveryError) as caught:
+        _put(HttpClient(1.0, 5.0), lms)
+    assert caught.value.lms_status == 200
+    assert f"more than {MAX_RESPONSE_BYTES} bytes; not read" in caught.value.message
+    assert junk.finished.wait(10)
+    # What the LMS got to send is the cap plus what the loopback socket buffers held, far from 32 MiB.
+    assert junk.sent < 16 * 1024 * 1024, junk.sent
+
+
+def test_an_oversized_error_answer_keeps_its_first_bytes_and_its_status(lms: ScriptedLms) -> None:
+    lms.script(Respond(503, raw_body=b"x" * (3 * MAX_RESPONSE_BYTES)))
+    answer = _put(HttpClient(1.0, 5.0), lms)
+    assert answer.status_code == 503
+    assert len(answer.content) == MAX_RESPONSE_BYTES
+    with pytest.raises(RetryableDeliveryError):
+        raise_for_delivery(answer)

@@ -129,12 +129,15 @@ def test_a_429_pauses_the_connection_for_its_retry_after(lms: ScriptedLms) -> No
 
 def test_canvas_rate_limit_403_and_a_low_remaining_bucket_slow_everyone(lms: ScriptedLms) -> None:
     limiter = LocalLimiter()
+    fresh = f"canvas-{secrets.token_hex(4)}"
     http = ThrottledHttpClient(
-        HttpClient(), limiter, Throttle("canvas", rate=100, burst=100, default_pause=7, low_water=100)
+        HttpClient(), limiter, Throttle(fresh, rate=100, burst=100, default_pause=7, low_water=100)
     )
     lms.answers.append((403, {}, "403 Forbidden (Rate Limit Exceeded)"))
     http.request("POST", lms.url)
-    assert 6 < limiter.paused_for("canvas") <= 7, "Canvas's 403 names no Retry-After: the default pause"
+    # Canvas's 403 names no Retry-After: a short pause (room for a few requests at the connection's rate),
+    # not the 7 s cap.
+    assert 0 < limiter.paused_for(fresh) <= 0.05
 
     other = LocalLimiter()
     key = f"canvas-{secrets.token_hex(4)}"
@@ -182,3 +185,54 @@ def test_an_absurd_retry_after_pauses_a_day_at_most(lms: ScriptedLms, limiter: A
     lms.answers.append((429, {"Retry-After": "99999999"}, ""))
     http.request("POST", lms.url)
     assert 86000 < limiter.paused_for(key) <= 86400
+
+
+class PauseRecorder:
+    """A limiter that lets every request go and records the pauses it is asked for (the LMS stays real)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    def acquire(self, key: str, rate: float, burst: int) -> float:
+        return 0.0
+
+    def pause(self, key: str, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+
+def test_the_pause_after_a_canvas_403_comes_from_what_the_lms_reported(lms: ScriptedLms) -> None:
+    """Issue 13, item 8: not a fixed 10 s, but the time the LMS's bucket needs to take the connection's
+    concurrent requests again, at the refill rate learnt from its X-Rate-Limit-Remaining and X-Request-Cost."""
+    recorder = PauseRecorder()
+    key = f"canvas-{secrets.token_hex(4)}"
+    http = ThrottledHttpClient(HttpClient(), recorder, Throttle(key, rate=50, burst=50, default_pause=10))
+    now = [100.0]
+    http.clock = lambda: now[0]
+    refusal = (
+        403,
+        {"Content-Type": "text/plain; charset=utf-8", "X-Rate-Limit-Remaining": "0.0"},
+        "403 Forbidden (Rate Limit Exceeded)\n",
+    )
+
+    def answer(at: float, status: int, headers: dict[str, str], body: str = "{}") -> float | None:
+        now[0] = at
+        before = len(recorder.pauses)
+        lms.answers.append((status, headers, body))
+        assert http.request("POST", lms.url).status_code == status
+        return recorder.pauses[-1] if len(recorder.pauses) > before else None
+
+    assert answer(100.0, 200, {"X-Rate-Limit-Remaining": "600.0", "X-Request-Cost": "1.0"}) is None
+    # Drained by others to 20, then 25 a second later after one more request of cost 1: it refills 6 a second.
+    answer(101.0, 200, {"X-Rate-Limit-Remaining": "20.0", "X-Request-Cost": "1.0"})
+    low = answer(102.0, 200, {"X-Rate-Limit-Remaining": "25.0", "X-Request-Cost": "1.0"})
+    assert low == pytest.approx((90 - 25) / 6), "low bucket: until it is back at 15 % of 600, at 6 a second"
+
+    # Full: room for the connection's 4 concurrent requests of cost 1 takes 4 / 6 s; again in a row, twice that.
+    assert answer(102.5, *refusal) == pytest.approx(4 / 6)
+    assert answer(103.2, *refusal) == pytest.approx(8 / 6)
+    # Retry-After, when an LMS sends one, is what it says.
+    assert answer(104.6, refusal[0], {**refusal[1], "Retry-After": "3"}, refusal[2]) == 3.0
+    # A success ends the run: the next refusal pauses briefly again.
+    answer(108.0, 200, {"X-Rate-Limit-Remaining": "30.0", "X-Request-Cost": "1.0"})
+    first_again = answer(108.1, *refusal)
+    assert first_again is not None and first_again < 1, first_again
