@@ -95,6 +95,8 @@ def begin_login(
     missing = [name for name in ("iss", "login_hint", "target_link_uri") if not params.get(name)]
     if missing:
         raise LaunchRefused(f"login initiation is missing {', '.join(missing)}")
+    if not is_launch_url(params["target_link_uri"], launch_url):
+        raise LaunchRefused(f"the login's target_link_uri must be Passback's launch URL {launch_url}")
     registration = find_registration(session, box, params["iss"], params.get("client_id"))
     settings = registration.settings
     deployment = params.get("lti_deployment_id") or params.get("deployment_id")
@@ -106,6 +108,7 @@ def begin_login(
             state=state,
             nonce=nonce,
             lms_connection_id=registration.connection.id,
+            target_link_uri=params["target_link_uri"],
             created_at=now,
             expires_at=now + timedelta(seconds=STATE_SECONDS),
         )
@@ -185,6 +188,7 @@ def validate_launch(
     id_token: str,
     state: str,
     *,
+    launch_url: str,
     now: datetime | None = None,
 ) -> Launch:
     """Check a launch completely; consume its state and nonce. Raises LaunchRefused naming the failed rule."""
@@ -204,6 +208,7 @@ def validate_launch(
         raise LaunchRefused(f"id_token algorithm {header.get('alg')!r} is not accepted; RS256 only")
     claims = _verified_claims(keys, settings, id_token)
     _check_claims(claims, settings, login.nonce, now)
+    _check_target_and_roles(claims, launch_url, login.target_link_uri)
     try:
         with session.begin_nested():
             session.add(
@@ -267,6 +272,39 @@ def _check_claims(claims: Mapping[str, Any], settings: Mapping[str, Any], nonce:
         link = claims.get(CLAIM + "resource_link")
         if not isinstance(link, Mapping) or not link.get("id"):
             raise LaunchRefused("a resource link launch must carry resource_link.id")
+
+
+def is_launch_url(value: object, launch_url: str) -> bool:
+    """Whether `value` names Passback's launch URL: same scheme, host, port and path; any query string."""
+    if not isinstance(value, str):
+        return False
+    try:
+        given, ours = urlsplit(value), urlsplit(launch_url)
+        ports = (given.port, ours.port)
+    except ValueError:
+        return False
+    default_port = {"http": 80, "https": 443}
+
+    def origin(parts: Any, port: int | None) -> tuple[str, str, int | None, str]:
+        scheme = parts.scheme.lower()
+        return scheme, parts.hostname or "", port or default_port.get(scheme), parts.path
+
+    return bool(given.hostname) and origin(given, ports[0]) == origin(ours, ports[1])
+
+
+def _check_target_and_roles(claims: Mapping[str, Any], launch_url: str, login_target: str | None) -> None:
+    """LTI Core §5.3: `target_link_uri` and `roles` are required in every launch message; the target must be
+    Passback's launch URL and repeat the login's parameter."""
+    target = claims.get(CLAIM + "target_link_uri")
+    if not isinstance(target, str) or not target:
+        raise LaunchRefused("the id_token has no target_link_uri claim; LTI requires it")
+    if not is_launch_url(target, launch_url):
+        raise LaunchRefused(f"the id_token's target_link_uri is not Passback's launch URL {launch_url}")
+    if login_target is not None and target != login_target:
+        raise LaunchRefused("the id_token's target_link_uri differs from the one its login named")
+    roles = claims.get(CLAIM + "roles")
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+        raise LaunchRefused("the id_token has no roles claim; LTI requires a list of role URIs (it may be empty)")
 
 
 MAX_ID_LENGTH = 255  # LTI Core caps sub, resource_link.id and context.id at 255 characters

@@ -347,7 +347,8 @@ class Lti13Platform:
         `version`, `custom`; `DROP` removes one); `extra` takes full claim URIs. `key` signs with another key
         (`kid` from it unless given). `forge` makes a token no honest platform sends: `other-key-same-kid`,
         `unpublished-key`, `none` (unsigned), `hs256-pem` / `hs256-jwk` (HMAC keyed with the public key)."""
-        message = self.message(nonce, target_link_uri=claims.get("target_link_uri"))
+        target = claims.get("target_link_uri")
+        message = self.message(nonce, target_link_uri=None if target is DROP else target)
         now = int(time.time()) + iat_offset
         message["iat"] = now
         message["exp"] = now + lifetime

@@ -272,6 +272,11 @@ REJECTIONS = [
     pytest.param({"nonce": DROP}, id="missing-nonce"),
     pytest.param({"forge": "unpublished-key"}, id="kid-unknown-after-refresh"),
     pytest.param({"custom": {"assignment": "no-such-quiz"}}, id="assignment-no-authorized-app-has"),
+    pytest.param({"target_link_uri": "https://evil.example/lti/launch"}, id="foreign-target-link-uri"),
+    pytest.param({"target_link_uri": "https://evil.example/x?u=/lti/launch"}, id="foreign-target-with-our-path"),
+    pytest.param({"target_link_uri": DROP}, id="missing-target-link-uri"),
+    pytest.param({"roles": DROP}, id="missing-roles"),
+    pytest.param({"roles": INSTRUCTOR}, id="roles-not-a-list"),
 ]
 
 
@@ -286,6 +291,42 @@ def test_rejected_launch_is_an_html_error_that_changes_nothing(lti: Lti, claims:
     assert lti.counts() == before
     # An unknown kid is looked up again once, never in a loop.
     assert lti.platform.jwks_requests - fetched <= 2
+
+
+def test_target_link_uri_must_repeat_the_logins(lti: Lti) -> None:
+    """Core §5.3.4: the signed target_link_uri is the login's parameter; one of Passback's launch URLs with
+    another query string than the login named is still refused."""
+    before = lti.counts()
+    state, nonce, _ = lti.login()
+    token = lti.platform.launch_token(nonce, target_link_uri=lti.passback + "/lti/launch?other=1")
+    assert_error_page(lti.launch(state, token), token)
+    assert lti.counts() == before
+
+
+def test_target_link_uri_with_a_query_string_is_accepted(lti: Lti) -> None:
+    target = lti.passback + "/lti/launch?placement=assignment_selection"
+    state, nonce, _ = lti.login(target_link_uri=target)
+    app_redirect(lti.launch(state, lti.platform.launch_token(nonce)))
+
+
+def test_empty_roles_are_accepted_as_a_student(lti: Lti) -> None:
+    """The roles claim must be present, but an empty list is valid (Core §5.3.7)."""
+    app_redirect(lti.full_launch(roles=[]))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("https://evil.example/lti/launch", id="foreign-host"),
+        pytest.param("/lti/launch", id="relative"),
+        pytest.param("javascript:alert(1)", id="javascript"),
+    ],
+)
+def test_login_for_a_foreign_target_link_uri_is_a_400_page(lti: Lti, target: str) -> None:
+    response = lti.platform.login_response(lti.passback, target_link_uri=target)
+    assert response.status_code == 400, (response.status_code, response.text[:500])
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "target_link_uri" in response.text
 
 
 @pytest.mark.parametrize(
