@@ -1,8 +1,9 @@
 """LTI 1.3 as a tool: OIDC third-party login, id_token validation, and what a resource-link launch records.
 
 Validation follows the 1EdTech Security Framework §5.1.3 as quoted in wire-formats.md §3A.4: RS256 only,
-signature against the platform's JWKS (cached, refreshed once on an unknown kid), iss, aud/azp, exp/iat with a
-small leeway, a nonce that is ours and used once, a registered deployment, message type and version.
+signature against the platform's JWKS (cached; refetched on an unknown kid at most once a minute), iss,
+aud/azp, exp/iat with a small leeway, a nonce that is ours and used once, a registered deployment, message
+type and version, then the LTI claims `target_link_uri` and `roles`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,6 +57,7 @@ MESSAGE_TYPES = (RESOURCE_LINK, DEEP_LINKING)
 LEEWAY_SECONDS = 60
 STATE_SECONDS = 600
 JWKS_CACHE_SECONDS = 3600
+JWKS_REFETCH_SECONDS = 60
 TEACHER_ROLES = ("instructor", "administrator", "contentdeveloper", "teachingassistant", "mentor")
 
 
@@ -132,23 +134,49 @@ def begin_login(
 
 
 class PlatformKeys:
-    """Platform JWKS, fetched over HTTP and cached per URL in this process; refreshed once on an unknown kid."""
+    """Platform JWKS, fetched over HTTP and cached per URL in this process. An unknown kid refetches the JWKS
+    (key rotation), but at most once per URL every `refetch_seconds`: anyone can start a login, and a token
+    with a random kid must not make Passback hammer the platform."""
 
-    def __init__(self, http: HttpClient, cache_seconds: float = JWKS_CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        http: HttpClient,
+        cache_seconds: float = JWKS_CACHE_SECONDS,
+        refetch_seconds: float = JWKS_REFETCH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.http = http
         self.cache_seconds = cache_seconds
+        self.refetch_seconds = refetch_seconds
+        self.clock = clock
         self._cache: dict[str, tuple[KeySet, float]] = {}
+        self._refetched: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def key_set(self, settings: Mapping[str, Any], *, refresh: bool = False) -> KeySet:
+    def key_set(self, settings: Mapping[str, Any]) -> tuple[KeySet, bool]:
+        """The platform's keys and whether they were fetched just now (a cold or expired cache)."""
         if settings.get("public_jwk"):
             # A static key the admin registered wins over a preset's JWKS URL.
-            return KeySet.import_key_set({"keys": [settings["public_jwk"]]})
+            return KeySet.import_key_set({"keys": [settings["public_jwk"]]}), True
         url = str(settings["jwks_url"])
         with self._lock:
             cached = self._cache.get(url)
-        if cached and not refresh and time.monotonic() - cached[1] < self.cache_seconds:
-            return cached[0]
+        if cached and self.clock() - cached[1] < self.cache_seconds:
+            return cached[0], False
+        return self._fetch(url), True
+
+    def refetched(self, settings: Mapping[str, Any]) -> KeySet | None:
+        """The JWKS fetched again for an unknown kid, or None when this URL was refetched too recently."""
+        url = str(settings["jwks_url"])
+        with self._lock:
+            last = self._refetched.get(url)
+            if last is not None and self.clock() - last < self.refetch_seconds:
+                return None
+            # Claimed before fetching, so concurrent launches with unknown kids share one refetch.
+            self._refetched[url] = self.clock()
+        return self._fetch(url)
+
+    def _fetch(self, url: str) -> KeySet:
         try:
             response = self.http.request("GET", url, headers={"Accept": "application/json"})
         except DeliveryError as exc:
@@ -160,7 +188,7 @@ class PlatformKeys:
         except (ValueError, JoseError, TypeError, KeyError) as exc:
             raise LaunchRefused("the platform's JWKS is not a valid key set") from exc
         with self._lock:
-            self._cache[url] = (keys, time.monotonic())
+            self._cache[url] = (keys, self.clock())
         return keys
 
 
@@ -224,15 +252,22 @@ def validate_launch(
 
 
 def _verified_claims(keys: PlatformKeys, settings: Mapping[str, Any], id_token: str) -> dict[str, Any]:
-    for refresh in (False, True):
-        try:
-            token = jwt.decode(id_token, keys.key_set(settings, refresh=refresh), algorithms=["RS256"])
-        except JoseError as exc:
-            if exc.error == "invalid_key_id" and not refresh:
-                continue  # the platform may have rotated its key: fetch the JWKS again, once
+    key_set, fresh = keys.key_set(settings)
+    try:
+        return dict(jwt.decode(id_token, key_set, algorithms=["RS256"]).claims)
+    except JoseError as exc:
+        if exc.error != "invalid_key_id":
             raise LaunchRefused(f"id_token signature check failed ({exc.error})") from exc
-        return dict(token.claims)
-    raise LaunchRefused("id_token signed with a key the platform does not publish")  # pragma: no cover
+    # An unknown kid: the platform may have rotated its key, unless these keys are fresh or were just refetched.
+    refetched = None if fresh else keys.refetched(settings)
+    if refetched is None:
+        raise LaunchRefused("id_token signed with a key the platform does not publish (unknown kid)")
+    try:
+        return dict(jwt.decode(id_token, refetched, algorithms=["RS256"]).claims)
+    except JoseError as exc:
+        if exc.error == "invalid_key_id":
+            raise LaunchRefused("id_token signed with a key the platform does not publish (unknown kid)") from exc
+        raise LaunchRefused(f"id_token signature check failed ({exc.error})") from exc
 
 
 def _check_claims(claims: Mapping[str, Any], settings: Mapping[str, Any], nonce: str, now: datetime) -> None:

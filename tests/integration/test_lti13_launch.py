@@ -8,6 +8,7 @@ Wire details: ../shared/reference/wire-formats.md §3A.1 to 3A.5 and §1.2.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gateway.models import Assignment, Enrollment, LmsIdentity, Placement, User,
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import authorize_app, create_app_partner
 from gateway.services.lms import add_lms_connection
+from gateway.services.lti13_launch import JWKS_REFETCH_SECONDS, PlatformKeys
 from tests.conftest import LiveServer
 from tests.factories import World
 from tests.fakes.lti13_platform import (
@@ -244,6 +246,49 @@ def test_rotated_platform_key_is_fetched_once_on_the_unknown_kid(lti: Lti) -> No
     lti.platform.rotate()  # new kid; the old key is no longer published
     app_redirect(lti.full_launch())
     assert lti.platform.jwks_requests == fetched + 1, "the JWKS is fetched again exactly once for the new kid"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(lti: Lti) -> FakeClock:
+    """The app's platform-key cache on a clock the test advances."""
+    clock = FakeClock()
+    app = lti.world.app
+    app.extensions["passback_platform_keys"] = PlatformKeys(app.extensions["passback_http"], clock=clock)
+    return clock
+
+
+def test_unknown_kids_refetch_the_jwks_at_most_once_a_minute(lti: Lti, clock: FakeClock) -> None:
+    """Anyone can start a login: 50 launches with random kids cost the platform one JWKS fetch, not 50."""
+    app_redirect(lti.full_launch())  # the JWKS is now cached
+    before, counts = lti.platform.jwks_requests, lti.counts()
+    for _ in range(50):
+        state, nonce, _ = lti.login()
+        token = lti.platform.launch_token(nonce, kid=secrets.token_hex(16))
+        assert_error_page(lti.launch(state, token), token)
+    assert lti.platform.jwks_requests - before <= 1
+    assert lti.counts() == counts
+
+
+def test_a_rotated_key_is_followed_once_the_refetch_window_has_passed(lti: Lti, clock: FakeClock) -> None:
+    app_redirect(lti.full_launch())
+    state, nonce, _ = lti.login()
+    token = lti.platform.launch_token(nonce, kid="not-a-published-kid")
+    assert_error_page(lti.launch(state, token), token)  # spends this minute's refetch
+    fetched = lti.platform.jwks_requests
+    lti.platform.rotate()
+    assert_error_page(lti.full_launch())  # within the minute: refused without a fetch
+    assert lti.platform.jwks_requests == fetched
+    clock.now += JWKS_REFETCH_SECONDS
+    app_redirect(lti.full_launch())
+    assert lti.platform.jwks_requests == fetched + 1
 
 
 # --- rejected launches ----------------------------------------------------------------------------------
