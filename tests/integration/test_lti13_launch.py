@@ -615,6 +615,40 @@ def test_concurrent_exchanges_of_one_code_give_one_token(signin: SignIn) -> None
         responses = list(pool.map(lambda _: signin.exchange(code, http=requests), range(4)))
     assert sorted(r.status_code for r in responses) == [200, 400, 400, 400], [r.text for r in responses]
     assert {r.json()["error"] for r in responses if r.status_code == 400} == {"invalid_grant"}
+    [token] = [r.json()["access_token"] for r in responses if r.status_code == 200]
+    assert signin.lti.world.get("/v1/me", token=token).status_code == 401, "the code was presented again"
+
+
+def test_reused_code_revokes_the_token_its_first_use_bought(signin: SignIn) -> None:
+    """RFC 6749 §4.1.2: a code used twice may have been stolen; the token it bought stops working. Other
+    tokens of the same user (from another code) keep working."""
+    world = signin.lti.world
+    first_code, other_code = signin.code(), signin.code()
+    token = signin.exchange(first_code).json()["access_token"]
+    other = signin.exchange(other_code).json()["access_token"]
+    assert world.get("/v1/me", token=token).status_code == 200
+
+    again = signin.exchange(first_code)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+    me = world.get("/v1/me", token=token)
+    assert me.status_code == 401, me.text
+    assert world.post_grade({"assignmentID": "story-3", "percentage": 0.5}, token=token).status_code == 401
+    assert world.get("/v1/me", token=other).status_code == 200
+
+
+def test_a_code_presented_by_another_app_revokes_nothing(signin: SignIn) -> None:
+    """Only the app the code was issued to can trigger the revocation (another app's reuse is just refused)."""
+    world = signin.lti.world
+    with world.session() as session:
+        other = create_app_partner(session, "Other App", READING_REDIRECT)
+        authorize_app(session, other.app.id, world.district_id)
+        other_client = (other.app.client_id, other.client_secret)
+    code = signin.code()
+    token = signin.exchange(code).json()["access_token"]
+    refused = signin.exchange(code, client_id=other_client[0], secret=other_client[1])
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    assert world.get("/v1/me", token=token).status_code == 200
 
 
 def test_code_expires_after_a_minute(signin: SignIn) -> None:
