@@ -20,7 +20,7 @@ import pytest
 import requests
 from sqlalchemy import func, select, update
 
-from gateway.models import Assignment, Enrollment, LmsIdentity, Placement, User, utcnow
+from gateway.models import Assignment, DeepLinkSession, Enrollment, LmsIdentity, Placement, User, utcnow
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import authorize_app, create_app_partner
 from gateway.services.lms import add_lms_connection
@@ -31,6 +31,7 @@ from tests.fakes.lti13_platform import (
     AUTH_REQUEST_PARAMS,
     DROP,
     INSTRUCTOR,
+    LEARNER,
     LoginResult,
     Lti13Platform,
     pooled_key,
@@ -289,6 +290,32 @@ def test_a_rotated_key_is_followed_once_the_refetch_window_has_passed(lti: Lti, 
     clock.now += JWKS_REFETCH_SECONDS
     app_redirect(lti.full_launch())
     assert lti.platform.jwks_requests == fetched + 1
+
+
+# --- deep linking from the lti1p3platform platform -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("roles", "status"),
+    [
+        pytest.param([INSTRUCTOR], 303, id="instructor-opens-the-picker"),
+        pytest.param([LEARNER], 403, id="learner-refused"),
+    ],
+)
+def test_deep_linking_request_opens_the_picker_only_for_an_instructor(lti: Lti, roles: list[str], status: int) -> None:
+    with lti.world.session() as session:
+        pickers = session.scalar(select(func.count()).select_from(DeepLinkSession))
+    state, nonce, _ = lti.login()
+    token = lti.platform.launch_token(nonce, deep_linking=True, roles=roles)
+    response = lti.launch(state, token)
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    with lti.world.session() as session:
+        opened = session.scalar(select(func.count()).select_from(DeepLinkSession)) - pickers
+    if status == 303:
+        assert response.headers["Location"].startswith("/lti/picker/") and opened == 1
+    else:
+        assert_error_page(response, token)
+        assert opened == 0
 
 
 # --- rejected launches ----------------------------------------------------------------------------------
