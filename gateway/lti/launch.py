@@ -72,6 +72,7 @@ def launch() -> Response:
             _keys(),
             request.form.get("id_token", ""),
             request.form.get("state", ""),
+            launch_url=launch_url(),
         )
         if result.message_type == lti13_launch.DEEP_LINKING:
             picker = deep_linking.open_picker(session, result)

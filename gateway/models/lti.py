@@ -52,6 +52,8 @@ class LaunchState(Base):
     state: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(64))
     lms_connection_id: Mapped[str] = mapped_column(ForeignKey("lms_connections.id", ondelete="CASCADE"))
+    # The login's target_link_uri: the id_token's claim of the same name must repeat it (LTI Core §5.3.4).
+    target_link_uri: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = created_column()
     expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -81,6 +83,8 @@ class AuthorizationCode(Base):
     created_at: Mapped[datetime] = created_column()
     expires_at: Mapped[datetime] = mapped_column()
     used_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The token this code bought, revoked if the code is presented again (RFC 6749 §4.1.2).
+    token_id: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"), default=None)
 
 
 class DeepLinkSession(Base):

@@ -12,7 +12,7 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from sqlalchemy import select
 
 from gateway.crypto import generate_token, hash_token
@@ -71,6 +71,8 @@ class SignInCodeGrant(grants.AuthorizationCodeGrant):
 
     def query_authorization_code(self, code: str, client: AppClient) -> CodeRecord | None:
         found = signin.find_code(_session(), code, client.app.id)
+        if found is None and signin.revoke_if_reused(_session(), code, client.app.id):
+            g.passback_code_reused = True  # the view keeps the revocation although the exchange fails
         return CodeRecord(found) if found else None
 
     def delete_authorization_code(self, authorization_code: CodeRecord) -> None:
@@ -128,7 +130,7 @@ def tokens() -> Response:
                 {k: str(v) for k, v in body.items() if isinstance(v, str | int)}
             )
     response = server.create_token_response()
-    if response.status_code == 200:
+    if response.status_code == 200 or g.get("passback_code_reused"):
         session.commit()
     else:
         session.rollback()

@@ -32,14 +32,51 @@ PICKER_SECONDS = 3600
 RESPONSE_SECONDS = 300
 
 
+MEMBERSHIP = "http://purl.imsglobal.org/vocab/lis/v2/membership"
+# Context roles that may add assignments to a course (LTI Core App. A.2); institution and system roles say
+# nothing about this course, and a Learner or Mentor may not.
+PICKER_ROLES = ("Instructor", "Administrator", "ContentDeveloper")
+
+
 class PickerClosed(ServiceError):
     status = 410
     code = "picker_closed"
 
 
+class PickerForbidden(LaunchRefused):
+    status = 403
+    code = "picker_forbidden"
+
+
+def may_open_picker(roles: Iterable[object]) -> bool:
+    """An instructor-like context role, compared as a whole URI: `membership#Instructor` (or the deprecated
+    bare `Instructor`), or a sub-role `membership/Instructor#TeachingAssistant`; never a substring match."""
+    for role in roles:
+        if not isinstance(role, str):
+            continue
+        if role in PICKER_ROLES or role in {f"{MEMBERSHIP}#{name}" for name in PICKER_ROLES}:
+            return True
+        principal, hash_sign, sub_role = role.removeprefix(MEMBERSHIP + "/").partition("#")
+        # Sub-roles: older Canvas spells the principal in lower case (`membership/instructor#TeachingAssistant`).
+        if (
+            role.startswith(MEMBERSHIP + "/")
+            and hash_sign
+            and sub_role
+            and principal.lower() in {name.lower() for name in PICKER_ROLES}
+        ):
+            return True
+    return False
+
+
 def open_picker(session: Session, launch: Launch, *, now: datetime | None = None) -> DeepLinkSession:
-    """Remember what the platform asked for; the picker's random id is the capability for the next steps."""
+    """Remember what the platform asked for; the picker's random id is the capability for the next steps.
+    Only an instructor-like role in the course may open it."""
     now = now or utcnow()
+    roles = launch.claims.get(CLAIM + "roles")
+    if not isinstance(roles, list) or not may_open_picker(roles):
+        raise PickerForbidden(
+            "only the course's instructors, administrators and content developers may add Passback assignments"
+        )
     settings = launch.claims.get(DL_SETTINGS)
     if not isinstance(settings, Mapping) or not isinstance(settings.get("deep_link_return_url"), str):
         raise LaunchRefused("a deep linking request must carry deep_linking_settings.deep_link_return_url")

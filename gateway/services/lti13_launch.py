@@ -1,8 +1,9 @@
 """LTI 1.3 as a tool: OIDC third-party login, id_token validation, and what a resource-link launch records.
 
 Validation follows the 1EdTech Security Framework §5.1.3 as quoted in wire-formats.md §3A.4: RS256 only,
-signature against the platform's JWKS (cached, refreshed once on an unknown kid), iss, aud/azp, exp/iat with a
-small leeway, a nonce that is ours and used once, a registered deployment, message type and version.
+signature against the platform's JWKS (cached; refetched on an unknown kid at most once a minute), iss,
+aud/azp, exp/iat with a small leeway, a nonce that is ours and used once, a registered deployment, message
+type and version, then the LTI claims `target_link_uri` and `roles`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,6 +57,7 @@ MESSAGE_TYPES = (RESOURCE_LINK, DEEP_LINKING)
 LEEWAY_SECONDS = 60
 STATE_SECONDS = 600
 JWKS_CACHE_SECONDS = 3600
+JWKS_REFETCH_SECONDS = 60
 TEACHER_ROLES = ("instructor", "administrator", "contentdeveloper", "teachingassistant", "mentor")
 
 
@@ -95,6 +97,8 @@ def begin_login(
     missing = [name for name in ("iss", "login_hint", "target_link_uri") if not params.get(name)]
     if missing:
         raise LaunchRefused(f"login initiation is missing {', '.join(missing)}")
+    if not is_launch_url(params["target_link_uri"], launch_url):
+        raise LaunchRefused(f"the login's target_link_uri must be Passback's launch URL {launch_url}")
     registration = find_registration(session, box, params["iss"], params.get("client_id"))
     settings = registration.settings
     deployment = params.get("lti_deployment_id") or params.get("deployment_id")
@@ -106,6 +110,7 @@ def begin_login(
             state=state,
             nonce=nonce,
             lms_connection_id=registration.connection.id,
+            target_link_uri=params["target_link_uri"],
             created_at=now,
             expires_at=now + timedelta(seconds=STATE_SECONDS),
         )
@@ -129,23 +134,49 @@ def begin_login(
 
 
 class PlatformKeys:
-    """Platform JWKS, fetched over HTTP and cached per URL in this process; refreshed once on an unknown kid."""
+    """Platform JWKS, fetched over HTTP and cached per URL in this process. An unknown kid refetches the JWKS
+    (key rotation), but at most once per URL every `refetch_seconds`: anyone can start a login, and a token
+    with a random kid must not make Passback hammer the platform."""
 
-    def __init__(self, http: HttpClient, cache_seconds: float = JWKS_CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        http: HttpClient,
+        cache_seconds: float = JWKS_CACHE_SECONDS,
+        refetch_seconds: float = JWKS_REFETCH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.http = http
         self.cache_seconds = cache_seconds
+        self.refetch_seconds = refetch_seconds
+        self.clock = clock
         self._cache: dict[str, tuple[KeySet, float]] = {}
+        self._refetched: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def key_set(self, settings: Mapping[str, Any], *, refresh: bool = False) -> KeySet:
+    def key_set(self, settings: Mapping[str, Any]) -> tuple[KeySet, bool]:
+        """The platform's keys and whether they were fetched just now (a cold or expired cache)."""
         if settings.get("public_jwk"):
             # A static key the admin registered wins over a preset's JWKS URL.
-            return KeySet.import_key_set({"keys": [settings["public_jwk"]]})
+            return KeySet.import_key_set({"keys": [settings["public_jwk"]]}), True
         url = str(settings["jwks_url"])
         with self._lock:
             cached = self._cache.get(url)
-        if cached and not refresh and time.monotonic() - cached[1] < self.cache_seconds:
-            return cached[0]
+        if cached and self.clock() - cached[1] < self.cache_seconds:
+            return cached[0], False
+        return self._fetch(url), True
+
+    def refetched(self, settings: Mapping[str, Any]) -> KeySet | None:
+        """The JWKS fetched again for an unknown kid, or None when this URL was refetched too recently."""
+        url = str(settings["jwks_url"])
+        with self._lock:
+            last = self._refetched.get(url)
+            if last is not None and self.clock() - last < self.refetch_seconds:
+                return None
+            # Claimed before fetching, so concurrent launches with unknown kids share one refetch.
+            self._refetched[url] = self.clock()
+        return self._fetch(url)
+
+    def _fetch(self, url: str) -> KeySet:
         try:
             response = self.http.request("GET", url, headers={"Accept": "application/json"})
         except DeliveryError as exc:
@@ -157,7 +188,7 @@ class PlatformKeys:
         except (ValueError, JoseError, TypeError, KeyError) as exc:
             raise LaunchRefused("the platform's JWKS is not a valid key set") from exc
         with self._lock:
-            self._cache[url] = (keys, time.monotonic())
+            self._cache[url] = (keys, self.clock())
         return keys
 
 
@@ -185,6 +216,7 @@ def validate_launch(
     id_token: str,
     state: str,
     *,
+    launch_url: str,
     now: datetime | None = None,
 ) -> Launch:
     """Check a launch completely; consume its state and nonce. Raises LaunchRefused naming the failed rule."""
@@ -204,6 +236,7 @@ def validate_launch(
         raise LaunchRefused(f"id_token algorithm {header.get('alg')!r} is not accepted; RS256 only")
     claims = _verified_claims(keys, settings, id_token)
     _check_claims(claims, settings, login.nonce, now)
+    _check_target_and_roles(claims, launch_url, login.target_link_uri)
     try:
         with session.begin_nested():
             session.add(
@@ -219,15 +252,22 @@ def validate_launch(
 
 
 def _verified_claims(keys: PlatformKeys, settings: Mapping[str, Any], id_token: str) -> dict[str, Any]:
-    for refresh in (False, True):
-        try:
-            token = jwt.decode(id_token, keys.key_set(settings, refresh=refresh), algorithms=["RS256"])
-        except JoseError as exc:
-            if exc.error == "invalid_key_id" and not refresh:
-                continue  # the platform may have rotated its key: fetch the JWKS again, once
+    key_set, fresh = keys.key_set(settings)
+    try:
+        return dict(jwt.decode(id_token, key_set, algorithms=["RS256"]).claims)
+    except JoseError as exc:
+        if exc.error != "invalid_key_id":
             raise LaunchRefused(f"id_token signature check failed ({exc.error})") from exc
-        return dict(token.claims)
-    raise LaunchRefused("id_token signed with a key the platform does not publish")  # pragma: no cover
+    # An unknown kid: the platform may have rotated its key, unless these keys are fresh or were just refetched.
+    refetched = None if fresh else keys.refetched(settings)
+    if refetched is None:
+        raise LaunchRefused("id_token signed with a key the platform does not publish (unknown kid)")
+    try:
+        return dict(jwt.decode(id_token, refetched, algorithms=["RS256"]).claims)
+    except JoseError as exc:
+        if exc.error == "invalid_key_id":
+            raise LaunchRefused("id_token signed with a key the platform does not publish (unknown kid)") from exc
+        raise LaunchRefused(f"id_token signature check failed ({exc.error})") from exc
 
 
 def _check_claims(claims: Mapping[str, Any], settings: Mapping[str, Any], nonce: str, now: datetime) -> None:
@@ -267,6 +307,39 @@ def _check_claims(claims: Mapping[str, Any], settings: Mapping[str, Any], nonce:
         link = claims.get(CLAIM + "resource_link")
         if not isinstance(link, Mapping) or not link.get("id"):
             raise LaunchRefused("a resource link launch must carry resource_link.id")
+
+
+def is_launch_url(value: object, launch_url: str) -> bool:
+    """Whether `value` names Passback's launch URL: same scheme, host, port and path; any query string."""
+    if not isinstance(value, str):
+        return False
+    try:
+        given, ours = urlsplit(value), urlsplit(launch_url)
+        ports = (given.port, ours.port)
+    except ValueError:
+        return False
+    default_port = {"http": 80, "https": 443}
+
+    def origin(parts: Any, port: int | None) -> tuple[str, str, int | None, str]:
+        scheme = parts.scheme.lower()
+        return scheme, parts.hostname or "", port or default_port.get(scheme), parts.path
+
+    return bool(given.hostname) and origin(given, ports[0]) == origin(ours, ports[1])
+
+
+def _check_target_and_roles(claims: Mapping[str, Any], launch_url: str, login_target: str | None) -> None:
+    """LTI Core §5.3: `target_link_uri` and `roles` are required in every launch message; the target must be
+    Passback's launch URL and repeat the login's parameter."""
+    target = claims.get(CLAIM + "target_link_uri")
+    if not isinstance(target, str) or not target:
+        raise LaunchRefused("the id_token has no target_link_uri claim; LTI requires it")
+    if not is_launch_url(target, launch_url):
+        raise LaunchRefused(f"the id_token's target_link_uri is not Passback's launch URL {launch_url}")
+    if login_target is not None and target != login_target:
+        raise LaunchRefused("the id_token's target_link_uri differs from the one its login named")
+    roles = claims.get(CLAIM + "roles")
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+        raise LaunchRefused("the id_token has no roles claim; LTI requires a list of role URIs (it may be empty)")
 
 
 MAX_ID_LENGTH = 255  # LTI Core caps sub, resource_link.id and context.id at 255 characters

@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.crypto import generate_token, hash_token
-from gateway.models import App, AuthorizationCode, TokenKind, utcnow
+from gateway.models import ApiToken, App, AuthorizationCode, TokenKind, utcnow
 from gateway.services.directory import IssuedToken, issue_token
 
 CODE_SECONDS = 60
@@ -63,9 +63,10 @@ def find_code(session: Session, raw: str, app_id: str, *, now: datetime | None =
 def redeem_code(
     session: Session, code: AuthorizationCode, *, raw_token: str | None = None, now: datetime | None = None
 ) -> IssuedToken:
-    """Use the code up and issue the user token (`raw_token` when the OAuth server generated it)."""
+    """Use the code up and issue the user token (`raw_token` when the OAuth server generated it); the code
+    remembers the token so that presenting the code again can revoke it."""
     code.used_at = now or utcnow()
-    return issue_token(
+    issued = issue_token(
         session,
         TokenKind.USER,
         code.district_id,
@@ -76,3 +77,28 @@ def redeem_code(
         lifetime_seconds=USER_TOKEN_SECONDS,
         raw=raw_token,
     )
+    code.token_id = issued.token.id
+    return issued
+
+
+def revoke_if_reused(session: Session, raw: str, app_id: str, *, now: datetime | None = None) -> bool:
+    """If this app presents a code it already exchanged, revoke the token that code bought (RFC 6749 §4.1.2:
+    a reused code may have been stolen); returns whether it was a reuse. The exchange itself is refused."""
+    now = now or utcnow()
+    code = session.scalar(
+        select(AuthorizationCode).where(AuthorizationCode.code_hash == hash_token(raw)).with_for_update()
+    )
+    if code is None or code.app_id != app_id or code.used_at is None:
+        return False
+    if code.token_id is not None:
+        session.execute(
+            update(ApiToken)
+            .where(
+                ApiToken.id == code.token_id,
+                ApiToken.app_id == code.app_id,
+                ApiToken.district_id == code.district_id,
+                ApiToken.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        )
+    return True

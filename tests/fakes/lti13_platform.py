@@ -4,8 +4,8 @@ The platform publishes its RSA keys at `/jwks` (`{"keys": [...]}`, a `kid` on ea
 and can rotate them. There is no `/auth` endpoint: a test plays the browser. `login()` calls Passback's
 `/lti/login` as the platform's login initiation would, checks the authentication request Passback
 redirects to (wire-formats.md §3A.2: all ten parameters), and remembers it; `launch_token()` builds and
-signs the id_token answering it; `launch()` form-posts it to Passback's `redirect_uri`, without following
-Passback's redirect to the app.
+signs the id_token answering it (a resource link launch, or a deep-linking request); `launch()` form-posts
+it to Passback's `redirect_uri`, without following Passback's redirect to the app.
 
 The launch message is built by the third-party `lti1p3platform` package (its message-launch builder, with
 the AGS and NRPS claims; it also checks the authentication request: nonce, state, redirect_uri, client_id),
@@ -30,6 +30,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, Response, jsonify
+from lti1p3platform.deep_linking import LtiDeepLinking
 from lti1p3platform.ltiplatform import LTI1P3PlatformConfAbstract
 from lti1p3platform.message_launch import LTIAdvantageMessageLaunchAbstract
 from lti1p3platform.registration import Registration
@@ -281,9 +282,10 @@ class Lti13Platform:
 
     # --- the platform: the id_token ------------------------------------------------------------------
 
-    def message(self, nonce: str, *, target_link_uri: str | None = None) -> dict[str, Any]:
+    def message(self, nonce: str, *, target_link_uri: str | None = None, deep_linking: bool = False) -> dict[str, Any]:
         """The default LtiResourceLinkRequest answering the authentication request with this nonce, built by
-        `lti1p3platform` (which also checks that request when it is one `login()` saw)."""
+        `lti1p3platform` (which also checks that request when it is one `login()` saw); with `deep_linking`, an
+        LtiDeepLinkingRequest whose settings claim is the package's, returning to `/deep_links/return`."""
         auth_request = self.auth_requests.get(nonce)
         registration = (
             Registration()
@@ -326,6 +328,15 @@ class Lti13Platform:
         )
         launch.set_nrps(f"{self.url}/api/lti/courses/9/names_and_roles")
         message, _state = launch.get_launch_data()
+        if deep_linking:
+            # What the package's generate_launch_request does for a deep-linking launch; it has no resource link.
+            message.pop(CLAIM + "resource_link", None)
+            message[CLAIM + "message_type"] = "LtiDeepLinkingRequest"
+            message.update(
+                LtiDeepLinking(self.url + "/deep_links/return").get_lti_deep_linking_launch_claim(
+                    "Add an assignment", "", {"ltiResourceLink"}
+                )
+            )
         return message
 
     def launch_token(
@@ -339,6 +350,7 @@ class Lti13Platform:
         iat_offset: int = 0,
         lifetime: int = 300,
         extra: dict[str, Any] | None = None,
+        deep_linking: bool = False,
         **claims: Any,
     ) -> str:
         """A signed id_token for the authentication request with this nonce.
@@ -347,7 +359,8 @@ class Lti13Platform:
         `version`, `custom`; `DROP` removes one); `extra` takes full claim URIs. `key` signs with another key
         (`kid` from it unless given). `forge` makes a token no honest platform sends: `other-key-same-kid`,
         `unpublished-key`, `none` (unsigned), `hs256-pem` / `hs256-jwk` (HMAC keyed with the public key)."""
-        message = self.message(nonce, target_link_uri=claims.get("target_link_uri"))
+        target = claims.get("target_link_uri")
+        message = self.message(nonce, target_link_uri=None if target is DROP else target, deep_linking=deep_linking)
         now = int(time.time()) + iat_offset
         message["iat"] = now
         message["exp"] = now + lifetime

@@ -224,7 +224,7 @@ def test_lti13_platform_is_registered_from_the_cli(gateway_cli: Any, live_server
         params={
             "iss": "https://canvas.instructure.com",
             "login_hint": "x",
-            "target_link_uri": "t",
+            "target_link_uri": f"{live_server.url}/lti/launch",
             "client_id": "10000000000042",
             "lti_deployment_id": "8:def",
         },

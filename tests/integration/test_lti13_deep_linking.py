@@ -11,10 +11,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
-from gateway.models import DeepLinkSession, utcnow
+from gateway.models import DeepLinkSession, User, utcnow
 from gateway.services.lms import add_lms_connection
 from tests.conftest import LiveServer
 from tests.factories import World
@@ -46,7 +47,14 @@ def platform_key(world: World) -> RSAKey:
     return key
 
 
-def open_picker(world: World, key: RSAKey, accept_multiple: bool = True) -> str:
+INSTRUCTOR = "http://purl.imsglobal.org/vocab/lis/v2/membership#Instructor"
+LEARNER = "http://purl.imsglobal.org/vocab/lis/v2/membership#Learner"
+
+
+def deep_linking_launch(
+    world: World, key: RSAKey, accept_multiple: bool = True, roles: Any = (INSTRUCTOR,), **overrides: Any
+) -> requests.Response:
+    """Log in and post a signed LtiDeepLinkingRequest; `overrides` replace claims (None removes one)."""
     login = world.http.post(
         world.url("/lti/login"),
         data={
@@ -74,7 +82,8 @@ def open_picker(world: World, key: RSAKey, accept_multiple: bool = True) -> str:
         CLAIM + "message_type": "LtiDeepLinkingRequest",
         CLAIM + "version": "1.3.0",
         CLAIM + "deployment_id": "7:abc",
-        CLAIM + "roles": ["http://purl.imsglobal.org/vocab/lis/v2/membership#Instructor"],
+        CLAIM + "target_link_uri": world.url("/lti/launch"),
+        CLAIM + "roles": list(roles),
         CLAIM + "context": {"id": "course-3"},
         DL + "deep_linking_settings": {
             "deep_link_return_url": RETURN_URL,
@@ -84,10 +93,16 @@ def open_picker(world: World, key: RSAKey, accept_multiple: bool = True) -> str:
             "data": "opaque-platform-data",
         },
     }
+    claims.update(overrides)
+    claims = {name: value for name, value in claims.items() if value is not None}
     token = jwt.encode({"alg": "RS256", "kid": "canvas-1"}, claims, key)
-    launched = world.http.post(
+    return world.http.post(
         world.url("/lti/launch"), data={"id_token": token, "state": auth["state"][0]}, allow_redirects=False
     )
+
+
+def open_picker(world: World, key: RSAKey, accept_multiple: bool = True, roles: Any = (INSTRUCTOR,)) -> str:
+    launched = deep_linking_launch(world, key, accept_multiple, roles)
     assert launched.status_code == 303, launched.text
     return (
         world.url(launched.headers["Location"])
@@ -152,3 +167,68 @@ def test_expired_picker_is_closed(world: World, live_server: LiveServer, platfor
             picker.expires_at = utcnow()
     assert world.http.get(picker_url).status_code == 410
     assert world.http.get(world.url("/lti/picker/not-a-picker")).status_code == 410
+
+
+def _pickers(world: World) -> int:
+    with world.session() as session:
+        return session.query(DeepLinkSession).count()
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [
+        pytest.param([LEARNER], id="learner"),
+        pytest.param([], id="no-roles"),
+        pytest.param(
+            ["http://purl.imsglobal.org/vocab/lis/v2/institution/person#Instructor", LEARNER], id="school-teacher"
+        ),
+        pytest.param(["http://purl.imsglobal.org/vocab/lis/v2/membership#Mentor"], id="mentor"),
+        pytest.param(["http://purl.imsglobal.org/vocab/lis/v2/membership/Learner#Instructor"], id="learner-subrole"),
+        pytest.param(["http://purl.imsglobal.org/vocab/lis/v2/membership#InstructorX"], id="instructor-prefix"),
+        pytest.param(["http://purl.imsglobal.org/vocab/lis/v2/system/person#Administrator"], id="system-admin"),
+    ],
+)
+def test_deep_linking_by_a_non_instructor_is_refused_and_opens_no_picker(
+    world: World, live_server: LiveServer, platform_key: RSAKey, roles: list[str]
+) -> None:
+    """Only an instructor-like context role may add assignments (wire-formats §3A.5, exact role URIs)."""
+    launched = deep_linking_launch(world, platform_key, roles=roles)
+    assert launched.status_code == 403, (launched.status_code, launched.text[:500])
+    assert launched.headers["Content-Type"].startswith("text/html") and "Location" not in launched.headers
+    assert _pickers(world) == 0
+    with world.session() as session:
+        assert session.query(User).filter(User.name == "Ms. Frizzle").count() == 0, "a refused launch adds no user"
+
+
+@pytest.mark.parametrize(
+    "role",
+    [
+        pytest.param("http://purl.imsglobal.org/vocab/lis/v2/membership/Instructor#TeachingAssistant", id="ta"),
+        pytest.param("http://purl.imsglobal.org/vocab/lis/v2/membership/instructor#TeachingAssistant", id="ta-lc"),
+        pytest.param("http://purl.imsglobal.org/vocab/lis/v2/membership#ContentDeveloper", id="content-developer"),
+        pytest.param("http://purl.imsglobal.org/vocab/lis/v2/membership#Administrator", id="course-admin"),
+        pytest.param("Instructor", id="bare-name"),
+    ],
+)
+def test_deep_linking_by_instructor_like_roles_opens_the_picker(
+    world: World, live_server: LiveServer, platform_key: RSAKey, role: str
+) -> None:
+    open_picker(world, platform_key, roles=[LEARNER, role])
+    assert _pickers(world) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({CLAIM + "roles": None}, id="missing-roles"),
+        pytest.param({CLAIM + "target_link_uri": None}, id="missing-target-link-uri"),
+        pytest.param({CLAIM + "target_link_uri": "https://evil.example/lti/launch"}, id="foreign-target-link-uri"),
+    ],
+)
+def test_deep_linking_without_required_claims_is_refused(
+    world: World, live_server: LiveServer, platform_key: RSAKey, overrides: dict[str, Any]
+) -> None:
+    launched = deep_linking_launch(world, platform_key, **overrides)
+    assert launched.status_code == 400, (launched.status_code, launched.text[:500])
+    assert launched.headers["Content-Type"].startswith("text/html")
+    assert _pickers(world) == 0

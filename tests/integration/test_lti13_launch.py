@@ -8,6 +8,7 @@ Wire details: ../shared/reference/wire-formats.md §3A.1 to 3A.5 and §1.2.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,16 +20,18 @@ import pytest
 import requests
 from sqlalchemy import func, select, update
 
-from gateway.models import Assignment, Enrollment, LmsIdentity, Placement, User, utcnow
+from gateway.models import Assignment, DeepLinkSession, Enrollment, LmsIdentity, Placement, User, utcnow
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import authorize_app, create_app_partner
 from gateway.services.lms import add_lms_connection
+from gateway.services.lti13_launch import JWKS_REFETCH_SECONDS, PlatformKeys
 from tests.conftest import LiveServer
 from tests.factories import World
 from tests.fakes.lti13_platform import (
     AUTH_REQUEST_PARAMS,
     DROP,
     INSTRUCTOR,
+    LEARNER,
     LoginResult,
     Lti13Platform,
     pooled_key,
@@ -246,6 +249,75 @@ def test_rotated_platform_key_is_fetched_once_on_the_unknown_kid(lti: Lti) -> No
     assert lti.platform.jwks_requests == fetched + 1, "the JWKS is fetched again exactly once for the new kid"
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(lti: Lti) -> FakeClock:
+    """The app's platform-key cache on a clock the test advances."""
+    clock = FakeClock()
+    app = lti.world.app
+    app.extensions["passback_platform_keys"] = PlatformKeys(app.extensions["passback_http"], clock=clock)
+    return clock
+
+
+def test_unknown_kids_refetch_the_jwks_at_most_once_a_minute(lti: Lti, clock: FakeClock) -> None:
+    """Anyone can start a login: 50 launches with random kids cost the platform one JWKS fetch, not 50."""
+    app_redirect(lti.full_launch())  # the JWKS is now cached
+    before, counts = lti.platform.jwks_requests, lti.counts()
+    for _ in range(50):
+        state, nonce, _ = lti.login()
+        token = lti.platform.launch_token(nonce, kid=secrets.token_hex(16))
+        assert_error_page(lti.launch(state, token), token)
+    assert lti.platform.jwks_requests - before <= 1
+    assert lti.counts() == counts
+
+
+def test_a_rotated_key_is_followed_once_the_refetch_window_has_passed(lti: Lti, clock: FakeClock) -> None:
+    app_redirect(lti.full_launch())
+    state, nonce, _ = lti.login()
+    token = lti.platform.launch_token(nonce, kid="not-a-published-kid")
+    assert_error_page(lti.launch(state, token), token)  # spends this minute's refetch
+    fetched = lti.platform.jwks_requests
+    lti.platform.rotate()
+    assert_error_page(lti.full_launch())  # within the minute: refused without a fetch
+    assert lti.platform.jwks_requests == fetched
+    clock.now += JWKS_REFETCH_SECONDS
+    app_redirect(lti.full_launch())
+    assert lti.platform.jwks_requests == fetched + 1
+
+
+# --- deep linking from the lti1p3platform platform -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("roles", "status"),
+    [
+        pytest.param([INSTRUCTOR], 303, id="instructor-opens-the-picker"),
+        pytest.param([LEARNER], 403, id="learner-refused"),
+    ],
+)
+def test_deep_linking_request_opens_the_picker_only_for_an_instructor(lti: Lti, roles: list[str], status: int) -> None:
+    with lti.world.session() as session:
+        pickers = session.scalar(select(func.count()).select_from(DeepLinkSession))
+    state, nonce, _ = lti.login()
+    token = lti.platform.launch_token(nonce, deep_linking=True, roles=roles)
+    response = lti.launch(state, token)
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    with lti.world.session() as session:
+        opened = session.scalar(select(func.count()).select_from(DeepLinkSession)) - pickers
+    if status == 303:
+        assert response.headers["Location"].startswith("/lti/picker/") and opened == 1
+    else:
+        assert_error_page(response, token)
+        assert opened == 0
+
+
 # --- rejected launches ----------------------------------------------------------------------------------
 
 REJECTIONS = [
@@ -272,6 +344,11 @@ REJECTIONS = [
     pytest.param({"nonce": DROP}, id="missing-nonce"),
     pytest.param({"forge": "unpublished-key"}, id="kid-unknown-after-refresh"),
     pytest.param({"custom": {"assignment": "no-such-quiz"}}, id="assignment-no-authorized-app-has"),
+    pytest.param({"target_link_uri": "https://evil.example/lti/launch"}, id="foreign-target-link-uri"),
+    pytest.param({"target_link_uri": "https://evil.example/x?u=/lti/launch"}, id="foreign-target-with-our-path"),
+    pytest.param({"target_link_uri": DROP}, id="missing-target-link-uri"),
+    pytest.param({"roles": DROP}, id="missing-roles"),
+    pytest.param({"roles": INSTRUCTOR}, id="roles-not-a-list"),
 ]
 
 
@@ -286,6 +363,42 @@ def test_rejected_launch_is_an_html_error_that_changes_nothing(lti: Lti, claims:
     assert lti.counts() == before
     # An unknown kid is looked up again once, never in a loop.
     assert lti.platform.jwks_requests - fetched <= 2
+
+
+def test_target_link_uri_must_repeat_the_logins(lti: Lti) -> None:
+    """Core §5.3.4: the signed target_link_uri is the login's parameter; one of Passback's launch URLs with
+    another query string than the login named is still refused."""
+    before = lti.counts()
+    state, nonce, _ = lti.login()
+    token = lti.platform.launch_token(nonce, target_link_uri=lti.passback + "/lti/launch?other=1")
+    assert_error_page(lti.launch(state, token), token)
+    assert lti.counts() == before
+
+
+def test_target_link_uri_with_a_query_string_is_accepted(lti: Lti) -> None:
+    target = lti.passback + "/lti/launch?placement=assignment_selection"
+    state, nonce, _ = lti.login(target_link_uri=target)
+    app_redirect(lti.launch(state, lti.platform.launch_token(nonce)))
+
+
+def test_empty_roles_are_accepted_as_a_student(lti: Lti) -> None:
+    """The roles claim must be present, but an empty list is valid (Core §5.3.7)."""
+    app_redirect(lti.full_launch(roles=[]))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("https://evil.example/lti/launch", id="foreign-host"),
+        pytest.param("/lti/launch", id="relative"),
+        pytest.param("javascript:alert(1)", id="javascript"),
+    ],
+)
+def test_login_for_a_foreign_target_link_uri_is_a_400_page(lti: Lti, target: str) -> None:
+    response = lti.platform.login_response(lti.passback, target_link_uri=target)
+    assert response.status_code == 400, (response.status_code, response.text[:500])
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "target_link_uri" in response.text
 
 
 @pytest.mark.parametrize(
@@ -529,6 +642,40 @@ def test_concurrent_exchanges_of_one_code_give_one_token(signin: SignIn) -> None
         responses = list(pool.map(lambda _: signin.exchange(code, http=requests), range(4)))
     assert sorted(r.status_code for r in responses) == [200, 400, 400, 400], [r.text for r in responses]
     assert {r.json()["error"] for r in responses if r.status_code == 400} == {"invalid_grant"}
+    [token] = [r.json()["access_token"] for r in responses if r.status_code == 200]
+    assert signin.lti.world.get("/v1/me", token=token).status_code == 401, "the code was presented again"
+
+
+def test_reused_code_revokes_the_token_its_first_use_bought(signin: SignIn) -> None:
+    """RFC 6749 §4.1.2: a code used twice may have been stolen; the token it bought stops working. Other
+    tokens of the same user (from another code) keep working."""
+    world = signin.lti.world
+    first_code, other_code = signin.code(), signin.code()
+    token = signin.exchange(first_code).json()["access_token"]
+    other = signin.exchange(other_code).json()["access_token"]
+    assert world.get("/v1/me", token=token).status_code == 200
+
+    again = signin.exchange(first_code)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+    me = world.get("/v1/me", token=token)
+    assert me.status_code == 401, me.text
+    assert world.post_grade({"assignmentID": "story-3", "percentage": 0.5}, token=token).status_code == 401
+    assert world.get("/v1/me", token=other).status_code == 200
+
+
+def test_a_code_presented_by_another_app_revokes_nothing(signin: SignIn) -> None:
+    """Only the app the code was issued to can trigger the revocation (another app's reuse is just refused)."""
+    world = signin.lti.world
+    with world.session() as session:
+        other = create_app_partner(session, "Other App", READING_REDIRECT)
+        authorize_app(session, other.app.id, world.district_id)
+        other_client = (other.app.client_id, other.client_secret)
+    code = signin.code()
+    token = signin.exchange(code).json()["access_token"]
+    refused = signin.exchange(code, client_id=other_client[0], secret=other_client[1])
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    assert world.get("/v1/me", token=token).status_code == 200
 
 
 def test_code_expires_after_a_minute(signin: SignIn) -> None:

@@ -117,6 +117,12 @@ def test_launch_signs_the_student_in_and_their_grade_reaches_the_line_item(
         me = world.get("/v1/me", token=user_token).json()
         assert me["type"] == "student"
 
+        posted = world.post_grade({"assignmentID": "chapter-3", "scoreGiven": 17, "scoreMaximum": 20}, token=user_token)
+        assert posted.status_code == 202, posted.text
+        worker.run_until_idle()
+        assert world.get(posted.headers["Location"], token=user_token).json()["status"] == "delivered"
+        assert platform.score_of("u-42")["scoreGiven"] == 17.0
+
         again = world.http.post(
             world.url("/oauth/tokens"),
             data={
@@ -127,12 +133,8 @@ def test_launch_signs_the_student_in_and_their_grade_reaches_the_line_item(
             auth=(client_id, client_secret),
         )
         assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
-
-        posted = world.post_grade({"assignmentID": "chapter-3", "scoreGiven": 17, "scoreMaximum": 20}, token=user_token)
-        assert posted.status_code == 202, posted.text
-        worker.run_until_idle()
-        assert world.get(posted.headers["Location"], token=user_token).json()["status"] == "delivered"
-        assert platform.score_of("u-42")["scoreGiven"] == 17.0
+        # RFC 6749 §4.1.2: the code was presented twice, so the token it bought is revoked.
+        assert world.get("/v1/me", token=user_token).status_code == 401
 
     with world.session() as session:
         user = session.get(User, me["data"]["id"])
