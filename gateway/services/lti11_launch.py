@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from adapters.lti11_outcomes import accepted_extensions
 from gateway.crypto import SecretBox
 from gateway.models import Assignment, LaunchDestination, LmsConnection, Placement, UsedNonce, User, utcnow
-from gateway.services.directory import enroll, get_or_create
+from gateway.services.directory import enroll, get_or_create, identity_issuer
 from gateway.services.lms import connection_settings
 from gateway.services.lti13_launch import (
     LaunchRefused,
@@ -125,11 +125,10 @@ def record_launch(
         value = params.get(name)
         if not value or len(value) > 255:
             raise LaunchRefused(f"{name} is required, at most 255 characters")
-    key = settings["consumer_key"]
     user = linked_user(
         session,
         connection,
-        f"lti11:{key}",
+        identity_issuer(connection, settings),
         params["user_id"],
         role=role_for(params.get("roles", "").split(",")),
         name=params.get("lis_person_name_full") or None,

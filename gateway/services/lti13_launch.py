@@ -42,7 +42,7 @@ from gateway.models import (
     new_id,
     utcnow,
 )
-from gateway.services.directory import enroll, get_or_create
+from gateway.services.directory import enroll, get_or_create, identity_issuer
 from gateway.services.errors import ServiceError
 from gateway.services.lms import connection_settings
 from gateway.services.routing import release_awaiting_launch, route_waiting_grades
@@ -317,7 +317,7 @@ def user_for_launch(session: Session, registration: Registration, claims: Mappin
     return linked_user(
         session,
         registration.connection,
-        registration.settings["issuer"],
+        identity_issuer(registration.connection, registration.settings),
         str(claims["sub"]),
         role=role_of(claims),
         name=name if isinstance(name, str) else None,

@@ -7,7 +7,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, select, update
+from sqlalchemy import Table, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
@@ -230,6 +230,24 @@ def release_awaiting_launch(
     ]
     if placement_id is not None:
         conditions.append(Delivery.placement_id == placement_id)
+    # Release only what can now be sent: a delivery that also needs this student's launch of its link (LTI
+    # 1.1's sourcedid) keeps waiting for it, instead of failing at once.
+    needs_launch = [name for name, a in REGISTRY.items() if getattr(a, "needs_launch_data", False)]
+    needs_identity = [name for name, a in REGISTRY.items() if getattr(a, "needs_lms_identity", False)]
+    conditions += [
+        or_(
+            Delivery.lms_connection_id.not_in(select(LmsConnection.id).where(LmsConnection.adapter.in_(needs_launch))),
+            exists().where(
+                LaunchDestination.placement_id == Delivery.placement_id, LaunchDestination.user_id == user_id
+            ),
+        ),
+        or_(
+            Delivery.lms_connection_id.not_in(
+                select(LmsConnection.id).where(LmsConnection.adapter.in_(needs_identity))
+            ),
+            exists().where(LmsIdentity.user_id == user_id, LmsIdentity.lms_connection_id == lms_connection_id),
+        ),
+    ]
     result = session.execute(
         update(Delivery)
         .where(*conditions)

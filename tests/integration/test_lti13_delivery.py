@@ -57,7 +57,7 @@ def _register(world: World, platform: AgsPlatform) -> AgsSetup:
             user = get_user(session, world.district_id, student)
             assert user is not None
             subs[student] = f"sub-{student[:6]}"
-            link_identity(session, user, connection, subs[student])
+            link_identity(session, user, connection, subs[student], box=world.app.extensions["passback_box"])
             enroll(session, connection, "canvas-course-7", user)
         placement = add_placement(
             session,
@@ -138,7 +138,7 @@ def test_a_thousand_scores_share_one_access_token_across_workers(ags: AgsSetup, 
         principal = authenticate(session, ags.world.token)
         for index in range(1000):
             user = create_user(session, ags.world.district_id, name=f"S{index}")
-            link_identity(session, user, connection, f"sub-{index}")
+            link_identity(session, user, connection, f"sub-{index}", box=ags.world.app.extensions["passback_box"])
             enroll(session, connection, "canvas-course-7", user)
             # Accepted through the service, not HTTP: this test is about delivery, and the suite's time matters.
             accept_grade(session, principal, {"assignmentID": "quiz-1", "userID": user.id, "percentage": 0.9})
@@ -276,7 +276,7 @@ def test_grade_for_a_student_the_platform_cannot_name_waits_for_the_launch(
     with ags.world.session() as session:
         user = get_user(session, ags.world.district_id, newcomer_id)
         connection = session.get(LmsConnection, ags.connection_id)
-        link_identity(session, user, connection, "sub-newcomer")
+        link_identity(session, user, connection, "sub-newcomer", box=ags.world.app.extensions["passback_box"])
         assert release_awaiting_launch(session, newcomer_id, ags.connection_id) == 1
     worker.run_until_idle()
     assert ags.world.get(response.headers["Location"]).json()["status"] == "delivered"
@@ -336,7 +336,7 @@ def test_concurrent_workers_create_one_line_item_for_a_new_placement(ags: AgsSet
         students = []
         for index in range(6):
             user = create_user(session, ags.world.district_id, name=f"C{index}")
-            link_identity(session, user, connection, f"sub-c{index}")
+            link_identity(session, user, connection, f"sub-c{index}", box=ags.world.app.extensions["passback_box"])
             enroll(session, connection, "canvas-course-7", user)
             students.append(user.id)
     for student in students:
