@@ -7,8 +7,8 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, and_, bindparam, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from adapters import REGISTRY
 from gateway.models import (
@@ -80,17 +80,41 @@ def enrolled(user_id: Any) -> Any:
     )
 
 
+_SIBLING = aliased(Placement)
+
+
+def launched_sibling(user_id: Any) -> Any:
+    """The condition that the user launched some link of the placement's assignment in its course."""
+    return exists().where(
+        LaunchDestination.user_id == user_id,
+        LaunchDestination.placement_id == _SIBLING.id,
+        _SIBLING.lms_connection_id == Placement.lms_connection_id,
+        _SIBLING.course_id == Placement.course_id,
+        _SIBLING.assignment_id == Placement.assignment_id,
+    )
+
+
+def receives(user_id: Any) -> Any:
+    """The condition that the placement is one of the user's destinations. Each link of an assignment in a
+    course is its own placement: a student's grade goes to the links of it they launched; a student who
+    launched none of them (enrolled by a roster or by hand) gets it at every one, and an LMS's refusal at one
+    link (a student not in that section) is that link's delivery alone."""
+    return and_(
+        enrolled(user_id),
+        or_(
+            exists().where(LaunchDestination.user_id == user_id, LaunchDestination.placement_id == Placement.id),
+            ~launched_sibling(user_id),
+        ),
+    )
+
+
 _DESTINATIONS = (
     select(*ROUTE_COLUMNS)
     .join(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
     .where(
         Placement.district_id == bindparam("district_id"),
         Placement.assignment_id == bindparam("assignment_id"),
-        exists().where(
-            Enrollment.lms_connection_id == Placement.lms_connection_id,
-            Enrollment.course_id == Placement.course_id,
-            Enrollment.user_id == bindparam("user_id"),
-        ),
+        receives(bindparam("user_id")),
     )
     .order_by(Placement.created_at, Placement.id)
 )
@@ -252,6 +276,33 @@ def release_awaiting_launch(
         update(Delivery)
         .where(*conditions)
         .values(status=DeliveryStatus.PENDING, next_attempt_at=now, last_error=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+LAUNCHED_ANOTHER_LINK = "not sent: the student opened another link of this assignment, and their grade goes there"
+
+
+def retire_unlaunched_links(session: Session, user_id: str, launched: Placement) -> int:
+    """The student launched this link: what still waits for them at sibling links of the same assignment in the
+    same course that they never launched will not go there (grades go to the links a student launched)."""
+    siblings = select(Placement.id).where(
+        Placement.lms_connection_id == launched.lms_connection_id,
+        Placement.course_id == launched.course_id,
+        Placement.assignment_id == launched.assignment_id,
+        Placement.id != launched.id,
+        ~exists().where(LaunchDestination.placement_id == Placement.id, LaunchDestination.user_id == user_id),
+    )
+    now = utcnow()
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.placement_id.in_(siblings),
+            Delivery.status == DeliveryStatus.AWAITING_LAUNCH,
+            Delivery.grade_id.in_(select(Grade.id).where(Grade.user_id == user_id)),
+        )
+        .values(status=DeliveryStatus.SUPERSEDED, last_error=LAUNCHED_ANOTHER_LINK, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

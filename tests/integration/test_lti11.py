@@ -28,6 +28,7 @@ from gateway.cli import main
 from gateway.models import (
     App,
     AuthorizationCode,
+    Delivery,
     Enrollment,
     LaunchDestination,
     LmsConnection,
@@ -740,6 +741,48 @@ def test_a_student_linked_by_the_cli_keeps_one_user_and_their_grade_waits_for_th
     assert lti11.delivery(location)["status"] == "delivered"
     assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-77", "rl-77")].score) == 0.7
     enroll_cli("--lms-user-id", "stu-77")  # linking again is harmless
+
+
+def test_a_students_grade_goes_to_the_links_they_launched_and_waits_at_every_link_before(
+    lti11: Lti11, worker: DeliveryWorker, runner: CliRunner
+) -> None:
+    course = "canvas-course-88"
+    # The teacher adds quiz-1 twice to the course (two links); each is its own placement.
+    for link in ("rl-p1", "rl-p2"):
+        lti11.launch_ok(user_id="teacher-1", roles="Instructor", resource_link_id=link, context_id=course)
+    with lti11.world.session() as session:
+        links = session.scalars(select(Placement.resource_link_id).where(Placement.course_id == course)).all()
+        user_id = create_user(session, lti11.world.district_id, name="Mo").id
+    assert sorted(links) == ["rl-p1", "rl-p2"]
+    args = ["user", "enroll", "--district", lti11.world.district_id, "--lms", "Canvas 1.1", "--course", course]
+    result = runner.invoke(main, [*args, "--user", user_id, "--lms-user-id", "stu-88"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+    # Launched neither link yet: the grade waits at both.
+    first = lti11.grade(user_id, percentage=0.4)
+    worker.run_until_idle()
+    waiting = lti11.world.get(first).json()["deliveries"]
+    assert [d["status"] for d in waiting] == ["awaiting_launch", "awaiting_launch"]
+
+    # The student opens link 2: the grade goes there, and no longer waits for link 1 (that row is retired).
+    lti11.launch_ok(user_id="stu-88", resource_link_id="rl-p2", context_id=course)
+    worker.run_until_idle()
+    [delivered] = lti11.world.get(first).json()["deliveries"]
+    assert delivered["status"] == "delivered"
+    with lti11.world.session() as session:
+        retired = session.execute(
+            select(Delivery.status, Delivery.last_error)
+            .join(Placement, Placement.id == Delivery.placement_id)
+            .where(Placement.resource_link_id == "rl-p1", Placement.course_id == course)
+        ).all()
+    assert [(status, "another link" in str(error)) for status, error in retired] == [("superseded", True)]
+    assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-88", "rl-p2")].score) == 0.4
+    assert lti11.consumer.sourcedid_for("stu-88", "rl-p1") not in lti11.consumer.gradebook
+
+    second = lti11.grade(user_id, percentage=0.6)
+    worker.run_until_idle()
+    assert lti11.delivery(second)["status"] == "delivered"
+    assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-88", "rl-p2")].score) == 0.6
 
 
 # --- read and delete --------------------------------------------------------------------------------------
