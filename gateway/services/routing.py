@@ -65,6 +65,7 @@ ROUTE_COLUMNS = (
     .where(LaunchDestination.user_id == bindparam("user_id"), LaunchDestination.placement_id == Placement.id)
     .label("has_launch_data"),
 )
+LAUNCHED_ANOTHER_LINK = "not sent: the student opened another link of this assignment, and their grade goes there"
 AWAITING_LAUNCH_REASON = (
     "waiting for the student to open the link once in the LMS (or a roster sync), so that the LMS's id for "
     "them is known"
@@ -228,7 +229,9 @@ def route_waiting_grades(
         if revision_id is None:
             continue
         current = session.scalars(select(Delivery).where(Delivery.revision_id == revision_id)).all()
-        reached = {d.placement_id for d in current if d.placement_id is not None}
+        # A row retired because the student launched another link does not count: launching this one later
+        # (a retake) makes it a destination again.
+        reached = {d.placement_id for d in current if d.placement_id and d.last_error != LAUNCHED_ANOTHER_LINK}
         new = [r for r in destinations_for(session, grade) if r.placement_id not in reached]
         if not new:
             continue
@@ -279,9 +282,6 @@ def release_awaiting_launch(
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-LAUNCHED_ANOTHER_LINK = "not sent: the student opened another link of this assignment, and their grade goes there"
 
 
 def retire_unlaunched_links(session: Session, user_id: str, launched: Placement) -> int:

@@ -779,10 +779,17 @@ def test_a_students_grade_goes_to_the_links_they_launched_and_waits_at_every_lin
     assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-88", "rl-p2")].score) == 0.4
     assert lti11.consumer.sourcedid_for("stu-88", "rl-p1") not in lti11.consumer.gradebook
 
+    # A retake: opening link 1 as well makes it a destination, and the current grade goes there too.
+    lti11.launch_ok(user_id="stu-88", resource_link_id="rl-p1", context_id=course)
+    worker.run_until_idle()
+    assert [d["status"] for d in lti11.world.get(first).json()["deliveries"]] == ["delivered", "delivered"]
+    assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-88", "rl-p1")].score) == 0.4
+
     second = lti11.grade(user_id, percentage=0.6)
     worker.run_until_idle()
-    assert lti11.delivery(second)["status"] == "delivered"
-    assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-88", "rl-p2")].score) == 0.6
+    assert [d["status"] for d in lti11.world.get(second).json()["deliveries"]] == ["delivered", "delivered"]
+    for link in ("rl-p1", "rl-p2"):
+        assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-88", link)].score) == 0.6
 
 
 # --- read and delete --------------------------------------------------------------------------------------
