@@ -484,8 +484,7 @@ def _adopt_unlinked(
     )
     if not claimed.rowcount:  # type: ignore[attr-defined]
         return None
-    placement = session.get(Placement, unlinked, populate_existing=True)
-    return placement
+    return session.get(Placement, unlinked, populate_existing=True)
 
 
 def record_link_launch(
