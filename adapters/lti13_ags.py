@@ -289,8 +289,8 @@ class Lti13AgsAdapter:
         raise_for_delivery(response, _lms_message(response))
 
     def find_or_create_lineitem(self, grade: NormalizedGrade, destination: Destination) -> tuple[str, bool]:
-        """The line item for this placement: the launch's, else one found by resourceId, else a new one.
-        Returns (URL, learned) where learned means the placement should remember it."""
+        """The line item for this placement: the launch's, else this link's found by resourceId and
+        resourceLinkId, else a new one. Returns (URL, learned): learned means the placement remembers it."""
         known = destination.data.get("lineitem")
         if known:
             return str(known), False
@@ -316,7 +316,9 @@ class Lti13AgsAdapter:
             items = response.json() if response.content else []
             for item in items if isinstance(items, list) else []:
                 if isinstance(item, dict) and item.get("resourceId") == grade.assignment_id and item.get("id"):
-                    if resource_link_id and item.get("resourceLinkId") not in (None, resource_link_id):
+                    # Only this link's own column (or, for a placement without a link, one tied to no link):
+                    # another link of the same assignment has its own, and a platform may ignore the filter.
+                    if (item.get("resourceLinkId") or None) != (resource_link_id or None):
                         continue
                     return str(item["id"]), True
             url = link_url(response, "next")

@@ -202,23 +202,15 @@ def user_enroll(
     district_id: str, lms_ref: str, course: str, user_id: str, lms_user_id: str | None, as_json: bool
 ) -> None:
     """Enroll a user in an LMS course: grades for assignments placed there then route to it."""
-    from gateway.services.directory import enroll, get_user, link_identity
-    from gateway.services.errors import NotFound
+    from gateway.services.directory import enroll_user
     from gateway.services.lms import get_connection
-    from gateway.services.routing import release_awaiting_launch, route_waiting_grades
 
     try:
-        with _session(_app()) as session:
+        app = _app()
+        with _session(app) as session:
             connection = get_connection(session, district_id, lms_ref)
-            row = get_user(session, district_id, user_id)
-            if row is None:
-                raise NotFound(f"no user {user_id!r} in this district")
-            if lms_user_id:
-                link_identity(session, row, connection, lms_user_id)
-                release_awaiting_launch(session, row.id, connection.id)
-            enroll(session, connection, course, row)
-            routed = route_waiting_grades(session, district_id, user_id=row.id)
-            data = {"user": row.id, "course": course, "lms": connection.name, "deliveries_created": routed}
+            routed = enroll_user(session, app.extensions["passback_box"], connection, course, user_id, lms_user_id)
+            data = {"user": user_id, "course": course, "lms": connection.name, "deliveries_created": routed}
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"enrolled {d['user']} in {d['course']} ({d['deliveries_created']} deliveries)")

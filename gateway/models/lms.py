@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.models.base import Base, created_column, id_column
@@ -35,12 +35,29 @@ class LmsConnection(Base):
     last_failure: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+UNLINKED = text("resource_link_id IS NULL")
+
+
 class Placement(Base):
-    """Where an assignment lives in an LMS: connection, course/section, and the adapter's destination data."""
+    """Where an assignment lives in an LMS: connection, course/section, and the adapter's destination data.
+
+    One per LMS link (two links to one assignment in one course are two placements, each with its own line
+    item), and at most one without a link (made by an operator or app) per course and assignment."""
 
     __tablename__ = "placements"
     __table_args__ = (
-        UniqueConstraint("lms_connection_id", "course_id", "assignment_id"),
+        UniqueConstraint(
+            "lms_connection_id", "course_id", "assignment_id", "resource_link_id", name="uq_placements_link"
+        ),
+        Index(
+            "uq_placements_unlinked",
+            "lms_connection_id",
+            "course_id",
+            "assignment_id",
+            unique=True,
+            sqlite_where=UNLINKED,
+            postgresql_where=UNLINKED,
+        ),
         Index("ix_placements_assignment", "district_id", "assignment_id"),
     )
 
@@ -51,7 +68,7 @@ class Placement(Base):
     course_id: Mapped[str] = mapped_column(String(255))
     section_id: Mapped[str | None] = mapped_column(String(255), default=None)
     title: Mapped[str | None] = mapped_column(String(500), default=None)
-    # The LMS's link id (LTI resource_link.id), so a launch finds its placement again.
+    # The LMS's link id (LTI resource_link.id), so a launch finds its placement again; None when made by hand.
     resource_link_id: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
     destination: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # While a worker looks up or creates the placement's destination (an AGS line item), others wait, so two

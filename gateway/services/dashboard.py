@@ -780,13 +780,14 @@ def district_assignment(session: Session, district_id: str, assignment_id: str) 
 def placement_rows(
     session: Session, district_id: str, assignment_id: str
 ) -> tuple[App, Assignment, list[tuple[Placement, str, dict[str, int]]]]:
-    """Where an assignment is placed in this district's LMSs, with each placement's deliveries."""
+    """Where an assignment is placed in this district's LMSs (each LMS link its own row), with each
+    placement's deliveries."""
     app, assignment = district_assignment(session, district_id, assignment_id)
     placements = session.execute(
         select(Placement, LmsConnection.name)
         .join(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
         .where(Placement.district_id == district_id, Placement.assignment_id == assignment.id)
-        .order_by(LmsConnection.name, Placement.course_id)
+        .order_by(LmsConnection.name, Placement.course_id, Placement.created_at, Placement.id)
     ).all()
     counted = tallies(session, district_id, placement_ids=[placement.id for placement, _ in placements])
     counts = _sum_by(counted, lambda t: t.placement_id)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.crypto import generate_token, hash_token
+from gateway.crypto import SecretBox, generate_token, hash_token
 from gateway.models import (
     ApiToken,
     App,
@@ -27,6 +27,7 @@ from gateway.models import (
     utcnow,
 )
 from gateway.services.errors import Conflict, InvalidInput, NotFound
+from gateway.services.routing import release_awaiting_launch, route_waiting_grades
 
 T = TypeVar("T")
 
@@ -172,8 +173,30 @@ def get_user(session: Session, district_id: str, user_id: str) -> User | None:
     return session.scalar(select(User).where(User.id == user_id, User.district_id == district_id))
 
 
-def link_identity(session: Session, user: User, connection: LmsConnection, subject: str) -> LmsIdentity:
-    issuer = f"passback:{connection.id}"
+def identity_issuer(connection: LmsConnection, settings: Mapping[str, Any]) -> str:
+    """The one key a connection's user identities are stored under, by launches, roster syncs and the CLI alike:
+    LTI 1.1's consumer key, LTI 1.3's platform issuer, else the connection itself."""
+    if connection.adapter == "lti11":
+        return f"lti11:{settings['consumer_key']}"
+    if settings.get("issuer"):
+        return str(settings["issuer"])
+    return f"passback:{connection.id}"
+
+
+def link_identity(
+    session: Session, user: User, connection: LmsConnection, subject: str, *, box: SecretBox
+) -> LmsIdentity:
+    """Record how this LMS names the user, under the key its launches use; linking twice is harmless."""
+    issuer = identity_issuer(connection, box.decrypt_json(connection.settings_encrypted))
+    known = session.scalar(
+        select(LmsIdentity).where(
+            LmsIdentity.district_id == user.district_id, LmsIdentity.issuer == issuer, LmsIdentity.subject == subject
+        )
+    )
+    if known is not None:
+        if known.user_id != user.id:
+            raise Conflict(f"LMS user id {subject!r} is already linked to another user of this district")
+        return known
     identity = LmsIdentity(
         district_id=user.district_id,
         user_id=user.id,
@@ -216,6 +239,22 @@ def enroll(
             source=source,
         ),
     )
+
+
+def enroll_user(
+    session: Session, box: SecretBox, connection: LmsConnection, course_id: str, user_id: str, lms_user_id: str | None
+) -> int:
+    """An operator's enrollment, with the LMS's name for the user if given: grades that waited only for that
+    name are released (not those that still need the student's launch, as LTI 1.1's sourcedid does) and
+    current grades are routed to the course. Returns the number of deliveries created."""
+    user = get_user(session, connection.district_id, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id!r} in this district")
+    if lms_user_id:
+        link_identity(session, user, connection, lms_user_id, box=box)
+        release_awaiting_launch(session, user.id, connection.id)
+    enroll(session, connection, course_id, user)
+    return route_waiting_grades(session, connection.district_id, user_id=user.id)
 
 
 def get_or_create(session: Session, find: Callable[[], T | None], make: Callable[[], T]) -> T:

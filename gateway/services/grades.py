@@ -31,7 +31,7 @@ from gateway.models import (
 )
 from gateway.services.auth import Principal
 from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
-from gateway.services.routing import ROUTE_COLUMNS, Route, enrolled, route_revision, schedule_deletions
+from gateway.services.routing import ROUTE_COLUMNS, Route, receives, route_revision, schedule_deletions
 
 # A grade stamped in the future would make every later grade "older" (409) until that time comes.
 MAX_FUTURE_SKEW = timedelta(minutes=5)
@@ -180,7 +180,7 @@ _LOOKUP = (
         Placement,
         (Placement.assignment_id == Assignment.id)
         & (Placement.district_id == bindparam("district_id"))
-        & enrolled(bindparam("user_id")),
+        & receives(bindparam("user_id")),
     )
     .outerjoin(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
     .where(Assignment.app_id == bindparam("app_id"), Assignment.external_id == bindparam("external_id"))

@@ -14,17 +14,18 @@ from sqlalchemy.orm import Session
 
 from adapters.lti11_outcomes import accepted_extensions, launch_points_possible
 from gateway.crypto import SecretBox
-from gateway.models import Assignment, LaunchDestination, LmsConnection, Placement, UsedNonce, User, utcnow
-from gateway.services.directory import enroll, get_or_create
+from gateway.models import Assignment, LmsConnection, Placement, UsedNonce, User, utcnow
+from gateway.services.directory import enroll, identity_issuer
 from gateway.services.lms import connection_settings
 from gateway.services.lti13_launch import (
     LaunchRefused,
     linked_user,
     placement_for_link,
+    record_link_launch,
     resolve_link_assignment,
     role_for,
 )
-from gateway.services.routing import release_awaiting_launch, route_waiting_grades
+from gateway.services.routing import release_awaiting_launch, retire_unlaunched_links, route_waiting_grades
 
 TIMESTAMP_WINDOW_SECONDS = 300
 LTI_VERSIONS = ("LTI-1p0", "LTI-1p1")
@@ -125,11 +126,10 @@ def record_launch(
         value = params.get(name)
         if not value or len(value) > 255:
             raise LaunchRefused(f"{name} is required, at most 255 characters")
-    key = settings["consumer_key"]
     user = linked_user(
         session,
         connection,
-        f"lti11:{key}",
+        identity_issuer(connection, settings),
         params["user_id"],
         role=role_for(params.get("roles", "").split(",")),
         name=params.get("lis_person_name_full") or None,
@@ -161,23 +161,14 @@ def record_launch(
     # Recorded even without a sourcedid (an ungraded link, or a teacher): the launch happened, so grades stop
     # waiting for one and fail with the LMS's reason instead of "has not opened the link".
     sourcedid = params.get("lis_result_sourcedid") or None
-    launch = get_or_create(
-        session,
-        lambda: session.scalar(
-            select(LaunchDestination).where(
-                LaunchDestination.placement_id == placement.id, LaunchDestination.user_id == user.id
-            )
-        ),
-        lambda: LaunchDestination(
-            district_id=connection.district_id, placement_id=placement.id, user_id=user.id, data={}
-        ),
-    )
+    launch = record_link_launch(session, connection, placement, user)
     # Stored exactly as received: the sourcedid is opaque (Canvas signs it, Moodle hashes it). A relaunch
     # without one keeps the one an earlier launch gave.
     if sourcedid is not None or not (launch.data or {}).get("sourcedid"):
         launch.data = {"sourcedid": sourcedid}
     launch.updated_at = utcnow()
     session.flush()
+    retire_unlaunched_links(session, user.id, placement)
     release_awaiting_launch(session, user.id, connection.id, placement_id=placement.id)
     route_waiting_grades(session, connection.district_id, user_id=user.id)
     return user, assignment, placement

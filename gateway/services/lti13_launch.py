@@ -22,7 +22,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,7 @@ from gateway.models import (
     App,
     Assignment,
     DistrictApp,
+    LaunchDestination,
     LaunchState,
     LmsConnection,
     LmsIdentity,
@@ -43,10 +44,10 @@ from gateway.models import (
     new_id,
     utcnow,
 )
-from gateway.services.directory import enroll, get_or_create
+from gateway.services.directory import enroll, get_or_create, identity_issuer
 from gateway.services.errors import ServiceError
 from gateway.services.lms import connection_settings
-from gateway.services.routing import release_awaiting_launch, route_waiting_grades
+from gateway.services.routing import release_awaiting_launch, retire_unlaunched_links, route_waiting_grades
 
 CLAIM = "https://purl.imsglobal.org/spec/lti/claim/"
 AGS_CLAIM = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
@@ -390,7 +391,7 @@ def user_for_launch(session: Session, registration: Registration, claims: Mappin
     return linked_user(
         session,
         registration.connection,
-        registration.settings["issuer"],
+        identity_issuer(registration.connection, registration.settings),
         str(claims["sub"]),
         role=role_of(claims),
         name=name if isinstance(name, str) else None,
@@ -461,13 +462,14 @@ def resolve_link_assignment(
 ) -> tuple[Placement | None, Assignment]:
     """For any LTI version: the link's known placement, else the assignment named by the link's custom
     parameter among the apps authorized in the district (`app`, a client id, settles a shared id)."""
-    placement = session.scalar(
-        select(Placement).where(Placement.lms_connection_id == connection.id, Placement.resource_link_id == link_id)
-    )
-    if placement is not None and (wanted is None or _external_id(session, placement) == wanted):
-        assignment = session.get(Assignment, placement.assignment_id)
-        assert assignment is not None
-        return placement, assignment
+    for placement, assignment in session.execute(
+        select(Placement, Assignment)
+        .join(Assignment, Assignment.id == Placement.assignment_id)
+        .where(Placement.lms_connection_id == connection.id, Placement.resource_link_id == link_id)
+        .order_by(Placement.created_at.desc(), Placement.id)
+    ):
+        if wanted is None or assignment.external_id == wanted:
+            return placement, assignment
     if wanted is None:
         raise LaunchRefused(
             "this link is not a Passback assignment yet: add it with the assignment picker, or give it the "
@@ -503,16 +505,18 @@ def placement_for_link(
     title: str | None,
     destination: Mapping[str, Any],
 ) -> Placement:
-    """The link's placement, created once even when a class launches it at the same moment; its
-    destination data refreshed from this launch."""
+    """The link's own placement: each resource link is its own destination, with its own line item. A new link
+    takes over the course's placement made without a link (by an operator or app), else gets a new one, created
+    once even when a class launches it at the same moment. Its destination data is refreshed from this launch."""
     if placement is None:
-        placement = get_or_create(
+        placement = _adopt_unlinked(session, connection, assignment, course_id, link_id) or get_or_create(
             session,
             lambda: session.scalar(
                 select(Placement).where(
                     Placement.lms_connection_id == connection.id,
                     Placement.course_id == course_id,
                     Placement.assignment_id == assignment.id,
+                    Placement.resource_link_id == link_id,
                 )
             ),
             lambda: Placement(
@@ -520,18 +524,57 @@ def placement_for_link(
                 lms_connection_id=connection.id,
                 assignment_id=assignment.id,
                 course_id=course_id,
+                resource_link_id=link_id,
                 destination={},
             ),
         )
-    placement.resource_link_id = link_id
     placement.title = str(title or assignment.name)[:500]
     placement.destination = {**(placement.destination or {}), **destination}
     session.flush()
     return placement
 
 
-def _external_id(session: Session, placement: Placement) -> str | None:
-    return session.scalar(select(Assignment.external_id).where(Assignment.id == placement.assignment_id))
+def _adopt_unlinked(
+    session: Session, connection: LmsConnection, assignment: Assignment, course_id: str, link_id: str
+) -> Placement | None:
+    """The course's placement of this assignment made without a link, now claimed by this link. The claim is
+    one conditional UPDATE, so two links launched at once cannot both take it."""
+    unlinked = session.scalar(
+        select(Placement.id).where(
+            Placement.lms_connection_id == connection.id,
+            Placement.course_id == course_id,
+            Placement.assignment_id == assignment.id,
+            Placement.resource_link_id.is_(None),
+        )
+    )
+    if unlinked is None:
+        return None
+    claimed = session.execute(
+        update(Placement)
+        .where(Placement.id == unlinked, Placement.resource_link_id.is_(None))
+        .values(resource_link_id=link_id)
+        .execution_options(synchronize_session=False)
+    )
+    if not claimed.rowcount:  # type: ignore[attr-defined]
+        return None
+    return session.get(Placement, unlinked, populate_existing=True)
+
+
+def record_link_launch(
+    session: Session, connection: LmsConnection, placement: Placement, user: User
+) -> LaunchDestination:
+    """Remember that this user launched this link: their grades go to the links they launched (routing)."""
+    return get_or_create(
+        session,
+        lambda: session.scalar(
+            select(LaunchDestination).where(
+                LaunchDestination.placement_id == placement.id, LaunchDestination.user_id == user.id
+            )
+        ),
+        lambda: LaunchDestination(
+            district_id=connection.district_id, placement_id=placement.id, user_id=user.id, data={}
+        ),
+    )
 
 
 def _client_id(session: Session, app_id: str) -> str | None:
@@ -559,6 +602,9 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
         _destination_claims(claims),
     )
     enroll(session, connection, course_id, user, source="launch")
+    record_link_launch(session, connection, placement, user).updated_at = utcnow()
+    session.flush()
+    retire_unlaunched_links(session, user.id, placement)
     release_awaiting_launch(session, user.id, connection.id)
     route_waiting_grades(session, connection.district_id, user_id=user.id)
     return user, assignment, placement

@@ -12,7 +12,7 @@ from adapters import REGISTRY, AdapterContext, HttpClient
 from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.models import LmsConnection, LmsIdentity, Placement, User
-from gateway.services.directory import enroll
+from gateway.services.directory import enroll, identity_issuer
 from gateway.services.errors import InvalidInput, NotFound
 from gateway.services.lms import connection_settings
 from gateway.services.routing import release_awaiting_launch, route_waiting_grades
@@ -59,8 +59,7 @@ def sync_roster(
             if source:
                 courses[placement.course_id] = str(source)
         connection_id = connection.id
-        # LTI identities carry the platform's issuer; other LMSs are named by the connection (as `user enroll`).
-        issuer = str(settings.get("issuer") or f"passback:{connection_id}")
+        issuer = identity_issuer(connection, settings)
     adapter: Any = adapter_cls.from_settings(settings, http, context)
     result = RosterSync(courses=len(courses))
     for course_id, url in courses.items():

@@ -7,8 +7,8 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, and_, bindparam, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from adapters import REGISTRY
 from gateway.models import (
@@ -65,6 +65,7 @@ ROUTE_COLUMNS = (
     .where(LaunchDestination.user_id == bindparam("user_id"), LaunchDestination.placement_id == Placement.id)
     .label("has_launch_data"),
 )
+LAUNCHED_ANOTHER_LINK = "not sent: the student opened another link of this assignment, and their grade goes there"
 AWAITING_LAUNCH_REASON = (
     "waiting for the student to open the link once in the LMS (or a roster sync), so that the LMS's id for "
     "them is known"
@@ -80,17 +81,41 @@ def enrolled(user_id: Any) -> Any:
     )
 
 
+_SIBLING = aliased(Placement)
+
+
+def launched_sibling(user_id: Any) -> Any:
+    """The condition that the user launched some link of the placement's assignment in its course."""
+    return exists().where(
+        LaunchDestination.user_id == user_id,
+        LaunchDestination.placement_id == _SIBLING.id,
+        _SIBLING.lms_connection_id == Placement.lms_connection_id,
+        _SIBLING.course_id == Placement.course_id,
+        _SIBLING.assignment_id == Placement.assignment_id,
+    )
+
+
+def receives(user_id: Any) -> Any:
+    """The condition that the placement is one of the user's destinations. Each link of an assignment in a
+    course is its own placement: a student's grade goes to the links of it they launched; a student who
+    launched none of them (enrolled by a roster or by hand) gets it at every one, and an LMS's refusal at one
+    link (a student not in that section) is that link's delivery alone."""
+    return and_(
+        enrolled(user_id),
+        or_(
+            exists().where(LaunchDestination.user_id == user_id, LaunchDestination.placement_id == Placement.id),
+            ~launched_sibling(user_id),
+        ),
+    )
+
+
 _DESTINATIONS = (
     select(*ROUTE_COLUMNS)
     .join(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
     .where(
         Placement.district_id == bindparam("district_id"),
         Placement.assignment_id == bindparam("assignment_id"),
-        exists().where(
-            Enrollment.lms_connection_id == Placement.lms_connection_id,
-            Enrollment.course_id == Placement.course_id,
-            Enrollment.user_id == bindparam("user_id"),
-        ),
+        receives(bindparam("user_id")),
     )
     .order_by(Placement.created_at, Placement.id)
 )
@@ -204,7 +229,9 @@ def route_waiting_grades(
         if revision_id is None:
             continue
         current = session.scalars(select(Delivery).where(Delivery.revision_id == revision_id)).all()
-        reached = {d.placement_id for d in current if d.placement_id is not None}
+        # A row retired because the student launched another link does not count: launching this one later
+        # (a retake) makes it a destination again.
+        reached = {d.placement_id for d in current if d.placement_id and d.last_error != LAUNCHED_ANOTHER_LINK}
         new = [r for r in destinations_for(session, grade) if r.placement_id not in reached]
         if not new:
             continue
@@ -230,10 +257,52 @@ def release_awaiting_launch(
     ]
     if placement_id is not None:
         conditions.append(Delivery.placement_id == placement_id)
+    # Release only what can now be sent: a delivery that also needs this student's launch of its link (LTI
+    # 1.1's sourcedid) keeps waiting for it, instead of failing at once.
+    needs_launch = [name for name, a in REGISTRY.items() if getattr(a, "needs_launch_data", False)]
+    needs_identity = [name for name, a in REGISTRY.items() if getattr(a, "needs_lms_identity", False)]
+    conditions += [
+        or_(
+            Delivery.lms_connection_id.not_in(select(LmsConnection.id).where(LmsConnection.adapter.in_(needs_launch))),
+            exists().where(
+                LaunchDestination.placement_id == Delivery.placement_id, LaunchDestination.user_id == user_id
+            ),
+        ),
+        or_(
+            Delivery.lms_connection_id.not_in(
+                select(LmsConnection.id).where(LmsConnection.adapter.in_(needs_identity))
+            ),
+            exists().where(LmsIdentity.user_id == user_id, LmsIdentity.lms_connection_id == lms_connection_id),
+        ),
+    ]
     result = session.execute(
         update(Delivery)
         .where(*conditions)
         .values(status=DeliveryStatus.PENDING, next_attempt_at=now, last_error=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def retire_unlaunched_links(session: Session, user_id: str, launched: Placement) -> int:
+    """The student launched this link: what still waits for them at sibling links of the same assignment in the
+    same course that they never launched will not go there (grades go to the links a student launched)."""
+    siblings = select(Placement.id).where(
+        Placement.lms_connection_id == launched.lms_connection_id,
+        Placement.course_id == launched.course_id,
+        Placement.assignment_id == launched.assignment_id,
+        Placement.id != launched.id,
+        ~exists().where(LaunchDestination.placement_id == Placement.id, LaunchDestination.user_id == user_id),
+    )
+    now = utcnow()
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.placement_id.in_(siblings),
+            Delivery.status == DeliveryStatus.AWAITING_LAUNCH,
+            Delivery.grade_id.in_(select(Grade.id).where(Grade.user_id == user_id)),
+        )
+        .values(status=DeliveryStatus.SUPERSEDED, last_error=LAUNCHED_ANOTHER_LINK, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

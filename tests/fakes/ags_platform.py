@@ -103,6 +103,9 @@ class AgsPlatform:
         self.lineitem_posts: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self.members: list[dict[str, Any]] = []
+        # Who each resource link is assigned to (a section), by link id: like Canvas, a score for anyone else
+        # on that link's line item is refused with 422. Links not listed take everyone.
+        self.link_students: dict[str, set[str]] = {}
         self.membership_pages_served = 0
         self.app = self._build()
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
@@ -298,10 +301,12 @@ class AgsPlatform:
             self.lineitem_queries.append(dict(request.args))
             if self.schoology_rules and "resource_link_id" in request.args:
                 return jsonify(error='"resource_link_id" is not allowed'), 400
+            # The container filters of AGS §3.2 (resource_id, resource_link_id), as Canvas and Moodle apply them.
             items = [
                 i
                 for i in self.lineitems.values()
-                if "resource_id" not in request.args or i["resourceId"] == request.args["resource_id"]
+                if ("resource_id" not in request.args or i["resourceId"] == request.args["resource_id"])
+                and ("resource_link_id" not in request.args or i["resourceLinkId"] == request.args["resource_link_id"])
             ]
             page = int(request.args.get("page", "0"))
             chunk = items[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
@@ -377,6 +382,9 @@ class AgsPlatform:
             if problems:
                 return jsonify(errors={"type": "bad_request", "message": f"invalid: {problems}"}), 400
             assert stamp is not None
+            assigned = self.link_students.get(str(self.lineitems[number].get("resourceLinkId")))
+            if assigned is not None and body["userId"] not in assigned:
+                return jsonify(errors=[{"message": "User not found in course or is not a student"}]), 422
             with self.lock:
                 self.score_posts += 1
                 refused = self._refuse_timestamp(number, body, stamp)

@@ -19,10 +19,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from click.testing import CliRunner
 from sqlalchemy import func, select
 
 import adapters
 from adapters.base import DeliveryError, NormalizedGrade, RetryableDeliveryError
+from gateway.cli import main
 from gateway.models import (
     App,
     AuthorizationCode,
@@ -707,6 +709,89 @@ def test_a_launch_of_one_link_does_not_route_grades_of_another_link(lti11: Lti11
     assert lti11.delivery(quiz2.headers["Location"])["status"] == "delivered"
     [call] = replace_calls(lti11.consumer)
     assert call.sourcedid == lti11.consumer.sourcedid_for("canvas-user-1", "rl-quiz-2")
+
+
+def test_a_student_linked_by_the_cli_keeps_one_user_and_their_grade_waits_for_the_launch(
+    lti11: Lti11, worker: DeliveryWorker, runner: CliRunner
+) -> None:
+    course = "canvas-course-77"
+    with lti11.world.session() as session:
+        user_id = create_user(session, lti11.world.district_id, name="Lin").id
+        add_placement(session, lti11.world.district_id, lti11.connection_id, lti11.world.app_id, "quiz-1", course)
+
+    def enroll_cli(*extra: str) -> None:
+        args = ["user", "enroll", "--district", lti11.world.district_id, "--lms", "Canvas 1.1", "--course", course]
+        result = runner.invoke(main, [*args, "--user", user_id, *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+    enroll_cli()
+    location = lti11.grade(user_id, percentage=0.7)
+    worker.run_until_idle()
+    assert lti11.delivery(location)["status"] == "awaiting_launch"
+
+    # Knowing the LMS's name for the student is not their sourcedid: the grade keeps waiting, nothing is sent.
+    enroll_cli("--lms-user-id", "stu-77")
+    worker.run_until_idle()
+    assert lti11.delivery(location)["status"] == "awaiting_launch"
+    assert lti11.consumer.calls == []
+
+    users = lti11.counts()["users"]
+    lti11.launch_ok(user_id="stu-77", resource_link_id="rl-77", context_id=course)
+    assert lti11.user_of("stu-77") == user_id, "the launch found the user the CLI linked"
+    assert lti11.counts()["users"] == users
+    worker.run_until_idle()
+    assert lti11.delivery(location)["status"] == "delivered"
+    assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-77", "rl-77")].score) == 0.7
+    enroll_cli("--lms-user-id", "stu-77")  # linking again is harmless
+
+
+def test_a_students_grade_goes_to_the_links_they_launched_and_waits_at_every_link_before(
+    lti11: Lti11, worker: DeliveryWorker, runner: CliRunner
+) -> None:
+    course = "canvas-course-88"
+    # The teacher adds quiz-1 twice to the course (two links); each is its own placement.
+    for link in ("rl-p1", "rl-p2"):
+        lti11.launch_ok(user_id="teacher-1", roles="Instructor", resource_link_id=link, context_id=course)
+    with lti11.world.session() as session:
+        links = session.scalars(select(Placement.resource_link_id).where(Placement.course_id == course)).all()
+        user_id = create_user(session, lti11.world.district_id, name="Mo").id
+    assert sorted(links) == ["rl-p1", "rl-p2"]
+    args = ["user", "enroll", "--district", lti11.world.district_id, "--lms", "Canvas 1.1", "--course", course]
+    result = runner.invoke(main, [*args, "--user", user_id, "--lms-user-id", "stu-88"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+    # Launched neither link yet: the grade waits at both.
+    first = lti11.grade(user_id, percentage=0.4)
+    worker.run_until_idle()
+    waiting = lti11.world.get(first).json()["deliveries"]
+    assert [d["status"] for d in waiting] == ["awaiting_launch", "awaiting_launch"]
+
+    # The student opens link 2: the grade goes there, and no longer waits for link 1 (that row is retired).
+    lti11.launch_ok(user_id="stu-88", resource_link_id="rl-p2", context_id=course)
+    worker.run_until_idle()
+    [delivered] = lti11.world.get(first).json()["deliveries"]
+    assert delivered["status"] == "delivered"
+    with lti11.world.session() as session:
+        retired = session.execute(
+            select(Delivery.status, Delivery.last_error)
+            .join(Placement, Placement.id == Delivery.placement_id)
+            .where(Placement.resource_link_id == "rl-p1", Placement.course_id == course)
+        ).all()
+    assert [(status, "another link" in str(error)) for status, error in retired] == [("superseded", True)]
+    assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-88", "rl-p2")].score) == 0.4
+    assert lti11.consumer.sourcedid_for("stu-88", "rl-p1") not in lti11.consumer.gradebook
+
+    # A retake: opening link 1 as well makes it a destination, and the current grade goes there too.
+    lti11.launch_ok(user_id="stu-88", resource_link_id="rl-p1", context_id=course)
+    worker.run_until_idle()
+    assert [d["status"] for d in lti11.world.get(first).json()["deliveries"]] == ["delivered", "delivered"]
+    assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-88", "rl-p1")].score) == 0.4
+
+    second = lti11.grade(user_id, percentage=0.6)
+    worker.run_until_idle()
+    assert [d["status"] for d in lti11.world.get(second).json()["deliveries"]] == ["delivered", "delivered"]
+    for link in ("rl-p1", "rl-p2"):
+        assert float(lti11.consumer.gradebook[lti11.consumer.sourcedid_for("stu-88", link)].score) == 0.6
 
 
 # --- read and delete --------------------------------------------------------------------------------------

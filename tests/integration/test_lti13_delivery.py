@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import requests
 from flask import Flask
 from sqlalchemy import func, select
 
 from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_SCORE, scores_url
-from gateway.models import CachedAccessToken, Delivery, Placement
+from gateway.models import CachedAccessToken, Delivery, LmsConnection, LmsIdentity, Placement
 from gateway.services.directory import create_user, enroll, get_user, link_identity
 from gateway.services.lms import add_lms_connection, add_placement
+from gateway.services.staff import create_staff
 from gateway.worker import DeliveryWorker
 from tests.conftest import LiveServer
 from tests.factories import World
 from tests.fakes.ags_platform import AgsPlatform
+from tests.fakes.lti13_platform import Lti13Platform
 
 
 @dataclass
@@ -57,7 +61,7 @@ def _register(world: World, platform: AgsPlatform) -> AgsSetup:
             user = get_user(session, world.district_id, student)
             assert user is not None
             subs[student] = f"sub-{student[:6]}"
-            link_identity(session, user, connection, subs[student])
+            link_identity(session, user, connection, subs[student], box=world.app.extensions["passback_box"])
             enroll(session, connection, "canvas-course-7", user)
         placement = add_placement(
             session,
@@ -138,7 +142,7 @@ def test_a_thousand_scores_share_one_access_token_across_workers(ags: AgsSetup, 
         principal = authenticate(session, ags.world.token)
         for index in range(1000):
             user = create_user(session, ags.world.district_id, name=f"S{index}")
-            link_identity(session, user, connection, f"sub-{index}")
+            link_identity(session, user, connection, f"sub-{index}", box=ags.world.app.extensions["passback_box"])
             enroll(session, connection, "canvas-course-7", user)
             # Accepted through the service, not HTTP: this test is about delivery, and the suite's time matters.
             accept_grade(session, principal, {"assignmentID": "quiz-1", "userID": user.id, "percentage": 0.9})
@@ -276,7 +280,7 @@ def test_grade_for_a_student_the_platform_cannot_name_waits_for_the_launch(
     with ags.world.session() as session:
         user = get_user(session, ags.world.district_id, newcomer_id)
         connection = session.get(LmsConnection, ags.connection_id)
-        link_identity(session, user, connection, "sub-newcomer")
+        link_identity(session, user, connection, "sub-newcomer", box=ags.world.app.extensions["passback_box"])
         assert release_awaiting_launch(session, newcomer_id, ags.connection_id) == 1
     worker.run_until_idle()
     assert ags.world.get(response.headers["Location"]).json()["status"] == "delivered"
@@ -336,7 +340,7 @@ def test_concurrent_workers_create_one_line_item_for_a_new_placement(ags: AgsSet
         students = []
         for index in range(6):
             user = create_user(session, ags.world.district_id, name=f"C{index}")
-            link_identity(session, user, connection, f"sub-c{index}")
+            link_identity(session, user, connection, f"sub-c{index}", box=ags.world.app.extensions["passback_box"])
             enroll(session, connection, "canvas-course-7", user)
             students.append(user.id)
     for student in students:
@@ -414,3 +418,129 @@ def test_threads_that_miss_the_token_cache_together_fetch_one_token(ags: AgsSetu
         thread.join(20)
     assert len(tokens) == 8 and len(set(tokens)) == 1
     assert ags.platform.token_requests == 1
+
+
+# --- two links to one assignment in one course -------------------------------------------------------------
+
+
+def test_each_link_to_one_assignment_in_a_course_gets_its_own_column_and_the_students_grade(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    """A teacher adds quiz-1 twice to course-9 (one link per section). Each link is its own placement with its
+    own line item: Ada launched link A, Bo link B, and each grade lands in that link's column only; link B,
+    launched without a line item, gets one of its own. Cy never launched: their grade goes to both links, and
+    link B's refusal (Cy is not in that section) is recorded on that delivery alone."""
+    _sandbox_off(world)
+    box = world.app.extensions["passback_box"]
+    with (
+        Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
+        AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
+    ):
+        with world.session() as session:
+            connection = add_lms_connection(
+                session,
+                box,
+                world.district_id,
+                "Canvas 1.3",
+                "lti13",
+                {**lms.registration(), "token_url": platform.token_url},
+            )
+            connection_id = connection.id
+        column_a = platform.add_lineitem("quiz-1", "Quiz 1 (period 1)", 10, resource_link_id="rl-a")
+        platform.link_students = {"rl-a": {"sub-ada", "sub-cy"}, "rl-b": {"sub-bo"}}
+        scopes = [SCOPE_LINEITEM, SCOPE_SCORE]
+
+        def launch(sub: str, link: str, ags_claim: dict[str, object]) -> str:
+            state, nonce, params = lms.login(live_server.url)
+            token = lms.launch_token(
+                nonce,
+                sub=sub,
+                resource_link={"id": link, "title": f"Quiz 1 ({link})"},
+                context={"id": "course-9", "title": "Algebra 9"},
+                custom={"assignment": "quiz-1"},
+                ags=ags_claim,
+            )
+            response = lms.launch(params["redirect_uri"], state, token)
+            assert response.status_code == 302, response.text[:500]
+            with world.session() as session:
+                return str(
+                    session.scalar(
+                        select(LmsIdentity.user_id).where(
+                            LmsIdentity.issuer == "https://lms.example", LmsIdentity.subject == sub
+                        )
+                    )
+                )
+
+        ada = launch("sub-ada", "rl-a", {"scope": scopes, "lineitem": column_a, "lineitems": platform.lineitems_url})
+        bo = launch("sub-bo", "rl-b", {"scope": scopes, "lineitems": platform.lineitems_url})
+        ada_again = launch(
+            "sub-ada", "rl-a", {"scope": scopes, "lineitem": column_a, "lineitems": platform.lineitems_url}
+        )
+        assert ada_again == ada
+        with world.session() as session:
+            cy_user = create_user(session, world.district_id, name="Cy")
+            connection = session.get(LmsConnection, connection_id)
+            assert connection is not None
+            link_identity(session, cy_user, connection, "sub-cy", box=box)
+            enroll(session, connection, "course-9", cy_user)
+            cy = cy_user.id
+
+        posted = {
+            user: world.post_grade({"assignmentID": "quiz-1", "userID": user, "percentage": fraction})
+            for user, fraction in ((ada, 0.8), (bo, 0.6), (cy, 0.9))
+        }
+        assert all(r.status_code == 202 for r in posted.values())
+        worker.run_until_idle()
+
+        assert platform.assertion_errors == []
+        [created] = platform.lineitem_posts
+        assert (created["resourceId"], created["resourceLinkId"]) == ("quiz-1", "rl-b")
+        assert platform.score_of("sub-ada", 1)["scoreGiven"] == 8.0
+        assert platform.score_of("sub-bo", 2)["scoreGiven"] == 6.0
+        assert platform.score_of("sub-cy", 1)["scoreGiven"] == 9.0
+        assert platform.score_of("sub-ada", 2) is None, "Ada's grade reached link B's column"
+        assert platform.score_of("sub-bo", 1) is None, "Bo's grade reached link A's column"
+        assert platform.score_of("sub-cy", 2) is None
+
+        with world.session() as session:
+            placements = {
+                p.resource_link_id: p
+                for p in session.scalars(select(Placement).where(Placement.lms_connection_id == connection_id))
+            }
+        assert set(placements) == {"rl-a", "rl-b"}
+        assert placements["rl-a"].destination["lineitem"] == column_a
+        assert placements["rl-b"].destination["lineitem"] == platform.lineitem_url(2)
+        for user in (ada, bo):
+            deliveries = world.get(posted[user].headers["Location"]).json()["deliveries"]
+            [delivery] = deliveries
+            assert delivery["status"] == "delivered"
+            assert delivery["placement"]["id"] == placements["rl-a" if user == ada else "rl-b"].id
+        cy_deliveries = {
+            d["placement"]["id"]: d for d in world.get(posted[cy].headers["Location"]).json()["deliveries"]
+        }
+        assert cy_deliveries[placements["rl-a"].id]["status"] == "delivered"
+        refused = cy_deliveries[placements["rl-b"].id]
+        assert refused["status"] == "failed" and "User not found in course" in refused["lastError"]
+
+        # The dashboard lists each link of the assignment as its own row.
+        with world.session() as session:
+            create_staff(session, world.district_id, "admin@district.example", "correct horse battery staple")
+            assignment_id = session.scalar(select(Placement.assignment_id).where(Placement.id == placements["rl-a"].id))
+        browser = requests.Session()
+        page = browser.get(world.url("/dashboard/login"))
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert token is not None
+        signed = browser.post(
+            world.url("/dashboard/login"),
+            data={
+                "email": "admin@district.example",
+                "password": "correct horse battery staple",
+                "csrf_token": token.group(1),
+            },
+            allow_redirects=False,
+        )
+        assert signed.status_code == 302, signed.text
+        listed = browser.get(world.url(f"/dashboard/assignments/{assignment_id}")).text
+        for link in ("rl-a", "rl-b"):
+            assert f"/dashboard/placements/{placements[link].id}" in listed
+            assert f"Quiz 1 ({link})" in listed and f"link {link}" in listed

@@ -69,7 +69,7 @@ def _add_students(setup: SchoologySetup, section: str, count: int, first_uid: in
         for n in range(count):
             uid = str(first_uid + n)
             user = create_user(session, setup.world.district_id, name=f"Student {uid}")
-            link_identity(session, user, connection, uid)
+            link_identity(session, user, connection, uid, box=setup.world.app.extensions["passback_box"])
             enroll(session, connection, section, user)
             setup.enrollments[user.id] = setup.fake.add_enrollment(section, uid)
             users.append(user.id)
@@ -97,7 +97,7 @@ def schoology(world: World) -> Iterator[SchoologySetup]:
             connection = session.get(LmsConnection, connection_id)
             for uid, user_id in zip(("201", "202"), world.students, strict=True):
                 user = session.get(User, user_id)
-                link_identity(session, user, connection, uid)
+                link_identity(session, user, connection, uid, box=world.app.extensions["passback_box"])
                 enroll(session, connection, SECTION, user)
                 setup.enrollments[user_id] = fake.add_enrollment(SECTION, uid)
             add_placement(

@@ -54,7 +54,7 @@ def test_a_grade_reaches_schoology_over_ags_within_its_rules(
                 session.delete(placement)  # only Schoology receives grades in this test
             student = get_user(session, world.district_id, world.students[0])
             assert student is not None
-            link_identity(session, student, connection, "schoology-sub-1")
+            link_identity(session, student, connection, "schoology-sub-1", box=world.app.extensions["passback_box"])
             newcomer = create_user(session, world.district_id, name="Never launched", email="newcomer@school.example")
             platform.members = [{"user_id": "schoology-sub-2", "email": "newcomer@school.example", "status": "Active"}]
             placement = add_placement(
