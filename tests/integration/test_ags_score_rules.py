@@ -63,7 +63,7 @@ def _connect(world: World, platform: AgsPlatform, preset: str) -> Lms:
         student = world.students[0]
         user = get_user(session, world.district_id, student)
         assert user is not None
-        link_identity(session, user, connection, "sub-1")
+        link_identity(session, user, connection, "sub-1", box=world.app.extensions["passback_box"])
         from gateway.services.directory import enroll
 
         enroll(session, connection, "course-7", user)

@@ -1,7 +1,7 @@
 """grades, grade_revisions: preserve_score (keep or clear the LMS's score on a non-final gradingProgress)
 
 Revision ID: 0012
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-07 04:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0007"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
