@@ -42,7 +42,17 @@ def _fail(exc: ServiceError) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
-@click.group()
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        from gateway.config import ConfigurationError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None  # one line, no traceback
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """Passback: the grade passback gateway."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -594,6 +604,7 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
     from gateway.services.demo import seed_demo
 
     settings = Settings.from_env()
+    settings.require_encryption_keys()  # before touching the database
     upgrade(settings.database_url)
     public_url = settings.public_url.rstrip("/")
     if "GATEWAY_PUBLIC_URL" not in __import__("os").environ:

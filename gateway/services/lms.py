@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
 from adapters.base import DeliveryError, HealthReport
-from gateway.crypto import SecretBox
+from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.models import Assignment, LmsConnection, Placement
 from gateway.services.directory import get_district
 from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
@@ -65,7 +65,7 @@ def add_lms_connection(
 
 
 def connection_settings(box: SecretBox, connection: LmsConnection) -> dict[str, Any]:
-    return dict(box.decrypt_json(connection.settings_encrypted))
+    return dict(box.decrypt_json(connection.settings_encrypted, f"the settings of LMS connection {connection.name!r}"))
 
 
 def get_connection(session: Session, district_id: str, ref: str) -> LmsConnection:
@@ -145,7 +145,10 @@ def probe_connection(app: Any, district_id: str, connection_ref: str) -> HealthR
     database, box = app.extensions["passback_db"], app.extensions["passback_box"]
     with database.transaction() as session:
         connection = get_connection(session, district_id, connection_ref)
-        adapter_name, settings = connection.adapter, connection_settings(box, connection)
+        try:
+            adapter_name, settings = connection.adapter, connection_settings(box, connection)
+        except SecretUndecryptable as exc:
+            return HealthReport(False, exc.message)
     adapter_cls = REGISTRY.get(adapter_name)
     if adapter_cls is None:
         return HealthReport(False, f"no adapter named {adapter_name!r} is installed")
