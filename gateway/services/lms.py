@@ -183,15 +183,26 @@ class PlacementsResult:
 
 
 def place_assignments(
-    session: Session, district_id: str, app_id: str, entries: Sequence[Mapping[str, Any]]
+    session: Session,
+    district_id: str,
+    app_id: str,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    by_staff: bool = False,
 ) -> PlacementsResult:
     """Map an app's catalog assignments to LMS courses or sections, all or none: asking again for a placement
-    that exists returns it (so a script can run twice); any bad entry refuses the whole request."""
+    that exists returns it (so a script can run twice); any bad entry refuses the whole request. Unless district
+    staff ask (`by_staff`: their mapping is the approval), a new placement into an existing LMS column needs the
+    district's approval of that column for the app (gateway.services.approvals)."""
+    from gateway.services.approvals import require_approved
+
     result = PlacementsResult()
     for index, entry in enumerate(entries):
         destination = {"assignment_id": entry["lmsAssignmentID"]} if entry.get("lmsAssignmentID") else {}
         try:
             placement, created = _place_one(session, district_id, app_id, entry, destination)
+            if created and not by_staff:
+                require_approved(session, district_id, app_id, placement)
         except ServiceError as exc:
             fields = {f"placements[{index}].{name}": messages for name, messages in (exc.fields or {}).items()}
             raise type(exc)(f"placements[{index}]: {exc.message}", fields=fields or None, code=exc.code) from exc
