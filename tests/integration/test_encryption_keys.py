@@ -22,12 +22,14 @@ import gateway.config
 from gateway import create_app
 from gateway.cli import main as cli
 from gateway.config import ConfigurationError, Settings
+from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.models import Delivery, LmsConnection, utcnow
 from gateway.services.lms import add_lms_connection
 from gateway.worker import DeliveryWorker
 from tests.conftest import TEST_ENCRYPTION_KEY, LiveServer, make_settings
 from tests.factories import World
+from tests.fakes.lti11_consumer import Lti11Consumer
 from tests.fakes.lti13_platform import Lti13Platform
 from tests.integration.test_dashboard import csrf, signed_in, staff_of
 
@@ -124,6 +126,15 @@ def test_api_and_lti_entry_points_answer_clearly(copy: Copy) -> None:
     assert login.status_code == 503 and login.headers["Content-Type"].startswith("text/html")
     assert "the settings of LMS connection &#39;LMS&#39; cannot be decrypted" in login.text
 
+    with Lti11Consumer("lti11-key", "lti11-secret", session=world.http) as consumer:
+        with world.session() as session:
+            box = SecretBox(TEST_ENCRYPTION_KEY)  # registered by the original installation
+            settings = {"consumer_key": "lti11-key", "shared_secret": "lti11-secret"}
+            add_lms_connection(session, box, world.district_id, "Canvas 1.1", "lti11", settings)
+        launch = consumer.launch(world.url("/lti11/launch"))
+    assert launch.status_code == 503 and "Location" not in launch.headers
+    assert "the settings of LMS connection &#39;Canvas 1.1&#39; cannot be decrypted" in launch.text
+
 
 # --- starting without keys ------------------------------------------------------------------------------------
 
@@ -181,7 +192,6 @@ def test_the_embedded_default_generates_owner_only_key_files(no_keys: Path) -> N
 
 
 def test_a_cached_token_under_another_key_is_a_miss(copy: Copy) -> None:
-    from gateway.crypto import SecretBox
     from gateway.services import token_cache
 
     database = copy.app.extensions["passback_db"]
