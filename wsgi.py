@@ -2,7 +2,11 @@
 or GATEWAY_BROKER_URL is set (then run `gateway worker` separately: on its own, or as Celery workers)."""
 
 from gateway import create_app, start_embedded_worker
+from gateway.config import ConfigurationError
 
-app = create_app()
+try:
+    app = create_app()
+except ConfigurationError as exc:
+    raise SystemExit(f"passback: {exc}") from None
 if app.config["PASSBACK"].embedded_worker and not app.config["PASSBACK"].broker_url:
     start_embedded_worker(app)

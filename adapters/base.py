@@ -175,6 +175,8 @@ class AdapterContext:
     signing_key: Any | None = None
     token_cache: AccessTokenCache = field(default_factory=MemoryTokenCache)
     lookups: LookupCache = field(default_factory=LookupCache)
+    # Why there is no signing key although Passback has one (it cannot be decrypted here): said, not guessed.
+    signing_key_problem: str | None = None
 
 
 class GradeAdapter(Protocol):

@@ -199,6 +199,8 @@ class Lti13AgsAdapter:
         from joserfc import jwt
 
         key = self.context.signing_key
+        if key is None and self.context.signing_key_problem:
+            raise RetryableDeliveryError(self.context.signing_key_problem)
         if key is None:
             raise PermanentDeliveryError("Passback has no signing key for LTI 1.3 (run `gateway keys rotate`)")
         now = int(time.time())

@@ -19,6 +19,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     `database` lets a caller share one engine between apps (the test suite does, per backend).
     """
     settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
+    settings.require_encryption_keys()  # raises ConfigurationError: never start without a way to read secrets
     app = Flask(__name__)
     app.config["PASSBACK"] = settings
     app.config["SECRET_KEY"] = settings.secret_key

@@ -42,7 +42,17 @@ def _fail(exc: ServiceError) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
-@click.group()
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        from gateway.config import ConfigurationError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None  # one line, no traceback
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """Passback: the grade passback gateway."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -409,6 +419,96 @@ def placement_add(
     _emit(as_json, data, lambda d: f"placement {d['id']}: {d['assignment']} in course {d['course']}")
 
 
+def _column_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--district", "district_id", required=True),
+            click.option("--lms", "lms_ref", required=True, help="LMS connection id or name."),
+            click.option("--app", "app_ref", required=True, help="App id or client id."),
+            click.option("--section", required=True, help="The LMS's section id (Schoology)."),
+            click.option("--lms-assignment", default=None, help="The LMS's assignment id; omit for the whole section."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@placement.command("approve")
+@_column_options
+@json_option
+def placement_approve(
+    district_id: str, lms_ref: str, app_ref: str, section: str, lms_assignment: str | None, as_json: bool
+) -> None:
+    """Let an app place grades (POST /v1/placements) into this LMS assignment, or every assignment of the section."""
+    from gateway.services.approvals import approve_column
+    from gateway.services.directory import get_app
+
+    try:
+        with _session(_app()) as session:
+            app_id = get_app(session, app_ref).id
+            row, created = approve_column(session, district_id, lms_ref, app_id, section, lms_assignment, "cli")
+            data: dict[str, Any] = {"id": row.id, "app": app_id, "section": section, "lmsAssignment": lms_assignment}
+            data["created"] = created
+    except ServiceError as exc:
+        _fail(exc)
+    column = f"assignment {lms_assignment}" if lms_assignment else "every assignment"
+    _emit(as_json, data, lambda d: f"approved: app {d['app']} may place grades into {column} of section {section}")
+
+
+@placement.command("revoke")
+@_column_options
+@json_option
+def placement_revoke(
+    district_id: str, lms_ref: str, app_ref: str, section: str, lms_assignment: str | None, as_json: bool
+) -> None:
+    """Withdraw an approval; placements already made stay (new ones into the column are refused)."""
+    from gateway.services.approvals import revoke_column
+    from gateway.services.directory import get_app
+
+    try:
+        with _session(_app()) as session:
+            app_id = get_app(session, app_ref).id
+            removed = revoke_column(session, district_id, lms_ref, app_id, section, lms_assignment)
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, {"removed": removed}, lambda d: f"{d['removed']} approval(s) withdrawn")
+
+
+@placement.command("approvals")
+@click.option("--district", "district_id", required=True)
+@click.option("--lms", "lms_ref", default=None, help="Only this LMS connection (id or name).")
+@json_option
+def placement_approvals(district_id: str, lms_ref: str | None, as_json: bool) -> None:
+    """The LMS columns each app may place grades into."""
+    from gateway.services.approvals import list_approvals
+
+    try:
+        with _session(_app()) as session:
+            rows = [
+                {
+                    "lms": a.lms_connection_id,
+                    "app": a.app_id,
+                    "section": a.section_id,
+                    "lmsAssignment": a.lms_assignment_id,
+                    "approvedBy": a.approved_by,
+                }
+                for a in list_approvals(session, district_id, lms_ref)
+            ]
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(
+        as_json,
+        {"approvals": rows},
+        lambda d: (
+            "\n".join(
+                f"app {a['app']}: section {a['section']}, {a['lmsAssignment'] or 'all'} ({a['approvedBy']})"
+                for a in d["approvals"]
+            )
+            or "no approvals"
+        ),
+    )
+
+
 @main.group()
 def staff() -> None:
     """District staff accounts for the dashboard."""
@@ -586,6 +686,7 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
     from gateway.services.demo import seed_demo
 
     settings = Settings.from_env()
+    settings.require_encryption_keys()  # before touching the database
     upgrade(settings.database_url)
     public_url = settings.public_url.rstrip("/")
     if "GATEWAY_PUBLIC_URL" not in __import__("os").environ:

@@ -31,6 +31,10 @@ def _read_or_create_key_file(path: Path, make: Any) -> str:
     return value
 
 
+class ConfigurationError(RuntimeError):
+    """Passback must not start with these settings; the one-line message says what to set."""
+
+
 @dataclass
 class Settings:
     database_url: str = ""
@@ -121,6 +125,19 @@ class Settings:
         settings.fill_development_defaults()
         return settings
 
+    def embedded_default(self) -> bool:
+        """One process on one host: a SQLite database and no broker (what `make run` starts)."""
+        return self.database_url.startswith("sqlite") and not self.broker_url
+
+    def require_encryption_keys(self) -> None:
+        """Outside the embedded default, keys must be configured: a key generated on one host would leave the
+        other hosts (and any restored copy of the database) unable to read the secrets it encrypted."""
+        if not self.encryption_keys.strip():
+            raise ConfigurationError(
+                "GATEWAY_ENCRYPTION_KEYS is not set: with a database other than SQLite or with a broker, Passback "
+                "does not generate one; set the same Fernet key(s) on every host (see README, Encryption keys)"
+            )
+
     def fill_development_defaults(self) -> None:
         """Local defaults: a SQLite file and generated keys under ./instance, never shared between installs."""
         if not self.database_url:
@@ -128,7 +145,7 @@ class Settings:
             self.database_url = f"sqlite:///{INSTANCE_DIR / 'passback.db'}"
         if not self.secret_key:
             self.secret_key = _read_or_create_key_file(INSTANCE_DIR / "secret_key", lambda: secrets.token_urlsafe(48))
-        if not self.encryption_keys:
+        if not self.encryption_keys and self.embedded_default():
             from cryptography.fernet import Fernet
 
             self.encryption_keys = _read_or_create_key_file(

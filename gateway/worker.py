@@ -14,7 +14,7 @@ from adapters import REGISTRY, AdapterContext, GradeAdapter, HttpClient
 from adapters.base import DeliveryError, DeliveryReceipt, LookupCache, PermanentDeliveryError, RetryableDeliveryError
 from adapters.http import Throttle, ThrottledHttpClient
 from gateway.config import Settings
-from gateway.crypto import SecretBox
+from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.db import Database
 from gateway.services.deliveries import (
     DISCOVERY_WAIT_SECONDS,
@@ -49,9 +49,19 @@ PROCESS_LOOKUPS = LookupCache()
 def build_adapter_context(db: Database, box: SecretBox, lookups: LookupCache | None = None) -> AdapterContext:
     """What adapters borrow from Passback: its current signing key, the database-backed token cache and the
     process's lookup cache. The worker, the roster sync and the read-back API all call LMSs with it."""
+    problem = None
     with db.transaction() as session:
-        key = current_signing_key(session, box)
-    return AdapterContext(signing_key=key, token_cache=DatabaseTokenCache(db, box), lookups=lookups or PROCESS_LOOKUPS)
+        try:
+            key = current_signing_key(session, box)
+        except SecretUndecryptable as exc:
+            # Only LTI 1.3 signs; the other adapters still deliver, and LTI 1.3 deliveries wait with the reason.
+            key, problem = None, exc.message
+    return AdapterContext(
+        signing_key=key,
+        token_cache=DatabaseTokenCache(db, box),
+        lookups=lookups or PROCESS_LOOKUPS,
+        signing_key_problem=problem,
+    )
 
 
 def nudge_worker(app: Any, connection_ids: Iterable[str | None] | None = None) -> None:
@@ -254,6 +264,9 @@ class DeliveryWorker:
     def _adapter(self, work: DeliveryWork, adapter_cls: Any, claims: list[Claim], claimed_at: float) -> Any:
         if adapter_cls is None:
             raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
+        if work.settings_problem:
+            # Retried with backoff: the grade goes out once a person configures the key it was encrypted with.
+            raise RetryableDeliveryError(work.settings_problem)
         keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, claimed_at)
         http = self.http_for(work.lms_connection_id, work.rate_limit, keeper)
         return adapter_cls.from_settings(work.settings, http, self.adapter_context())

@@ -312,7 +312,7 @@ def mappings(staff: StaffUser, connection_id: str) -> Response:
             if app_id not in {app.id for app in apps}:
                 raise InvalidInput("choose one of the district's apps", fields={"app": ["Choose an app."]})
             entries = [{**entry, "lms": connection.id} for entry in views.parse_mapping_lines(text)]
-            result = place_assignments(database, staff.district_id, app_id, entries)
+            result = place_assignments(database, staff.district_id, app_id, entries, by_staff=True)
         except ServiceError as exc:
             database.rollback()
             error = exc

@@ -21,7 +21,7 @@ from gateway.models.grade import (
     GradeRevision,
     IdempotencyRecord,
 )
-from gateway.models.lms import LaunchDestination, LmsConnection, Placement
+from gateway.models.lms import LaunchDestination, LmsConnection, Placement, PlacementApproval
 from gateway.models.lti import (
     AuthorizationCode,
     CachedAccessToken,
@@ -59,6 +59,7 @@ __all__ = [
     "LmsConnection",
     "LmsIdentity",
     "Placement",
+    "PlacementApproval",
     "SandboxFault",
     "SandboxGradebookEntry",
     "StaffUser",

@@ -79,6 +79,24 @@ class Placement(Base):
     lms_connection: Mapped[LmsConnection] = relationship(lazy="joined", innerjoin=True)
 
 
+class PlacementApproval(Base):
+    """A column the district lets one app write into through POST /v1/placements: one LMS assignment of a section
+    (Schoology), or every assignment of the section when `lms_assignment_id` is None."""
+
+    __tablename__ = "placement_approvals"
+    __table_args__ = (Index("ix_placement_approvals_lookup", "lms_connection_id", "app_id", "section_id"),)
+
+    id: Mapped[str] = id_column()
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"), index=True)
+    lms_connection_id: Mapped[str] = mapped_column(ForeignKey("lms_connections.id", ondelete="CASCADE"))
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    section_id: Mapped[str] = mapped_column(String(255))
+    lms_assignment_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    # Who approved (a staff email, or "cli"), for the audit trail.
+    approved_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = created_column()
+
+
 class LaunchDestination(Base):
     """What one student's launch of one link taught Passback about where their grade goes (LTI 1.1's
     lis_result_sourcedid, which differs per student and per link and is only learned at launch)."""

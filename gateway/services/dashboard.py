@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
 from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_LINEITEM_READONLY, SCOPE_NRPS, SCOPE_RESULT_READONLY, SCOPE_SCORE
-from gateway.crypto import SecretBox
+from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.models import (
     App,
     Assignment,
@@ -477,6 +477,8 @@ class ConnectionView:
     tokens: list[CachedTokenState] | None = None
     # Schoology REST: placements (catalog assignment → section and Schoology assignment) are mapped here.
     maps_assignments: bool = False
+    # Why the connection's settings cannot be shown or used: they cannot be decrypted with the configured keys.
+    secret_problem: str | None = None
 
 
 def connections(session: Session, box: SecretBox, district_id: str, public_url: str) -> list[ConnectionView]:
@@ -488,8 +490,13 @@ def connections(session: Session, box: SecretBox, district_id: str, public_url: 
     for connection in session.scalars(
         select(LmsConnection).where(LmsConnection.district_id == district_id).order_by(LmsConnection.name)
     ):
-        settings = connection_settings(box, connection)
         view = ConnectionView(connection, counts.get(connection.id, _zeroes()), [])
+        try:
+            settings = connection_settings(box, connection)
+        except SecretUndecryptable as exc:
+            view.secret_problem = exc.message
+            result.append(view)
+            continue
         if connection.adapter == "lti13":
             view.configuration = [
                 ConfigValue("Tool configuration JSON URL (Canvas: Paste JSON)", f"{base}/lti/config/{connection.id}"),

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased
 
 from adapters import DeliveryReceipt, Destination, NormalizedGrade
 from adapters.base import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
-from gateway.crypto import SecretBox
+from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.models import (
     Assignment,
     Delivery,
@@ -199,6 +199,8 @@ class DeliveryWork:
     outdated: bool = False
     # The connection's own request rate, where it has one (else the installation's default).
     rate_limit: float | None = None
+    # Why the connection's settings could not be read (a secret encrypted under a key not configured here).
+    settings_problem: str | None = None
 
 
 def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | None:
@@ -262,10 +264,14 @@ def _works(
     }
     receipts = _last_receipts(session, {row.Delivery.grade_id for row in rows}, placement_ids)
     settings: dict[str, dict[str, Any]] = {}
+    problems: dict[str, str] = {}
     works: dict[str, DeliveryWork] = {}
     for delivery, revision, placement, connection, assignment, grade_row, user in rows:
         if connection.id not in settings:
-            settings[connection.id] = connection_settings(box, connection)
+            try:
+                settings[connection.id] = connection_settings(box, connection)
+            except SecretUndecryptable as exc:
+                settings[connection.id], problems[connection.id] = {}, exc.message
         lms_user_id = subjects.get((grade_row.user_id, connection.id))
         grade = NormalizedGrade(
             grade_id=grade_row.id,
@@ -308,6 +314,7 @@ def _works(
             # A delete is outdated too once the grade was posted again (revived) after it.
             outdated=revision.revision < grade_row.revision,
             rate_limit=connection.rate_limit,
+            settings_problem=problems.get(connection.id),
         )
     return works
 

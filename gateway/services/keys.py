@@ -53,5 +53,5 @@ def current_signing_key(session: Session, box: SecretBox) -> RSAKey:
     key = session.scalar(select(ToolKey).where(ToolKey.status == ToolKeyStatus.CURRENT))
     if key is None:
         key = rotate_keys(session, box)
-    pem = box.decrypt_json(key.private_key_encrypted)["pem"]
+    pem = box.decrypt_json(key.private_key_encrypted, "Passback's LTI signing key")["pem"]
     return RSAKey.import_key(pem, parameters={"kid": key.kid, "alg": "RS256", "use": "sig"})

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
 from adapters.base import DeliveryError, HealthReport
-from gateway.crypto import SecretBox
+from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.models import Assignment, LmsConnection, Placement
 from gateway.services.directory import get_district
 from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
@@ -65,7 +65,7 @@ def add_lms_connection(
 
 
 def connection_settings(box: SecretBox, connection: LmsConnection) -> dict[str, Any]:
-    return dict(box.decrypt_json(connection.settings_encrypted))
+    return dict(box.decrypt_json(connection.settings_encrypted, f"the settings of LMS connection {connection.name!r}"))
 
 
 def get_connection(session: Session, district_id: str, ref: str) -> LmsConnection:
@@ -145,7 +145,10 @@ def probe_connection(app: Any, district_id: str, connection_ref: str) -> HealthR
     database, box = app.extensions["passback_db"], app.extensions["passback_box"]
     with database.transaction() as session:
         connection = get_connection(session, district_id, connection_ref)
-        adapter_name, settings = connection.adapter, connection_settings(box, connection)
+        try:
+            adapter_name, settings = connection.adapter, connection_settings(box, connection)
+        except SecretUndecryptable as exc:
+            return HealthReport(False, exc.message)
     adapter_cls = REGISTRY.get(adapter_name)
     if adapter_cls is None:
         return HealthReport(False, f"no adapter named {adapter_name!r} is installed")
@@ -180,15 +183,26 @@ class PlacementsResult:
 
 
 def place_assignments(
-    session: Session, district_id: str, app_id: str, entries: Sequence[Mapping[str, Any]]
+    session: Session,
+    district_id: str,
+    app_id: str,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    by_staff: bool = False,
 ) -> PlacementsResult:
     """Map an app's catalog assignments to LMS courses or sections, all or none: asking again for a placement
-    that exists returns it (so a script can run twice); any bad entry refuses the whole request."""
+    that exists returns it (so a script can run twice); any bad entry refuses the whole request. Unless district
+    staff ask (`by_staff`: their mapping is the approval), a new placement into an existing LMS column needs the
+    district's approval of that column for the app (gateway.services.approvals)."""
+    from gateway.services.approvals import require_approved
+
     result = PlacementsResult()
     for index, entry in enumerate(entries):
         destination = {"assignment_id": entry["lmsAssignmentID"]} if entry.get("lmsAssignmentID") else {}
         try:
             placement, created = _place_one(session, district_id, app_id, entry, destination)
+            if created and not by_staff:
+                require_approved(session, district_id, app_id, placement)
         except ServiceError as exc:
             fields = {f"placements[{index}].{name}": messages for name, messages in (exc.fields or {}).items()}
             raise type(exc)(f"placements[{index}]: {exc.message}", fields=fields or None, code=exc.code) from exc

@@ -42,7 +42,9 @@ def read_back(
     for delivery_id, name, adapter_kind, work in works:
         answer: dict[str, Any] = {"delivery_id": delivery_id, "lms_connection": name, "value": None, "error": None}
         adapter_cls: Any = REGISTRY.get(adapter_kind)
-        if work is None or adapter_cls is None or not hasattr(adapter_cls, "read_result"):
+        if work is not None and work.settings_problem:
+            answer["error"] = work.settings_problem
+        elif work is None or adapter_cls is None or not hasattr(adapter_cls, "read_result"):
             answer["error"] = f"the {adapter_kind} adapter cannot read grades back"
         else:
             try:

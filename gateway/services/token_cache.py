@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete
 
-from gateway.crypto import SecretBox
+from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.db import Database
 from gateway.models import CachedAccessToken, utcnow
 
@@ -51,7 +51,10 @@ class DatabaseTokenCache:
             now = utcnow()
             if row is None or row.expires_at <= now:
                 return None
-            token = str(self.box.decrypt_json(row.token_encrypted))
+            try:
+                token = str(self.box.decrypt_json(row.token_encrypted))
+            except SecretUndecryptable:
+                return None  # cached under a key not configured here: a new token replaces it (put)
             _remember(key_hash, token, (row.expires_at - now).total_seconds())
             return token
 

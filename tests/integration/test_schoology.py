@@ -421,10 +421,13 @@ def test_a_schoology_placement_must_name_section_and_assignment(world: World, ru
 
 
 def test_an_app_places_its_assignments_in_schoology_sections_in_bulk(
-    schoology: SchoologySetup, worker: DeliveryWorker
+    schoology: SchoologySetup, worker: DeliveryWorker, runner: CliRunner
 ) -> None:
     world = schoology.world
     schoology.fake.add_assignment("7003", "5003", max_points=50)
+    # The district approves the column for the app first (test_placement_approvals.py: what happens otherwise).
+    approve = ["--district", world.district_id, "--lms", "Schoology", "--app", world.app_id, "--section", "7003"]
+    assert runner.invoke(cli, ["placement", "approve", *approve, "--lms-assignment", "5003"]).exit_code == 0
     body = {
         "placements": [
             {"assignmentID": "quiz-2", "lms": "Schoology", "section": "7003", "lmsAssignmentID": "5003"},
