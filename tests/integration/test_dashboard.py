@@ -200,6 +200,35 @@ def test_delivery_list_exports_as_csv_with_formula_cells_neutralised(world: Worl
     assert "HTTP 400" in rows[1][-1]
 
 
+@pytest.mark.parametrize(
+    "start",
+    [
+        pytest.param("=", id="equals"),
+        pytest.param("+", id="plus"),
+        pytest.param("-", id="minus"),
+        pytest.param("@", id="at"),
+        pytest.param("\t", id="tab"),
+        pytest.param("\r", id="carriage-return"),
+    ],
+)
+def test_csv_export_defuses_every_owasp_formula_start(world: World, worker: DeliveryWorker, start: str) -> None:
+    import csv
+    import io
+
+    world.inject_faults(1, status=400)
+    name = start + 'cmd|"/c calc"!A1'
+    with world.session() as session:
+        from gateway.models import User
+
+        session.get(User, world.students[0]).name = name
+    world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.6})
+    worker.run_until_idle()
+    browser = signed_in(world, staff_of(world))
+    response = browser.get(world.url("/dashboard/deliveries.csv"), params={"status": "failed"})
+    rows = list(csv.reader(io.StringIO(response.text, newline="")))
+    assert rows[1][3] == "'" + name, "the cell starts with a quote, so a spreadsheet shows it as text"
+
+
 def test_other_districts_connections_cannot_be_paused(
     world: World, live_server: LiveServer, http: requests.Session
 ) -> None:
