@@ -298,3 +298,13 @@ def test_every_route_refuses_unstorable_text_in_path_query_and_body(doors: Doors
         if not 400 <= response.status_code < 500:
             failures.append((method, path, response.status_code))
     assert failures == []
+
+
+def test_a_json_body_too_deep_to_parse_is_a_4xx_at_the_token_endpoint(doors: Doors) -> None:
+    body = '{"code": ' + "[" * 5000 + "]" * 5000 + "}"
+
+    response = requests.post(
+        doors.url("/oauth/tokens"), data=body, headers={"Content-Type": "application/json"}, timeout=5
+    )
+
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
