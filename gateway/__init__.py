@@ -31,6 +31,10 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     app.config["PERMANENT_SESSION_LIFETIME"] = settings.staff_session_seconds
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # tied to the session, which expires on its own
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
 
     if database is None:
         database = Database()

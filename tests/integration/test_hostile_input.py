@@ -111,6 +111,15 @@ def _post_login(doors: Doors, email: str) -> requests.Response:
         )
 
 
+def _post_setup(doors: Doors, token: str) -> requests.Response:
+    with requests.Session() as anonymous:
+        page = anonymous.get(doors.url("/dashboard/setup"))
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        return anonymous.post(
+            doors.url("/dashboard/setup"), data={"token": token, "password": PASSWORD, "csrf_token": csrf}
+        )
+
+
 def _lti11_launch(doors: Doors, **fields: str) -> requests.Response:
     form = doors.lti11.launch_form(doors.url("/lti11/launch"), **fields)
     return requests.post(doors.url("/lti11/launch"), data=form, allow_redirects=False, timeout=5)
@@ -212,9 +221,7 @@ CASES: list[Any] = [
         id="oauth-json-client-id",
     ),
     pytest.param(lambda d: _post_login(d, EMAIL + "\x00"), "email", "html", id="dashboard-sign-in-email"),
-    pytest.param(
-        lambda d: requests.get(d.url(f"/dashboard/setup/{NUL_URL}"), timeout=5), "path", "html", id="dashboard-setup"
-    ),
+    pytest.param(lambda d: _post_setup(d, NUL), "token", "html", id="dashboard-setup-token"),
     # Signed in.
     pytest.param(lambda d: d.browser.get(d.url(f"/dashboard/deliveries/{NUL_URL}")), "path", "html", id="delivery"),
     pytest.param(lambda d: d.browser.get(d.url(f"/dashboard/apps/{NUL_URL}")), "path", "html", id="app"),
