@@ -93,6 +93,9 @@ def staff_required(view: Callable[..., Response]) -> Callable[..., Response]:
 def _start_session(staff: StaffUser) -> None:
     """Called after the sign-in's transaction: a new session row, and a fresh cookie holding only its token."""
     database = db.session()
+    previous = session.get("sid")
+    if isinstance(previous, str) and previous:
+        staff_service.end_session(database, previous)  # the browser's earlier session, replaced below
     raw = staff_service.start_session(database, staff)
     database.commit()
     session.clear()  # a new session id at sign-in: no fixation

@@ -185,6 +185,24 @@ def test_a_copied_session_cookie_stops_working_at_sign_out(world: World) -> None
     assert "Grade deliveries" not in thief.get(world.url("/dashboard/")).text
 
 
+def test_signing_in_again_ends_the_browsers_previous_session(world: World) -> None:
+    email = staff_of(world)
+    browser = signed_in(world, email)
+    copy = requests.Session()
+    copy.cookies.update(browser.cookies)
+
+    page = browser.get(world.url("/dashboard/login"))
+    again = browser.post(
+        world.url("/dashboard/login"),
+        data={"email": email, "password": PASSWORD, "csrf_token": csrf(page)},
+        allow_redirects=False,
+    )
+
+    assert again.status_code == 302
+    assert browser.get(world.url("/dashboard/"), allow_redirects=False).status_code == 200
+    assert copy.get(world.url("/dashboard/"), allow_redirects=False).status_code == 302, "the old session ended"
+
+
 def test_the_session_cookie_holds_only_a_token_the_server_knows(world: World) -> None:
     from itsdangerous import URLSafeTimedSerializer
     from sqlalchemy import select
