@@ -32,6 +32,10 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     app.config["PERMANENT_SESSION_LIFETIME"] = settings.staff_session_seconds
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # tied to the session, which expires on its own
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
 
     if database is None:
         database = Database()
@@ -52,6 +56,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     from gateway.api import api
     from gateway.dashboard import dashboard_bp
     from gateway.errors import register_error_handlers
+    from gateway.input_guard import register_input_guard
     from gateway.lti import lti_bp
     from gateway.lti.lti11 import lti11_bp
     from gateway.oauth import init_oauth, oauth_bp
@@ -66,6 +71,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     app.register_blueprint(oauth_bp)
     init_oauth(app)
     app.register_blueprint(dashboard_bp)
+    register_input_guard(app)  # first of the before_request hooks: unstorable text reaches no view
     # CSRF tokens on every dashboard form; the machine-to-machine endpoints authenticate otherwise (bearer
     # tokens, signed LTI messages, client credentials) and are exempt.
     csrf = CSRFProtect(app)

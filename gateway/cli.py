@@ -531,7 +531,8 @@ def staff_create(district_id: str, email: str, set_password: bool, as_json: bool
             data: dict[str, Any] = {"id": created.staff.id, "email": created.staff.email}
             if created.setup_token:
                 base = app.config["PASSBACK"].public_url.rstrip("/")
-                data["setup_link"] = f"{base}/dashboard/setup/{created.setup_token}"
+                # After "#": a browser never sends it, so no access log or proxy records the token.
+                data["setup_link"] = f"{base}/dashboard/setup#{created.setup_token}"
     except ServiceError as exc:
         _fail(exc)
     _emit(

@@ -73,6 +73,9 @@ class Settings:
     catalog_cache_seconds: float = 300.0
     token_touch_seconds: float = 60.0
     max_body_bytes: int = 64 * 1024
+    # How many reverse proxies in front set X-Forwarded-For: the client address (the sign-in limit's key) is
+    # taken that many hops back. 0: the connecting address is the client's.
+    trusted_proxies: int = 0
     # A staff dashboard session ends this long after sign-in, however busy, and after this long unused.
     staff_session_seconds: int = 8 * 3600
     staff_idle_seconds: int = 3600

@@ -17,8 +17,12 @@ def _refuse_constant(name: str) -> Any:
 
 
 def load_strict_json(raw: bytes | str) -> Any:
-    """json.loads without Python's extensions: NaN, Infinity and -Infinity are refused (ValueError)."""
-    return json.loads(raw, parse_constant=_refuse_constant)
+    """json.loads without Python's extensions: NaN, Infinity and -Infinity are refused (ValueError), and so is
+    a document nested deeper than the parser's recursion allows (about a thousand levels)."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ValueError("it is nested too deeply to parse (objects and arrays within each other)") from exc
 
 
 class StrictSchema(Schema):

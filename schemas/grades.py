@@ -16,6 +16,7 @@ ASSIGNMENT_ID_RULE = "Must be 1 to 64 characters: letters, digits, dash, undersc
 ACTIVITY_PROGRESS = ("Initialized", "Started", "InProgress", "Submitted", "Completed")
 GRADING_PROGRESS = ("FullyGraded", "Pending", "PendingManual", "Failed", "NotReady")
 MAX_CONTEXT_BYTES = 4096
+MAX_CONTEXT_DEPTH = 20
 MAX_COMMENT_CHARS = 10_000
 
 
@@ -30,6 +31,23 @@ class JsonBoolean(fields.Boolean):
         return value
 
 
+def json_depth(value: Any) -> int:
+    """How many levels of objects and arrays `value` nests (a scalar is 0), counted without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+    return deepest
+
+
 class GradeRequestSchema(StrictSchema):
     assignmentID = fields.String(
         required=True, validate=validate.Regexp(ASSIGNMENT_ID_PATTERN, error=ASSIGNMENT_ID_RULE)
@@ -42,7 +60,10 @@ class GradeRequestSchema(StrictSchema):
     context = fields.Dict(
         keys=fields.String(),
         allow_none=True,
-        metadata={"description": f"Whatever else the app knows, at most {MAX_CONTEXT_BYTES} bytes of JSON."},
+        metadata={
+            "description": f"Whatever else the app knows, at most {MAX_CONTEXT_BYTES} bytes of JSON, nested at most "
+            f"{MAX_CONTEXT_DEPTH} levels deep."
+        },
     )
     timestamp = fields.AwareDateTime(
         format="iso",
@@ -83,7 +104,12 @@ class GradeRequestSchema(StrictSchema):
 
     @validates("context")
     def _context_small(self, value: dict[str, Any] | None, **_: Any) -> None:
-        if value is not None and len(json.dumps(value, separators=(",", ":"))) > MAX_CONTEXT_BYTES:
+        if value is None:
+            return
+        # Depth first: serializing (or any recursive walk of) a deeply nested value exhausts Python's stack.
+        if json_depth(value) > MAX_CONTEXT_DEPTH:
+            raise ValidationError(f"Must be nested at most {MAX_CONTEXT_DEPTH} levels deep (objects and arrays).")
+        if len(json.dumps(value, separators=(",", ":"))) > MAX_CONTEXT_BYTES:
             raise ValidationError(f"Must be at most {MAX_CONTEXT_BYTES} bytes of JSON.")
 
     @validates_schema

@@ -8,8 +8,9 @@ from flask import current_app, g, request
 from marshmallow import Schema, ValidationError
 
 from gateway.extensions import db
+from gateway.input_guard import UNSTORABLE_RULE, unstorable_string_path
 from gateway.services.auth import Principal, authenticate
-from gateway.services.errors import InvalidInput, NotFound, ServiceError, Unauthenticated
+from gateway.services.errors import InvalidInput, ServiceError, Unauthenticated
 from schemas.base import load_strict_json
 
 
@@ -37,49 +38,6 @@ def json_body() -> Any:
     if bad is not None:
         raise InvalidInput(f"invalid {bad}", fields={bad: [UNSTORABLE_RULE]})
     return body
-
-
-UNSTORABLE_RULE = "Must not contain NUL characters or unpaired UTF-16 surrogates."
-
-
-def is_unstorable(text: str) -> bool:
-    """NUL cannot be stored in PostgreSQL text and a lone surrogate cannot be encoded as UTF-8."""
-    if "\x00" in text:
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def unstorable_string_path(value: Any, path: str = "") -> str | None:
-    """The path (`comment`, `assignments[1].name`) of the first string, key or value, no database can hold."""
-    if isinstance(value, str):
-        return (path or "_schema") if is_unstorable(value) else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if is_unstorable(str(key)):
-                return path or "_schema"
-            found = unstorable_string_path(item, here)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = unstorable_string_path(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
-
-
-def reject_unstorable_url() -> None:
-    """Path segments and query values go into queries too: refuse what the database cannot hold."""
-    if is_unstorable(request.path):
-        raise NotFound("no such resource")
-    for name, value in request.args.items(multi=True):
-        if is_unstorable(value) or is_unstorable(name):
-            raise InvalidInput(f"invalid {name}", fields={name: [UNSTORABLE_RULE]})
 
 
 def json_object() -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from functools import wraps
@@ -56,32 +55,27 @@ def _page(template: str, http_status: int = 200, **context: Any) -> Response:
     return Response(html, status=http_status, content_type="text/html; charset=utf-8")
 
 
-def _session_expired() -> bool:
-    """The session cookie is signed, not stored: its age is checked here, on the server's clock, from the
-    sign-in time and the last request it made (both inside the signed cookie)."""
-    settings = current_app.config["PASSBACK"]
-    now = time.time()
-    signed_in_at = session.get("signed_in_at")
-    seen_at = session.get("seen_at")
-    if not isinstance(signed_in_at, int | float) or not isinstance(seen_at, int | float):
-        return True
-    return now - signed_in_at > settings.staff_session_seconds or now - seen_at > settings.staff_idle_seconds
-
-
 def current_staff() -> StaffUser | None:
-    staff_id = session.get("staff_id")
-    if not staff_id:
+    """The staff member of this request's server-side session. The cookie holds only the session's token; the
+    row it names keeps the sign-in time, last activity and whether it was signed out."""
+    raw = session.get("sid")
+    if not isinstance(raw, str) or not raw:
         return None
-    if _session_expired():
+    settings = current_app.config["PASSBACK"]
+    database = db.session()
+    try:
+        staff = staff_service.resume_session(
+            database, raw, lifetime_seconds=settings.staff_session_seconds, idle_seconds=settings.staff_idle_seconds
+        )
+    except staff_service.SessionExpired as exc:
+        database.commit()
         session.clear()
-        flash("Your session has expired: please sign in again.")
+        flash(exc.message)
         return None
-    staff = db.session().get(StaffUser, staff_id)
-    # A session of a deleted or moved account ends here rather than showing another district.
-    if staff is None or staff.district_id != session.get("district_id"):
+    database.commit()
+    if staff is None:
         session.clear()
         return None
-    session["seen_at"] = int(time.time())
     return staff
 
 
@@ -97,11 +91,16 @@ def staff_required(view: Callable[..., Response]) -> Callable[..., Response]:
 
 
 def _start_session(staff: StaffUser) -> None:
+    """Called after the sign-in's transaction: a new session row, and a fresh cookie holding only its token."""
+    database = db.session()
+    previous = session.get("sid")
+    if isinstance(previous, str) and previous:
+        staff_service.end_session(database, previous)  # the browser's earlier session, replaced below
+    raw = staff_service.start_session(database, staff)
+    database.commit()
     session.clear()  # a new session id at sign-in: no fixation
     session.permanent = True
-    session["staff_id"] = staff.id
-    session["district_id"] = staff.district_id
-    session["signed_in_at"] = session["seen_at"] = int(time.time())
+    session["sid"] = raw
 
 
 def _dashboard_path(target: str | None, default: str) -> str:
@@ -123,28 +122,37 @@ def login() -> Response:
     if request.method == "GET":
         return _page("dashboard/login.html")
     email = request.form.get("email", "")[:320]
+    address = request.remote_addr or "unknown"
     database = db.session()
     try:
+        staff_service.check_address(database, address)
         staff = staff_service.sign_in(database, email, request.form.get("password", "")[:1000])
+    except staff_service.TooManyAttempts as exc:
+        database.rollback()
+        return _page("dashboard/login.html", http_status=exc.status, error=exc.message, email=email)
     except ServiceError as exc:
-        database.commit()  # keep the failed-attempt count
-        return _page("dashboard/login.html", http_status=401, error=exc.message, email=email)
+        staff_service.record_failure(database, address)
+        database.commit()  # keep the failed-attempt counts
+        return _page("dashboard/login.html", http_status=exc.status, error=exc.message, email=email)
     staff_service.audit(database, staff, "signed in")
     database.commit()
     _start_session(staff)
     return redirect(_dashboard_path(request.args.get("next"), url_for("dashboard.overview")))  # type: ignore[return-value]
 
 
-@dashboard_bp.route("/setup/<token>", methods=["GET", "POST"])
-def setup(token: str) -> Response:
+@dashboard_bp.route("/setup", methods=["GET", "POST"])
+def setup() -> Response:
+    """The one-time link is /dashboard/setup#<token>: the fragment never leaves the browser, so no access log,
+    proxy or Referer sees it; the page's script (or the person, pasting it) posts it in the form body."""
     if request.method == "GET":
         return _page("dashboard/login.html", setup=True)
+    token = request.form.get("token", "").strip()[:200]
     database = db.session()
     try:
         staff = staff_service.complete_setup(database, token, request.form.get("password", "")[:1000])
     except ServiceError as exc:
         database.rollback()
-        return _page("dashboard/login.html", http_status=exc.status, setup=True, error=exc.message)
+        return _page("dashboard/login.html", http_status=exc.status, setup=True, error=exc.message, token=token)
     staff_service.audit(database, staff, "set password")
     database.commit()
     _start_session(staff)
@@ -153,6 +161,11 @@ def setup(token: str) -> Response:
 
 @dashboard_bp.post("/logout")
 def logout() -> Response:
+    raw = session.get("sid")
+    if isinstance(raw, str) and raw:
+        database = db.session()
+        staff_service.end_session(database, raw)
+        database.commit()
     session.clear()
     return redirect(url_for("dashboard.login"))  # type: ignore[return-value]
 

@@ -32,7 +32,7 @@ from gateway.models.lti import (
     UsedNonce,
 )
 from gateway.models.sandbox import SandboxFault, SandboxGradebookEntry
-from gateway.models.staff import AuditEntry, StaffUser
+from gateway.models.staff import AuditEntry, SignInFailure, StaffSession, StaffUser
 
 __all__ = [
     "DEFAULT_SCORE_MAXIMUM",
@@ -62,6 +62,8 @@ __all__ = [
     "PlacementApproval",
     "SandboxFault",
     "SandboxGradebookEntry",
+    "SignInFailure",
+    "StaffSession",
     "StaffUser",
     "TokenKind",
     "ToolKey",

@@ -28,6 +28,30 @@ class StaffUser(Base):
     created_at: Mapped[datetime] = created_column()
 
 
+class StaffSession(Base):
+    """A signed-in dashboard session. The cookie carries only a random token; this row, found by the token's
+    SHA-256, is what makes it valid, so signing out (revoked_at) ends it for every copy of the cookie."""
+
+    __tablename__ = "staff_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the cookie's session token
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff_users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = created_column()
+    last_seen_at: Mapped[datetime] = created_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class SignInFailure(Base):
+    """One failed dashboard sign-in from a network address: counted to limit guessing per address."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (Index("ix_sign_in_failures_address_created", "address", "created_at"),)
+
+    id: Mapped[str] = id_column()
+    address: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = created_column()
+
+
 class AuditEntry(Base):
     """Who did what, when: every dashboard action is written here, in the same transaction as the action."""
 

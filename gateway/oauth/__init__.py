@@ -18,6 +18,7 @@ from sqlalchemy import select
 from gateway.crypto import generate_token, hash_token
 from gateway.models import App, AuthorizationCode, User
 from gateway.services import signin
+from schemas.base import load_strict_json
 
 oauth_bp = Blueprint("oauth", __name__, url_prefix="/oauth")
 
@@ -124,7 +125,10 @@ def tokens() -> Response:
     session = _session()
     if request.is_json:
         # Clever's partners often send JSON; authlib reads form fields, so present the JSON as a form.
-        body = request.get_json(silent=True)
+        try:
+            body = load_strict_json(request.get_data(cache=True))
+        except ValueError:
+            body = None  # authlib then answers invalid_request for the missing fields
         if isinstance(body, dict):
             request.form = request.parameter_storage_class(  # type: ignore[misc,assignment]
                 {k: str(v) for k, v in body.items() if isinstance(v, str | int)}

@@ -415,9 +415,13 @@ CSV_COLUMNS = [
 ]
 
 
+# OWASP's CSV injection list: a spreadsheet reads a cell starting with one of these as a formula.
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_safe(text: str) -> str:
-    # Spreadsheet apps run cells that start with these as formulas (CSV injection); LMS error text is untrusted.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    # Names come from LMSs and apps, errors from LMSs: untrusted text must not run in a spreadsheet.
+    return "'" + text if text.startswith(CSV_FORMULA_STARTS) else text
 
 
 def deliveries_csv_rows(session: Session, district_id: str, *, status: str | None = None) -> list[list[str]]:

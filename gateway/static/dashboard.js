@@ -65,3 +65,15 @@
     button.hidden = false;
   });
 })();
+
+// The one-time setup link carries its code after "#": browsers never send that part to the server, so it
+// stays out of access logs. Move it into the form's field, then take it off the address bar and history.
+(function () {
+  "use strict";
+  var field = document.getElementById("setup-token");
+  if (!field || window.location.hash.length < 2) {
+    return;
+  }
+  field.value = decodeURIComponent(window.location.hash.slice(1));
+  window.history.replaceState(null, "", window.location.pathname + window.location.search);
+})();

@@ -3,11 +3,14 @@ the audit log, and one district's staff kept out of another's data."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import requests
+from click.testing import CliRunner
 
+from gateway.cli import main
 from gateway.services.staff import MAX_FAILED_LOGINS, create_staff
 from gateway.worker import DeliveryWorker
 from tests.conftest import LiveServer
@@ -94,20 +97,26 @@ def test_staff_see_and_act_on_their_own_district_only(
     assert world.get("/v1/grades?status=failed").json()["grades"], "and it stays failed"
 
 
+def _try_sign_in(world: World, email: str, password: str) -> requests.Response:
+    with requests.Session() as browser:
+        page = browser.get(world.url("/dashboard/login"))
+        return browser.post(
+            world.url("/dashboard/login"), data={"email": email, "password": password, "csrf_token": csrf(page)}
+        )
+
+
+def _refusal(response: requests.Response) -> tuple[int, str]:
+    match = re.search(r'<p class="error" role="alert">(.*?)</p>', response.text, re.S)
+    assert match, response.text[:500]
+    return response.status_code, match.group(1)
+
+
 def test_wrong_passwords_lock_the_account_and_cookies_are_safe(world: World) -> None:
     email = staff_of(world)
-    browser = requests.Session()
     for _ in range(MAX_FAILED_LOGINS):
-        page = browser.get(world.url("/dashboard/login"))
-        bad = browser.post(
-            world.url("/dashboard/login"),
-            data={"email": email, "password": "wrong password!", "csrf_token": csrf(page)},
-        )
-        assert bad.status_code == 401 and "email or password is not right" in bad.text
-    page = browser.get(world.url("/dashboard/login"))
-    locked = browser.post(
-        world.url("/dashboard/login"), data={"email": email, "password": PASSWORD, "csrf_token": csrf(page)}
-    )
+        bad = _try_sign_in(world, email, "wrong password!")
+        assert bad.status_code == 401 and "email or password is incorrect" in bad.text
+    locked = _try_sign_in(world, email, PASSWORD)
     assert locked.status_code == 401 and "locked" in locked.text
 
     other = staff_of(world, "second@district.example")
@@ -117,6 +126,97 @@ def test_wrong_passwords_lock_the_account_and_cookies_are_safe(world: World) -> 
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
     no_token = page.post(world.url("/dashboard/login"), data={"email": other, "password": PASSWORD})
     assert no_token.status_code == 400, "sign-in without the CSRF token is refused"
+
+
+def test_a_locked_account_an_unknown_email_and_a_wrong_password_get_the_same_answer(world: World) -> None:
+    locked = staff_of(world)
+    staff_of(world, "second@district.example")
+    for _ in range(MAX_FAILED_LOGINS):
+        _try_sign_in(world, locked, "wrong password!")
+
+    answers = {
+        "locked account, right password": _refusal(_try_sign_in(world, locked, PASSWORD)),
+        "unknown email": _refusal(_try_sign_in(world, "nobody@district.example", PASSWORD)),
+        "wrong password": _refusal(_try_sign_in(world, "second@district.example", "wrong password!")),
+    }
+
+    assert len(set(answers.values())) == 1, answers
+    status, message = answers["unknown email"]
+    assert status == 401 and "wait 15 minutes" in message
+
+
+def test_failed_sign_ins_are_limited_per_address_whatever_the_accounts(world: World) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from gateway.models import SignInFailure, StaffUser, utcnow
+    from gateway.services.staff import ADDRESS_WINDOW_SECONDS, MAX_FAILURES_PER_ADDRESS
+
+    email = staff_of(world)
+    # Spread over many emails, as an enumeration would be: no one account reaches its own lockout.
+    for n in range(MAX_FAILURES_PER_ADDRESS):
+        assert _try_sign_in(world, f"guess-{n}@district.example", "wrong password!").status_code == 401
+
+    limited = _try_sign_in(world, email, PASSWORD)
+
+    assert limited.status_code == 429, "even the right password waits once the address is over its limit"
+    assert "Too many failed sign-ins from your network address" in limited.text
+    with world.session() as session:
+        assert session.scalar(select(StaffUser.last_login_at).where(StaffUser.email == email)) is None
+        session.execute(
+            update(SignInFailure).values(created_at=utcnow() - timedelta(seconds=ADDRESS_WINDOW_SECONDS + 1))
+        )
+    signed_in(world, email)  # the window has passed
+
+
+def test_a_copied_session_cookie_stops_working_at_sign_out(world: World) -> None:
+    browser = signed_in(world, staff_of(world))
+    thief = requests.Session()
+    thief.cookies.update(browser.cookies)
+    assert thief.get(world.url("/dashboard/"), allow_redirects=False).status_code == 200, "a copy works meanwhile"
+
+    page = browser.get(world.url("/dashboard/"))
+    signed_out = browser.post(world.url("/dashboard/logout"), data={"csrf_token": csrf(page)}, allow_redirects=False)
+    assert signed_out.status_code == 302
+
+    refused = thief.get(world.url("/dashboard/deliveries"), allow_redirects=False)
+    assert refused.status_code == 302 and "/dashboard/login" in refused.headers["Location"]
+    assert "Grade deliveries" not in thief.get(world.url("/dashboard/")).text
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(world: World) -> None:
+    email = staff_of(world)
+    browser = signed_in(world, email)
+    copy = requests.Session()
+    copy.cookies.update(browser.cookies)
+
+    page = browser.get(world.url("/dashboard/login"))
+    again = browser.post(
+        world.url("/dashboard/login"),
+        data={"email": email, "password": PASSWORD, "csrf_token": csrf(page)},
+        allow_redirects=False,
+    )
+
+    assert again.status_code == 302
+    assert browser.get(world.url("/dashboard/"), allow_redirects=False).status_code == 200
+    assert copy.get(world.url("/dashboard/"), allow_redirects=False).status_code == 302, "the old session ended"
+
+
+def test_the_session_cookie_holds_only_a_token_the_server_knows(world: World) -> None:
+    from itsdangerous import URLSafeTimedSerializer
+    from sqlalchemy import select
+
+    from gateway.crypto import hash_token
+    from gateway.models import StaffSession
+
+    browser = signed_in(world, staff_of(world))
+    cookie = browser.cookies["passback_session"]
+    payload = URLSafeTimedSerializer("x").loads_unsafe(cookie)[1]
+    assert set(payload) <= {"sid", "csrf_token", "_flashes", "_permanent"}, payload
+    with world.session() as session:
+        row = session.scalar(select(StaffSession))
+        assert row.id == hash_token(payload["sid"]), "only the token's hash is stored"
 
 
 @pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/x", "/v1/me"])
@@ -133,21 +233,46 @@ def test_sign_in_never_redirects_off_the_dashboard(world: World, target: str) ->
     assert response.headers["Location"].endswith("/dashboard/")
 
 
-def test_one_time_setup_link_sets_the_password_once(world: World) -> None:
-    with world.session() as session:
-        created = create_staff(session, world.district_id, "new@district.example")
-    link = world.url(f"/dashboard/setup/{created.setup_token}")
+def _setup_link(world: World, runner: CliRunner, email: str = "new@district.example") -> tuple[str, str]:
+    """`gateway staff create` without a password prints the one-time link."""
+    result = runner.invoke(main, ["staff", "create", "--district", world.district_id, "--email", email, "--json"])
+    assert result.exit_code == 0, result.output
+    page, _, token = json.loads(result.output)["setup_link"].partition("#")
+    assert token and page.endswith("/dashboard/setup"), "the token travels after #, which browsers never send"
+    return world.url("/dashboard/setup"), token
+
+
+def test_one_time_setup_link_sets_the_password_once(world: World, runner: CliRunner) -> None:
+    link, token = _setup_link(world, runner)
     browser = requests.Session()
     page = browser.get(link)
-    short = browser.post(link, data={"password": "short", "csrf_token": csrf(page)})
+    assert 'name="token"' in page.text
+    short = browser.post(link, data={"token": token, "password": "short", "csrf_token": csrf(page)})
     assert short.status_code == 422 and "at least 12 characters" in short.text
-    done = browser.post(link, data={"password": PASSWORD, "csrf_token": csrf(page)}, allow_redirects=False)
+    done = browser.post(
+        link, data={"token": token, "password": PASSWORD, "csrf_token": csrf(page)}, allow_redirects=False
+    )
     assert done.status_code == 302
     assert browser.get(world.url("/dashboard/")).status_code == 200
     again = requests.Session()
     page = again.get(link)
-    assert again.post(link, data={"password": PASSWORD, "csrf_token": csrf(page)}).status_code == 401
+    assert again.post(link, data={"token": token, "password": PASSWORD, "csrf_token": csrf(page)}).status_code == 401
     signed_in(world, "new@district.example")
+
+
+def test_the_setup_token_never_reaches_the_access_log(
+    world: World, runner: CliRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`gateway run` serves with werkzeug, whose access log prints each request line; gunicorn's prints the same."""
+    link, token = _setup_link(world, runner)
+    with caplog.at_level("INFO", logger="werkzeug"):
+        browser = requests.Session()
+        page = browser.get(link)
+        done = browser.post(link, data={"token": token, "password": PASSWORD, "csrf_token": csrf(page)})
+        assert done.status_code == 200 and "Grade deliveries" in done.text
+    lines = [record.getMessage() for record in caplog.records if record.name == "werkzeug"]
+    assert any("/dashboard/setup" in line for line in lines), lines
+    assert not any(token in line for line in lines), lines
 
 
 def test_pages_need_a_signed_in_staff_member(world: World) -> None:
@@ -198,6 +323,35 @@ def test_delivery_list_exports_as_csv_with_formula_cells_neutralised(world: Worl
     assert rows[1][1] == "failed"
     assert rows[1][3] == '\'=HYPERLINK("http://evil.example")', "a cell that a spreadsheet would run is defused"
     assert "HTTP 400" in rows[1][-1]
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        pytest.param("=", id="equals"),
+        pytest.param("+", id="plus"),
+        pytest.param("-", id="minus"),
+        pytest.param("@", id="at"),
+        pytest.param("\t", id="tab"),
+        pytest.param("\r", id="carriage-return"),
+    ],
+)
+def test_csv_export_defuses_every_owasp_formula_start(world: World, worker: DeliveryWorker, start: str) -> None:
+    import csv
+    import io
+
+    world.inject_faults(1, status=400)
+    name = start + 'cmd|"/c calc"!A1'
+    with world.session() as session:
+        from gateway.models import User
+
+        session.get(User, world.students[0]).name = name
+    world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.6})
+    worker.run_until_idle()
+    browser = signed_in(world, staff_of(world))
+    response = browser.get(world.url("/dashboard/deliveries.csv"), params={"status": "failed"})
+    rows = list(csv.reader(io.StringIO(response.text, newline="")))
+    assert rows[1][3] == "'" + name, "the cell starts with a quote, so a spreadsheet shows it as text"
 
 
 def test_other_districts_connections_cannot_be_paused(
@@ -338,18 +492,43 @@ def _test_client_signed_in(world: World, email: str) -> object:
     return client
 
 
+def _age_sessions(world: World, column: str, seconds: int) -> object:
+    """Move the stored sessions' clock back (the server's record is what counts, not the cookie)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from gateway.models import StaffSession
+
+    with world.session() as session:
+        for row in session.scalars(select(StaffSession)):
+            setattr(row, column, getattr(row, column) - timedelta(seconds=seconds))
+            aged = getattr(row, column)
+    return aged
+
+
+def _stored_session(world: World) -> object:
+    from sqlalchemy import select
+
+    from gateway.models import StaffSession
+
+    with world.session() as session:
+        row = session.scalar(select(StaffSession))
+        session.expunge(row)
+        return row
+
+
 @pytest.mark.parametrize(
     ("aged", "seconds"),
     [
-        pytest.param("seen_at", 3600 + 5, id="idle-for-longer-than-an-hour"),
-        pytest.param("signed_in_at", 8 * 3600 + 5, id="signed-in-more-than-8-hours-ago"),
+        pytest.param("last_seen_at", 3600 + 5, id="idle-for-longer-than-an-hour"),
+        pytest.param("created_at", 8 * 3600 + 5, id="signed-in-more-than-8-hours-ago"),
     ],
 )
 def test_a_session_expires_when_idle_or_old_even_with_a_valid_cookie(world: World, aged: str, seconds: int) -> None:
     client = _test_client_signed_in(world, staff_of(world))
     assert client.get("/dashboard/").status_code == 200
-    with client.session_transaction() as session:
-        session[aged] -= seconds
+    _age_sessions(world, aged, seconds)
 
     response = client.get("/dashboard/deliveries")
 
@@ -357,7 +536,8 @@ def test_a_session_expires_when_idle_or_old_even_with_a_valid_cookie(world: Worl
     login = client.get(response.headers["Location"]).get_data(as_text=True)
     assert "Your session has expired" in login
     with client.session_transaction() as session:
-        assert "staff_id" not in session, "the expired session is cleared, not just refused"
+        assert "sid" not in session, "the expired session is cleared, not just refused"
+    assert _stored_session(world).revoked_at is not None, "and ended on the server"
 
 
 def test_activity_keeps_a_session_alive_and_the_lifetime_comes_from_settings(
@@ -369,12 +549,9 @@ def test_activity_keeps_a_session_alive_and_the_lifetime_comes_from_settings(
     from gateway.config import Settings
 
     client = _test_client_signed_in(world, staff_of(world))
-    with client.session_transaction() as session:
-        session["seen_at"] -= 3000  # 50 minutes idle: still inside the hour
-        stale = session["seen_at"]
+    stale = _age_sessions(world, "last_seen_at", 3000)  # 50 minutes idle: still inside the hour
     assert client.get("/dashboard/").status_code == 200
-    with client.session_transaction() as session:
-        assert session["seen_at"] > stale, "a request counts as activity"
+    assert _stored_session(world).last_seen_at > stale, "a request counts as activity"
     assert world.app.permanent_session_lifetime == timedelta(hours=8), "the safe default"
 
     monkeypatch.setenv("GATEWAY_STAFF_SESSION_SECONDS", "1800")
@@ -537,3 +714,33 @@ def test_the_delivery_list_pages_by_position_newest_first_without_gaps_or_repeat
     assert listed(back) == listed(first), "newer goes back to the same page"
     garbled = browser.get(world.url("/dashboard/deliveries"), params={"before": "not-a-cursor"})
     assert listed(garbled) == listed(first), "a cursor that does not parse starts at the newest"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"trusted_proxies": 1}])
+def test_behind_a_trusted_proxy_the_limit_is_per_forwarded_client(world: World) -> None:
+    from gateway.services.staff import MAX_FAILURES_PER_ADDRESS
+
+    email = staff_of(world)
+
+    def attempt(client: str, password: str) -> requests.Response:
+        with requests.Session() as browser:
+            browser.headers["X-Forwarded-For"] = client
+            page = browser.get(world.url("/dashboard/login"))
+            return browser.post(
+                world.url("/dashboard/login"),
+                data={"email": email, "password": password, "csrf_token": csrf(page)},
+                allow_redirects=False,
+            )
+
+    for n in range(MAX_FAILURES_PER_ADDRESS):
+        # Other accounts, so the one account's own lockout is not what refuses below.
+        with requests.Session() as browser:
+            browser.headers["X-Forwarded-For"] = "203.0.113.7"
+            page = browser.get(world.url("/dashboard/login"))
+            browser.post(
+                world.url("/dashboard/login"),
+                data={"email": f"guess-{n}@district.example", "password": "x" * 12, "csrf_token": csrf(page)},
+            )
+
+    assert attempt("203.0.113.7", PASSWORD).status_code == 429
+    assert attempt("198.51.100.9", PASSWORD).status_code == 302, "another client behind the same proxy signs in"

@@ -382,3 +382,45 @@ def test_hostile_read_is_never_a_500(world: World, path: str, status: int) -> No
     response = world.get(path)
 
     assert_error(response, status)
+
+
+# --- context nesting: a limit in the schema, and never a 500 from Python's recursion ------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A context of `depth` levels of objects, built without recursion."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [pytest.param(21, id="21-deep"), pytest.param(970, id="970-deep")])
+def test_context_nested_deeper_than_the_limit_is_a_422(world: World, worker: DeliveryWorker, depth: int) -> None:
+    # Lists, two bytes a level, so 970 levels stay under the 4 KB limit; written out as text because json.dumps
+    # of so deep a value would itself hit Python's recursion limit.
+    context = '{"a":' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+    body = json.dumps(grade_body(world))[:-1] + ', "context": ' + context + "}"
+    headers = world.headers(**{"Content-Type": "application/json"})
+    response = world.http.post(world.url("/v1/grade"), data=body, headers=headers)
+
+    error = assert_error(response, 422, "invalid_input", field="context")
+    assert "20 levels" in error["fields"]["context"][0]
+    assert_nothing_stored(world, worker)
+
+
+def test_context_at_the_depth_limit_is_accepted(world: World) -> None:
+    response = world.post_grade(grade_body(world, context=nested(20)))
+
+    assert response.status_code == 202, response.text
+    assert world.get(response.headers["Location"]).json()["context"] == nested(20)
+
+
+def test_body_nested_past_what_json_can_parse_is_a_400(world: World, worker: DeliveryWorker) -> None:
+    body = '{"assignmentID": "quiz-1", "context": ' + '{"a":' * 5000 + "{}" + "}" * 5000 + "}"
+    headers = world.headers(**{"Content-Type": "application/json"})
+    response = world.http.post(world.url("/v1/grade"), data=body, headers=headers)
+
+    error = assert_error(response, 400, "malformed_json")
+    assert "nested" in error["message"]
+    assert_nothing_stored(world, worker)
