@@ -88,6 +88,8 @@ class Lti13Harness:
             "auth_url": f"{self.platform.url}/auth",
             "token_url": self.platform.token_url,
             "jwks_url": f"{self.platform.url}/jwks",
+            # The fakes listen on loopback over http.
+            "allow_private_addresses": True,
         }
 
     @property
@@ -109,7 +111,12 @@ class Lti11Harness:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"consumer_key": "contract-key", "shared_secret": "contract-secret-1"}
+        return {
+            "consumer_key": "contract-key",
+            "shared_secret": "contract-secret-1",
+            "allowed_hosts": ["127.0.0.1"],
+            "allow_private_addresses": True,
+        }
 
     @property
     def destination(self) -> Destination:
@@ -142,7 +149,12 @@ class SchoologyHarness:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"base_url": self.fake.url, "consumer_key": "contract-key", "consumer_secret": "contract-secret"}
+        return {
+            "base_url": self.fake.url,
+            "consumer_key": "contract-key",
+            "consumer_secret": "contract-secret",
+            "allow_private_addresses": True,
+        }
 
     @property
     def destination(self) -> Destination:
