@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
@@ -47,6 +48,19 @@ def platform_key(world: World) -> RSAKey:
 
 
 def open_picker(world: World, key: RSAKey, accept_multiple: bool = True) -> str:
+    launched = deep_linking_launch(world, key, accept_multiple)
+    assert launched.status_code == 303, launched.text
+    return (
+        world.url(launched.headers["Location"])
+        if launched.headers["Location"].startswith("/")
+        else (launched.headers["Location"])
+    )
+
+
+def deep_linking_launch(
+    world: World, key: RSAKey, accept_multiple: bool = True, return_url: str = RETURN_URL
+) -> requests.Response:
+    """A teacher's LtiDeepLinkingRequest, posted to Passback's launch URL; the redirect is not followed."""
     login = world.http.post(
         world.url("/lti/login"),
         data={
@@ -77,7 +91,7 @@ def open_picker(world: World, key: RSAKey, accept_multiple: bool = True) -> str:
         CLAIM + "roles": ["http://purl.imsglobal.org/vocab/lis/v2/membership#Instructor"],
         CLAIM + "context": {"id": "course-3"},
         DL + "deep_linking_settings": {
-            "deep_link_return_url": RETURN_URL,
+            "deep_link_return_url": return_url,
             "accept_types": ["ltiResourceLink"],
             "accept_presentation_document_targets": ["iframe", "window"],
             "accept_multiple": accept_multiple,
@@ -85,14 +99,8 @@ def open_picker(world: World, key: RSAKey, accept_multiple: bool = True) -> str:
         },
     }
     token = jwt.encode({"alg": "RS256", "kid": "canvas-1"}, claims, key)
-    launched = world.http.post(
+    return world.http.post(
         world.url("/lti/launch"), data={"id_token": token, "state": auth["state"][0]}, allow_redirects=False
-    )
-    assert launched.status_code == 303, launched.text
-    return (
-        world.url(launched.headers["Location"])
-        if launched.headers["Location"].startswith("/")
-        else (launched.headers["Location"])
     )
 
 
