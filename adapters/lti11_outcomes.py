@@ -23,7 +23,7 @@ from adapters.base import (
     RetryableDeliveryError,
 )
 from adapters.http import HttpClient, body_excerpt, is_transient, parse_retry_after
-from adapters.url_policy import UrlPolicySettings, host_entry, policed, raise_if_refused_at_launch
+from adapters.url_policy import UrlPolicySettings, host_entries, policed, raise_if_refused_at_launch
 
 NS = "http://www.imsglobal.org/services/ltiv1p1/xsd/imsoms_v1p0"
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -54,9 +54,9 @@ class Lti11SettingsSchema(UrlPolicySettings):
     LMS's host(s): LTI 1.1 registers no URL, so outcome URLs from launches are bound to `allowed_hosts`."""
 
     allowed_hosts = fields.List(
-        fields.String(validate=host_entry),
+        fields.String(),
         required=True,
-        validate=validate.Length(min=1),
+        validate=[validate.Length(min=1), host_entries],
         metadata={"description": "The host(s) of the LMS's outcome service: host, host:port or *.domain."},
     )
 

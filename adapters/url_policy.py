@@ -36,18 +36,21 @@ class UrlRefused(PermanentDeliveryError):
     """An LMS-supplied URL outside the connection's policy: nothing was sent to it."""
 
 
-def host_entry(value: str) -> None:
-    name, colon, port = value.rpartition(":") if ":" in value else (value, "", "")
-    name = name.removeprefix("*.")
-    if not name or "/" in name or "*" in name or any(c.isspace() for c in value) or (colon and not port.isdigit()):
-        raise ValidationError(f"{value!r} is not a host name (e.g. lms.example.edu, *.example.edu, host:8443).")
+def host_entries(values: list[str]) -> None:
+    """Each entry a host name, `*.domain` or `host:port`: never a URL, a path or a bare `*`."""
+    for value in values:
+        name, colon, port = value.rpartition(":") if ":" in value else (value, "", "")
+        name = name.removeprefix("*.")
+        if not name or "/" in name or "*" in name or any(c.isspace() for c in value) or (colon and not port.isdigit()):
+            raise ValidationError(f"{value!r} is not a host name (e.g. lms.example.edu, *.example.edu, host:8443).")
 
 
 class UrlPolicySettings(Schema):
     """The settings every LMS connection has for the URLs the LMS hands Passback."""
 
     allowed_hosts = fields.List(
-        fields.String(validate=host_entry),
+        fields.String(),
+        validate=host_entries,
         load_default=list,
         metadata={"description": "Extra hosts the LMS serves its services from: host, host:port or *.domain."},
     )

@@ -23,6 +23,9 @@ from tests.fakes.ags_platform import AgsPlatform
 from tests.fakes.foreign_host import SECRET_BODY, ForeignHost
 from tests.fakes.lti11_consumer import Lti11Consumer
 from tests.fakes.lti13_platform import Lti13Platform
+from tests.integration.test_cli import gateway_cli
+
+__all__ = ["gateway_cli"]  # the CLI fixture, shared with the CLI's own tests
 
 ISS = "https://lms.example"
 CID = "passback-on-lms-1"
@@ -202,3 +205,34 @@ def test_lti11_connections_must_name_their_lms_hosts(world: World) -> None:
             {"consumer_key": "key-2", "shared_secret": "shared-secret-0123456789"},
         )
     assert "allowed_hosts" in (refused.value.fields or {})
+
+
+def test_lms_set_names_the_hosts_of_an_existing_connection(gateway_cli: Any, app: Any) -> None:
+    from gateway.models import LmsConnection
+    from gateway.services.lms import connection_settings
+
+    district = gateway_cli("district", "create", "D")
+    base = ["--district", district["id"]]
+    refused = gateway_cli.failing(
+        "lms", "add", *base, "--name", "Moodle", "--adapter", "lti11",
+        "--setting", "consumer_key=k1", "--setting", "shared_secret=shared-secret-123",
+    )  # fmt: skip
+    assert "allowed_hosts" in refused and "Traceback" not in refused
+    added = gateway_cli(
+        "lms", "add", *base, "--name", "Moodle", "--adapter", "lti11", "--setting", "consumer_key=k1",
+        "--setting", "shared_secret=shared-secret-123", "--setting", "allowed_hosts=moodle.example.edu",
+    )  # fmt: skip
+    changed = gateway_cli(
+        "lms", "set", *base, "--lms", "Moodle",
+        "--setting", "allowed_hosts=moodle.example.edu, *.moodle.example.edu:8443",
+        "--setting", "allow_private_addresses=true",
+    )  # fmt: skip
+    assert changed["changed"] == ["allow_private_addresses", "allowed_hosts"]
+    bad = gateway_cli.failing("lms", "set", *base, "--lms", "Moodle", "--setting", "allowed_hosts=https://x/y")
+    assert "allowed_hosts" in bad and "not a host name" in bad
+    database, box = app.extensions["passback_db"], app.extensions["passback_box"]
+    with database.transaction() as session:
+        connection = session.get(LmsConnection, added["id"])
+        settings = connection_settings(box, connection)
+    assert settings["allowed_hosts"] == ["moodle.example.edu", "*.moodle.example.edu:8443"]
+    assert settings["allow_private_addresses"] is True and settings["shared_secret"] == "shared-secret-123"
