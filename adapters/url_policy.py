@@ -221,6 +221,8 @@ class PolicedHttpClient(HttpClient):
 
     def __getattr__(self, name: str) -> Any:
         # Whatever else the wrapped client offers (a throttle's `throttle`, `waited`) reads through.
+        if "http" not in self.__dict__:
+            raise AttributeError(name)
         return getattr(self.__dict__["http"], name)
 
 
