@@ -54,7 +54,9 @@ def pick(picker_id: str) -> Response:
         session.rollback()
         return error_page(exc.status, "The assignment picker is closed", exc.message)
     session.commit()
-    allow_framing_by(deep_linking.platform_origins(session, current_app.extensions["passback_box"], picker_id))
-    allow_form_action(origin_of(return_url))
+    origins = deep_linking.platform_origins(session, current_app.extensions["passback_box"], picker_id)
+    allow_framing_by(origins)
+    # The platform's hosts too: Chrome checks form-action on the redirects that follow the post.
+    allow_form_action(origin_of(return_url), *origins)
     html = render_template("lti/post_to_platform.html", return_url=return_url, jwt=token)
     return Response(html, content_type="text/html; charset=utf-8")
