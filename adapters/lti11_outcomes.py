@@ -26,6 +26,7 @@ from adapters.base import (
     RetryableDeliveryError,
 )
 from adapters.http import HttpClient, body_excerpt, is_transient, parse_retry_after
+from adapters.url_policy import UrlPolicySettings, host_entries, policed, raise_if_refused_at_launch
 
 NS = "http://www.imsglobal.org/services/ltiv1p1/xsd/imsoms_v1p0"
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -85,8 +86,16 @@ class ReplaceRequest:
     note: str | None
 
 
-class Lti11SettingsSchema(Schema):
-    """`gateway lms add --adapter lti11`: the consumer key and shared secret the LMS uses for this tool."""
+class Lti11SettingsSchema(UrlPolicySettings):
+    """`gateway lms add --adapter lti11`: the consumer key and shared secret the LMS uses for this tool, and the
+    LMS's host(s): LTI 1.1 registers no URL, so outcome URLs from launches are bound to `allowed_hosts`."""
+
+    allowed_hosts = fields.List(
+        fields.String(),
+        required=True,
+        validate=[validate.Length(min=1), host_entries],
+        metadata={"description": "The host(s) of the LMS's outcome service: host, host:port or *.domain."},
+    )
 
     consumer_key = fields.String(required=True, validate=validate.Length(min=1, max=255))
     shared_secret = fields.String(required=True, validate=validate.Length(min=8, max=500))
@@ -213,7 +222,7 @@ class Lti11OutcomesAdapter:
     def from_settings(
         cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
     ) -> Self:
-        return cls(settings["consumer_key"], settings["shared_secret"], http)
+        return cls(settings["consumer_key"], settings["shared_secret"], policed(http, settings))
 
     @staticmethod
     def registration_key(settings: Mapping[str, Any]) -> str:
@@ -292,6 +301,7 @@ class Lti11OutcomesAdapter:
     def _url(self, destination: Destination) -> str:
         url = destination.data.get("outcome_service_url")
         if not url:
+            raise_if_refused_at_launch(destination.data)
             raise PermanentDeliveryError("the link's launch carried no lis_outcome_service_url: it takes no grades")
         return str(url)
 

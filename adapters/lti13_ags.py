@@ -26,6 +26,7 @@ from adapters.base import (
     RetryableDeliveryError,
 )
 from adapters.http import HttpClient, body_excerpt, json_or_none, link_url, parse_retry_after, raise_for_delivery
+from adapters.url_policy import UrlPolicySettings, policed, raise_if_refused_at_launch
 
 SCOPE_LINEITEM = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem"
 SCOPE_LINEITEM_READONLY = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly"
@@ -91,7 +92,7 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 
 
-class Lti13SettingsSchema(Schema):
+class Lti13SettingsSchema(UrlPolicySettings):
     """`gateway lms add --adapter lti13`: the platform registration for one district."""
 
     platform = fields.String(load_default="generic", validate=validate.OneOf(sorted(PRESETS)))
@@ -178,7 +179,7 @@ class Lti13AgsAdapter:
     def from_settings(
         cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
     ) -> Self:
-        return cls(settings, http, context or AdapterContext())
+        return cls(settings, policed(http, settings), context or AdapterContext())
 
     @staticmethod
     def needs_discovery(destination_data: Mapping[str, Any]) -> bool:
@@ -298,6 +299,7 @@ class Lti13AgsAdapter:
             return str(known), False
         container = destination.data.get("lineitems")
         if not container:
+            raise_if_refused_at_launch(destination.data)
             raise PermanentDeliveryError(
                 "the placement has neither a line item nor a line items URL: launch the link once, or "
                 "re-add it with the assignment picker"

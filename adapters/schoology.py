@@ -40,6 +40,7 @@ from adapters.base import (
     RetryableDeliveryError,
 )
 from adapters.http import HttpClient, body_excerpt, json_or_none, parse_retry_after
+from adapters.url_policy import UrlPolicySettings, policed
 
 log = logging.getLogger("passback.adapters.schoology")
 
@@ -57,7 +58,7 @@ DUPLICATE_NONCE = "duplicate timestamp/nonce"
 POINTS_QUANTUM = Decimal("0.01")
 
 
-class SchoologySettingsSchema(Schema):
+class SchoologySettingsSchema(UrlPolicySettings):
     base_url = fields.Url(load_default=DEFAULT_BASE_URL, require_tld=False, schemes={"http", "https"})
     consumer_key = fields.String(required=True, validate=validate.Length(min=1, max=200))
     consumer_secret = fields.String(required=True, validate=validate.Length(min=1, max=200))
@@ -165,7 +166,8 @@ class SchoologyAdapter:
     def from_settings(
         cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
     ) -> Self:
-        return cls(settings, http, (context or AdapterContext()).lookups)
+        bound = policed(http, {"base_url": DEFAULT_BASE_URL, **settings})
+        return cls(settings, bound, (context or AdapterContext()).lookups)
 
     @classmethod
     def batch_key(cls, destination: Destination) -> str | None:

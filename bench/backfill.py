@@ -140,6 +140,7 @@ def build(database_url: str, keys: str, sim: SimLms, grades: int, seed: int = 0)
                     "auth_url": sim.platform_url(name) + "/auth",
                     "token_url": sim.token_url(name),
                     "jwks_url": sim.platform_url(name) + "/jwks",
+                    "allow_private_addresses": True,
                 },
             )
             for n in range(1, LINEITEMS + 1):

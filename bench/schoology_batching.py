@@ -76,7 +76,13 @@ def build(settings: Settings, fake: SchoologyFake, sections: int, per_section: i
             district.id,
             "Schoology",
             "schoology",
-            {"base_url": fake.url, "consumer_key": KEY, "consumer_secret": SECRET, "batch_size": 100},
+            {
+                "base_url": fake.url,
+                "consumer_key": KEY,
+                "consumer_secret": SECRET,
+                "batch_size": 100,
+                "allow_private_addresses": True,
+            },
         )
         for s in range(sections):
             section = str(8000 + s)

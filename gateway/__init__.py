@@ -78,6 +78,9 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     for blueprint in (api, lti_bp, lti11_bp, oauth_bp, sandbox_lms_bp, openapi_bp):
         csrf.exempt(blueprint)
     register_error_handlers(app)
+    from gateway.security_headers import init_security_headers
+
+    init_security_headers(app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

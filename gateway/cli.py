@@ -268,6 +268,27 @@ def lms_add(
     _emit(as_json, data, lambda d: f"LMS connection {d['id']} ({d['name']}, adapter {d['adapter']})")
 
 
+@lms.command("set")
+@click.option("--district", "district_id", required=True)
+@click.option("--lms", "lms_ref", required=True, help="The connection's id or name.")
+@click.option("--setting", "pairs", multiple=True, metavar="KEY=VALUE", help="A setting to change (repeatable).")
+@click.option("--settings-json", default=None, help="The settings to change as one JSON object.")
+@json_option
+def lms_set(district_id: str, lms_ref: str, pairs: tuple[str, ...], settings_json: str | None, as_json: bool) -> None:
+    """Change settings of an LMS connection (e.g. allowed_hosts=lms.example.edu); the rest are kept."""
+    from gateway.services.lms import update_lms_settings
+
+    changes = _parse_settings(pairs, settings_json)
+    app = _app()
+    try:
+        with _session(app) as session:
+            row = update_lms_settings(session, app.extensions["passback_box"], district_id, lms_ref, changes)
+            data = {"id": row.id, "name": row.name, "changed": sorted(changes)}
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, data, lambda d: f"LMS connection {d['id']} ({d['name']}): changed {', '.join(d['changed'])}")
+
+
 @lms.command("sync-roster")
 @click.option("--district", "district_id", required=True)
 @click.option("--lms", "lms_ref", required=True, help="LMS connection id or name.")

@@ -7,6 +7,7 @@ from flask import Response, current_app, render_template, request
 from gateway.extensions import db
 from gateway.lti import lti_bp
 from gateway.lti.launch import error_page, launch_url
+from gateway.security_headers import allow_form_action, allow_framing_by, origin_of
 from gateway.services import deep_linking
 from gateway.services.errors import InvalidInput, ServiceError
 
@@ -22,6 +23,7 @@ def _picker_page(picker_id: str, query: str, error: str | None = None, status: i
     )
     with database.transaction() as session:
         multiple = deep_linking.live_picker(session, picker_id).accept_multiple
+        allow_framing_by(deep_linking.platform_origins(session, current_app.extensions["passback_box"], picker_id))
     html = render_template("lti/picker.html", apps=apps, query=query, multiple=multiple, error=error)
     return Response(html, status=status, content_type="text/html; charset=utf-8")
 
@@ -52,5 +54,9 @@ def pick(picker_id: str) -> Response:
         session.rollback()
         return error_page(exc.status, "The assignment picker is closed", exc.message)
     session.commit()
+    origins = deep_linking.platform_origins(session, current_app.extensions["passback_box"], picker_id)
+    allow_framing_by(origins)
+    # The platform's hosts too: Chrome checks form-action on the redirects that follow the post.
+    allow_form_action(origin_of(return_url), *origins)
     html = render_template("lti/post_to_platform.html", return_url=return_url, jwt=token)
     return Response(html, content_type="text/html; charset=utf-8")

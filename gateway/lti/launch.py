@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from gateway.extensions import db
 from gateway.lti import lti_bp
 from gateway.models import App, LaunchState, utcnow
+from gateway.security_headers import ANY_FRAMER, allow_framing_by
 from gateway.services import deep_linking, lti13_launch, signin
 from gateway.services.errors import ServiceError
 
@@ -19,6 +20,7 @@ log = logging.getLogger("passback.lti")
 
 def error_page(status: int, title: str, message: str) -> Response:
     """A small HTML page for the person in the LMS frame; never echoes the token."""
+    allow_framing_by(ANY_FRAMER)
     body = (
         f"<!doctype html><html lang=en><meta charset=utf-8><title>Passback: {escape(title)}</title>"
         "<main style='font-family:system-ui;max-width:40rem;margin:2rem auto'>"

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.http import HttpClient
+from adapters.url_policy import UrlPolicy
 from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.models import App, Assignment, DeepLinkSession, DistrictApp, LmsConnection, utcnow
@@ -80,6 +81,9 @@ def open_picker(session: Session, launch: Launch, *, now: datetime | None = None
     settings = launch.claims.get(DL_SETTINGS)
     if not isinstance(settings, Mapping) or not isinstance(settings.get("deep_link_return_url"), str):
         raise LaunchRefused("a deep linking request must carry deep_linking_settings.deep_link_return_url")
+    refused = return_url_refusal(launch.registration.settings, settings["deep_link_return_url"])
+    if refused is not None:
+        raise LaunchRefused(refused)
     accept_types = settings.get("accept_types") or []
     if "ltiResourceLink" not in accept_types:
         raise LaunchRefused("this placement does not accept LTI resource links, which Passback assignments are")
@@ -100,6 +104,22 @@ def open_picker(session: Session, launch: Launch, *, now: datetime | None = None
     )
     session.add(picker)
     return picker
+
+
+def return_url_refusal(settings: Mapping[str, Any], return_url: str) -> str | None:
+    """Why the picker may not post its answer to this URL: it must be https (or http to a private address, with
+    allow_private_addresses) on the platform's registered hosts or allowed_hosts; a javascript: URL never."""
+    refused = UrlPolicy.for_connection(settings).refusal(return_url, resolve_dns=False)
+    return None if refused is None else f"deep_linking_settings.deep_link_return_url: {refused}"
+
+
+def platform_origins(session: Session, box: SecretBox, picker_id: str) -> list[str]:
+    """The origins that may frame this picker and receive its answer: its platform's hosts."""
+    picker = session.get(DeepLinkSession, picker_id)
+    connection = session.get(LmsConnection, picker.lms_connection_id) if picker is not None else None
+    if connection is None:
+        return []
+    return UrlPolicy.for_connection(connection_settings(box, connection)).origins()
 
 
 def live_picker(session: Session, picker_id: str, *, now: datetime | None = None) -> DeepLinkSession:
@@ -202,6 +222,10 @@ def respond(
     if connection is None:
         raise PickerClosed("the platform registration was removed")
     settings = connection_settings(box, connection)
+    refused = return_url_refusal(settings, picker.return_url)
+    if refused is not None:
+        # A picker opened before the return URL was checked at launch.
+        raise PickerClosed(refused)
     picker.used_at = now or utcnow()
     issued = int(time.time())
     claims: dict[str, Any] = {

@@ -64,6 +64,33 @@ def add_lms_connection(
     return connection
 
 
+def update_lms_settings(
+    session: Session, box: SecretBox, district_id: str, connection_ref: str, changes: Mapping[str, Any]
+) -> LmsConnection:
+    """Change some settings of a connection (e.g. `allowed_hosts` after an upgrade); the whole result is validated
+    again by the adapter's schema, and a changed registration must not collide with another one."""
+    connection = get_connection(session, district_id, connection_ref)
+    adapter_cls = REGISTRY.get(connection.adapter)
+    if adapter_cls is None:
+        raise InvalidInput(f"no adapter named {connection.adapter!r} is installed")
+    try:
+        clean = adapter_cls.settings_schema().load({**connection_settings(box, connection), **changes})
+    except ValidationError as exc:
+        raise InvalidInput(
+            f"invalid settings for adapter {connection.adapter!r}", fields=exc.normalized_messages()
+        ) from exc
+    registration = getattr(adapter_cls, "registration_key", None)
+    key = registration(clean) if registration else None
+    if key is not None and session.scalar(
+        select(LmsConnection.id).where(LmsConnection.registration_key == key, LmsConnection.id != connection.id)
+    ):
+        raise Conflict("another LMS connection already registers this platform and client id")
+    connection.settings_encrypted = box.encrypt_json(clean)
+    connection.registration_key = key
+    session.flush()
+    return connection
+
+
 def connection_settings(box: SecretBox, connection: LmsConnection) -> dict[str, Any]:
     return dict(box.decrypt_json(connection.settings_encrypted, f"the settings of LMS connection {connection.name!r}"))
 

@@ -3,6 +3,7 @@ window, nonces used once), then the same records as an LTI 1.3 launch plus the s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adapters.lti11_outcomes import accepted_extensions, launch_points_possible
+from adapters.url_policy import drop_refused_urls
 from gateway.crypto import SecretBox
 from gateway.models import Assignment, LmsConnection, Placement, UsedNonce, User, utcnow
 from gateway.services.directory import enroll, identity_issuer
@@ -29,6 +31,8 @@ from gateway.services.routing import release_awaiting_launch, retire_unlaunched_
 
 TIMESTAMP_WINDOW_SECONDS = 300
 LTI_VERSIONS = ("LTI-1p0", "LTI-1p1")
+
+log = logging.getLogger("passback.lti11")
 
 
 class _LaunchValidator(RequestValidator):
@@ -154,6 +158,8 @@ def record_launch(
     }
     if params.get("lis_outcome_service_url"):
         destination["outcome_service_url"] = params["lis_outcome_service_url"]
+    for reason in drop_refused_urls(settings, destination, ("outcome_service_url",)):
+        log.warning("LTI 1.1 launch: outcome URL not stored: %s", reason)
     placement = placement_for_link(
         session, connection, found, assignment, context_id, link_id, params.get("resource_link_title"), destination
     )

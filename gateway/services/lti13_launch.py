@@ -9,6 +9,7 @@ type and version, then the LTI claims `target_link_uri` and `roles`.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from adapters.base import DeliveryError
 from adapters.http import HttpClient
+from adapters.url_policy import drop_refused_urls
 from gateway.crypto import SecretBox
 from gateway.models import (
     App,
@@ -49,6 +51,7 @@ from gateway.services.errors import ServiceError
 from gateway.services.lms import connection_settings
 from gateway.services.routing import release_awaiting_launch, retire_unlaunched_links, route_waiting_grades
 
+log = logging.getLogger("passback.lti")
 CLAIM = "https://purl.imsglobal.org/spec/lti/claim/"
 AGS_CLAIM = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
 NRPS_CLAIM = "https://purl.imsglobal.org/spec/lti-nrps/claim/namesroleservice"
@@ -599,7 +602,7 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
         course_id,
         str(link["id"]),
         link.get("title"),
-        _destination_claims(claims),
+        _destination_claims(claims, launch.registration.settings),
     )
     enroll(session, connection, course_id, user, source="launch")
     record_link_launch(session, connection, placement, user).updated_at = utcnow()
@@ -610,7 +613,7 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
     return user, assignment, placement
 
 
-def _destination_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+def _destination_claims(claims: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
     destination: dict[str, Any] = {"resource_link_id": str(claims[CLAIM + "resource_link"]["id"])}
     ags = claims.get(AGS_CLAIM)
     if isinstance(ags, Mapping):
@@ -622,6 +625,8 @@ def _destination_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
     nrps = claims.get(NRPS_CLAIM)
     if isinstance(nrps, Mapping) and isinstance(nrps.get("context_memberships_url"), str):
         destination["context_memberships_url"] = nrps["context_memberships_url"]
+    for reason in drop_refused_urls(settings, destination, ("lineitem", "lineitems", "context_memberships_url")):
+        log.warning("LTI launch: service URL not stored: %s", reason)
     return destination
 
 

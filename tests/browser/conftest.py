@@ -147,7 +147,11 @@ def build_showcase(app: Flask, world: World, worker: DeliveryWorker, http: reque
             world.district_id,
             "Moodle (LTI 1.1)",
             "lti11",
-            {"consumer_key": "springfield-moodle", "shared_secret": "a-shared-secret-never-shown"},
+            {
+                "consumer_key": "springfield-moodle",
+                "shared_secret": "a-shared-secret-never-shown",
+                "allowed_hosts": ["moodle.springfield.example"],
+            },
         )
 
     def post(app_name: str, assignment: str, student: str, percentage: float) -> None:

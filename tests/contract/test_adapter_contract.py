@@ -24,9 +24,11 @@ from adapters import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from adapters.url_policy import UrlRefused
 from gateway.services.keys import current_signing_key
 from tests.factories import World, build_world
 from tests.fakes.ags_platform import AgsPlatform
+from tests.fakes.foreign_host import ForeignHost
 from tests.fakes.lti11_consumer import Lti11Consumer
 from tests.fakes.schoology_lms import Fault as SchoologyFault
 from tests.fakes.schoology_lms import SchoologyFake
@@ -88,6 +90,8 @@ class Lti13Harness:
             "auth_url": f"{self.platform.url}/auth",
             "token_url": self.platform.token_url,
             "jwks_url": f"{self.platform.url}/jwks",
+            # The fakes listen on loopback over http.
+            "allow_private_addresses": True,
         }
 
     @property
@@ -109,7 +113,12 @@ class Lti11Harness:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"consumer_key": "contract-key", "shared_secret": "contract-secret-1"}
+        return {
+            "consumer_key": "contract-key",
+            "shared_secret": "contract-secret-1",
+            "allowed_hosts": ["127.0.0.1"],
+            "allow_private_addresses": True,
+        }
 
     @property
     def destination(self) -> Destination:
@@ -142,7 +151,12 @@ class SchoologyHarness:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"base_url": self.fake.url, "consumer_key": "contract-key", "consumer_secret": "contract-secret"}
+        return {
+            "base_url": self.fake.url,
+            "consumer_key": "contract-key",
+            "consumer_secret": "contract-secret",
+            "allow_private_addresses": True,
+        }
 
     @property
     def destination(self) -> Destination:
@@ -212,6 +226,16 @@ def test_delivers_and_returns_a_receipt(adapter_kind: str, harness: Harness) -> 
     assert isinstance(receipt, DeliveryReceipt)
     assert receipt.lms_status is not None and 200 <= receipt.lms_status < 300
     assert harness.stored_score() == 7.5
+
+
+def test_every_lms_adapter_calls_only_its_connections_hosts(adapter_kind: str, harness: Harness) -> None:
+    if adapter_kind == "sandbox":
+        pytest.skip("the sandbox is Passback's own gradebook at its configured base_url, and hands out no URLs")
+    adapter = _adapter(adapter_kind, harness)
+    with ForeignHost() as foreign:
+        with pytest.raises(UrlRefused, match="outside its registered hosts"):
+            adapter.http.request("GET", foreign.url("localhost") + "/anything")
+        assert foreign.hits == []
 
 
 def test_delivering_twice_is_safe(adapter_kind: str, harness: Harness) -> None:

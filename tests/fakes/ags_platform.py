@@ -86,6 +86,8 @@ class AgsPlatform:
         # assertions only, never HTTP Basic; its line item queries know no resource_link_id filter.
         self.schoology_rules = schoology_rules
         self.lineitem_queries: list[dict[str, str]] = []
+        # Where `Link: rel=next` pages of the line items point (a platform may send another host's URL).
+        self.page_base: str | None = None
         self.tool_jwks_url = tool_jwks_url
         self.token_lifetime = token_lifetime
         self.lock = threading.Lock()
@@ -316,7 +318,7 @@ class AgsPlatform:
                 args["page"] = str(page + 1)
                 query = "&".join(f"{k}={v}" for k, v in args.items())
                 # Capitalised header and rel, as platforms are free to send them (RFC 8288).
-                response.headers["LINK"] = f'<{self.url}{request.path}?{query}>; REL="Next"'
+                response.headers["LINK"] = f'<{self.page_base or self.url}{request.path}?{query}>; REL="Next"'
             return response
 
         @app.post("/api/lti/courses/1/line_items")

@@ -231,6 +231,8 @@ class Lti13Platform:
             "auth_url": self.auth_url,
             "token_url": self.url + "/token",
             "jwks_url": self.jwks_url,
+            # This fake listens on loopback over http.
+            "allow_private_addresses": True,
         }
 
     def rotate(self, new_key: PlatformKey | None = None, *, keep_old: bool = False) -> PlatformKey:

@@ -647,7 +647,11 @@ def test_connections_show_health_tokens_and_what_to_enter_on_the_lms_side_withou
             world.district_id,
             "Moodle 1.1",
             "lti11",
-            {"consumer_key": "springfield-moodle", "shared_secret": "very-secret-shared-value"},
+            {
+                "consumer_key": "springfield-moodle",
+                "shared_secret": "very-secret-shared-value",
+                "allowed_hosts": ["moodle.springfield.example"],
+            },
         )
         canvas_id, settings = canvas.id, connection_settings(box, canvas)
     browser = signed_in(world, staff_of(world))

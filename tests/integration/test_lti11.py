@@ -55,6 +55,8 @@ from tests.fakes.lti11_consumer import (
 
 KEY = "canvas-consumer-key-1"
 SECRET = "shared-secret-0123456789abcdef"
+# The consumer fake listens on loopback over http: its host, and the switch that lets Passback call it.
+FAKE_HOSTS = {"allowed_hosts": ["127.0.0.1"], "allow_private_addresses": True}
 COURSE = "canvas-course-11"
 APP_REDIRECT = "https://quiz.example/callback"
 NO_EXTENSIONS = dict.fromkeys(CANVAS_EXTENSIONS)
@@ -119,7 +121,7 @@ def lti11(world: World, live_server: LiveServer) -> Iterator[Lti11]:
                 world.district_id,
                 "Canvas 1.1",
                 "lti11",
-                {"consumer_key": KEY, "shared_secret": SECRET},
+                {"consumer_key": KEY, "shared_secret": SECRET, **FAKE_HOSTS},
             )
             connection_id = connection.id
         yield Lti11(world, consumer, connection_id, live_server.url)
@@ -589,7 +591,7 @@ def test_consumer_answers_are_classified(
 def test_timeout_is_retryable(lti11: Lti11) -> None:
     lti11.consumer.answer_next(200, code_major="success", delay=1.5)
     adapter = adapters.REGISTRY["lti11"].from_settings(
-        {"consumer_key": KEY, "shared_secret": SECRET}, adapters.HttpClient(1, 0.3)
+        {"consumer_key": KEY, "shared_secret": SECRET, **FAKE_HOSTS}, adapters.HttpClient(1, 0.3)
     )
     with pytest.raises(RetryableDeliveryError):
         adapter.deliver(_grade(0.5), _destination(lti11.consumer, "sid-timeout"))
@@ -824,7 +826,7 @@ def _destination(consumer: Lti11Consumer, sourcedid: str) -> adapters.Destinatio
 
 def test_adapter_reads_and_deletes_results(lti11: Lti11) -> None:
     adapter: Any = adapters.REGISTRY["lti11"].from_settings(
-        {"consumer_key": KEY, "shared_secret": SECRET}, adapters.HttpClient(2, 5)
+        {"consumer_key": KEY, "shared_secret": SECRET, **FAKE_HOSTS}, adapters.HttpClient(2, 5)
     )
     destination = _destination(lti11.consumer, "sid-read-1")
     assert adapter.read_result(destination) is None, "an empty textString is no grade"

@@ -52,7 +52,12 @@ LEARNER = "http://purl.imsglobal.org/vocab/lis/v2/membership#Learner"
 
 
 def deep_linking_launch(
-    world: World, key: RSAKey, accept_multiple: bool = True, roles: Any = (INSTRUCTOR,), **overrides: Any
+    world: World,
+    key: RSAKey,
+    accept_multiple: bool = True,
+    roles: Any = (INSTRUCTOR,),
+    return_url: str = RETURN_URL,
+    **overrides: Any,
 ) -> requests.Response:
     """Log in and post a signed LtiDeepLinkingRequest; `overrides` replace claims (None removes one)."""
     login = world.http.post(
@@ -86,7 +91,7 @@ def deep_linking_launch(
         CLAIM + "roles": list(roles),
         CLAIM + "context": {"id": "course-3"},
         DL + "deep_linking_settings": {
-            "deep_link_return_url": RETURN_URL,
+            "deep_link_return_url": return_url,
             "accept_types": ["ltiResourceLink"],
             "accept_presentation_document_targets": ["iframe", "window"],
             "accept_multiple": accept_multiple,

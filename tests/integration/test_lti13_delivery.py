@@ -54,6 +54,7 @@ def _register(world: World, platform: AgsPlatform) -> AgsSetup:
                 "auth_url": f"{platform.url}/auth",
                 "token_url": platform.token_url,
                 "jwks_url": f"{platform.url}/jwks",
+                "allow_private_addresses": True,
             },
         )
         subs = {}

@@ -48,6 +48,7 @@ def test_launch_signs_the_student_in_and_their_grade_reaches_the_line_item(
                 "auth_url": f"{ISS}/auth",
                 "token_url": platform.token_url,
                 "public_jwk": platform_key.as_dict(private=False),
+                "allow_private_addresses": True,
             },
         )
         client_id, client_secret = partner.app.client_id, partner.client_secret

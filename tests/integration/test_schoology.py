@@ -30,6 +30,8 @@ from tests.fakes.schoology_lms import Fault, SchoologyFake
 
 KEY = "district-consumer-key"
 SECRET = "district-consumer-secret"
+# The fake listens on loopback over http.
+LOOPBACK = {"allow_private_addresses": True}
 SECTION = "7001"
 COLUMN = "5001"
 
@@ -88,7 +90,7 @@ def schoology(world: World) -> Iterator[SchoologySetup]:
                 world.district_id,
                 "Schoology",
                 "schoology",
-                {"base_url": fake.url, "consumer_key": KEY, "consumer_secret": SECRET},
+                {"base_url": fake.url, **LOOPBACK, "consumer_key": KEY, "consumer_secret": SECRET},
             )
             connection_id = connection.id
             session.commit()
@@ -212,7 +214,7 @@ def test_probe_names_the_likely_cause_of_a_refused_key(world: World, runner: Cli
                 world.district_id,
                 "Wrong key",
                 "schoology",
-                {"base_url": fake.url, "consumer_key": KEY, "consumer_secret": "a-wrong-secret"},
+                {"base_url": fake.url, **LOOPBACK, "consumer_key": KEY, "consumer_secret": "a-wrong-secret"},
             )
             session.commit()
         result = runner.invoke(cli, ["lms", "probe", "--district", world.district_id, "--lms", "Wrong key"])
@@ -333,7 +335,13 @@ def test_students_are_found_by_school_uid_through_the_303(world: World, worker: 
                 world.district_id,
                 "Schoology by SIS id",
                 "schoology",
-                {"base_url": fake.url, "consumer_key": KEY, "consumer_secret": SECRET, "roster_match": "school_uid"},
+                {
+                    "base_url": fake.url,
+                    **LOOPBACK,
+                    "consumer_key": KEY,
+                    "consumer_secret": SECRET,
+                    "roster_match": "school_uid",
+                },
             )
             student = create_user(session, world.district_id, name="Grace")
             student.sis_id = "S-1001"
@@ -368,7 +376,13 @@ def test_roster_sync_links_students_by_school_uid(world: World, worker: Delivery
                 world.district_id,
                 "Schoology roster",
                 "schoology",
-                {"base_url": fake.url, "consumer_key": KEY, "consumer_secret": SECRET, "roster_match": "school_uid"},
+                {
+                    "base_url": fake.url,
+                    **LOOPBACK,
+                    "consumer_key": KEY,
+                    "consumer_secret": SECRET,
+                    "roster_match": "school_uid",
+                },
             )
             students = []
             for n in range(4):  # SIS-4 has no Passback user: reported unmatched

@@ -48,6 +48,7 @@ def test_a_grade_reaches_schoology_over_ags_within_its_rules(
                     "token_url": platform.token_url,
                     "jwks_url": f"{platform.url}/jwks",
                     "roster_match": "email",
+                    "allow_private_addresses": True,
                 },
             )
             for placement in session.scalars(select(Placement)):
