@@ -289,7 +289,7 @@ def body_excerpt(response: requests.Response) -> str:
 
 
 def is_rate_limit_refusal(status: int, body: str) -> bool:
-    # Canvas throttles with 403 "Rate Limit Exceeded", not 429, and no Retry-After (wire-formats §3.8).
+    # Canvas throttles with 403 "Rate Limit Exceeded", not 429, and no Retry-After (canvas-lms request_throttle.rb).
     return status == 403 and "rate limit exceeded" in body.lower()
 
 
@@ -364,7 +364,7 @@ class Throttle:
     rate: float = 10.0
     burst: int = 10
     # Canvas sends X-Rate-Limit-Remaining (its bucket counts as full at 600): below `low_water`, or below this
-    # fraction of the fullest bucket seen, pause a little (wire-formats §3.8).
+    # fraction of the fullest bucket seen, pause a little (canvas-lms doc/api/throttling.md).
     low_water: float = 100.0
     low_fraction: float = 0.15
     # The longest pause after rate-limit refusals (429, Canvas's 403) in a row that name no Retry-After; the
@@ -381,7 +381,7 @@ class Throttle:
 @dataclass
 class BucketView:
     """What this process has learnt of one connection's LMS bucket from its answers (Canvas reports
-    X-Rate-Limit-Remaining and X-Request-Cost on every answer, wire-formats §3.8)."""
+    X-Rate-Limit-Remaining and X-Request-Cost on every answer: canvas-lms doc/api/throttling.md)."""
 
     # The fullest X-Rate-Limit-Remaining seen stands for the bucket's size (not announced).
     full: float = 0.0

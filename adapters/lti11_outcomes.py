@@ -1,6 +1,6 @@
 """LTI 1.1 Basic Outcomes: POX XML replace/read/delete, signed with OAuth 1.0a and `oauth_body_hash`.
 
-Wire details, Canvas extensions and per-LMS quirks: ../shared/reference/wire-formats.md §2.
+Wire details: IMS LTI 1.1 Implementation Guide §6; Canvas extensions: canvas-lms doc/api/assignment_tools.md.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ EXTENSION_FLAGS = {
 
 
 def accepted_extensions(launch_params: Mapping[str, str]) -> dict[str, Any]:
-    """Which Canvas outcome extensions the consumer advertised at launch (wire-formats §2.6)."""
+    """Which Canvas outcome extensions the consumer advertised at launch (canvas-lms doc/api/assignment_tools.md)."""
     extensions: dict[str, Any] = {
         name: str(launch_params.get(param, "")).lower() == "true" for name, param in EXTENSION_FLAGS.items()
     }
@@ -109,7 +109,7 @@ def _el(parent: Any, name: str, text: str | None = None) -> Any:
 
 
 def _decimal(value: float) -> str:
-    # Locale-independent, "." as the separator, no exponent (wire-formats §2.4).
+    # Locale-independent, "." as the separator, no exponent (LTI 1.1 Implementation Guide §6).
     text = f"{value:.6f}".rstrip("0").rstrip(".")
     return text or "0"
 
@@ -132,7 +132,7 @@ def _local(element: Any) -> str:
 
 def _child(parent: Any, *path: str) -> Any:
     """The element at a path of direct children, by local name (old Moodle and Canvas answer in the
-    `lis/oms1p0/pox` namespace, §2.3); None when any step is missing. Nothing is looked for anywhere else."""
+    `lis/oms1p0/pox` namespace); None when any step is missing. Nothing is looked for anywhere else."""
     node = parent
     for name in path:
         if node is None:
@@ -231,7 +231,7 @@ class Lti11OutcomesAdapter:
     # --- building requests ------------------------------------------------------------------------------
 
     def replace_body(self, grade: NormalizedGrade, destination: Destination) -> ReplaceRequest:
-        """The replaceResultRequest, with which score element it carries and why (wire-formats §2.4, §2.6)."""
+        """The replaceResultRequest, with which score element it carries and why (LTI 1.1 §6; Canvas docs)."""
         extensions = destination.data.get("extensions") or {}
         asked = (grade.context or {}).get("lti11") if isinstance(grade.context, Mapping) else None
         asked = asked if isinstance(asked, Mapping) else {}
@@ -272,7 +272,7 @@ class Lti11OutcomesAdapter:
         if asked.get("needsAdditionalReview") and extensions.get("needs_additional_review"):
             details.append(("needsAdditionalReview", None))
         if details:
-            # submissionDetails is a sibling of resultRecord, before it (Canvas's own selectors, §2.6).
+            # submissionDetails is a sibling of resultRecord, before it (Canvas: lib/basic_lti/basic_outcomes.rb).
             submission = etree.Element(f"{{{NS}}}submissionDetails")
             request.insert(0, submission)
             for name, detail in details:
@@ -310,7 +310,7 @@ class Lti11OutcomesAdapter:
     def _post(self, url: str, body: bytes) -> Any:
         """POST signed POX; a 401 is re-signed (fresh nonce and timestamp) and sent once more."""
         for _ in range(2):
-            # force_include_body: without it requests-oauthlib signs no oauth_body_hash (wire-formats §2.5).
+            # force_include_body: without it requests-oauthlib signs no oauth_body_hash (OAuth1.__call__).
             auth = OAuth1(self.consumer_key, self.shared_secret, signature_method="HMAC-SHA1", force_include_body=True)
             # Exactly application/xml: Canvas compares the string and answers 415 to anything else.
             response = self.http.request("POST", url, data=body, auth=auth, headers={"Content-Type": "application/xml"})
@@ -355,7 +355,7 @@ class Lti11OutcomesAdapter:
         if parsed.code_major == "success":
             return response, parsed
         if parsed.code_major == "processing":
-            # Accepted but not yet applied (§2.8): the gradebook may not hold it, so not delivered; the
+            # Accepted but not yet applied (LTI 1.1 §6): the gradebook may not hold it, so not delivered; the
             # operation is idempotent, and it is sent again until the consumer answers success.
             raise RetryableDeliveryError(
                 f"consumer answered processing to {operation}: accepted, not yet in the gradebook; will resend",

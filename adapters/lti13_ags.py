@@ -1,6 +1,6 @@
 """LTI 1.3 Assignment and Grade Services: line items and scores, with client-credentials access tokens.
 
-Wire details and per-LMS quirks: ../shared/reference/wire-formats.md §3 (AGS) and §3A.8 (platform URLs).
+Wire details: IMS AGS 2.0 and NRPS 2.0 (imsglobal.org/spec/lti-ags/v2p0); platform URLs from each LMS's docs.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _token_lock(key: str) -> threading.Lock:
         return _TOKEN_LOCKS.setdefault(key, threading.Lock())
 
 
-# Platform presets: the URLs an admin would otherwise copy by hand (wire-formats.md §3A.8, §3.2).
+# Platform presets: the URLs an admin would otherwise copy by hand (each LMS's docs, e.g. Schoology "LTI Apps").
 PRESETS: dict[str, dict[str, str]] = {
     "canvas": {
         "issuer": "https://canvas.instructure.com",
@@ -307,7 +307,7 @@ class Lti13AgsAdapter:
         scopes = self._granted(destination, [SCOPE_LINEITEM, SCOPE_SCORE])
         resource_link_id = destination.data.get("resource_link_id")
         query = {"resource_id": grade.assignment_id}
-        # Schoology refuses a resource_link_id filter it does not know (wire-formats §3.12 for its strict queries).
+        # Schoology refuses a resource_link_id filter it does not know (code-dot-org/code-dot-org#57068).
         if resource_link_id and self.settings.get("platform") != "schoology":
             query["resource_link_id"] = str(resource_link_id)
         parts = urlsplit(str(container))
@@ -334,7 +334,7 @@ class Lti13AgsAdapter:
         }
         if resource_link_id:
             body["resourceLinkId"] = resource_link_id
-        # Never send "id" on create: Schoology answers 400 "id is not allowed" (wire-formats §3.3).
+        # Never send "id" on create: Schoology answers 400 "id is not allowed" (Simon-Initiative/lti_1p3#27).
         response = self._authorized(
             "POST",
             str(container),
@@ -525,7 +525,7 @@ class Lti13AgsAdapter:
         for _ in range(MAX_MEMBERSHIP_PAGES):
             if url is None:
                 break
-            # The exact Accept header: Schoology refuses anything else (wire-formats §3.12).
+            # The exact Accept header: Schoology refuses anything else (Simon-Initiative/lti_1p3#27).
             response = self._authorized("GET", url, [SCOPE_NRPS], headers={"Accept": MEDIA_MEMBERSHIPS})
             self._classify(response)
             body = json_or_none(response) or {}

@@ -1,4 +1,4 @@
-"""Schoology's REST API v1: grades written into a section's gradebook in bulk (wire-formats.md §4).
+"""Schoology's REST API v1: grades written into a section's gradebook in bulk (Schoology API v1 docs).
 
     PUT {base_url}/sections/{section_id}/grades
     Authorization: OAuth realm="Schoology API", oauth_consumer_key=…, oauth_token="", …   (two-legged OAuth 1.0a)
@@ -45,7 +45,7 @@ from adapters.url_policy import UrlPolicySettings, policed
 log = logging.getLogger("passback.adapters.schoology")
 
 DEFAULT_BASE_URL = "https://api.schoology.com/v1"
-# Schoology documents no limit for one grades PUT (wire-formats §4.4 lists 50 for multiget only); 100 items
+# Schoology documents no limit for one grades PUT (its docs give 50 for multiget only); 100 items
 # keeps a request small and is what the test fake enforces. Configurable per connection.
 DEFAULT_BATCH_SIZE = 100
 ENROLLMENT_PAGE_SIZE = 200
@@ -105,7 +105,7 @@ def plaintext_transport_problem(url: str) -> str | None:
 
 
 class _Clock:
-    """Schoology refuses a timestamp that goes backwards or a reused nonce (wire-formats §4.1)."""
+    """Schoology refuses a timestamp that goes backwards or a reused nonce (Schoology API docs: Authentication)."""
 
     def __init__(self) -> None:
         self._last = 0
@@ -207,7 +207,7 @@ class SchoologyAdapter:
 
     def call(self, method: str, path: str, *, json: Any = None) -> requests.Response:
         """One signed request. A redirect is followed by signing a new request for its Location: replaying the
-        old header is refused as a duplicate nonce (wire-formats §4.1)."""
+        old header is refused as a duplicate nonce (Schoology docs: "Authentication → Troubleshooting")."""
         url = self._url(path)
         self._check_origin(url)
         for _ in range(MAX_REDIRECTS + 1):
@@ -241,7 +241,7 @@ class SchoologyAdapter:
             )
 
     def raise_for_status(self, response: requests.Response, what: str) -> None:
-        """Classify a Schoology answer (wire-formats §4.5), with a message that says what to fix."""
+        """Classify a Schoology answer (statuses per Schoology's API docs), with a message that says what to fix."""
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -669,7 +669,7 @@ def _message(response: requests.Response) -> str | None:
 
 def _item_results(answer: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     """Per-item results of a bulk write: `{"grades": {"grade": [...]}}` or `{"grade": [...]}` (the response
-    shape is undocumented; wire-formats §4.3)."""
+    shape is undocumented; Schoology's bulk examples answer one response_code per item)."""
     if not answer:
         return []
     container: Any = answer.get("grades", answer)

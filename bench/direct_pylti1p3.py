@@ -48,7 +48,7 @@ from requests.adapters import HTTPAdapter
 
 from bench.sim_lms import SimLms, generate_rsa_key, public_jwk
 
-RATE_LIMITED_403 = "Rate Limit Exceeded"  # Canvas throttles with 403 and this text (wire-formats §3.8)
+RATE_LIMITED_403 = "Rate Limit Exceeded"  # Canvas throttles with 403 and this text (canvas-lms request_throttle.rb)
 FAILURE_SAMPLES = 10
 
 

@@ -3,7 +3,8 @@
 Why it exists: the delivery benchmark (issue 9) must measure how fast grades *reach* LMSs, with the LMS's
 round-trip time, rate limits and failures in the picture, and compare Passback with an app that posts grades
 itself (bench/direct_pylti1p3.py). tests/fakes/ags_platform.py is the strict fake for correctness tests; this
-one checks the same essentials (wire-formats §3.2, §3.5) but is built to stay out of the measurement:
+one checks the same essentials (RFC 7523 client-assertion tokens, AGS 2.0 §3.4 scores) but is built to stay out
+of the measurement:
 
 - **asyncio, not a thread per request.** Latency is an `asyncio.sleep`, so hundreds of concurrent requests
   that are all "waiting on the LMS" cost no threads and no GIL hand-offs. HTTP/1.1 is parsed by hand
@@ -40,7 +41,7 @@ float: a simple version
 of Canvas's cost budget (Canvas reports hwm minus a leaky-bucket level; here one unit is one request).
 Over the limit: `throttle="429"` answers 429 with `Retry-After: 1`; `throttle="canvas"` answers Canvas's
 403 text/plain "403 Forbidden (Rate Limit Exceeded)" with `X-Rate-Limit-Remaining: 0.0` and no Retry-After
-(wire-formats §3.8). Throttled requests do not touch the state.
+(canvas-lms request_throttle.rb). Throttled requests do not touch the state.
 
 Faults: a seeded fraction `fault_rate` of platform requests (token and AGS, after throttling) fail. A share
 `hang_share` of them *hang*: the request is processed (a score is stored) and the answer is sent only after
@@ -150,7 +151,7 @@ def public_jwk(private_key_pem: str, kid: str | None) -> dict[str, Any]:
 
 
 def sign_assertion(private_key_pem: str, kid: str | None, client_id: str, audience: str, **overrides: Any) -> str:
-    """An RS256 client-assertion JWT (wire-formats §3.2), signed with `cryptography` alone.
+    """An RS256 client-assertion JWT (RFC 7523), signed with `cryptography` alone.
 
     `overrides` replace or add claims (None removes one), so tests can build the bad assertions a platform
     must refuse. Kept dependency-free so the simulator needs nothing beyond Passback's own requirements.
@@ -276,7 +277,7 @@ def _json(status: int, data: Any, content_type: str = "application/json") -> Rep
 
 
 def _error(status: int, message: str, kind: str | None = None) -> Reply:
-    """AGS errors in Canvas's shape (wire-formats §3.7)."""
+    """AGS errors in Canvas's shape (canvas-lms lti_services.rb, render_error)."""
     return _json(status, {"errors": {"type": kind or HTTPStatus(status).phrase.lower(), "message": message}})
 
 

@@ -63,7 +63,7 @@ def launch() -> Response:
     request opens the assignment picker."""
     session = db.session()
     if request.form.get("error"):
-        # Platforms post an OIDC error instead of a token when they refuse the login (wire-formats §3A.3).
+        # Platforms post an OIDC error instead of a token when they refuse the login (Moodle: mod/lti/auth.php).
         message = f"{request.form.get('error')}: {request.form.get('error_description', '')}".strip(": ")
         log.warning("LTI platform answered the login with an error: %s", message)
         return error_page(400, "Your LMS refused the launch", message)

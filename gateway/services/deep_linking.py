@@ -1,6 +1,6 @@
 """The assignment picker: an LtiDeepLinkingRequest opens it, the teacher chooses from the district's apps'
 catalogs, and Passback answers with an LtiDeepLinkingResponse JWT signed with its own key
-(wire-formats §3A.6 and 3A.7)."""
+(1EdTech LTI Deep Linking 2.0)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def open_picker(session: Session, launch: Launch, *, now: datetime | None = None
         deployment_id=str(launch.claims[CLAIM + "deployment_id"]),
         return_url=settings["deep_link_return_url"],
         data=settings.get("data") if isinstance(settings.get("data"), str) else None,
-        # pylti1p3 has seen "true"/"false" strings here (wire-formats §3A.6).
+        # pylti1p3 has seen "true"/"false" strings here (its deep_link.py, TDeepLinkData).
         accept_multiple=accept_multiple is True or str(accept_multiple).lower() == "true",
         created_at=now,
         expires_at=now + timedelta(seconds=PICKER_SECONDS),
@@ -258,7 +258,7 @@ def _resource_link(assignment: Assignment, client_id: str, launch_url: str) -> d
             "resourceId": assignment.external_id,
             "tag": "passback",
         },
-        # Lower-case keys: Schoology lower-cases custom parameter names (wire-formats §3.10).
+        # Lower-case keys: Schoology lower-cases custom parameter names (Schoology API docs: "LTI Apps").
         "custom": {"assignment": assignment.external_id, "app": client_id},
     }
     if assignment.description:

@@ -1,6 +1,6 @@
 """LTI 1.3 as a tool: OIDC third-party login, id_token validation, and what a resource-link launch records.
 
-Validation follows the 1EdTech Security Framework §5.1.3 as quoted in wire-formats.md §3A.4: RS256 only,
+Validation follows the 1EdTech Security Framework 1.0 §5.1.3 and LTI Core 1.3 §5.3: RS256 only,
 signature against the platform's JWKS (cached; refetched on an unknown kid at most once a minute), iss,
 aud/azp, exp/iat with a small leeway, a nonce that is ours and used once, a registered deployment, message
 type and version, then the LTI claims `target_link_uri` and `roles`.
@@ -381,7 +381,7 @@ def _custom(claims: Mapping[str, Any], name: str) -> str | None:
     custom = claims.get(CLAIM + "custom")
     if not isinstance(custom, Mapping):
         return None
-    # Schoology lower-cases custom parameter keys (wire-formats §3.10): match case-insensitively.
+    # Schoology lower-cases custom parameter keys (Schoology API docs: "LTI Apps"): match case-insensitively.
     for key, value in custom.items():
         if str(key).lower() == name and isinstance(value, str | int) and str(value) and not str(value).startswith("$"):
             return str(value)

@@ -82,8 +82,8 @@ class AgsPlatform:
     ) -> None:
         self.client_id = client_id
         self.lms = lms
-        # Schoology's further refusals (wire-formats §3A.8, §3.10): its token endpoint takes JWT client
-        # assertions only, never HTTP Basic; its line item queries know no resource_link_id filter.
+        # Schoology's further refusals: its token endpoint takes JWT client assertions only, never HTTP Basic
+        # (Schoology docs "LTI Apps"); its line item queries know no resource_link_id filter (code-dot-org#57068).
         self.schoology_rules = schoology_rules
         self.lineitem_queries: list[dict[str, str]] = []
         # Where `Link: rel=next` pages of the line items point (a platform may send another host's URL).
@@ -405,7 +405,7 @@ class AgsPlatform:
             scopes = self._bearer_scopes()
             if scopes is None or SCOPE_NRPS not in scopes:
                 return jsonify(errors={"type": "unauthorized", "message": "Invalid access token"}), 401
-            # Schoology's rule, the strictest: exactly the membership container type (wire-formats §3.12).
+            # Schoology's rule, the strictest: exactly the membership container type (Simon-Initiative/lti_1p3#27).
             if request.headers.get("Accept") != MEDIA_MEMBERSHIPS:
                 return jsonify(error="handleNamesRoles: Invalid Accept Header"), 400
             limit = int(request.args.get("limit", "100"))

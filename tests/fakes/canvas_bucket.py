@@ -1,5 +1,5 @@
-"""A small real LMS on 127.0.0.1 that throttles like Canvas: a leaky bucket per client (wire-formats §3.8,
-after canvas-lms:`app/middleware/request_throttle.rb` and `doc/api/throttling.md`).
+"""A small real LMS on 127.0.0.1 that throttles like Canvas: a leaky bucket per client (after
+canvas-lms:`app/middleware/request_throttle.rb` and `doc/api/throttling.md`).
 
     POST {base_url}/scores   (any body)
 

@@ -5,13 +5,14 @@ It does both halves of LTI 1.1 that Passback meets:
 - **Launches.** `launch()` builds a Basic LTI launch form signed with the `lti` package's `ToolConsumer`
   (OAuth 1.0a HMAC-SHA1 over the form, as an LMS does) and posts it to Passback, the way a browser would.
 - **Basic Outcomes.** The outcome service URL takes POX `replaceResult`, `readResult` and `deleteResult`
-  requests (wire-formats §2). Every request is verified independently of Passback's code: the OAuth
+  requests (LTI 1.1 Implementation Guide §6). Every request is verified independently of Passback's code: the OAuth
   signature with oauthlib's `SignatureOnlyEndpoint` and a RequestValidator that knows only this consumer's
   key and secret, the timestamp window and a never-seen nonce (Canvas answers 401 to each failure), the body
   hash `base64(sha1(body))` against `oauth_body_hash`, then `Content-Type: application/xml` exactly (Canvas:
   415 otherwise). The body is read with the `lti` package's `OutcomeRequest.process_xml`, and the Canvas
-  extensions at the positions Canvas reads them (§2.6). Scores follow Canvas's rules: `textString` a
-  decimal in 0..1 with `.`, else `failure` "Score is not between 0 and 1" (HTTP 422, or 200 in Moodle mode).
+  extensions at the positions Canvas reads them (canvas-lms lib/basic_lti/basic_outcomes.rb). Scores follow
+  Canvas's rules: `textString` a decimal in 0..1 with `.`, else `failure` "Score is not between 0 and 1" (HTTP 422,
+  or 200 in Moodle mode).
 
 Tests script the answers with `answer_next()` / `fail_next()`; `calls` keeps every outcome request, verified
 or not, and `gradebook` what was stored, by sourcedId. A scripted envelope may name another message
@@ -363,7 +364,7 @@ class Lti11Consumer:
             return 401, f"cannot verify: {exc}"
         if not valid:
             return 401, self.validator.last_problem or "invalid signature (or timestamp out of the window)"
-        # SHA-1 is what the OAuth body hash extension defines (wire-formats §2.5).
+        # SHA-1 is what the OAuth body hash extension defines (OAuth Request Body Hash draft).
         expected_hash = base64.b64encode(hashlib.sha1(call.body).digest()).decode()  # noqa: S324
         if call.oauth.get("oauth_body_hash") != expected_hash:
             return 401, f"oauth_body_hash {call.oauth.get('oauth_body_hash')!r} is not base64(sha1(body))"
@@ -513,7 +514,7 @@ class Lti11Consumer:
             if refused is not None:
                 call.problem, call.answered = refused[1], refused[0]
                 return Response(refused[1], status=refused[0], content_type="text/plain")
-            # Canvas compares the header with the string itself, after OAuth (wire-formats §2.7).
+            # Canvas compares the header with the string itself, after OAuth (canvas-lms lti_api_controller.rb).
             if request.headers.get("Content-Type") != "application/xml":
                 call.problem = f"Content-Type {request.headers.get('Content-Type')!r} is not 'application/xml'"
                 call.answered = 415

@@ -3,7 +3,7 @@
 The platform publishes its RSA keys at `/jwks` (`{"keys": [...]}`, a `kid` on each, a counter of fetches)
 and can rotate them. There is no `/auth` endpoint: a test plays the browser. `login()` calls Passback's
 `/lti/login` as the platform's login initiation would, checks the authentication request Passback
-redirects to (wire-formats.md §3A.2: all ten parameters), and remembers it; `launch_token()` builds and
+redirects to (1EdTech Security Framework §5.1.1: all ten parameters), and remembers it; `launch_token()` builds and
 signs the id_token answering it (a resource link launch, or a deep-linking request); `launch()` form-posts
 it to Passback's `redirect_uri`, without following Passback's redirect to the app.
 

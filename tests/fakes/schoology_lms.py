@@ -1,4 +1,4 @@
-"""A small Schoology REST API v1 (wire-formats §4), as a real web app on 127.0.0.1.
+"""A small Schoology REST API v1 (developers.schoology.com), as a real web app on 127.0.0.1.
 
 What it checks on every request, independently of Passback's code:
 
@@ -9,7 +9,7 @@ What it checks on every request, independently of Passback's code:
   signature: HMAC-SHA1 over method, URL and query parameters plus the header's oauth parameters (never the
   JSON body) with the key `quote(secret)&`, computed with oauthlib's `rfc5849.signature` functions; or
   PLAINTEXT `quote(secret)%26`. The replay check comes before the signature check, so a client that follows a
-  303 with the original header gets the duplicate-nonce 401, as the docs warn (§4.1).
+  303 with the original header gets the duplicate-nonce 401, as the docs warn ("Authentication → Troubleshooting").
 - `Accept` must allow `application/json` (406 otherwise, and when the header is missing); grade writes must
   be `Content-Type: application/json` (415 otherwise).
 

@@ -2,8 +2,9 @@
 
 The consumer (tests/fakes/lti11_consumer.py) signs launches with the `lti` package's ToolConsumer and verifies
 every outcome request itself (oauthlib signature, single-use nonce, body hash, exact Content-Type), reads it
-with the `lti` package's parser and keeps a gradebook by sourcedId. Wire details: ../shared/reference/
-wire-formats.md §2 (envelopes §2.2 to 2.3, scores §2.4, signing §2.5, Canvas extensions §2.6, errors §2.8).
+with the `lti` package's parser and keeps a gradebook by sourcedId. Wire details: IMS LTI 1.1
+Implementation Guide §6 (Basic Outcomes), the OAuth Request Body Hash extension (signing), and canvas-lms
+`doc/api/assignment_tools.md` (Canvas extensions and errors).
 """
 
 from __future__ import annotations
@@ -987,7 +988,7 @@ def test_consumer_dialects_of_a_success_are_delivered(
     lti11: Lti11, worker: DeliveryWorker, options: dict[str, str]
 ) -> None:
     """Moodle names the request (`replaceResultRequest`); old Moodle answers in another namespace with no
-    operation reference; an empty messageRefIdentifier is taken as no reference (§2.3)."""
+    operation reference (Moodle: mod/lti/servicelib.php); an empty messageRefIdentifier is taken as no reference."""
     lti11.launch_ok()
     if options.get("message_ref", "").strip() == "{echo}":
         # The id is known only once the request is built: echo it from the consumer's side.

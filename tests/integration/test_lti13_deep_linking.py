@@ -196,7 +196,7 @@ def _pickers(world: World) -> int:
 def test_deep_linking_by_a_non_instructor_is_refused_and_opens_no_picker(
     world: World, live_server: LiveServer, platform_key: RSAKey, roles: list[str]
 ) -> None:
-    """Only an instructor-like context role may add assignments (wire-formats §3A.5, exact role URIs)."""
+    """Only an instructor-like context role may add assignments (LTI Core 1.3 App. A.2, exact role URIs)."""
     launched = deep_linking_launch(world, platform_key, roles=roles)
     assert launched.status_code == 403, (launched.status_code, launched.text[:500])
     assert launched.headers["Content-Type"].startswith("text/html") and "Location" not in launched.headers

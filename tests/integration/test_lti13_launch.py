@@ -3,7 +3,8 @@
 The platform (tests/fakes/lti13_platform.py) publishes its JWKS over HTTP; the test plays the browser:
 `/lti/login` → the authentication request → a signed id_token form-posted to `/lti/launch` → the redirect
 to the app with `code` and `state=assignment:{id}` → `POST /oauth/tokens` → `/v1/me` and `/v1/grade`.
-Wire details: ../shared/reference/wire-formats.md §3A.1 to 3A.5 and §1.2.
+Wire details: 1EdTech Security Framework 1.0 §5.1 and LTI Core 1.3 §4 and §5 (login, launch); Clever docs
+"OAuth Implementation" (the sign-in).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def assert_error_page(response: requests.Response, id_token: str | None = None) 
         assert payload not in response.text, "the error page echoes the id_token's claims"
 
 
-# --- login initiation (§3A.1, §3A.2) ------------------------------------------------------------------
+# --- login initiation (LTI Core 1.3 §4.1, Security Framework §5.1.1) -----------------------------------
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -425,7 +426,7 @@ def test_launch_without_an_id_token_is_refused(lti: Lti) -> None:
 
 
 def test_platform_error_post_is_an_error_page(lti: Lti) -> None:
-    """§3A.3: a platform that cannot authenticate posts `error` and `error_description` instead."""
+    """A platform that cannot authenticate posts `error` and `error_description` instead (Moodle: mod/lti/auth.php)."""
     state, _nonce, _params = lti.login()
     response = lti.launch(state, None, error="launch_no_longer_valid", error_description="<b>expired</b>")
     assert_error_page(response)
@@ -534,7 +535,7 @@ def test_bad_signature_with_the_platforms_kid_does_not_trust_a_second_key(lti: L
     assert_error_page(lti.launch(state, token), token)
 
 
-# --- the app sign-in with the code (§1.2) ---------------------------------------------------------------
+# --- the app sign-in with the code (Clever docs: OAuth Implementation) ---------------------------------
 
 
 @dataclass

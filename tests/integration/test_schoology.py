@@ -3,7 +3,7 @@
 The fake (tests/fakes/schoology_lms.py) verifies every request's two-legged OAuth 1.0a signature with oauthlib's
 signature functions and refuses a replayed nonce, pages enrollments two at a time, serves assignments with
 Schoology's string-typed `max_points`, and answers the grades PUT item by item. Wire details:
-../shared/reference/wire-formats.md §4.
+Schoology's REST API v1 docs (developers.schoology.com).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Schoology as an LTI 1.3 platform: the `schoology` preset of the lti13 adapter, against an AGS platform fake
-that refuses what Schoology refuses (wire-formats §3A.8, §3.10, §3.12): an `id` in a line item's create body,
-a resource_link_id filter on the line item query, a token request with HTTP Basic, and any NRPS Accept header
-but the exact membership container type."""
+that refuses what Schoology refuses (Schoology docs "LTI Apps"; Simon-Initiative/lti_1p3#27): an `id` in a line
+item's create body, a resource_link_id filter on the line item query, a token request with HTTP Basic, and any
+NRPS Accept header but the exact membership container type."""
 
 from __future__ import annotations
 

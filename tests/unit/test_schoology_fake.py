@@ -1,4 +1,4 @@
-"""tests/fakes/schoology_lms.py: the Schoology fake refuses what real Schoology refuses (wire-formats §4), so
+"""tests/fakes/schoology_lms.py: the Schoology fake refuses what real Schoology refuses (its API v1 docs), so
 that tests of the schoology adapter against it mean something. Requests are signed here with oauthlib's
 signature functions (through `sign_header`, itself checked against a hand-computed HMAC-SHA1) and sent over
 real sockets."""
@@ -130,7 +130,7 @@ def test_plaintext_signature_is_accepted(lms: SchoologyFake) -> None:
 
 
 def test_a_signature_from_oauthlibs_own_client_is_accepted_when_the_empty_token_is_not_required() -> None:
-    # oauthlib's Client signs independently of sign_header, but leaves the empty oauth_token out (§4.1).
+    # oauthlib's Client signs independently of sign_header, but omits the empty oauth_token (Schoology docs send it).
     with SchoologyFake(KEY, SECRET, require_oauth_token=False) as relaxed, SchoologyFake(KEY, SECRET) as strict:
         for fake, expected in ((relaxed, 200), (strict, 401)):
             url = f"{fake.url}/users/1000?x=a%20b"
