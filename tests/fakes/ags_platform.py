@@ -88,6 +88,8 @@ class AgsPlatform:
         self.lineitem_queries: list[dict[str, str]] = []
         # Where `Link: rel=next` pages of the line items point (a platform may send another host's URL).
         self.page_base: str | None = None
+        # A platform that ignores the resource_link_id filter (and leaves the tool to pick its link's item).
+        self.ignores_link_filter = False
         self.tool_jwks_url = tool_jwks_url
         self.token_lifetime = token_lifetime
         self.lock = threading.Lock()
@@ -308,7 +310,11 @@ class AgsPlatform:
                 i
                 for i in self.lineitems.values()
                 if ("resource_id" not in request.args or i["resourceId"] == request.args["resource_id"])
-                and ("resource_link_id" not in request.args or i["resourceLinkId"] == request.args["resource_link_id"])
+                and (
+                    "resource_link_id" not in request.args
+                    or self.ignores_link_filter
+                    or i["resourceLinkId"] == request.args["resource_link_id"]
+                )
             ]
             page = int(request.args.get("page", "0"))
             chunk = items[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]

@@ -58,6 +58,7 @@ def _connect(world: World, platform: AgsPlatform, preset: str) -> Lms:
                 "auth_url": f"{platform.url}/auth",
                 "token_url": platform.token_url,
                 "jwks_url": f"{platform.url}/jwks",
+                "allow_private_addresses": True,
             },
         )
         student = world.students[0]

@@ -129,7 +129,7 @@ def test_api_and_lti_entry_points_answer_clearly(copy: Copy) -> None:
     with Lti11Consumer("lti11-key", "lti11-secret", session=world.http) as consumer:
         with world.session() as session:
             box = SecretBox(TEST_ENCRYPTION_KEY)  # registered by the original installation
-            settings = {"consumer_key": "lti11-key", "shared_secret": "lti11-secret"}
+            settings = {"consumer_key": "lti11-key", "shared_secret": "lti11-secret", "allowed_hosts": ["127.0.0.1"]}
             add_lms_connection(session, box, world.district_id, "Canvas 1.1", "lti11", settings)
         launch = consumer.launch(world.url("/lti11/launch"))
     assert launch.status_code == 503 and "Location" not in launch.headers

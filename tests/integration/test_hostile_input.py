@@ -83,7 +83,7 @@ def doors(world: World, live_server: LiveServer) -> Iterator[Doors]:
                 world.district_id,
                 "Canvas 1.1",
                 "lti11",
-                {"consumer_key": consumer.key, "shared_secret": consumer.secret},
+                {"consumer_key": consumer.key, "shared_secret": consumer.secret, "allowed_hosts": ["127.0.0.1"]},
             )
             create_staff(session, world.district_id, EMAIL, PASSWORD)
             lti13_id = lti13.id

@@ -130,7 +130,7 @@ def test_a_next_page_on_another_host_is_not_followed(fakes: Fakes, worker: Deliv
 
         connection = session.get(LmsConnection, connection_id)
         assert connection is not None
-        link_identity(session, user, connection, "sub-ada")
+        link_identity(session, user, connection, "sub-ada", box=world.app.extensions["passback_box"])
         enroll(session, connection, "canvas-course-7", user)
         add_placement(
             session,
@@ -147,6 +147,7 @@ def test_a_next_page_on_another_host_is_not_followed(fakes: Fakes, worker: Deliv
     ags.add_lineitem("quiz-1", resource_link_id="other-link-2")
     ags.add_lineitem("quiz-1", resource_link_id="other-link-3")
     ags.page_base = fakes.foreign.url("localhost")
+    ags.ignores_link_filter = True
 
     delivery, text = fakes.failed_delivery(world.students[0], worker)
     assert fakes.foreign.hits == []
