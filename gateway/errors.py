@@ -6,7 +6,8 @@ import logging
 import re
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
+from markupsafe import escape
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -28,6 +29,27 @@ def error_response(status: int, code: str, message: str, fields: dict[str, Any] 
     return response
 
 
+# Pages people open in a browser answer errors with an HTML page, not JSON.
+HTML_PAGE_PREFIXES = ("/dashboard",)
+
+
+def html_error_page(status: int, message: str) -> Response:
+    """The dashboard's error page: the status and the message, nothing else (no script, no inline style)."""
+    body = (
+        "<!doctype html><html lang=en><meta charset=utf-8><title>Passback: this request was refused</title>"
+        f"<main><h1>{status}: this request was refused</h1><p>{escape(message)}</p>"
+        "<p><a href='/dashboard/'>Back to the dashboard</a></p></main>"
+    )
+    return Response(body, status=status, content_type="text/html; charset=utf-8")
+
+
+def _answer(status: int, code: str, message: str, fields: dict[str, Any] | None = None) -> Response:
+    """JSON for the API, an HTML page on the dashboard."""
+    if has_request_context() and request.path.startswith(HTML_PAGE_PREFIXES):
+        return html_error_page(status, message)
+    return error_response(status, code, message, fields)
+
+
 def _code_for(exc: HTTPException) -> str:
     name = exc.name or "error"
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
@@ -36,11 +58,11 @@ def _code_for(exc: HTTPException) -> str:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.fields)
+        return _answer(exc.status, exc.code, exc.message, exc.fields)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        response = error_response(exc.code or 500, _code_for(exc), exc.description or exc.name)
+        response = _answer(exc.code or 500, _code_for(exc), exc.description or exc.name)
         if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
@@ -51,7 +73,7 @@ def register_error_handlers(app: Flask) -> None:
         # same request will go through when sent again. Anything else is unexpected.
         if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
             log.warning("database conflict, answered 503: %s", type(exc.orig).__name__)
-            response = error_response(
+            response = _answer(
                 503, "database_busy", "Passback's database was busy and nothing was stored; send the request again."
             )
             response.headers["Retry-After"] = "1"
@@ -61,4 +83,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
-        return error_response(500, "internal_error", "Passback hit an unexpected error; it has been logged.")
+        return _answer(500, "internal_error", "Passback hit an unexpected error; it has been logged.")

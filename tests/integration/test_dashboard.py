@@ -413,7 +413,11 @@ def test_drill_down_from_app_to_student_and_retry_an_assignment(
     other = build_world(world.app, live_server.url, http, district_name="Other District")
     outsider = signed_in(other, staff_of(other, "staff@other.example"))
     for path in (app_link, assignment_link, placement_link):
-        assert outsider.get(world.url(path)).status_code == 404, path
+        refused = outsider.get(world.url(path))
+        assert refused.status_code == 404, path
+        # Staff read the dashboard in a browser: its errors are pages, not JSON.
+        assert refused.headers["Content-Type"].startswith("text/html"), path
+        assert "this request was refused" in refused.text, path
 
 
 # --- CSRF, session expiry, lockout -----------------------------------------------------------------------------
