@@ -605,7 +605,8 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
         _destination_claims(claims, launch.registration.settings),
     )
     enroll(session, connection, course_id, user, source="launch")
-    record_link_launch(session, connection, placement, user).updated_at = utcnow()
+    launched = record_link_launch(session, connection, placement, user)
+    launched.updated_at, launched.link_unknown = utcnow(), False
     session.flush()
     retire_unlaunched_links(session, user.id, placement)
     release_awaiting_launch(session, user.id, connection.id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -12,9 +12,10 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_SCORE, scores_url
-from gateway.models import CachedAccessToken, Delivery, LmsConnection, LmsIdentity, Placement
+from gateway.models import CachedAccessToken, Delivery, LaunchDestination, LmsConnection, LmsIdentity, Placement
 from gateway.services.directory import create_user, enroll, get_user, link_identity
 from gateway.services.lms import add_lms_connection, add_placement
+from gateway.services.routing import LAUNCHED_ANOTHER_LINK
 from gateway.services.staff import create_staff
 from gateway.worker import DeliveryWorker
 from tests.conftest import LiveServer
@@ -545,3 +546,128 @@ def test_each_link_to_one_assignment_in_a_course_gets_its_own_column_and_the_stu
         for link in ("rl-a", "rl-b"):
             assert f"/dashboard/placements/{placements[link].id}" in listed
             assert f"Quiz 1 ({link})" in listed and f"link {link}" in listed
+
+
+def _two_link_course(
+    world: World, live_server: LiveServer, lms: Lti13Platform, platform: AgsPlatform
+) -> tuple[str, Callable[..., str]]:
+    """An LTI 1.3 connection and a launcher of quiz-1's links in course-9 (returns the launching user's id)."""
+    _sandbox_off(world)
+    box = world.app.extensions["passback_box"]
+    with world.session() as session:
+        connection = add_lms_connection(
+            session,
+            box,
+            world.district_id,
+            "Canvas 1.3",
+            "lti13",
+            {**lms.registration(), "token_url": platform.token_url},
+        )
+        connection_id = connection.id
+
+    def launch(sub: str, link: str, lineitem: str | None = None) -> str:
+        ags: dict[str, object] = {"scope": [SCOPE_LINEITEM, SCOPE_SCORE], "lineitems": platform.lineitems_url}
+        if lineitem:
+            ags["lineitem"] = lineitem
+        state, nonce, params = lms.login(live_server.url)
+        token = lms.launch_token(
+            nonce,
+            sub=sub,
+            resource_link={"id": link, "title": f"Quiz 1 ({link})"},
+            context={"id": "course-9", "title": "Algebra 9"},
+            custom={"assignment": "quiz-1"},
+            ags=ags,
+        )
+        response = lms.launch(params["redirect_uri"], state, token)
+        assert response.status_code == 302, response.text[:500]
+        with world.session() as session:
+            return str(
+                session.scalar(
+                    select(LmsIdentity.user_id).where(
+                        LmsIdentity.issuer == "https://lms.example", LmsIdentity.subject == sub
+                    )
+                )
+            )
+
+    return connection_id, launch
+
+
+def test_a_launch_recorded_before_links_were_placements_stops_counting_once_the_student_launches_their_link(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    """Before migration 0008 links A and B of quiz-1 shared one placement, left bound to B (launched last), and
+    Ada's launch of A was recorded on it; 0008 marks such launch rows link-unknown. Ada relaunches A: her grade
+    goes to A's column only, not on to B's too. Bo, who has launched nothing since, still gets his at B."""
+    with (
+        Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
+        AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
+    ):
+        column_a = platform.add_lineitem("quiz-1", "Quiz 1 (period 1)", 10, resource_link_id="rl-a")
+        column_b = platform.add_lineitem("quiz-1", "Quiz 1 (period 2)", 10, resource_link_id="rl-b")
+        connection_id, launch = _two_link_course(world, live_server, lms, platform)
+        # The state 0008 leaves: one placement bound to B, Ada's and Bo's launch rows on it of unknown link.
+        ada = launch("sub-ada", "rl-b", column_b)
+        bo = launch("sub-bo", "rl-b", column_b)
+        with world.session() as session:
+            merged = session.scalar(select(Placement).where(Placement.lms_connection_id == connection_id))
+            assert merged is not None and merged.resource_link_id == "rl-b"
+            merged_id = merged.id
+            for row in session.scalars(select(LaunchDestination).where(LaunchDestination.placement_id == merged_id)):
+                row.link_unknown = True
+
+        assert launch("sub-ada", "rl-a", column_a) == ada
+        for user, fraction in ((ada, 0.8), (bo, 0.6)):
+            assert (
+                world.post_grade({"assignmentID": "quiz-1", "userID": user, "percentage": fraction}).status_code == 202
+            )
+        worker.run_until_idle()
+
+        assert platform.assertion_errors == []
+        assert platform.score_of("sub-ada", 1)["scoreGiven"] == 8.0
+        assert platform.score_of("sub-ada", 2) is None, "Ada's grade reached link B's column"
+        assert platform.score_of("sub-bo", 2)["scoreGiven"] == 6.0
+        with world.session() as session:
+            launches = {
+                (row.placement_id, row.user_id): row.link_unknown for row in session.scalars(select(LaunchDestination))
+            }
+        assert (merged_id, ada) not in launches, "Ada's launch of unknown link was kept"
+        assert launches[(merged_id, bo)] is True
+
+
+def test_a_send_not_yet_started_to_a_sibling_link_is_dropped_when_the_student_launches_another(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    """Cy, enrolled by hand, got quiz-1's grade queued at both links (no launch yet). Before the worker sends it,
+    Cy launches link A: the send queued for B is superseded, and only A's column gets the grade."""
+    with (
+        Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
+        AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
+    ):
+        column_a = platform.add_lineitem("quiz-1", "Quiz 1 (period 1)", 10, resource_link_id="rl-a")
+        column_b = platform.add_lineitem("quiz-1", "Quiz 1 (period 2)", 10, resource_link_id="rl-b")
+        connection_id, launch = _two_link_course(world, live_server, lms, platform)
+        launch("sub-ada", "rl-a", column_a)
+        launch("sub-bo", "rl-b", column_b)
+        box = world.app.extensions["passback_box"]
+        with world.session() as session:
+            cy_user = create_user(session, world.district_id, name="Cy")
+            connection = session.get(LmsConnection, connection_id)
+            assert connection is not None
+            link_identity(session, cy_user, connection, "sub-cy", box=box)
+            enroll(session, connection, "course-9", cy_user)
+            cy = cy_user.id
+        posted = world.post_grade({"assignmentID": "quiz-1", "userID": cy, "percentage": 0.9})
+        assert posted.status_code == 202
+        queued = world.get(posted.headers["Location"]).json()["deliveries"]
+        assert sorted(d["status"] for d in queued) == ["pending", "pending"]
+
+        assert launch("sub-cy", "rl-a", column_a) == cy
+        worker.run_until_idle()
+
+        assert platform.score_of("sub-cy", 1)["scoreGiven"] == 9.0
+        assert platform.score_of("sub-cy", 2) is None, "the send queued for link B still went out"
+        with world.session() as session:
+            link_of = {p.id: p.resource_link_id for p in session.scalars(select(Placement))}
+            rows = {link_of[d.placement_id]: d for d in session.scalars(select(Delivery)) if d.placement_id}
+        assert rows["rl-a"].status == "delivered"
+        assert (rows["rl-b"].status, rows["rl-b"].last_error) == ("superseded", LAUNCHED_ANOTHER_LINK)
