@@ -532,7 +532,14 @@ def placement_for_link(
             ),
         )
     placement.title = str(title or assignment.name)[:500]
-    placement.destination = {**(placement.destination or {}), **destination}
+    merged = {**(placement.destination or {}), **destination}
+    if "lineitem" in destination:
+        merged.pop("lineitem_link", None)  # the launch names this link's own line item
+    elif merged.get("lineitem_link") not in (None, link_id):
+        # Learned for the placement before this link took it: another link's column, so this link finds its own.
+        merged.pop("lineitem", None)
+        merged.pop("lineitem_link", None)
+    placement.destination = merged
     session.flush()
     return placement
 

@@ -565,7 +565,7 @@ def _two_link_course(
         )
         connection_id = connection.id
 
-    def launch(sub: str, link: str, lineitem: str | None = None) -> str:
+    def launch(sub: str, link: str, lineitem: str | None = None, assignment: str = "quiz-1") -> str:
         ags: dict[str, object] = {"scope": [SCOPE_LINEITEM, SCOPE_SCORE], "lineitems": platform.lineitems_url}
         if lineitem:
             ags["lineitem"] = lineitem
@@ -575,7 +575,7 @@ def _two_link_course(
             sub=sub,
             resource_link={"id": link, "title": f"Quiz 1 ({link})"},
             context={"id": "course-9", "title": "Algebra 9"},
-            custom={"assignment": "quiz-1"},
+            custom={"assignment": assignment},
             ags=ags,
         )
         response = lms.launch(params["redirect_uri"], state, token)
@@ -671,3 +671,93 @@ def test_a_send_not_yet_started_to_a_sibling_link_is_dropped_when_the_student_la
             rows = {link_of[d.placement_id]: d for d in session.scalars(select(Delivery)) if d.placement_id}
         assert rows["rl-a"].status == "delivered"
         assert (rows["rl-b"].status, rows["rl-b"].last_error) == ("superseded", LAUNCHED_ANOTHER_LINK)
+
+
+def test_a_placement_added_without_a_link_uses_the_deep_linked_column_and_a_link_taking_it_gets_its_own(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    """The teacher deep-linked quiz-1 as link rl-a, so the platform's one "Quiz 1" column is tied to rl-a; the
+    operator then placed quiz-1 in course-9 by hand (no link). Cy's grade goes into that column, without a second
+    one. When link rl-b (launched with no line item in its claim) takes the placement, it does not inherit rl-a's
+    column: Dee's grade goes to a column of rl-b's own."""
+    with (
+        Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
+        AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
+    ):
+        platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-a")
+        connection_id, launch = _two_link_course(world, live_server, lms, platform)
+        box = world.app.extensions["passback_box"]
+        with world.session() as session:
+            placement_id = add_placement(
+                session,
+                world.district_id,
+                connection_id,
+                world.app_id,
+                "quiz-1",
+                "course-9",
+                destination={"lineitems": platform.lineitems_url, "scopes": [SCOPE_LINEITEM, SCOPE_SCORE]},
+            ).id
+            cy_user = create_user(session, world.district_id, name="Cy")
+            connection = session.get(LmsConnection, connection_id)
+            assert connection is not None
+            link_identity(session, cy_user, connection, "sub-cy", box=box)
+            enroll(session, connection, "course-9", cy_user)
+            cy = cy_user.id
+        assert world.post_grade({"assignmentID": "quiz-1", "userID": cy, "percentage": 0.9}).status_code == 202
+        worker.run_until_idle()
+
+        assert platform.assertion_errors == []
+        assert platform.lineitem_posts == [], "a second Quiz 1 column was created"
+        assert platform.score_of("sub-cy", 1)["scoreGiven"] == 9.0
+
+        dee = launch("sub-dee", "rl-b")
+        with world.session() as session:
+            taken = session.get(Placement, placement_id)
+            assert taken is not None and taken.resource_link_id == "rl-b"
+            assert "lineitem" not in taken.destination
+        assert world.post_grade({"assignmentID": "quiz-1", "userID": dee, "percentage": 0.7}).status_code == 202
+        worker.run_until_idle()
+
+        assert platform.score_of("sub-dee", 1) is None, "link rl-b's grade went into rl-a's column"
+        [created] = platform.lineitem_posts
+        assert (created["resourceId"], created["resourceLinkId"]) == ("quiz-1", "rl-b")
+        assert platform.score_of("sub-dee", 2)["scoreGiven"] == 7.0
+
+
+def test_a_placement_added_without_a_link_never_takes_the_column_of_a_link_placed_in_passback(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    """Link rl-a was deep-linked as quiz-1 (its column says resourceId quiz-1) and later re-pointed to quiz-2, so
+    Passback has a placement for rl-a. quiz-1 placed in course-9 by hand must not write into rl-a's column: it
+    gets a column of its own, tied to no link."""
+    with (
+        Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
+        AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
+    ):
+        column_a = platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-a")
+        connection_id, launch = _two_link_course(world, live_server, lms, platform)
+        launch("sub-eve", "rl-a", column_a, assignment="quiz-2")
+        box = world.app.extensions["passback_box"]
+        with world.session() as session:
+            add_placement(
+                session,
+                world.district_id,
+                connection_id,
+                world.app_id,
+                "quiz-1",
+                "course-9",
+                destination={"lineitems": platform.lineitems_url, "scopes": [SCOPE_LINEITEM, SCOPE_SCORE]},
+            )
+            cy_user = create_user(session, world.district_id, name="Cy")
+            connection = session.get(LmsConnection, connection_id)
+            assert connection is not None
+            link_identity(session, cy_user, connection, "sub-cy", box=box)
+            enroll(session, connection, "course-9", cy_user)
+            cy = cy_user.id
+        assert world.post_grade({"assignmentID": "quiz-1", "userID": cy, "percentage": 0.9}).status_code == 202
+        worker.run_until_idle()
+
+        assert platform.score_of("sub-cy", 1) is None, "the hand-made placement wrote into link rl-a's column"
+        [created] = platform.lineitem_posts
+        assert created["resourceId"] == "quiz-1" and "resourceLinkId" not in created
+        assert platform.score_of("sub-cy", 2)["scoreGiven"] == 9.0
