@@ -60,6 +60,9 @@ class Destination:
     # The details of the last receipt for this grade at this placement (what was sent, what the gradebook
     # held), so an adapter can order its timestamps after it; empty when nothing was delivered there yet.
     last_receipt: Mapping[str, Any] = field(default_factory=dict)
+    # The LMS links of this course that have their own placement in Passback (a placement without a link must
+    # not take their gradebook columns).
+    placed_links: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

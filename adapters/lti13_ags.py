@@ -291,12 +291,14 @@ class Lti13AgsAdapter:
             )
         raise_for_delivery(response, _lms_message(response))
 
-    def find_or_create_lineitem(self, grade: NormalizedGrade, destination: Destination) -> tuple[str, bool]:
+    def find_or_create_lineitem(
+        self, grade: NormalizedGrade, destination: Destination
+    ) -> tuple[str, dict[str, Any] | None]:
         """The line item for this placement: the launch's, else this link's found by resourceId and
-        resourceLinkId, else a new one. Returns (URL, learned): learned means the placement remembers it."""
+        resourceLinkId, else a new one. Returns the URL and what the placement remembers of it (None: known)."""
         known = destination.data.get("lineitem")
         if known:
-            return str(known), False
+            return str(known), None
         container = destination.data.get("lineitems")
         if not container:
             raise_if_refused_at_launch(destination.data)
@@ -312,6 +314,9 @@ class Lti13AgsAdapter:
             query["resource_link_id"] = str(resource_link_id)
         parts = urlsplit(str(container))
         url: str | None = urlunsplit(parts._replace(query="&".join(filter(None, [parts.query, urlencode(query)]))))
+        # For a placement without a link: items tied to a link Passback has no placement for (e.g. a deep-linked
+        # one), found by resourceId; used when it is the only one, rather than adding a second column.
+        tied: list[dict[str, Any]] = []
         for _ in range(MAX_LINEITEM_PAGES):
             if url is None:
                 break
@@ -320,12 +325,17 @@ class Lti13AgsAdapter:
             items = response.json() if response.content else []
             for item in items if isinstance(items, list) else []:
                 if isinstance(item, dict) and item.get("resourceId") == grade.assignment_id and item.get("id"):
+                    item_link = item.get("resourceLinkId") or None
                     # Only this link's own column (or, for a placement without a link, one tied to no link):
                     # another link of the same assignment has its own, and a platform may ignore the filter.
-                    if (item.get("resourceLinkId") or None) != (resource_link_id or None):
-                        continue
-                    return str(item["id"]), True
+                    if item_link == (resource_link_id or None):
+                        return str(item["id"]), {"lineitem": str(item["id"])}
+                    if not resource_link_id and str(item_link) not in destination.placed_links:
+                        tied.append(item)
             url = link_url(response, "next")
+        if len(tied) == 1:
+            # Remembered with its link, so that if another link takes this placement it does not inherit it.
+            return str(tied[0]["id"]), {"lineitem": str(tied[0]["id"]), "lineitem_link": str(tied[0]["resourceLinkId"])}
         body: dict[str, Any] = {
             "scoreMaximum": float(destination.data.get("score_maximum") or grade.score_maximum),
             "label": str(destination.data.get("label") or grade.assignment_name),
@@ -350,7 +360,7 @@ class Lti13AgsAdapter:
                 response.status_code,
                 body_excerpt(response),
             )
-        return str(created["id"]), True
+        return str(created["id"]), {"lineitem": str(created["id"])}
 
     # --- scores ----------------------------------------------------------------------------------------
 
@@ -493,7 +503,7 @@ class Lti13AgsAdapter:
             lms_status=response.status_code,
             summary=summary,
             details=details,
-            destination_update={"lineitem": lineitem} if learned else None,
+            destination_update=learned,
         )
 
     def _not_sent_to_moodle(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.models.base import Base, created_column, id_column
@@ -109,4 +109,7 @@ class LaunchDestination(Base):
     placement_id: Mapped[str] = mapped_column(ForeignKey("placements.id", ondelete="CASCADE"))
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Recorded before a placement was one link (migration 0008): the user launched *some* link of the
+    # assignment in the course, maybe not this placement's; it stops counting once they launch another one.
+    link_unknown: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = created_column()

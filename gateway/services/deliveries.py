@@ -263,6 +263,19 @@ def _works(
         )
     }
     receipts = _last_receipts(session, {row.Delivery.grade_id for row in rows}, placement_ids)
+    placed_links: dict[tuple[str, str], set[str]] = {}
+    unlinked = {
+        (row.Placement.lms_connection_id, row.Placement.course_id) for row in rows if not row.Placement.resource_link_id
+    }
+    if unlinked:
+        for connection_id, course_id, link_id in session.execute(
+            select(Placement.lms_connection_id, Placement.course_id, Placement.resource_link_id).where(
+                Placement.lms_connection_id.in_({c for c, _ in unlinked}),
+                Placement.course_id.in_({c for _, c in unlinked}),
+                Placement.resource_link_id.is_not(None),
+            )
+        ):
+            placed_links.setdefault((connection_id, course_id), set()).add(str(link_id))
     settings: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
     works: dict[str, DeliveryWork] = {}
@@ -301,6 +314,7 @@ def _works(
             user_email=user.email,
             user_sis_id=user.sis_id,
             last_receipt=receipts.get((grade_row.id, placement.id)) or {},
+            placed_links=frozenset(placed_links.get((placement.lms_connection_id, placement.course_id), ())),
         )
         works[delivery.id] = DeliveryWork(
             delivery.id,
@@ -510,7 +524,10 @@ def record_success(
     delivery.receipt = dict(receipt.details) if receipt.details else None
     if receipt.destination_update and delivery.placement_id is not None:
         placement = session.get(Placement, delivery.placement_id, with_for_update=True)
-        if placement is not None:
+        learned_link = receipt.destination_update.get("lineitem_link")
+        # A line item of another link is not kept by a placement a link has taken meanwhile.
+        taken = placement is not None and placement.resource_link_id not in (None, learned_link)
+        if placement is not None and not (learned_link and taken):
             placement.destination = {**(placement.destination or {}), **receipt.destination_update}
     if touch:
         touch_connection(session, delivery.lms_connection_id, error=None, now=now)

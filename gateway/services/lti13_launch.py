@@ -532,7 +532,14 @@ def placement_for_link(
             ),
         )
     placement.title = str(title or assignment.name)[:500]
-    placement.destination = {**(placement.destination or {}), **destination}
+    merged = {**(placement.destination or {}), **destination}
+    if "lineitem" in destination:
+        merged.pop("lineitem_link", None)  # the launch names this link's own line item
+    elif merged.get("lineitem_link") not in (None, link_id):
+        # Learned for the placement before this link took it: another link's column, so this link finds its own.
+        merged.pop("lineitem", None)
+        merged.pop("lineitem_link", None)
+    placement.destination = merged
     session.flush()
     return placement
 
@@ -605,7 +612,8 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
         _destination_claims(claims, launch.registration.settings),
     )
     enroll(session, connection, course_id, user, source="launch")
-    record_link_launch(session, connection, placement, user).updated_at = utcnow()
+    launched = record_link_launch(session, connection, placement, user)
+    launched.updated_at, launched.link_unknown = utcnow(), False
     session.flush()
     retire_unlaunched_links(session, user.id, placement)
     release_awaiting_launch(session, user.id, connection.id)

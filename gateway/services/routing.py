@@ -7,7 +7,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, exists, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from adapters import REGISTRY
@@ -95,18 +95,39 @@ def launched_sibling(user_id: Any) -> Any:
     )
 
 
+_OTHER_LAUNCH = aliased(LaunchDestination)
+
+
+def launched_here(user_id: Any) -> Any:
+    """The condition that the user launched the placement's link. A launch row whose link is unknown (recorded
+    before each link was its own placement) counts only until the user launches another link of the assignment
+    in the course: then that launch says where their grades go."""
+    return exists().where(
+        LaunchDestination.user_id == user_id,
+        LaunchDestination.placement_id == Placement.id,
+        or_(
+            LaunchDestination.link_unknown.is_(False),
+            ~exists()
+            .where(
+                _OTHER_LAUNCH.user_id == user_id,
+                _OTHER_LAUNCH.placement_id == _SIBLING.id,
+                _SIBLING.id != Placement.id,
+                _SIBLING.lms_connection_id == Placement.lms_connection_id,
+                _SIBLING.course_id == Placement.course_id,
+                _SIBLING.assignment_id == Placement.assignment_id,
+            )
+            # Two levels down: the outer query's placement, not a new one.
+            .correlate(Placement),
+        ),
+    )
+
+
 def receives(user_id: Any) -> Any:
     """The condition that the placement is one of the user's destinations. Each link of an assignment in a
     course is its own placement: a student's grade goes to the links of it they launched; a student who
     launched none of them (enrolled by a roster or by hand) gets it at every one, and an LMS's refusal at one
     link (a student not in that section) is that link's delivery alone."""
-    return and_(
-        enrolled(user_id),
-        or_(
-            exists().where(LaunchDestination.user_id == user_id, LaunchDestination.placement_id == Placement.id),
-            ~launched_sibling(user_id),
-        ),
-    )
+    return and_(enrolled(user_id), or_(launched_here(user_id), ~launched_sibling(user_id)))
 
 
 _DESTINATIONS = (
@@ -285,13 +306,27 @@ def release_awaiting_launch(
 
 
 def retire_unlaunched_links(session: Session, user_id: str, launched: Placement) -> int:
-    """The student launched this link: what still waits for them at sibling links of the same assignment in the
-    same course that they never launched will not go there (grades go to the links a student launched)."""
-    siblings = select(Placement.id).where(
+    """The student launched this link: their launches of unknown link at sibling placements are forgotten, and
+    what has not started going to sibling links they never launched (waiting for a launch, pending or retrying;
+    not one a worker holds) will not go there (grades go to the links a student launched). Returns the
+    number of deliveries retired."""
+    same_assignment = (
         Placement.lms_connection_id == launched.lms_connection_id,
         Placement.course_id == launched.course_id,
         Placement.assignment_id == launched.assignment_id,
         Placement.id != launched.id,
+    )
+    session.execute(
+        delete(LaunchDestination)
+        .where(
+            LaunchDestination.user_id == user_id,
+            LaunchDestination.link_unknown.is_(True),
+            LaunchDestination.placement_id.in_(select(Placement.id).where(*same_assignment)),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    siblings = select(Placement.id).where(
+        *same_assignment,
         ~exists().where(LaunchDestination.placement_id == Placement.id, LaunchDestination.user_id == user_id),
     )
     now = utcnow()
@@ -299,10 +334,16 @@ def retire_unlaunched_links(session: Session, user_id: str, launched: Placement)
         update(Delivery)
         .where(
             Delivery.placement_id.in_(siblings),
-            Delivery.status == DeliveryStatus.AWAITING_LAUNCH,
             Delivery.grade_id.in_(select(Grade.id).where(Grade.user_id == user_id)),
+            # A worker's claim makes a row `delivering`, which finishes on its own; sent ones stay as sent.
+            Delivery.status.in_((DeliveryStatus.AWAITING_LAUNCH, DeliveryStatus.PENDING, DeliveryStatus.RETRYING)),
         )
-        .values(status=DeliveryStatus.SUPERSEDED, last_error=LAUNCHED_ANOTHER_LINK, updated_at=now)
+        .values(
+            status=DeliveryStatus.SUPERSEDED,
+            last_error=LAUNCHED_ANOTHER_LINK,
+            next_attempt_at=None,
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -12,9 +12,10 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_SCORE, scores_url
-from gateway.models import CachedAccessToken, Delivery, LmsConnection, LmsIdentity, Placement
+from gateway.models import CachedAccessToken, Delivery, LaunchDestination, LmsConnection, LmsIdentity, Placement
 from gateway.services.directory import create_user, enroll, get_user, link_identity
 from gateway.services.lms import add_lms_connection, add_placement
+from gateway.services.routing import LAUNCHED_ANOTHER_LINK
 from gateway.services.staff import create_staff
 from gateway.worker import DeliveryWorker
 from tests.conftest import LiveServer
@@ -545,3 +546,218 @@ def test_each_link_to_one_assignment_in_a_course_gets_its_own_column_and_the_stu
         for link in ("rl-a", "rl-b"):
             assert f"/dashboard/placements/{placements[link].id}" in listed
             assert f"Quiz 1 ({link})" in listed and f"link {link}" in listed
+
+
+def _two_link_course(
+    world: World, live_server: LiveServer, lms: Lti13Platform, platform: AgsPlatform
+) -> tuple[str, Callable[..., str]]:
+    """An LTI 1.3 connection and a launcher of quiz-1's links in course-9 (returns the launching user's id)."""
+    _sandbox_off(world)
+    box = world.app.extensions["passback_box"]
+    with world.session() as session:
+        connection = add_lms_connection(
+            session,
+            box,
+            world.district_id,
+            "Canvas 1.3",
+            "lti13",
+            {**lms.registration(), "token_url": platform.token_url},
+        )
+        connection_id = connection.id
+
+    def launch(sub: str, link: str, lineitem: str | None = None, assignment: str = "quiz-1") -> str:
+        ags: dict[str, object] = {"scope": [SCOPE_LINEITEM, SCOPE_SCORE], "lineitems": platform.lineitems_url}
+        if lineitem:
+            ags["lineitem"] = lineitem
+        state, nonce, params = lms.login(live_server.url)
+        token = lms.launch_token(
+            nonce,
+            sub=sub,
+            resource_link={"id": link, "title": f"Quiz 1 ({link})"},
+            context={"id": "course-9", "title": "Algebra 9"},
+            custom={"assignment": assignment},
+            ags=ags,
+        )
+        response = lms.launch(params["redirect_uri"], state, token)
+        assert response.status_code == 302, response.text[:500]
+        with world.session() as session:
+            return str(
+                session.scalar(
+                    select(LmsIdentity.user_id).where(
+                        LmsIdentity.issuer == "https://lms.example", LmsIdentity.subject == sub
+                    )
+                )
+            )
+
+    return connection_id, launch
+
+
+def test_a_launch_recorded_before_links_were_placements_stops_counting_once_the_student_launches_their_link(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    """Before migration 0008 links A and B of quiz-1 shared one placement, left bound to B (launched last), and
+    Ada's launch of A was recorded on it; 0008 marks such launch rows link-unknown. Ada relaunches A: her grade
+    goes to A's column only, not on to B's too. Bo, who has launched nothing since, still gets his at B."""
+    with (
+        Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
+        AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
+    ):
+        column_a = platform.add_lineitem("quiz-1", "Quiz 1 (period 1)", 10, resource_link_id="rl-a")
+        column_b = platform.add_lineitem("quiz-1", "Quiz 1 (period 2)", 10, resource_link_id="rl-b")
+        connection_id, launch = _two_link_course(world, live_server, lms, platform)
+        # The state 0008 leaves: one placement bound to B, Ada's and Bo's launch rows on it of unknown link.
+        ada = launch("sub-ada", "rl-b", column_b)
+        bo = launch("sub-bo", "rl-b", column_b)
+        with world.session() as session:
+            merged = session.scalar(select(Placement).where(Placement.lms_connection_id == connection_id))
+            assert merged is not None and merged.resource_link_id == "rl-b"
+            merged_id = merged.id
+            for row in session.scalars(select(LaunchDestination).where(LaunchDestination.placement_id == merged_id)):
+                row.link_unknown = True
+
+        assert launch("sub-ada", "rl-a", column_a) == ada
+        for user, fraction in ((ada, 0.8), (bo, 0.6)):
+            assert (
+                world.post_grade({"assignmentID": "quiz-1", "userID": user, "percentage": fraction}).status_code == 202
+            )
+        worker.run_until_idle()
+
+        assert platform.assertion_errors == []
+        assert platform.score_of("sub-ada", 1)["scoreGiven"] == 8.0
+        assert platform.score_of("sub-ada", 2) is None, "Ada's grade reached link B's column"
+        assert platform.score_of("sub-bo", 2)["scoreGiven"] == 6.0
+        with world.session() as session:
+            launches = {
+                (row.placement_id, row.user_id): row.link_unknown for row in session.scalars(select(LaunchDestination))
+            }
+        assert (merged_id, ada) not in launches, "Ada's launch of unknown link was kept"
+        assert launches[(merged_id, bo)] is True
+
+
+def test_a_send_not_yet_started_to_a_sibling_link_is_dropped_when_the_student_launches_another(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    """Cy, enrolled by hand, got quiz-1's grade queued at both links (no launch yet). Before the worker sends it,
+    Cy launches link A: the send queued for B is superseded, and only A's column gets the grade."""
+    with (
+        Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
+        AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
+    ):
+        column_a = platform.add_lineitem("quiz-1", "Quiz 1 (period 1)", 10, resource_link_id="rl-a")
+        column_b = platform.add_lineitem("quiz-1", "Quiz 1 (period 2)", 10, resource_link_id="rl-b")
+        connection_id, launch = _two_link_course(world, live_server, lms, platform)
+        launch("sub-ada", "rl-a", column_a)
+        launch("sub-bo", "rl-b", column_b)
+        box = world.app.extensions["passback_box"]
+        with world.session() as session:
+            cy_user = create_user(session, world.district_id, name="Cy")
+            connection = session.get(LmsConnection, connection_id)
+            assert connection is not None
+            link_identity(session, cy_user, connection, "sub-cy", box=box)
+            enroll(session, connection, "course-9", cy_user)
+            cy = cy_user.id
+        posted = world.post_grade({"assignmentID": "quiz-1", "userID": cy, "percentage": 0.9})
+        assert posted.status_code == 202
+        queued = world.get(posted.headers["Location"]).json()["deliveries"]
+        assert sorted(d["status"] for d in queued) == ["pending", "pending"]
+
+        assert launch("sub-cy", "rl-a", column_a) == cy
+        worker.run_until_idle()
+
+        assert platform.score_of("sub-cy", 1)["scoreGiven"] == 9.0
+        assert platform.score_of("sub-cy", 2) is None, "the send queued for link B still went out"
+        with world.session() as session:
+            link_of = {p.id: p.resource_link_id for p in session.scalars(select(Placement))}
+            rows = {link_of[d.placement_id]: d for d in session.scalars(select(Delivery)) if d.placement_id}
+        assert rows["rl-a"].status == "delivered"
+        assert (rows["rl-b"].status, rows["rl-b"].last_error) == ("superseded", LAUNCHED_ANOTHER_LINK)
+
+
+def test_a_placement_added_without_a_link_uses_the_deep_linked_column_and_a_link_taking_it_gets_its_own(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    """The teacher deep-linked quiz-1 as link rl-a, so the platform's one "Quiz 1" column is tied to rl-a; the
+    operator then placed quiz-1 in course-9 by hand (no link). Cy's grade goes into that column, without a second
+    one. When link rl-b (launched with no line item in its claim) takes the placement, it does not inherit rl-a's
+    column: Dee's grade goes to a column of rl-b's own."""
+    with (
+        Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
+        AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
+    ):
+        platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-a")
+        connection_id, launch = _two_link_course(world, live_server, lms, platform)
+        box = world.app.extensions["passback_box"]
+        with world.session() as session:
+            placement_id = add_placement(
+                session,
+                world.district_id,
+                connection_id,
+                world.app_id,
+                "quiz-1",
+                "course-9",
+                destination={"lineitems": platform.lineitems_url, "scopes": [SCOPE_LINEITEM, SCOPE_SCORE]},
+            ).id
+            cy_user = create_user(session, world.district_id, name="Cy")
+            connection = session.get(LmsConnection, connection_id)
+            assert connection is not None
+            link_identity(session, cy_user, connection, "sub-cy", box=box)
+            enroll(session, connection, "course-9", cy_user)
+            cy = cy_user.id
+        assert world.post_grade({"assignmentID": "quiz-1", "userID": cy, "percentage": 0.9}).status_code == 202
+        worker.run_until_idle()
+
+        assert platform.assertion_errors == []
+        assert platform.lineitem_posts == [], "a second Quiz 1 column was created"
+        assert platform.score_of("sub-cy", 1)["scoreGiven"] == 9.0
+
+        dee = launch("sub-dee", "rl-b")
+        with world.session() as session:
+            taken = session.get(Placement, placement_id)
+            assert taken is not None and taken.resource_link_id == "rl-b"
+            assert "lineitem" not in taken.destination
+        assert world.post_grade({"assignmentID": "quiz-1", "userID": dee, "percentage": 0.7}).status_code == 202
+        worker.run_until_idle()
+
+        assert platform.score_of("sub-dee", 1) is None, "link rl-b's grade went into rl-a's column"
+        [created] = platform.lineitem_posts
+        assert (created["resourceId"], created["resourceLinkId"]) == ("quiz-1", "rl-b")
+        assert platform.score_of("sub-dee", 2)["scoreGiven"] == 7.0
+
+
+def test_a_placement_added_without_a_link_never_takes_the_column_of_a_link_placed_in_passback(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    """Link rl-a was deep-linked as quiz-1 (its column says resourceId quiz-1) and later re-pointed to quiz-2, so
+    Passback has a placement for rl-a. quiz-1 placed in course-9 by hand must not write into rl-a's column: it
+    gets a column of its own, tied to no link."""
+    with (
+        Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
+        AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
+    ):
+        column_a = platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-a")
+        connection_id, launch = _two_link_course(world, live_server, lms, platform)
+        launch("sub-eve", "rl-a", column_a, assignment="quiz-2")
+        box = world.app.extensions["passback_box"]
+        with world.session() as session:
+            add_placement(
+                session,
+                world.district_id,
+                connection_id,
+                world.app_id,
+                "quiz-1",
+                "course-9",
+                destination={"lineitems": platform.lineitems_url, "scopes": [SCOPE_LINEITEM, SCOPE_SCORE]},
+            )
+            cy_user = create_user(session, world.district_id, name="Cy")
+            connection = session.get(LmsConnection, connection_id)
+            assert connection is not None
+            link_identity(session, cy_user, connection, "sub-cy", box=box)
+            enroll(session, connection, "course-9", cy_user)
+            cy = cy_user.id
+        assert world.post_grade({"assignmentID": "quiz-1", "userID": cy, "percentage": 0.9}).status_code == 202
+        worker.run_until_idle()
+
+        assert platform.score_of("sub-cy", 1) is None, "the hand-made placement wrote into link rl-a's column"
+        [created] = platform.lineitem_posts
+        assert created["resourceId"] == "quiz-1" and "resourceLinkId" not in created
+        assert platform.score_of("sub-cy", 2)["scoreGiven"] == 9.0

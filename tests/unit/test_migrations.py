@@ -74,6 +74,51 @@ def test_0008_rekeys_lti_identities_linked_by_hand_and_keeps_placements(database
             _run(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+def test_0008_marks_lti13_launches_recorded_before_it_as_of_unknown_link(database_url: str, tmp_path: Path) -> None:
+    """Before 0008 every launch of any link of an assignment in a course rebound its one placement, so an LTI 1.3
+    launch row does not say which link the student opened: 0008 marks those rows link-unknown. LTI 1.1 rows
+    (their sourcedid names the link) are not."""
+    if database_url.startswith("sqlite"):
+        url, schema = f"sqlite:///{tmp_path / 'mig.db'}", None
+    else:
+        schema = "mig0008l"
+        url = database_url + ("&" if "?" in database_url else "?") + f"options=-csearch_path%3D{schema}"
+        _run(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+    try:
+        upgrade(url, "0007")
+        _run(
+            url,
+            "INSERT INTO districts (id, name, created_at) VALUES ('d1', 'D', '2026-01-01 00:00:00');"
+            "INSERT INTO lms_connections (id, district_id, name, adapter, settings_encrypted, registration_key, "
+            "paused, created_at) VALUES "
+            "('c11', 'd1', 'LTI 1.1', 'lti11', 'x', 'lti11|key-1', false, '2026-01-01 00:00:00'),"
+            "('c13', 'd1', 'LTI 1.3', 'lti13', 'x', 'https://lms.example|cid', false, '2026-01-01 00:00:00');"
+            "INSERT INTO apps (id, name, client_id, client_secret_hash, redirect_uri, created_at) VALUES "
+            "('a1', 'App', 'cid-1', 'h', 'https://app.example/cb', '2026-01-01 00:00:00');"
+            "INSERT INTO assignments (id, app_id, external_id, name, standards, score_maximum, archived, source, "
+            "created_at, updated_at) VALUES ('as1', 'a1', 'quiz-1', 'Quiz 1', '[]', 10, false, 'api', "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00');"
+            "INSERT INTO placements (id, district_id, lms_connection_id, assignment_id, course_id, resource_link_id, "
+            "destination, created_at) VALUES "
+            "('p11', 'd1', 'c11', 'as1', 'course-9', 'rl-1', '{}', '2026-01-01 00:00:00'),"
+            "('p13', 'd1', 'c13', 'as1', 'course-9', 'rl-b', '{}', '2026-01-01 00:00:00');"
+            "INSERT INTO users (id, district_id, role, name, created_at) VALUES "
+            "('u1', 'd1', 'student', 'A', '2026-01-01 00:00:00');"
+            "INSERT INTO launch_destinations (id, district_id, placement_id, user_id, data, updated_at) VALUES "
+            "('l11', 'd1', 'p11', 'u1', '{\"lis_result_sourcedid\": \"s\"}', '2026-01-01 00:00:00'),"
+            "('l13', 'd1', 'p13', 'u1', '{}', '2026-01-01 00:00:00')",
+        )
+        upgrade(url, "0008")
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            marked = dict(conn.execute(text("SELECT id, link_unknown FROM launch_destinations")).all())
+        engine.dispose()
+        assert marked == {"l11": False, "l13": True}
+    finally:
+        if schema is not None:
+            _run(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def _run(url: str, statements: str) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:

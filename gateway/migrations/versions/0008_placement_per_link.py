@@ -33,6 +33,14 @@ def upgrade() -> None:
         sqlite_where=UNLINKED,
         postgresql_where=UNLINKED,
     )
+    with op.batch_alter_table("launch_destinations", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("link_unknown", sa.Boolean(), server_default=sa.false(), nullable=False))
+    # Until now a placement's link id was rewritten by every launch of any link of the assignment in the course,
+    # so an LTI 1.3 launch row says only that the user launched one of those links, not which one.
+    op.execute(
+        "UPDATE launch_destinations SET link_unknown = true WHERE placement_id IN (SELECT p.id FROM placements p "
+        "JOIN lms_connections c ON c.id = p.lms_connection_id WHERE c.adapter = 'lti13')"
+    )
     _rekey_identities()
 
 
@@ -65,6 +73,8 @@ def _rekey_identities() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("launch_destinations", schema=None) as batch_op:
+        batch_op.drop_column("link_unknown")
     op.drop_index("uq_placements_unlinked", table_name="placements")
     with op.batch_alter_table("placements", schema=None) as batch_op:
         batch_op.drop_constraint("uq_placements_link", type_="unique")
