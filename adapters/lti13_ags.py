@@ -420,9 +420,9 @@ class Lti13AgsAdapter:
     def _refused_as_older(self, response: Any) -> bool:
         """The platform refused the score because it holds one stamped later (or, on Moodle, in the same
         second): Moodle's 409 (its only 409 there; the reason is in the status line, which HTTP/2 drops),
-        Canvas's 400 "before last updated timestamp"."""
+        Canvas's 400 "before last updated timestamp". Elsewhere a 409 is an ordinary refusal."""
         if response.status_code == 409:
-            return True
+            return self.platform in TIMESTAMP_RESOLUTION
         return response.status_code == 400 and bool(_CANVAS_STORED_TIMESTAMP.search(_lms_message(response) or ""))
 
     def _post_score(self, lineitem: str, grade: NormalizedGrade, destination: Destination, stamp: datetime) -> Any:
