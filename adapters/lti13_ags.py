@@ -24,6 +24,7 @@ from adapters.base import (
     NormalizedGrade,
     PermanentDeliveryError,
     RetryableDeliveryError,
+    SecretUnreadableError,
 )
 from adapters.http import HttpClient, body_excerpt, json_or_none, link_url, parse_retry_after, raise_for_delivery
 from adapters.url_policy import UrlPolicySettings, policed, raise_if_refused_at_launch
@@ -201,7 +202,7 @@ class Lti13AgsAdapter:
 
         key = self.context.signing_key
         if key is None and self.context.signing_key_problem:
-            raise RetryableDeliveryError(self.context.signing_key_problem)
+            raise SecretUnreadableError(self.context.signing_key_problem)
         if key is None:
             raise PermanentDeliveryError("Passback has no signing key for LTI 1.3 (run `gateway keys rotate`)")
         now = int(time.time())
