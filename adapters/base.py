@@ -108,6 +108,11 @@ class RetryableDeliveryError(DeliveryError):
         self.retry_after = retry_after
 
 
+class SecretUnreadableError(RetryableDeliveryError):
+    """A secret Passback holds cannot be decrypted with the configured keys: the grade waits for a person to add
+    the key, and the wait is not an attempt (it must not run out the delivery's attempts)."""
+
+
 class PermanentDeliveryError(DeliveryError):
     """The LMS refused the grade for a reason a retry cannot fix; a person must act."""
 

@@ -69,11 +69,12 @@ class HttpClient:
             self._local.session = session
         return session
 
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, url: str, *, max_body: int | None = None, **kwargs: Any) -> requests.Response:
         """Send one request and read its answer within the deadline; transport failures, a missed deadline
         and an oversized 2xx answer become RetryableDeliveryError, other responses are returned as is (an
-        oversized error answer keeps its first `max_body` bytes). A caller passing stream=True reads the body
-        itself; the deadline then covers the exchange up to the headers."""
+        oversized error answer keeps its first `max_body` bytes; `max_body` overrides the client's cap for this
+        request). A caller passing stream=True reads the body itself; the deadline then covers the exchange up
+        to the headers only."""
         kwargs.setdefault("timeout", self.timeout)
         kwargs.setdefault("allow_redirects", False)
         if self.session.proxies and requests.utils.should_bypass_proxies(url, no_proxy=self._no_proxy):
@@ -85,7 +86,7 @@ class HttpClient:
         try:
             response = self.session.request(method, url, stream=True, **kwargs)
             if not caller_streams:
-                self._read_body(response, url, deadline)
+                self._read_body(response, url, deadline, self.max_body if max_body is None else max_body)
             return response
         except requests.RequestException as exc:
             if deadline.expired:
@@ -103,7 +104,7 @@ class HttpClient:
             _CURRENT.deadline = None
             deadline.finish()
 
-    def _read_body(self, response: requests.Response, url: str, deadline: _Deadline) -> None:
+    def _read_body(self, response: requests.Response, url: str, deadline: _Deadline, max_body: int) -> None:
         """Read the body in chunks, at most `max_body` bytes (decoded), and keep it as the response's content."""
         chunks: list[bytes] = []
         size = 0
@@ -111,7 +112,7 @@ class HttpClient:
             for chunk in response.iter_content(_CHUNK):
                 chunks.append(chunk)
                 size += len(chunk)
-                if size > self.max_body:
+                if size > max_body:
                     break
         except BaseException:
             response.close()
@@ -120,13 +121,13 @@ class HttpClient:
             # An answer without Content-Length ends at a clean close, which is also what a cut looks like.
             response.close()
             raise requests.ConnectionError("cut off at the request deadline")
-        if size > self.max_body:
+        if size > max_body:
             # The connection is dropped, not drained: the rest of the answer is never read.
             response.close()
-            kept = b"".join(chunks)[: self.max_body]
+            kept = b"".join(chunks)[:max_body]
             if 200 <= response.status_code < 300:
                 raise base.RetryableDeliveryError(
-                    f"{_host(url)} answered HTTP {response.status_code} with more than {self.max_body} bytes; not read",
+                    f"{_host(url)} answered HTTP {response.status_code} with more than {max_body} bytes; not read",
                     lms_status=response.status_code,
                 )
             response._content = kept

@@ -24,6 +24,7 @@ from adapters.base import (
     NormalizedGrade,
     PermanentDeliveryError,
     RetryableDeliveryError,
+    SecretUnreadableError,
 )
 from adapters.http import HttpClient, body_excerpt, json_or_none, link_url, parse_retry_after, raise_for_delivery
 from adapters.url_policy import UrlPolicySettings, policed, raise_if_refused_at_launch
@@ -201,7 +202,7 @@ class Lti13AgsAdapter:
 
         key = self.context.signing_key
         if key is None and self.context.signing_key_problem:
-            raise RetryableDeliveryError(self.context.signing_key_problem)
+            raise SecretUnreadableError(self.context.signing_key_problem)
         if key is None:
             raise PermanentDeliveryError("Passback has no signing key for LTI 1.3 (run `gateway keys rotate`)")
         now = int(time.time())
@@ -430,9 +431,9 @@ class Lti13AgsAdapter:
     def _refused_as_older(self, response: Any) -> bool:
         """The platform refused the score because it holds one stamped later (or, on Moodle, in the same
         second): Moodle's 409 (its only 409 there; the reason is in the status line, which HTTP/2 drops),
-        Canvas's 400 "before last updated timestamp"."""
+        Canvas's 400 "before last updated timestamp". Elsewhere a 409 is an ordinary refusal."""
         if response.status_code == 409:
-            return True
+            return self.platform in TIMESTAMP_RESOLUTION
         return response.status_code == 400 and bool(_CANVAS_STORED_TIMESTAMP.search(_lms_message(response) or ""))
 
     def _post_score(self, lineitem: str, grade: NormalizedGrade, destination: Destination, stamp: datetime) -> Any:

@@ -152,7 +152,7 @@ def build(database_url: str, keys: str, sim: SimLms, grades: int, seed: int = 0)
             for s in range(students):
                 sub = f"{name}-s{s}"
                 user = create_user(session, district.id, name=sub)
-                link_identity(session, user, connection, sub)
+                link_identity(session, user, connection, sub, box=box)
                 enroll(session, connection, name, user)
                 for n in range(1, LINEITEMS + 1):
                     if count == per_platform or len(expected) == grades:

@@ -94,7 +94,7 @@ def build(settings: Settings, fake: SchoologyFake, sections: int, per_section: i
             for n in range(per_section):
                 uid = f"{s}{n:04d}"
                 user = create_user(session, district.id, name=f"Student {uid}")
-                link_identity(session, user, connection, uid)
+                link_identity(session, user, connection, uid, box=app.extensions["passback_box"])
                 enroll(session, connection, section, user)
                 enrollment = fake.add_enrollment(section, uid)
                 score = (s * per_section + n) % 21

@@ -136,9 +136,18 @@ class Settings:
         """Outside the embedded default, keys must be configured: a key generated on one host would leave the
         other hosts (and any restored copy of the database) unable to read the secrets it encrypted."""
         if not self.encryption_keys.strip():
+            generated = INSTANCE_DIR / "encryption_key"
+            # The key an earlier embedded run generated encrypted the secrets already stored: point to it, so the
+            # operator does not make a new key that cannot read them.
+            earlier = (
+                f"; the key generated earlier is in {generated}: set GATEWAY_ENCRYPTION_KEYS to its contents"
+                if generated.is_file()
+                else ""
+            )
             raise ConfigurationError(
                 "GATEWAY_ENCRYPTION_KEYS is not set: with a database other than SQLite or with a broker, Passback "
                 "does not generate one; set the same Fernet key(s) on every host (see README, Encryption keys)"
+                + earlier
             )
 
     def fill_development_defaults(self) -> None:

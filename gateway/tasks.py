@@ -109,6 +109,7 @@ class Runtime:
             delivered = 0
             while True:
                 self._heartbeat(connection_id)
+                claimed_at = time.monotonic()  # before the claim, where its leases start
                 with self.worker.db.transaction() as session:
                     claims = claim_due_deliveries(
                         session,
@@ -122,7 +123,7 @@ class Runtime:
                 if len(claims) == settings.worker_batch_size:
                     # A backlog: let another slot's worker help (the kick marker keeps this to one message).
                     self._kick_quietly(connection_id)
-                self.worker.deliver_claims(claims)
+                self.worker.deliver_claims(claims, claimed_at)
                 delivered += len(claims)
                 self.limiter.renew_slot(slot_key, slot, slot_ttl)
                 if time.monotonic() > deadline:

@@ -11,7 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from adapters import REGISTRY, AdapterContext, GradeAdapter, HttpClient
-from adapters.base import DeliveryError, DeliveryReceipt, LookupCache, PermanentDeliveryError, RetryableDeliveryError
+from adapters.base import (
+    DeliveryError,
+    DeliveryReceipt,
+    LookupCache,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    SecretUnreadableError,
+)
 from adapters.http import Throttle, ThrottledHttpClient
 from gateway.config import Settings
 from gateway.crypto import SecretBox, SecretUndecryptable
@@ -171,7 +178,7 @@ class DeliveryWorker:
         that takes many grades per request are grouped by connection and batch key, topped up with more due
         grades of the same batch, and sent together. Returns each delivery's new status (None: claim lost)."""
         if claimed_at is None:
-            claimed_at = time.monotonic()  # the claims were just taken
+            claimed_at = time.monotonic()  # the claims were just taken (callers that can pass the time before)
         statuses: dict[str, str | None] = {}
         batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
         # Outcomes of single deliveries, recorded together at the end of the round (one transaction).
@@ -265,8 +272,8 @@ class DeliveryWorker:
         if adapter_cls is None:
             raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
         if work.settings_problem:
-            # Retried with backoff: the grade goes out once a person configures the key it was encrypted with.
-            raise RetryableDeliveryError(work.settings_problem)
+            # The grade waits (attempts not counted) until a person configures the key it was encrypted with.
+            raise SecretUnreadableError(work.settings_problem)
         keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, claimed_at)
         http = self.http_for(work.lms_connection_id, work.rate_limit, keeper)
         return adapter_cls.from_settings(work.settings, http, self.adapter_context())
@@ -388,9 +395,10 @@ class DeliveryWorker:
 
     def run_once(self, limit: int | None = None) -> int:
         """Claim a batch and deliver it. Returns how many deliveries were claimed (batch top-ups not counted)."""
+        claimed_at = time.monotonic()  # before the claim, where its leases start
         claims = self.claim(limit)
         if claims:
-            self.deliver_claims(claims)
+            self.deliver_claims(claims, claimed_at)
         return len(claims)
 
     def run_until_idle(self, timeout: float = 30.0) -> int:
@@ -463,10 +471,11 @@ class DeliveryWorker:
         for connection_id in candidates:
             if started >= free:
                 break
+            # Before the claim: its leases start inside the claim's transaction, not when it commits.
+            claimed_at = time.monotonic()
             claims = self.claim(lms_connection_id=connection_id, without_connection=connection_id is None)
             if not claims:
                 continue
-            claimed_at = time.monotonic()
             with busy_lock:
                 busy.add(connection_id)
             pool.submit(self._deliver_for_connection, connection_id, claims, claimed_at, busy, busy_lock)

@@ -187,17 +187,18 @@ class CatalogFetchError(Exception):
 
 def _fetch_catalog(http: HttpClient, url: str, token: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     try:
+        # The whole body is read under the request deadline, so a trickling catalog cannot hold the picker.
         response = http.request(
-            "GET", url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}, stream=True
+            "GET",
+            url,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            max_body=MAX_CATALOG_BYTES,
         )
     except DeliveryError as exc:
         raise CatalogFetchError(exc.message) from exc
-    with response:
-        if response.status_code != 200:
-            raise CatalogFetchError(f"catalog URL answered HTTP {response.status_code}")
-        raw = response.raw.read(MAX_CATALOG_BYTES + 1, decode_content=True)
-    if len(raw) > MAX_CATALOG_BYTES:
-        raise CatalogFetchError(f"catalog is larger than {MAX_CATALOG_BYTES} bytes")
+    if response.status_code != 200:
+        raise CatalogFetchError(f"catalog URL answered HTTP {response.status_code}")
+    raw = response.content
     try:
         body = load_strict_json(raw)
     except ValueError as exc:

@@ -140,7 +140,8 @@ def begin_login(
 class PlatformKeys:
     """Platform JWKS, fetched over HTTP and cached per URL in this process. An unknown kid refetches the JWKS
     (key rotation), but at most once per URL every `refetch_seconds`: anyone can start a login, and a token
-    with a random kid must not make Passback hammer the platform."""
+    with a random kid must not make Passback hammer the platform. A failed fetch is remembered for as long:
+    launches meanwhile are refused with its reason, without asking the failing URL again."""
 
     def __init__(
         self,
@@ -155,6 +156,8 @@ class PlatformKeys:
         self.clock = clock
         self._cache: dict[str, tuple[KeySet, float]] = {}
         self._refetched: dict[str, float] = {}
+        # The last failed fetch per URL: when, and why.
+        self._failed: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     def key_set(self, settings: Mapping[str, Any]) -> tuple[KeySet, bool]:
@@ -165,8 +168,11 @@ class PlatformKeys:
         url = str(settings["jwks_url"])
         with self._lock:
             cached = self._cache.get(url)
+            failed = self._failed.get(url)
         if cached and self.clock() - cached[1] < self.cache_seconds:
             return cached[0], False
+        if failed is not None and self.clock() - failed[0] < self.refetch_seconds:
+            raise LaunchRefused(f"{failed[1]} (asked again at most once every {self.refetch_seconds:g} s)")
         return self._fetch(url), True
 
     def refetched(self, settings: Mapping[str, Any]) -> KeySet | None:
@@ -182,18 +188,27 @@ class PlatformKeys:
 
     def _fetch(self, url: str) -> KeySet:
         try:
+            keys = self._download(url)
+        except LaunchRefused as exc:
+            with self._lock:
+                self._failed[url] = (self.clock(), exc.message)
+            raise
+        with self._lock:
+            self._cache[url] = (keys, self.clock())
+            self._failed.pop(url, None)
+        return keys
+
+    def _download(self, url: str) -> KeySet:
+        try:
             response = self.http.request("GET", url, headers={"Accept": "application/json"})
         except DeliveryError as exc:
             raise LaunchRefused(f"could not fetch the platform's keys: {exc.message}") from exc
         if response.status_code != 200:
             raise LaunchRefused(f"the platform's JWKS URL answered HTTP {response.status_code}")
         try:
-            keys = KeySet.import_key_set(response.json())
+            return KeySet.import_key_set(response.json())
         except (ValueError, JoseError, TypeError, KeyError) as exc:
             raise LaunchRefused("the platform's JWKS is not a valid key set") from exc
-        with self._lock:
-            self._cache[url] = (keys, self.clock())
-        return keys
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,8 @@ class AgsPlatform:
         # Every score POST refused for its timestamp: (user, timestamp sent).
         self.timestamp_refusals: list[tuple[str, str]] = []
         self.score_posts = 0
+        # Every request to a scores endpoint, refused by a fault or not.
+        self.score_requests = 0
         self.lineitem_posts: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self.members: list[dict[str, Any]] = []
@@ -357,6 +359,8 @@ class AgsPlatform:
 
         @app.post("/api/lti/courses/1/line_items/<int:number>/lineitem/scores")
         def post_score(number: int) -> Any:
+            with self.lock:
+                self.score_requests += 1
             scopes = self._bearer_scopes()
             if scopes is None or SCOPE_SCORE not in scopes:
                 return jsonify(errors={"type": "unauthorized", "message": "Access token expired"}), 401

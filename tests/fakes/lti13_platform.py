@@ -188,6 +188,8 @@ class Lti13Platform:
         self.signing_key = key or pooled_key(0)
         self.published: list[PlatformKey] = [self.signing_key]
         self.jwks_requests = 0
+        # When set, /jwks answers this HTTP status instead of the keys (a platform whose key URL is down).
+        self.jwks_failure: int | None = None
         self.browser = session or requests.Session()
         self.auth_requests: dict[str, dict[str, str]] = {}  # by nonce
         self.target_link_uris: dict[str, str] = {}  # the login's target_link_uri, by nonce
@@ -215,6 +217,9 @@ class Lti13Platform:
             with self.lock:
                 self.jwks_requests += 1
                 keys = [dict(k.jwk) for k in self.published]
+                failure = self.jwks_failure
+            if failure is not None:
+                return Response("key service unavailable", status=failure)
             return jsonify(keys=keys)
 
         return app

@@ -152,6 +152,26 @@ def test_canvas_earlier_timestamp_for_the_newest_revision_is_resolved(canvas: Lm
     assert canvas.platform.held(canvas.sub) == 7.0
 
 
+@pytest.mark.parametrize("preset", ["canvas", "generic"])
+def test_a_409_outside_moodle_fails_with_the_lms_message_and_is_not_resent(
+    world: World, live_server: LiveServer, worker: DeliveryWorker, preset: str
+) -> None:
+    """Only Moodle's 409 means "an earlier timestamp"; elsewhere a 409 is an ordinary refusal: the delivery
+    fails with the LMS's message after one send, not re-stamped and retried forever."""
+    with AgsPlatform("client-1", f"{live_server.url}/lti/jwks", lms="canvas") as platform:
+        lms = _connect(world, platform, preset)
+        platform.fail_next(409, '{"errors":[{"message":"Conflicting submission in progress"}]}', count=10)
+        location = lms.post({"scoreGiven": 7, "scoreMaximum": 10, "timestamp": _second(0.5)})
+        for _ in range(3):
+            worker.run_until_idle()
+        delivery = lms.delivery(location)
+        assert delivery["status"] == "failed", delivery
+        assert delivery["lmsStatus"] == 409
+        assert "Conflicting submission in progress" in delivery["lastError"]
+        assert platform.score_requests == 1
+        assert platform.held(lms.sub) is None
+
+
 # --- non-final gradingProgress ---------------------------------------------------------------------------------
 
 

@@ -111,3 +111,15 @@ def test_failed_first_pull_is_a_clear_502(world: World) -> None:
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "catalog_unavailable"
     assert "assignments" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"catalog_cache_seconds": 300.0, "http_request_deadline": 0.5}])
+def test_a_trickling_catalog_is_cut_at_the_request_deadline(world: World) -> None:
+    """An app that sends its catalog a byte at a time (every read within the read timeout) is cut off at the
+    total request deadline: the picker's catalog call answers with the catalog error instead of waiting."""
+    with CatalogApp(world.base_url, lambda me: (200, catalog_body(GOOD)), trickle=0.05) as catalog:
+        _use_catalog_url(world, catalog.url)
+        response = world.get("/v1/assignments")
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "catalog_unavailable"
+    assert "within 0.5 s; cut off" in response.json()["error"]["message"]

@@ -107,6 +107,33 @@ def test_the_worker_defers_with_the_reason_and_delivers_once_the_key_is_configur
     assert world.get(posted.headers["Location"]).json()["status"] == "delivered"
 
 
+def test_waiting_for_the_key_does_not_use_up_the_attempts(
+    copy: Copy, database_url: str, shared_database: Database
+) -> None:
+    """A grade whose secret cannot be decrypted waits for the key however many rounds pass: no attempt is
+    counted, so it never ends `failed` and still goes out once the old key is added."""
+    world = copy.world
+    posted = world.post_grade({"assignmentID": "quiz-1", "userID": world.students[1], "percentage": 0.9})
+    few = replace(copy.app.config["PASSBACK"], max_attempts=2)
+    wrong = DeliveryWorker(shared_database, copy.app.extensions["passback_box"], few)
+    for _ in range(few.max_attempts + 3):
+        with world.session() as session:
+            session.execute(update(Delivery).values(next_attempt_at=utcnow()))
+        assert wrong.run_once() >= 1
+        (delivery,) = world.get(posted.headers["Location"]).json()["deliveries"]
+        assert delivery["status"] == "retrying" and UNREADABLE in delivery["lastError"], delivery
+    with world.session() as session:
+        assert {d.attempts for d in session.query(Delivery).filter(Delivery.status == "retrying")} == {0}
+        session.execute(update(Delivery).values(next_attempt_at=utcnow()))
+
+    fixed = make_settings(
+        database_url, encryption_keys=f"{Fernet.generate_key().decode()},{TEST_ENCRYPTION_KEY}", max_attempts=2
+    )
+    fixed_app = create_app(fixed, database=shared_database)
+    DeliveryWorker(shared_database, fixed_app.extensions["passback_box"], fixed).run_until_idle()
+    assert world.get(posted.headers["Location"]).json()["status"] == "delivered"
+
+
 def test_api_and_lti_entry_points_answer_clearly(copy: Copy) -> None:
     world = copy.world
     readback = world.get(f"/v1/grades/{copy.grade_id}/lms")
@@ -158,6 +185,19 @@ def test_create_app_refuses_to_start_without_keys_outside_the_embedded_default(
     with pytest.raises(ConfigurationError, match="GATEWAY_ENCRYPTION_KEYS is not set"):
         create_app(config)
     assert not (no_keys / "encryption_key").exists(), "no key was generated"
+
+
+def test_the_refusal_names_the_key_generated_earlier(no_keys: Path) -> None:
+    """An install that ran embedded (SQLite, generated key) and then moved to PostgreSQL: the refusal points to
+    the key file that encrypted the stored secrets, so the operator does not generate a new one."""
+    generated = Settings.from_env(database_url="").encryption_keys
+    with pytest.raises(ConfigurationError) as refused:
+        create_app({"database_url": PG_URL})
+    message = str(refused.value)
+    assert f"the key generated earlier is in {no_keys / 'encryption_key'}" in message
+    assert "set GATEWAY_ENCRYPTION_KEYS to its contents" in message
+    assert generated not in message, "the key itself is never shown"
+    assert (no_keys / "encryption_key").read_text().strip() == generated, "the key file is left as it was"
 
 
 @pytest.mark.parametrize("command", [["run", "--no-demo"], ["worker", "--once"], ["beat"], ["district", "create", "D"]])

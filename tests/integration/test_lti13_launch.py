@@ -293,6 +293,23 @@ def test_a_rotated_key_is_followed_once_the_refetch_window_has_passed(lti: Lti, 
     assert lti.platform.jwks_requests == fetched + 1
 
 
+def test_a_failing_jwks_url_is_asked_at_most_once_a_minute(lti: Lti, clock: FakeClock) -> None:
+    """The platform's JWKS URL is down and nothing is cached: launches are refused with the reason, and the URL
+    is asked once per refetch window, not once per launch; once it answers again, launches go through."""
+    lti.platform.jwks_failure = 503
+    for _ in range(20):
+        response = lti.full_launch()
+        assert_error_page(response)
+        assert "answered HTTP 503" in response.text
+    assert lti.platform.jwks_requests == 1
+    lti.platform.jwks_failure = None
+    assert_error_page(lti.full_launch())  # still inside the window: not asked again
+    assert lti.platform.jwks_requests == 1
+    clock.now += JWKS_REFETCH_SECONDS
+    app_redirect(lti.full_launch())
+    assert lti.platform.jwks_requests == 2
+
+
 # --- deep linking from the lti1p3platform platform -------------------------------------------------------
 
 
