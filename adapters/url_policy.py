@@ -28,6 +28,9 @@ REGISTERED_URL_SETTINGS = ("issuer", "auth_url", "token_url", "jwks_url", "base_
 # Hosts a platform preset serves its services from besides its registered URLs (hosted Canvas answers AGS
 # and NRPS on each school's own domain, not on canvas.instructure.com).
 PRESET_ALLOWED_HOSTS: dict[str, tuple[str, ...]] = {"canvas": ("*.instructure.com",)}
+# Hosts whose pages frame the tool (the picker) besides those: Schoology shows tools inside app.schoology.com or
+# a district's *.schoology.com, while its LTI service lives on lti-service.svc.schoology.com. Framing only, no calls.
+PRESET_FRAME_HOSTS: dict[str, tuple[str, ...]] = {"schoology": ("*.schoology.com",)}
 RESOLVE_CACHE_SECONDS = 30.0
 MAX_SHOWN_URL = 200
 
@@ -122,6 +125,7 @@ class UrlPolicy:
     registered: frozenset[tuple[str, int]]
     allowed_hosts: tuple[str, ...] = ()
     allow_private: bool = False
+    frame_hosts: tuple[str, ...] = ()
 
     @classmethod
     def for_connection(cls, settings: Mapping[str, Any]) -> UrlPolicy:
@@ -140,6 +144,7 @@ class UrlPolicy:
             frozenset(registered),
             tuple(str(h).lower() for h in allowed if isinstance(h, str)),
             settings.get("allow_private_addresses") is True,
+            PRESET_FRAME_HOSTS.get(str(settings.get("platform") or ""), ()),
         )
 
     def host_allowed(self, host: str, port: int) -> bool:
@@ -186,9 +191,9 @@ class UrlPolicy:
             raise UrlRefused(reason)
 
     def origins(self) -> list[str]:
-        """CSP source expressions for these hosts (frame-ancestors, form-action)."""
+        """CSP source expressions for these hosts and the preset's framing hosts (frame-ancestors, form-action)."""
         sources = {f"https://{h}" + ("" if p == 443 else f":{p}") for h, p in self.registered}
-        sources |= {f"https://{h}" for h in self.allowed_hosts}
+        sources |= {f"https://{h}" for h in (*self.allowed_hosts, *self.frame_hosts)}
         if self.allow_private:
             sources |= {f"http://{h}" + ("" if p == 80 else f":{p}") for h, p in self.registered}
             sources |= {f"http://{h}" for h in self.allowed_hosts}
