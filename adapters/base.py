@@ -105,6 +105,11 @@ class RetryableDeliveryError(DeliveryError):
         self.retry_after = retry_after
 
 
+class AwaitingConfiguration(RetryableDeliveryError):
+    """The connection's own settings do not allow this delivery yet (e.g. an LMS host not in `allowed_hosts`):
+    nothing was sent, and the grade waits, its attempts not counted, until a person changes the settings."""
+
+
 class PermanentDeliveryError(DeliveryError):
     """The LMS refused the grade for a reason a retry cannot fix; a person must act."""
 

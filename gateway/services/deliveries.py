@@ -16,7 +16,7 @@ from sqlalchemy import Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from adapters import DeliveryReceipt, Destination, NormalizedGrade
-from adapters.base import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from adapters.base import AwaitingConfiguration, DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.models import (
     Assignment,
@@ -35,6 +35,8 @@ from gateway.services.errors import Conflict, NotFound
 from gateway.services.lms import connection_settings
 
 MAX_ERROR_CHARS = 2000
+# How often a grade waiting for its connection's settings looks again (a settings change wakes it at once).
+CONFIGURATION_WAIT_SECONDS = 3600.0
 SUCCESS_TOUCH_SECONDS = 5.0
 _LAST_SUCCESS_TOUCH: dict[str, datetime] = {}
 _TOUCH_LOCK = threading.Lock()
@@ -593,6 +595,12 @@ def record_failure(
         delivery.status = DeliveryStatus.SUPERSEDED
         delivery.superseded_by = newer
         delivery.next_attempt_at = None
+        delivery.last_error = _truncate(error.message)
+    elif isinstance(error, AwaitingConfiguration):
+        # Nothing was sent and only a person can change the outcome: wait without spending the attempts.
+        delivery.status = DeliveryStatus.RETRYING
+        delivery.attempts = max(0, delivery.attempts - 1)
+        delivery.next_attempt_at = now + timedelta(seconds=CONFIGURATION_WAIT_SECONDS)
         delivery.last_error = _truncate(error.message)
     elif isinstance(error, RetryableDeliveryError) and delivery.attempts < policy.max_attempts:
         delay = policy.delay(delivery.attempts, error.retry_after, rng)
