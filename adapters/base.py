@@ -108,9 +108,20 @@ class RetryableDeliveryError(DeliveryError):
         self.retry_after = retry_after
 
 
-class SecretUnreadableError(RetryableDeliveryError):
+class AwaitingConfiguration(RetryableDeliveryError):
+    """The connection's own settings do not allow this delivery yet (e.g. an LMS host not in `allowed_hosts`):
+    nothing was sent, and the grade waits, its attempts not counted, until a person changes the settings."""
+
+    # How often a waiting grade looks again (a settings change makes it due at once).
+    wait_seconds: ClassVar[float] = 3600.0
+
+
+class SecretUnreadableError(AwaitingConfiguration):
     """A secret Passback holds cannot be decrypted with the configured keys: the grade waits for a person to add
     the key, and the wait is not an attempt (it must not run out the delivery's attempts)."""
+
+    # A cheap check (no LMS request), and adding a key wakes nothing: look more often.
+    wait_seconds: ClassVar[float] = 300.0
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import requests
 from marshmallow import Schema, ValidationError, fields, pre_load
 
-from adapters.base import PermanentDeliveryError, RetryableDeliveryError
+from adapters.base import AwaitingConfiguration, PermanentDeliveryError, RetryableDeliveryError
 from adapters.http import HttpClient
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -28,12 +28,28 @@ REGISTERED_URL_SETTINGS = ("issuer", "auth_url", "token_url", "jwks_url", "base_
 # Hosts a platform preset serves its services from besides its registered URLs (hosted Canvas answers AGS
 # and NRPS on each school's own domain, not on canvas.instructure.com).
 PRESET_ALLOWED_HOSTS: dict[str, tuple[str, ...]] = {"canvas": ("*.instructure.com",)}
+# Hosts whose pages frame the tool (the picker) besides those: Schoology shows tools inside app.schoology.com or
+# a district's *.schoology.com, while its LTI service lives on lti-service.svc.schoology.com. Framing only, no calls.
+PRESET_FRAME_HOSTS: dict[str, tuple[str, ...]] = {"schoology": ("*.schoology.com",)}
 RESOLVE_CACHE_SECONDS = 30.0
 MAX_SHOWN_URL = 200
 
 
+# Why a URL is refused. HOST and PRIVATE can be made acceptable by the connection's settings (allowed_hosts,
+# allow_private_addresses), so a grade waits for them; SCHEME and PLAIN_HTTP (http to a public address) never.
+SCHEME, HOST, PRIVATE, PLAIN_HTTP, UNRESOLVED_HTTP = "scheme", "host", "private", "plain_http", "unresolved_http"
+CONFIGURABLE = frozenset({HOST, PRIVATE, UNRESOLVED_HTTP})
+SET_HINT = "gateway lms set --district D --lms L --setting"
+
+
 class UrlRefused(PermanentDeliveryError):
-    """An LMS-supplied URL outside the connection's policy: nothing was sent to it."""
+    """An LMS-supplied URL no connection setting can allow (not http(s), or http to a public address): nothing
+    was sent to it."""
+
+
+class UrlAwaitingApproval(AwaitingConfiguration):
+    """An LMS-supplied URL the connection's settings do not allow yet: nothing was sent; the grade waits until an
+    operator allows its host (or private addresses), then goes out by itself."""
 
 
 def host_entries(values: list[str]) -> None:
@@ -122,6 +138,7 @@ class UrlPolicy:
     registered: frozenset[tuple[str, int]]
     allowed_hosts: tuple[str, ...] = ()
     allow_private: bool = False
+    frame_hosts: tuple[str, ...] = ()
 
     @classmethod
     def for_connection(cls, settings: Mapping[str, Any]) -> UrlPolicy:
@@ -140,6 +157,7 @@ class UrlPolicy:
             frozenset(registered),
             tuple(str(h).lower() for h in allowed if isinstance(h, str)),
             settings.get("allow_private_addresses") is True,
+            PRESET_FRAME_HOSTS.get(str(settings.get("platform") or ""), ()),
         )
 
     def host_allowed(self, host: str, port: int) -> bool:
@@ -156,39 +174,55 @@ class UrlPolicy:
     def refusal(self, url: str, *, resolve_dns: bool = True) -> str | None:
         """Why this URL may not be called (None when it may). Without `resolve_dns`, host names are not looked up
         (launch time); IP literals are checked either way."""
+        found = self.classify(url, resolve_dns=resolve_dns)
+        return None if found is None else found[1]
+
+    def classify(self, url: str, *, resolve_dns: bool = True) -> tuple[str, str] | None:
+        """(kind, reason) for a URL that may not be called, kind being one of SCHEME, HOST, PRIVATE, PLAIN_HTTP,
+        UNRESOLVED_HTTP; None when it may be called."""
         shown = url if len(url) <= MAX_SHOWN_URL else url[:MAX_SHOWN_URL] + "…"
         scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
         origin = _origin(url) if scheme in DEFAULT_PORTS else None
         if origin is None:
-            return f"the LMS gave a URL that is not http(s): {shown}"
+            return SCHEME, f"the LMS gave a URL that is not http(s): {shown}"
         if not self.host_allowed(*origin):
-            return (
-                f"the LMS gave a URL outside its registered hosts: {shown} "
-                "(add its host to the connection's allowed_hosts if this LMS serves services from it)"
+            if not self.registered and not self.allowed_hosts:
+                return HOST, (
+                    f"the LMS gave a URL on {origin[0]}, and this connection has no allowed_hosts yet: {shown} "
+                    f"(the grade waits; name the LMS's host with {SET_HINT} allowed_hosts={origin[0]})"
+                )
+            return HOST, (
+                f"the LMS gave a URL outside its registered hosts: {shown} (the grade waits; if this LMS serves "
+                f"services from {origin[0]}, add it with {SET_HINT} allowed_hosts=…,{origin[0]})"
             )
         literal = _literal(origin[0])
         if literal is None and not resolve_dns:
-            return None if scheme == "https" or self.allow_private else f"the LMS gave a URL without https: {shown}"
+            if scheme == "https" or self.allow_private:
+                return None
+            return UNRESOLVED_HTTP, f"the LMS gave a URL without https: {shown}"
         addresses = (literal,) if literal is not None else resolve(*origin)
         private = [a for a in addresses if not is_public(a)]
         if private and not self.allow_private:
-            return (
+            return PRIVATE, (
                 f"the LMS gave a URL on a private, loopback or link-local address ({private[0]}): {shown} "
-                "(set allow_private_addresses on the connection if this LMS is on your own network)"
+                f"(the grade waits; if this LMS is on your own network, {SET_HINT} allow_private_addresses=true)"
             )
         if scheme != "https" and len(private) != len(addresses):
-            return f"the LMS gave a URL without https: {shown}"
+            return PLAIN_HTTP, f"the LMS gave a URL without https: {shown}"
         return None
 
     def check(self, url: str) -> None:
-        reason = self.refusal(url)
-        if reason is not None:
-            raise UrlRefused(reason)
+        """Raise unless the URL may be called: UrlAwaitingApproval when the connection's settings could allow it,
+        UrlRefused when nothing could."""
+        found = self.classify(url)
+        if found is not None:
+            kind, reason = found
+            raise UrlAwaitingApproval(reason) if kind in CONFIGURABLE else UrlRefused(reason)
 
     def origins(self) -> list[str]:
-        """CSP source expressions for these hosts (frame-ancestors, form-action)."""
+        """CSP source expressions for these hosts and the preset's framing hosts (frame-ancestors, form-action)."""
         sources = {f"https://{h}" + ("" if p == 443 else f":{p}") for h, p in self.registered}
-        sources |= {f"https://{h}" for h in self.allowed_hosts}
+        sources |= {f"https://{h}" for h in (*self.allowed_hosts, *self.frame_hosts)}
         if self.allow_private:
             sources |= {f"http://{h}" + ("" if p == 80 else f":{p}") for h, p in self.registered}
             sources |= {f"http://{h}" for h in self.allowed_hosts}
@@ -237,22 +271,39 @@ REFUSED_KEY = "refused_urls"
 
 
 def drop_refused_urls(settings: Mapping[str, Any], data: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
-    """Launch time: remove from `data` each URL (under `keys`) the connection's policy refuses, noting why
-    under `refused_urls` so a delivery can say so. Host names are not resolved here (the send checks them)."""
+    """Launch time: remove from `data` each URL (under `keys`) the connection's policy refuses, noting why under
+    `refused_urls` (None when this launch's URLs were all kept, so an old reason is cleared). Host names are not
+    resolved here (the send checks them). A URL the settings could still allow is kept while the operator has
+    not chosen: its host when the connection names no allowed_hosts yet (an LTI 1.1 connection from before they
+    were required), its address or scheme always; every send checks it again, so nothing goes to it until then.
+    Returns the reasons of the URLs dropped or kept-but-not-yet-allowed, for the log."""
     policy = UrlPolicy.for_connection(settings)
-    reasons: dict[str, str] = {}
+    undecided = not settings.get("allowed_hosts")
+    reasons: dict[str, dict[str, Any]] = {}
+    logged: list[str] = []
     for key in keys:
         value = data.get(key)
-        if isinstance(value, str) and (reason := policy.refusal(value, resolve_dns=False)) is not None:
-            reasons[key] = reason
-            del data[key]
-    if reasons:
-        data[REFUSED_KEY] = reasons
-    return list(reasons.values())
+        if not isinstance(value, str) or (found := policy.classify(value, resolve_dns=False)) is None:
+            continue
+        kind, reason = found
+        logged.append(reason)
+        if kind in (PRIVATE, UNRESOLVED_HTTP) or (kind == HOST and undecided):
+            continue
+        reasons[key] = {"reason": reason, "waits": kind in CONFIGURABLE}
+        del data[key]
+    data[REFUSED_KEY] = reasons or None
+    return logged
 
 
 def raise_if_refused_at_launch(data: Mapping[str, Any]) -> None:
-    """A delivery with no usable URL says why the launch's URL was dropped, when it was."""
+    """A delivery with no usable URL says why the launch's URL was dropped, when it was. A URL the settings could
+    allow waits (once they do, the student's next launch stores it); one nothing could allow fails."""
     reasons = data.get(REFUSED_KEY)
-    if isinstance(reasons, Mapping) and reasons:
-        raise UrlRefused(str(next(iter(reasons.values()))))
+    if not isinstance(reasons, Mapping) or not reasons:
+        return
+    refused = next(iter(reasons.values()))
+    # Reasons stored before refusals were classified are plain strings: waiting never loses the grade.
+    reason, waits = (refused["reason"], refused.get("waits", True)) if isinstance(refused, Mapping) else (refused, True)
+    if not waits:
+        raise UrlRefused(str(reason))
+    raise UrlAwaitingApproval(f"{reason}; once it is allowed, the student must open the link again")

@@ -642,6 +642,23 @@ def purge_command(as_json: bool) -> None:
     _emit(as_json, data, lambda d: ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in d.items()) + " purged")
 
 
+def _warn_connections_without_hosts(app: Flask) -> None:
+    """One line per LTI 1.1 connection whose grades wait because it names no allowed_hosts (made before they were
+    required)."""
+    from gateway.services.lms import connections_without_hosts
+
+    with _session(app) as session:
+        waiting = connections_without_hosts(session, app.extensions["passback_box"])
+        lines = [
+            f"warning: LTI 1.1 connection {connection.name!r} (district {district!r}) has no allowed_hosts: its "
+            f"grades wait until `gateway lms set --district {connection.district_id} --lms {connection.id} "
+            "--setting allowed_hosts=LMS-HOST`"
+            for district, connection in waiting
+        ]
+    for line in lines:
+        click.echo(line, err=True)
+
+
 @main.command("worker")
 @click.option("--once", is_flag=True, help="Deliver what is due now, then exit (without a broker).")
 @click.option("--district", "district_id", default=None, help="Only this district's deliveries (without a broker).")
@@ -657,6 +674,7 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
 
     app = _app()
     settings = app.config["PASSBACK"]
+    _warn_connections_without_hosts(app)
     if settings.broker_url and not once:
         from gateway.tasks import configure_celery
 
@@ -715,6 +733,7 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
         public_url = f"http://{host}:{port}"
         settings.public_url = public_url
     app = create_app(settings)
+    _warn_connections_without_hosts(app)
     if not no_demo:
         with _session(app) as session:
             demo = seed_demo(session, app.extensions["passback_box"], public_url)

@@ -1,5 +1,6 @@
-"""Security headers on every response: a nonce-based Content-Security-Policy, nosniff, no referrer, and framing
-rules. Nobody frames a page unless its view says who may (design: docs/outbound-urls-and-headers.md)."""
+"""Security headers on every response: a nonce-based Content-Security-Policy, nosniff, no referrer to other
+sites, and framing rules. Nobody frames a page unless its view says who may
+(design: docs/outbound-urls-and-headers.md)."""
 
 from __future__ import annotations
 
@@ -59,5 +60,6 @@ def init_security_headers(app: Flask) -> None:
         )
         response.headers.setdefault("Content-Security-Policy", policy)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # same-origin, not no-referrer: Flask-WTF's https CSRF check needs the Referer of our own pages' POSTs.
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         return response

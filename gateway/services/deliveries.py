@@ -16,7 +16,7 @@ from sqlalchemy import Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from adapters import DeliveryReceipt, Destination, NormalizedGrade
-from adapters.base import DeliveryError, PermanentDeliveryError, RetryableDeliveryError, SecretUnreadableError
+from adapters.base import AwaitingConfiguration, DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.models import (
     Assignment,
@@ -36,8 +36,6 @@ from gateway.services.lms import connection_settings
 
 MAX_ERROR_CHARS = 2000
 SUCCESS_TOUCH_SECONDS = 5.0
-# A grade waiting for an encryption key is looked at again this often (a cheap check: no LMS request).
-KEY_WAIT_SECONDS = 300.0
 _LAST_SUCCESS_TOUCH: dict[str, datetime] = {}
 _TOUCH_LOCK = threading.Lock()
 
@@ -613,11 +611,12 @@ def record_failure(
         delivery.superseded_by = newer
         delivery.next_attempt_at = None
         delivery.last_error = _truncate(error.message)
-    elif isinstance(error, SecretUnreadableError):
-        # Nothing was sent: the grade waits for the key without using up its attempts (the claim counted one).
+    elif isinstance(error, AwaitingConfiguration):
+        # Nothing was sent and only a person can change the outcome (a setting, a key): wait without spending
+        # the attempts (the claim counted one).
         delivery.attempts = max(0, delivery.attempts - 1)
         delivery.status = DeliveryStatus.RETRYING
-        delivery.next_attempt_at = now + timedelta(seconds=min(KEY_WAIT_SECONDS, policy.max_seconds))
+        delivery.next_attempt_at = now + timedelta(seconds=min(error.wait_seconds, policy.max_seconds))
         delivery.last_error = _truncate(error.message)
     elif isinstance(error, RetryableDeliveryError) and delivery.attempts < policy.max_attempts:
         delay = policy.delay(delivery.attempts, error.retry_after, rng)

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
 from adapters.base import DeliveryError, HealthReport
 from gateway.crypto import SecretBox, SecretUndecryptable
-from gateway.models import Assignment, LmsConnection, Placement
+from gateway.models import Assignment, Delivery, DeliveryStatus, LmsConnection, Placement, utcnow
 from gateway.services.directory import get_district
 from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import route_waiting_grades
@@ -87,8 +87,30 @@ def update_lms_settings(
         raise Conflict("another LMS connection already registers this platform and client id")
     connection.settings_encrypted = box.encrypt_json(clean)
     connection.registration_key = key
+    # Grades waiting for this change (e.g. a host now in allowed_hosts) go out now, not at their next look.
+    now = utcnow()
+    session.execute(
+        update(Delivery)
+        .where(Delivery.lms_connection_id == connection.id, Delivery.status == DeliveryStatus.RETRYING)
+        .values(next_attempt_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
     session.flush()
     return connection
+
+
+def connections_without_hosts(session: Session, box: SecretBox) -> list[tuple[str, LmsConnection]]:
+    """Every LTI 1.1 connection (with its district's name) that names no allowed_hosts: its grades wait until an
+    operator sets them. A connection whose settings cannot be decrypted is reported elsewhere."""
+    found = []
+    for connection in session.scalars(select(LmsConnection).where(LmsConnection.adapter == "lti11")):
+        try:
+            settings = connection_settings(box, connection)
+        except SecretUndecryptable:
+            continue
+        if not settings.get("allowed_hosts"):
+            found.append((get_district(session, connection.district_id).name, connection))
+    return found
 
 
 def connection_settings(box: SecretBox, connection: LmsConnection) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from adapters import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from adapters.url_policy import UrlRefused
+from adapters.url_policy import UrlAwaitingApproval
 from gateway.services.keys import current_signing_key
 from tests.factories import World, build_world
 from tests.fakes.ags_platform import AgsPlatform
@@ -233,7 +233,7 @@ def test_every_lms_adapter_calls_only_its_connections_hosts(adapter_kind: str, h
         pytest.skip("the sandbox is Passback's own gradebook at its configured base_url, and hands out no URLs")
     adapter = _adapter(adapter_kind, harness)
     with ForeignHost() as foreign:
-        with pytest.raises(UrlRefused, match="outside its registered hosts"):
+        with pytest.raises(UrlAwaitingApproval, match="outside its registered hosts"):
             adapter.http.request("GET", foreign.url("localhost") + "/anything")
         assert foreign.hits == []
 

@@ -96,11 +96,13 @@ def test_a_launch_line_item_on_another_host_is_never_called(fakes: Fakes, worker
     with fakes.world.session() as session:
         placement = session.scalar(select(Placement).where(Placement.course_id == "course-9"))
         assert placement is not None
-        assert "lineitem" not in placement.destination and "lineitems" not in placement.destination
+        # Kept while the connection names no allowed_hosts (the operator may yet approve the host); never called.
+        assert placement.destination["lineitem"].startswith(base) and placement.destination["refused_urls"] is None
     delivery, text = fakes.failed_delivery(user_id, worker)
     assert fakes.foreign.hits == [], "the platform's bearer token went to another host"
-    assert delivery["status"] == "failed"
+    assert delivery["status"] == "retrying", "the grade waits for the operator"
     assert delivery["lastError"].startswith("the LMS gave a URL outside its registered hosts: http://localhost:")
+    assert "allowed_hosts=…,localhost" in delivery["lastError"]
     assert SECRET_BODY not in text
 
 
@@ -112,7 +114,7 @@ def test_a_launch_line_item_on_loopback_is_refused_without_the_switch(fakes: Fak
 
     delivery, text = fakes.failed_delivery(user_id, worker)
     assert fakes.foreign.hits == []
-    assert delivery["status"] == "failed"
+    assert delivery["status"] == "retrying", "waits: allow_private_addresses could allow it"
     assert "private, loopback or link-local address (127.0.0.1)" in delivery["lastError"]
     assert "allow_private_addresses" in delivery["lastError"]
     assert SECRET_BODY not in text
@@ -152,7 +154,7 @@ def test_a_next_page_on_another_host_is_not_followed(fakes: Fakes, worker: Deliv
     delivery, text = fakes.failed_delivery(world.students[0], worker)
     assert fakes.foreign.hits == []
     assert ags.lineitem_posts == [], "a line item was created after an unreadable page"
-    assert delivery["status"] == "failed"
+    assert delivery["status"] == "retrying"
     assert OUTSIDE in delivery["lastError"]
     assert SECRET_BODY not in text
 
@@ -188,7 +190,7 @@ def test_an_lti11_outcome_url_on_another_host_receives_nothing(
         [delivery] = answer.json()["deliveries"]
         assert foreign.hits == [], "a signed outcome request went to another host"
         assert consumer.requests_for(None, "replaceResult") == []
-        assert delivery["status"] == "failed"
+        assert delivery["status"] == "retrying"
         assert OUTSIDE in delivery["lastError"]
         assert SECRET_BODY not in answer.text
 
@@ -237,3 +239,124 @@ def test_lms_set_names_the_hosts_of_an_existing_connection(gateway_cli: Any, app
         settings = connection_settings(box, connection)
     assert settings["allowed_hosts"] == ["moodle.example.edu", "*.moodle.example.edu:8443"]
     assert settings["allow_private_addresses"] is True and settings["shared_secret"] == "shared-secret-123"
+
+
+def _legacy_lti11_connection(world: World, key: str) -> str:
+    """An lti11 connection stored before allowed_hosts were required: its settings name none."""
+    from gateway.models import LmsConnection
+
+    box = world.app.extensions["passback_box"]
+    with world.session() as session:
+        connection = add_lms_connection(
+            session, box, world.district_id, "Old Moodle 1.1", "lti11",
+            {"consumer_key": key, "shared_secret": "shared-secret-0123456789", "allowed_hosts": ["x.example"]},
+        )  # fmt: skip
+        row = session.get(LmsConnection, connection.id)
+        assert row is not None
+        row.settings_encrypted = box.encrypt_json({"consumer_key": key, "shared_secret": "shared-secret-0123456789"})
+        return connection.id
+
+
+def _delivery_row(world: World, delivery_id: str) -> Any:
+    from gateway.models import Delivery
+
+    with world.session() as session:
+        row = session.get(Delivery, delivery_id)
+        session.expunge(row)
+        return row
+
+
+def test_an_lti11_connection_from_before_allowed_hosts_keeps_its_grades_until_lms_set(
+    world: World, live_server: LiveServer, worker: DeliveryWorker, runner: Any, gateway_cli: Any
+) -> None:
+    """Nothing is sent to an unapproved host, yet no grade is lost: it waits (its attempts not spent) and goes
+    out by itself once the operator names the host with `gateway lms set`."""
+    from datetime import timedelta
+
+    from gateway.cli import main
+    from gateway.models import Delivery, utcnow
+
+    with Lti11Consumer("old-key", "shared-secret-0123456789", session=world.http) as consumer:
+        connection_id = _legacy_lti11_connection(world, "old-key")
+        warned = runner.invoke(main, ["worker", "--once"])
+        assert warned.exit_code == 0, warned.output
+        assert "'Old Moodle 1.1'" in warned.output and "has no allowed_hosts" in warned.output
+        assert f"gateway lms set --district {world.district_id} --lms {connection_id}" in warned.output
+
+        # A link first opened after the upgrade, before `lms set`: its outcome URL is kept (not yet called).
+        response = consumer.launch(f"{live_server.url}/lti11/launch")
+        assert response.status_code == 302, response.text[:500]
+        with world.session() as session:
+            placement = session.scalar(select(Placement).where(Placement.lms_connection_id == connection_id))
+            assert placement is not None and placement.destination["outcome_service_url"] == consumer.outcome_url
+            user_id = session.scalar(select(LmsIdentity.user_id).where(LmsIdentity.issuer == "lti11:old-key"))
+        posted = world.post_grade({"assignmentID": "quiz-1", "userID": user_id, "percentage": 0.8})
+        assert posted.status_code == 202
+        worker.run_until_idle()
+        [delivery] = world.get(posted.headers["Location"]).json()["deliveries"]
+        assert consumer.requests_for(None, "replaceResult") == [], "sent to a host nobody approved"
+        assert delivery["status"] == "retrying"
+        assert "no allowed_hosts yet" in delivery["lastError"] and "gateway lms set" in delivery["lastError"]
+
+        # However long the operator takes, the grade keeps waiting: no attempt is spent.
+        for _ in range(world.app.config["PASSBACK"].max_attempts + 2):
+            with world.session() as session:
+                row = session.get(Delivery, delivery["id"])
+                row.next_attempt_at = utcnow() - timedelta(seconds=1)
+            worker.run_until_idle()
+        waiting = _delivery_row(world, delivery["id"])
+        assert waiting.status == "retrying" and waiting.attempts == 0
+        assert consumer.requests_for(None, "replaceResult") == []
+
+        gateway_cli(
+            "lms", "set", "--district", world.district_id, "--lms", connection_id,
+            "--setting", "allowed_hosts=127.0.0.1", "--setting", "allow_private_addresses=true",
+        )  # fmt: skip
+        worker.run_until_idle()  # no clock moved: the settings change woke the grade
+        [delivery] = world.get(posted.headers["Location"]).json()["deliveries"]
+        assert delivery["status"] == "delivered", delivery
+        assert len(consumer.requests_for(None, "replaceResult")) == 1
+        quiet = runner.invoke(main, ["worker", "--once"])
+        assert "has no allowed_hosts" not in quiet.output
+
+
+def test_a_launch_url_dropped_by_the_allowlist_waits_and_a_later_good_launch_clears_the_refusal(
+    world: World, live_server: LiveServer, worker: DeliveryWorker
+) -> None:
+    from gateway.models import Delivery, utcnow
+
+    with Lti11Consumer("key-3", "shared-secret-0123456789", session=world.http) as consumer, ForeignHost() as foreign:
+        with world.session() as session:
+            connection_id = add_lms_connection(
+                session, world.app.extensions["passback_box"], world.district_id, "Moodle 1.1", "lti11",
+                {"consumer_key": "key-3", "shared_secret": "shared-secret-0123456789",
+                 "allowed_hosts": ["127.0.0.1"], "allow_private_addresses": True},
+            ).id  # fmt: skip
+        bad = consumer.launch(
+            f"{live_server.url}/lti11/launch", lis_outcome_service_url=f"{foreign.url('localhost')}/x"
+        )
+        assert bad.status_code == 302
+        with world.session() as session:
+            placement = session.scalar(select(Placement).where(Placement.lms_connection_id == connection_id))
+            assert "outcome_service_url" not in placement.destination
+            assert placement.destination["refused_urls"]["outcome_service_url"]["waits"] is True
+            user_id = session.scalar(select(LmsIdentity.user_id).where(LmsIdentity.issuer == "lti11:key-3"))
+        posted = world.post_grade({"assignmentID": "quiz-1", "userID": user_id, "percentage": 0.8})
+        worker.run_until_idle()
+        [delivery] = world.get(posted.headers["Location"]).json()["deliveries"]
+        assert delivery["status"] == "retrying", "a refused launch URL does not lose the grade"
+        assert OUTSIDE in delivery["lastError"] and "open the link again" in delivery["lastError"]
+        assert foreign.hits == []
+
+        good = consumer.launch(f"{live_server.url}/lti11/launch")
+        assert good.status_code == 302
+        with world.session() as session:
+            placement = session.scalar(select(Placement).where(Placement.lms_connection_id == connection_id))
+            assert placement.destination["outcome_service_url"] == consumer.outcome_url
+            assert placement.destination.get("refused_urls") is None, "the old refusal is cleared"
+            # The grade's next look (an hour later) is due now.
+            session.get(Delivery, delivery["id"]).next_attempt_at = utcnow()
+        worker.run_until_idle()
+        [delivery] = world.get(posted.headers["Location"]).json()["deliveries"]
+        assert delivery["status"] == "delivered", delivery
+        assert foreign.hits == []

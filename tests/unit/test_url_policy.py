@@ -83,3 +83,20 @@ def test_origins_for_csp_name_the_registered_and_allowed_hosts() -> None:
         "https://canvas.school.edu",
         "https://sso.canvaslms.com",
     ]
+
+
+def test_only_what_settings_could_allow_waits_for_the_operator() -> None:
+    from adapters.base import AwaitingConfiguration
+    from adapters.url_policy import UrlAwaitingApproval, UrlRefused
+
+    policy = UrlPolicy.for_connection({"issuer": "https://lms.example.edu"})
+    for url in ("https://other.example/x", "https://10.0.0.5/x"):
+        with pytest.raises(UrlAwaitingApproval):
+            UrlPolicy.for_connection({**({"allowed_hosts": ["10.0.0.5"]} if "10." in url else {})}).check(url)
+    with pytest.raises(UrlRefused):
+        policy.check("javascript:alert(1)")
+    with pytest.raises(UrlRefused):
+        UrlPolicy.for_connection({"allowed_hosts": ["8.8.8.8"], "allow_private_addresses": True}).check(
+            "http://8.8.8.8/x"
+        )
+    assert issubclass(UrlAwaitingApproval, AwaitingConfiguration) and not issubclass(UrlRefused, AwaitingConfiguration)
