@@ -45,8 +45,9 @@ bench: install-test ## Benchmarks: intake vs a bare insert (C), Schoology batchi
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.canvas_throttle --json bench/results/canvas_throttle.json
 
-lint: install-test ## ruff, and mypy on adapters/, schemas/ and gateway/services/
+lint: install-test ## ruff (checks and formatting), and mypy on adapters/, schemas/ and gateway/services/
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy adapters schemas gateway/services
 
 clean: ## Remove .venv, the local database and caches
