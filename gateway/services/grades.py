@@ -144,7 +144,7 @@ def accept_grade(
         if _inserted(session, record):
             grade = SimpleNamespace(**record)
             revision_id = _add_revision(session, grade, principal, now)
-            deliveries = route_revision(session, grade, revision_id, first_revision=True, routes=routes)
+            deliveries = route_revision(session, grade, revision_id, first_revision=True, routes=routes, now=now)
             return AcceptedGrade(grade, external_id, True, deliveries)
         # Another request created the same grade between our read and insert: continue as an update.
         grade = _locked_grade(session, principal, assignment_id, user_id)
@@ -166,7 +166,9 @@ def accept_grade(
     session.execute(_UPDATE_GRADE, {"grade_pk": grade.id, **values})
     updated = SimpleNamespace(**{**grade._asdict(), **values})
     revision_id = _add_revision(session, updated, principal, now)
-    return AcceptedGrade(updated, external_id, True, route_revision(session, updated, revision_id, routes=routes))
+    return AcceptedGrade(
+        updated, external_id, True, route_revision(session, updated, revision_id, routes=routes, now=now)
+    )
 
 
 # The hot path's statements, built once with bind parameters (building them per request showed in the bench).

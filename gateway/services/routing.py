@@ -180,13 +180,14 @@ def route_revision(
     *,
     first_revision: bool = False,
     routes: list[Route] | None = None,
+    now: datetime | None = None,
 ) -> list[tuple[Any, Route | None]]:
     """Write the outbox rows for a new revision, superseding undelivered rows of older revisions.
 
-    `routes` may be given when the caller already read them in this transaction. Returns each new delivery
-    with its route (None for the `unroutable` placeholder).
+    `routes` may be given when the caller already read them in this transaction; `now` is the unit of work's
+    clock (the caller's). Returns each new delivery with its route (None for the `unroutable` placeholder).
     """
-    now = utcnow()
+    now = now or utcnow()
     if not first_revision:
         session.execute(_SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now})
     if routes is None:

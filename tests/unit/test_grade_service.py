@@ -118,3 +118,27 @@ def test_unenrolled_student_is_unroutable_with_a_reason(app: Flask, setup: dict[
         delivery = session.scalars(select(Delivery)).one()
     assert delivery.status == DeliveryStatus.UNROUTABLE
     assert "not enrolled" in (delivery.last_error or "")
+
+
+def test_the_clock_given_to_accept_grade_stamps_its_outbox_rows(app: Flask, setup: dict[str, str]) -> None:
+    """One `now` per unit of work: the revision and the deliveries it routes (new and superseded) share it."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    first, second = datetime(2026, 3, 1, 12, 0), datetime(2026, 3, 1, 12, 5)
+    grade = {"assignmentID": "q", "userID": setup["student"]}
+    with app.extensions["passback_db"].transaction() as session:
+        accept_grade(
+            session, authenticate(session, setup["token"]), {**grade, "percentage": 0.5, "timestamp": t0}, now=first
+        )
+    with app.extensions["passback_db"].transaction() as session:
+        later = {**grade, "percentage": 0.75, "timestamp": t0 + timedelta(seconds=1)}
+        accept_grade(session, authenticate(session, setup["token"]), later, now=second)
+    with app.extensions["passback_db"].transaction() as session:
+        rows = session.execute(
+            select(Delivery.status, Delivery.created_at, Delivery.updated_at, Delivery.next_attempt_at).order_by(
+                Delivery.created_at
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        (DeliveryStatus.SUPERSEDED, first, second, None),
+        (DeliveryStatus.PENDING, second, second, second),
+    ]
