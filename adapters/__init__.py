@@ -1,4 +1,5 @@
-"""LMS adapters: one module per LMS, registered here by name. Adding an LMS is one module and one line."""
+"""LMS adapters: one `LmsAdapter` subclass per LMS, registered here by its `kind`. Adding an LMS is one module
+and one line (docs/adapters.md)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from adapters.base import (
     AdapterContext,
     DeliveryReceipt,
     Destination,
-    GradeAdapter,
     HealthReport,
+    LmsAdapter,
     NormalizedGrade,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -18,7 +19,7 @@ from adapters.lti13_ags import Lti13AgsAdapter
 from adapters.sandbox import SandboxAdapter
 from adapters.schoology import SchoologyAdapter
 
-REGISTRY: dict[str, type[GradeAdapter]] = {
+REGISTRY: dict[str, type[LmsAdapter]] = {
     SandboxAdapter.kind: SandboxAdapter,
     Lti13AgsAdapter.kind: Lti13AgsAdapter,
     Lti11OutcomesAdapter.kind: Lti11OutcomesAdapter,
@@ -30,9 +31,9 @@ __all__ = [
     "AdapterContext",
     "DeliveryReceipt",
     "Destination",
-    "GradeAdapter",
     "HealthReport",
     "HttpClient",
+    "LmsAdapter",
     "NormalizedGrade",
     "PermanentDeliveryError",
     "RetryableDeliveryError",

@@ -1,4 +1,4 @@
-"""The adapter interface: one LMS per module, no Flask, no database, no sleeping, no retrying.
+"""The adapter boundary (`LmsAdapter`): one LMS per module, no Flask, no database, no sleeping, no retrying.
 
 `deliver` returns a DeliveryReceipt or raises RetryableDeliveryError / PermanentDeliveryError; the worker owns
 time, retries and persistence.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -198,35 +199,118 @@ class AdapterContext:
     signing_key_problem: str | None = None
 
 
-class GradeAdapter(Protocol):
+class LmsAdapter(ABC):
+    """The one adapter boundary: every capability the gateway may use is declared here with its default, and an
+    adapter overrides what its LMS can do. Callers read these attributes; nothing outside `adapters/` probes an
+    adapter with `hasattr`/`getattr` (tests/unit/test_adapter_capabilities.py checks it). The table of
+    capabilities, their defaults and which adapters set them is in docs/adapters.md.
+
+    Unsupported operations (`read_result`, `delete_result`, `memberships`) raise NotImplementedError rather than
+    answer None, which would read as "the LMS holds no grade" or "the course has no members"; callers check
+    `supports_read` / `supports_delete` / `supports_roster` first.
+    """
+
+    # The registry name (`adapters.REGISTRY` key, the connection's `adapter` column).
     kind: ClassVar[str]
     settings_schema: ClassVar[type[Schema]]
     # Settings keys that are secrets: never shown back in full by the CLI or dashboard.
-    secret_settings: ClassVar[frozenset[str]]
+    secret_settings: ClassVar[frozenset[str]] = frozenset()
+
+    # Routing: a grade waits for a launch or roster sync when the LMS addresses students by its own id (LTI 1.3's
+    # `sub`), or by data learned only when this student launches this link (LTI 1.1's sourcedid).
+    needs_lms_identity: ClassVar[bool] = False
+    needs_launch_data: ClassVar[bool] = False
+
+    # Batching: how many grades one request may carry (an instance may set it from its settings).
+    max_batch: int = 1
+
+    # Outbound requests go through the connection's URL policy (adapters/url_policy.py), with these settings
+    # assumed when the connection leaves them out; False only for an adapter whose settings have no policy.
+    url_policed: ClassVar[bool] = True
+    policy_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    supports_read: ClassVar[bool] = False
+    supports_delete: ClassVar[bool] = False
+    supports_roster: ClassVar[bool] = False
+
+    def __init__(self, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> None:
+        self.settings = settings
+        self.http = http
+        self.context = context
 
     @classmethod
     def from_settings(
         cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
-    ) -> Self: ...
+    ) -> Self:
+        """The adapter for a connection's validated settings, its HTTP client bound to the connection's URL policy
+        (the one place that binding happens)."""
+        if cls.url_policed:
+            from adapters.url_policy import policed  # url_policy imports this module
 
-    def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt: ...
-
-    def probe(self) -> HealthReport: ...
-
-
-class BatchingAdapter(GradeAdapter, Protocol):
-    """An adapter whose LMS takes many grades in one request (Schoology's section grades PUT).
-
-    The worker groups claimed deliveries by `batch_key` (same connection) and hands each group, at most
-    `max_batch` items, to `deliver_batch`, which answers one outcome per item in order: a receipt, or the
-    error for that item alone.
-    """
-
-    max_batch: int
+            http = policed(http, {**cls.policy_defaults, **settings})
+        return cls._from_validated(settings, http, context or AdapterContext())
 
     @classmethod
-    def batch_key(cls, destination: Destination) -> str | None: ...
+    def _from_validated(cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> Self:
+        """Build the adapter from what `from_settings` prepared; override when the constructor differs."""
+        return cls(settings, http, context)
+
+    @staticmethod
+    def registration_key(settings: Mapping[str, Any]) -> str | None:
+        """How a launch finds this connection (unique across connections); None: launches do not name it."""
+        return None
+
+    @classmethod
+    def placement_destination(
+        cls, course_id: str | None, section_id: str | None, destination: dict[str, Any]
+    ) -> tuple[str | None, str | None, dict[str, Any]]:
+        """Check and complete what a placement names (course, section, destination data); raise ValueError with
+        the reason when it is incomplete. By default the placement is taken as given."""
+        return course_id, section_id, destination
+
+    @staticmethod
+    def needs_discovery(destination_data: Mapping[str, Any]) -> bool:
+        """Whether the destination must be looked up first under the placement's lease (one worker at a time)."""
+        return False
+
+    @classmethod
+    def batch_key(cls, destination: Destination) -> str | None:
+        """Deliveries with the same key (and connection) go to `deliver_batch` together; None: send alone."""
+        return None
+
+    @abstractmethod
+    def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt: ...
 
     def deliver_batch(
         self, items: Sequence[tuple[NormalizedGrade, Destination]]
-    ) -> list[DeliveryReceipt | DeliveryError]: ...
+    ) -> list[DeliveryReceipt | DeliveryError]:
+        """One outcome per item, in order: a receipt, or the error for that item alone. By default each item is
+        delivered on its own; an adapter whose LMS takes many grades in one request overrides this."""
+        outcomes: list[DeliveryReceipt | DeliveryError] = []
+        for grade, destination in items:
+            try:
+                outcomes.append(self.deliver(grade, destination))
+            except DeliveryError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def read_result(self, destination: Destination) -> float | None:
+        """What the LMS gradebook holds now (None: no grade); only when `supports_read`."""
+        raise NotImplementedError(f"the {self.kind} adapter cannot read grades back")
+
+    def delete_result(self, destination: Destination) -> DeliveryReceipt:
+        """Clear the student's grade in the LMS; only when `supports_delete`."""
+        raise NotImplementedError(f"the {self.kind} adapter cannot delete grades")
+
+    @classmethod
+    def roster_source(cls, destination: Mapping[str, Any], section_id: str | None) -> str | None:
+        """What `memberships` reads for a placement (an NRPS URL, a section id); None: nothing to read."""
+        return None
+
+    def memberships(self, source: str) -> list[dict[str, Any]]:
+        """The members at `roster_source`, in NRPS's shape; only when `supports_roster`."""
+        raise NotImplementedError(f"the {self.kind} adapter has no roster service")
+
+    @abstractmethod
+    def probe(self) -> HealthReport:
+        """Check the connection's credentials against the LMS."""

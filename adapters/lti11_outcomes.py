@@ -21,12 +21,13 @@ from adapters.base import (
     DeliveryReceipt,
     Destination,
     HealthReport,
+    LmsAdapter,
     NormalizedGrade,
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
 from adapters.http import HttpClient, body_excerpt, is_transient, parse_retry_after
-from adapters.url_policy import UrlPolicySettings, host_entries, policed, raise_if_refused_at_launch
+from adapters.url_policy import UrlPolicySettings, host_entries, raise_if_refused_at_launch
 
 NS = "http://www.imsglobal.org/services/ltiv1p1/xsd/imsoms_v1p0"
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -205,13 +206,16 @@ def parse_response(body: bytes, message_id: str, operation: str) -> PoxResponse 
     return PoxResponse(code, _text(_child(status, "imsx_description")), score)
 
 
-class Lti11OutcomesAdapter:
+class Lti11OutcomesAdapter(LmsAdapter):
     kind: ClassVar[str] = "lti11"
     settings_schema: ClassVar[type[Schema]] = Lti11SettingsSchema
     secret_settings: ClassVar[frozenset[str]] = frozenset({"shared_secret"})
     needs_lms_identity: ClassVar[bool] = False
     # The student's lis_result_sourcedid is learned only when they launch this link.
     needs_launch_data: ClassVar[bool] = True
+    # readResult and deleteResult (LTI 1.1 Basic Outcomes §6).
+    supports_read: ClassVar[bool] = True
+    supports_delete: ClassVar[bool] = True
 
     def __init__(self, consumer_key: str, shared_secret: str, http: HttpClient) -> None:
         self.consumer_key = consumer_key
@@ -219,10 +223,8 @@ class Lti11OutcomesAdapter:
         self.http = http
 
     @classmethod
-    def from_settings(
-        cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
-    ) -> Self:
-        return cls(settings["consumer_key"], settings["shared_secret"], policed(http, settings))
+    def _from_validated(cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> Self:
+        return cls(settings["consumer_key"], settings["shared_secret"], http)
 
     @staticmethod
     def registration_key(settings: Mapping[str, Any]) -> str:

@@ -11,23 +11,23 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
 
 from adapters.base import (
-    AdapterContext,
     DeliveryReceipt,
     Destination,
     HealthReport,
+    LmsAdapter,
     NormalizedGrade,
     PermanentDeliveryError,
     RetryableDeliveryError,
     SecretUnreadableError,
 )
-from adapters.http import HttpClient, body_excerpt, json_or_none, link_url, parse_retry_after, raise_for_delivery
-from adapters.url_policy import UrlPolicySettings, policed, raise_if_refused_at_launch
+from adapters.http import body_excerpt, json_or_none, link_url, parse_retry_after, raise_for_delivery
+from adapters.url_policy import UrlPolicySettings, raise_if_refused_at_launch
 
 SCOPE_LINEITEM = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem"
 SCOPE_LINEITEM_READONLY = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly"
@@ -164,23 +164,14 @@ def _floor(value: datetime, resolution: timedelta) -> datetime:
 _CANVAS_STORED_TIMESTAMP = re.compile(r"before last updated timestamp of (\S+)")
 
 
-class Lti13AgsAdapter:
+class Lti13AgsAdapter(LmsAdapter):
     kind: ClassVar[str] = "lti13"
     settings_schema: ClassVar[type[Schema]] = Lti13SettingsSchema
     secret_settings: ClassVar[frozenset[str]] = frozenset()
     # Scores are addressed to the platform's `sub`, learned at launch or from NRPS.
     needs_lms_identity: ClassVar[bool] = True
-
-    def __init__(self, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> None:
-        self.settings = settings
-        self.http = http
-        self.context = context
-
-    @classmethod
-    def from_settings(
-        cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
-    ) -> Self:
-        return cls(settings, policed(http, settings), context or AdapterContext())
+    # Names and Role Provisioning Services: the members of a context.
+    supports_roster: ClassVar[bool] = True
 
     @staticmethod
     def needs_discovery(destination_data: Mapping[str, Any]) -> bool:
@@ -526,6 +517,12 @@ class Lti13AgsAdapter:
         )
 
     # --- rosters (Names and Role Provisioning Services 2.0) -----------------------------------------------
+
+    @classmethod
+    def roster_source(cls, destination: Mapping[str, Any], section_id: str | None) -> str | None:
+        """The context's NRPS URL, learned at launch."""
+        url = destination.get("context_memberships_url")
+        return str(url) if url else None
 
     def memberships(self, context_memberships_url: str) -> list[dict[str, Any]]:
         """Every member of the context, following `Link: rel=next` pages (100 a page: Schoology's maximum)."""

@@ -23,6 +23,7 @@ from adapters.base import (
     DeliveryReceipt,
     Destination,
     HealthReport,
+    LmsAdapter,
     NormalizedGrade,
     PermanentDeliveryError,
 )
@@ -34,11 +35,14 @@ class SandboxSettingsSchema(Schema):
     secret = fields.String(required=True, validate=validate.Length(min=16, max=200))
 
 
-class SandboxAdapter:
+class SandboxAdapter(LmsAdapter):
     kind: ClassVar[str] = "sandbox"
     settings_schema: ClassVar[type[Schema]] = SandboxSettingsSchema
     secret_settings: ClassVar[frozenset[str]] = frozenset({"secret"})
     needs_lms_identity: ClassVar[bool] = False
+    supports_delete: ClassVar[bool] = True
+    # One operator-chosen base URL, no allowed_hosts: the sandbox is a local test LMS.
+    url_policed: ClassVar[bool] = False
 
     def __init__(self, base_url: str, secret: str, http: HttpClient) -> None:
         self.base_url = base_url.rstrip("/")
@@ -46,9 +50,7 @@ class SandboxAdapter:
         self.http = http
 
     @classmethod
-    def from_settings(
-        cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
-    ) -> Self:
+    def _from_validated(cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> Self:
         return cls(settings["base_url"], settings["secret"], http)
 
     def _headers(self) -> dict[str, str]:

@@ -34,13 +34,14 @@ from adapters.base import (
     DeliveryReceipt,
     Destination,
     HealthReport,
+    LmsAdapter,
     LookupCache,
     NormalizedGrade,
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
 from adapters.http import HttpClient, body_excerpt, json_or_none, parse_retry_after
-from adapters.url_policy import UrlPolicySettings, policed
+from adapters.url_policy import UrlPolicySettings
 
 log = logging.getLogger("passback.adapters.schoology")
 
@@ -143,12 +144,15 @@ class _Item:
     max_points: Decimal
 
 
-class SchoologyAdapter:
+class SchoologyAdapter(LmsAdapter):
     kind: ClassVar[str] = "schoology"
     settings_schema: ClassVar[type[Schema]] = SchoologySettingsSchema
     secret_settings: ClassVar[frozenset[str]] = frozenset({"consumer_secret"})
     # No launch is needed: students are found through the section's enrollments.
     needs_lms_identity: ClassVar[bool] = False
+    # Section enrollments stand in for a roster service.
+    supports_roster: ClassVar[bool] = True
+    policy_defaults: ClassVar[Mapping[str, Any]] = {"base_url": DEFAULT_BASE_URL}
 
     def __init__(self, settings: Mapping[str, Any], http: HttpClient, lookups: LookupCache) -> None:
         self.base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
@@ -163,11 +167,8 @@ class SchoologyAdapter:
         self._cache_prefix = f"schoology|{self.base_url}|{self.key}|"
 
     @classmethod
-    def from_settings(
-        cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext | None = None
-    ) -> Self:
-        bound = policed(http, {"base_url": DEFAULT_BASE_URL, **settings})
-        return cls(settings, bound, (context or AdapterContext()).lookups)
+    def _from_validated(cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> Self:
+        return cls(settings, http, context.lookups)
 
     @classmethod
     def batch_key(cls, destination: Destination) -> str | None:

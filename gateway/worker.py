@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from adapters import REGISTRY, AdapterContext, GradeAdapter, HttpClient
+from adapters import REGISTRY, AdapterContext, HttpClient, LmsAdapter
 from adapters.base import (
     DeliveryError,
     DeliveryReceipt,
@@ -118,7 +118,7 @@ class DeliveryWorker:
         settings: Settings,
         *,
         http: HttpClient | None = None,
-        adapters: Mapping[str, type[GradeAdapter]] = REGISTRY,
+        adapters: Mapping[str, type[LmsAdapter]] = REGISTRY,
         district_id: str | None = None,
         limiter: Limiter | None = None,
     ) -> None:
@@ -186,8 +186,8 @@ class DeliveryWorker:
         for claim, work in self._load(claims, statuses):
             adapter_cls = self.adapters.get(work.adapter)
             key = None
-            if work.operation == "replace" and adapter_cls is not None and hasattr(adapter_cls, "deliver_batch"):
-                key = adapter_cls.batch_key(work.destination)  # type: ignore[attr-defined]
+            if work.operation == "replace" and adapter_cls is not None:
+                key = adapter_cls.batch_key(work.destination)
             if key is None:
                 status = self._deliver_one(claim, work, adapter_cls, sent, claimed_at)
                 if status is not None:
@@ -226,18 +226,14 @@ class DeliveryWorker:
         self,
         claim: Claim,
         work: DeliveryWork,
-        adapter_cls: Any,
+        adapter_cls: type[LmsAdapter] | None,
         sent: list[tuple[Claim, DeliveryWork, Any]],
         claimed_at: float,
     ) -> str | None:
         """Send one delivery. Its outcome goes to `sent`, to be recorded with the round's others, and None is
         returned; a delivery that looks up its destination under the placement's lease is recorded at once
         (what it learned serves the next delivery) and its status returned."""
-        discovering = bool(
-            adapter_cls is not None
-            and getattr(adapter_cls, "needs_discovery", None)
-            and adapter_cls.needs_discovery(work.destination.data)
-        )
+        discovering = adapter_cls is not None and adapter_cls.needs_discovery(work.destination.data)
         if not discovering:
             sent.append((claim, work, self._send(claim, work, adapter_cls, claimed_at)))
             return None
@@ -268,7 +264,9 @@ class DeliveryWorker:
         )
         return ThrottledHttpClient(self.http, self.limiter, throttle, before_request=keeper)
 
-    def _adapter(self, work: DeliveryWork, adapter_cls: Any, claims: list[Claim], claimed_at: float) -> Any:
+    def _adapter(
+        self, work: DeliveryWork, adapter_cls: type[LmsAdapter] | None, claims: list[Claim], claimed_at: float
+    ) -> LmsAdapter:
         if adapter_cls is None:
             raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
         if work.settings_problem:
@@ -279,15 +277,15 @@ class DeliveryWorker:
         return adapter_cls.from_settings(work.settings, http, self.adapter_context())
 
     def _send(
-        self, claim: Claim, work: DeliveryWork, adapter_cls: Any, claimed_at: float
+        self, claim: Claim, work: DeliveryWork, adapter_cls: type[LmsAdapter] | None, claimed_at: float
     ) -> DeliveryReceipt | DeliveryError | None:
         """The adapter's answer for one delivery: a receipt, or the error (never raised); None when the claim
         was lost before a request went out."""
         try:
             adapter = self._adapter(work, adapter_cls, [claim], claimed_at)
             if work.operation == "delete":
-                return adapter.delete_result(work.destination)  # type: ignore[no-any-return]
-            return adapter.deliver(work.grade, work.destination)  # type: ignore[no-any-return]
+                return adapter.delete_result(work.destination)
+            return adapter.deliver(work.grade, work.destination)
         except ClaimLost as exc:
             log.warning("delivery %s: not sent, %s", claim.delivery_id, exc)
             return None
@@ -307,7 +305,7 @@ class DeliveryWorker:
         except Exception as exc:
             error = exc if isinstance(exc, DeliveryError) else self._adapter_bug("batch", group[0][1].adapter, exc)
             return self._record_batch(group, [error] * len(group))
-        room = int(getattr(adapter, "max_batch", 1)) - len(group)
+        room = adapter.max_batch - len(group)
         if room > 0:
             # Fill the request: more due grades of the same connection and section, claimed the usual way.
             with self.db.transaction() as session:
@@ -323,7 +321,7 @@ class DeliveryWorker:
             statuses: dict[str, str | None] = {}
             strays: list[tuple[Claim, DeliveryWork, Any]] = []
             for claim, work in self._load(more, statuses):
-                if adapter_cls.batch_key(work.destination) == key:  # type: ignore[attr-defined]
+                if adapter_cls.batch_key(work.destination) == key:
                     group.append((claim, work))
                     claims.append(claim)
                 else:

@@ -46,8 +46,7 @@ def add_lms_connection(
         select(LmsConnection).where(LmsConnection.district_id == district_id, LmsConnection.name == name)
     ):
         raise Conflict(f"district already has an LMS connection named {name!r}")
-    registration = getattr(adapter_cls, "registration_key", None)
-    key = registration(clean) if registration else None
+    key = adapter_cls.registration_key(clean)
     if key is not None and session.scalar(select(LmsConnection.id).where(LmsConnection.registration_key == key)):
         raise Conflict("another LMS connection already registers this platform and client id")
     connection = LmsConnection(
@@ -79,8 +78,7 @@ def update_lms_settings(
         raise InvalidInput(
             f"invalid settings for adapter {connection.adapter!r}", fields=exc.normalized_messages()
         ) from exc
-    registration = getattr(adapter_cls, "registration_key", None)
-    key = registration(clean) if registration else None
+    key = adapter_cls.registration_key(clean)
     if key is not None and session.scalar(
         select(LmsConnection.id).where(LmsConnection.registration_key == key, LmsConnection.id != connection.id)
     ):
@@ -143,11 +141,13 @@ def add_placement(
 ) -> Placement:
     """Place an assignment in an LMS course; grades already waiting for a destination are routed to it."""
     connection = get_connection(session, district_id, connection_ref)
-    shape = getattr(REGISTRY.get(connection.adapter), "placement_destination", None)
-    if shape is not None:
+    adapter_cls = REGISTRY.get(connection.adapter)
+    if adapter_cls is not None:
         # The adapter checks and completes what a placement must name (Schoology: section and assignment).
         try:
-            course_id, section_id, destination = shape(course_id, section_id, dict(destination or {}))
+            course_id, section_id, destination = adapter_cls.placement_destination(
+                course_id, section_id, dict(destination or {})
+            )
         except ValueError as exc:
             raise InvalidInput(str(exc), fields={"destination": [str(exc)]}) from exc
     if not course_id:

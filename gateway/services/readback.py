@@ -41,10 +41,10 @@ def read_back(
     answers = []
     for delivery_id, name, adapter_kind, work in works:
         answer: dict[str, Any] = {"delivery_id": delivery_id, "lms_connection": name, "value": None, "error": None}
-        adapter_cls: Any = REGISTRY.get(adapter_kind)
+        adapter_cls = REGISTRY.get(adapter_kind)
         if work is not None and work.settings_problem:
             answer["error"] = work.settings_problem
-        elif work is None or adapter_cls is None or not hasattr(adapter_cls, "read_result"):
+        elif work is None or adapter_cls is None or not adapter_cls.supports_read:
             answer["error"] = f"the {adapter_kind} adapter cannot read grades back"
         else:
             try:

@@ -43,19 +43,14 @@ def sync_roster(
         if connection is None:
             raise NotFound(f"no LMS connection {connection_ref!r} in this district")
         adapter_cls = REGISTRY[connection.adapter]
-        if not hasattr(adapter_cls, "memberships"):
+        if not adapter_cls.supports_roster:
             raise InvalidInput(f"the {connection.adapter} adapter has no roster service")
         settings = connection_settings(box, connection)
-        roster_source = getattr(adapter_cls, "roster_source", None)
         courses: dict[str, str] = {}
         for placement in session.scalars(select(Placement).where(Placement.lms_connection_id == connection.id)):
             destination = placement.destination or {}
             # What the adapter reads a course's members from: LTI's NRPS URL, Schoology's section id.
-            source = (
-                roster_source(destination, placement.section_id)
-                if roster_source
-                else destination.get("context_memberships_url")
-            )
+            source = adapter_cls.roster_source(destination, placement.section_id)
             if source:
                 courses[placement.course_id] = str(source)
         connection_id = connection.id

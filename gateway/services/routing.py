@@ -46,9 +46,11 @@ class Route:
     @property
     def waits_for_launch(self) -> bool:
         adapter = REGISTRY.get(self.adapter)
-        if getattr(adapter, "needs_lms_identity", False) and not self.has_identity:
+        if adapter is None:
+            return False
+        if adapter.needs_lms_identity and not self.has_identity:
             return True
-        return bool(getattr(adapter, "needs_launch_data", False)) and not self.has_launch_data
+        return adapter.needs_launch_data and not self.has_launch_data
 
 
 ROUTE_COLUMNS = (
@@ -281,8 +283,8 @@ def release_awaiting_launch(
         conditions.append(Delivery.placement_id == placement_id)
     # Release only what can now be sent: a delivery that also needs this student's launch of its link (LTI
     # 1.1's sourcedid) keeps waiting for it, instead of failing at once.
-    needs_launch = [name for name, a in REGISTRY.items() if getattr(a, "needs_launch_data", False)]
-    needs_identity = [name for name, a in REGISTRY.items() if getattr(a, "needs_lms_identity", False)]
+    needs_launch = [name for name, a in REGISTRY.items() if a.needs_launch_data]
+    needs_identity = [name for name, a in REGISTRY.items() if a.needs_lms_identity]
     conditions += [
         or_(
             Delivery.lms_connection_id.not_in(select(LmsConnection.id).where(LmsConnection.adapter.in_(needs_launch))),
@@ -370,7 +372,8 @@ def schedule_deletions(session: Session, grade: Grade, now: datetime) -> int:
     ).all()
     rows = []
     for placement_id, connection_id, adapter in reached:
-        if not hasattr(REGISTRY.get(adapter), "delete_result"):
+        adapter_cls = REGISTRY.get(adapter)
+        if adapter_cls is None or not adapter_cls.supports_delete:
             continue
         row = _delivery_row(grade, str(revision_id), None, now)
         row.update(
