@@ -295,8 +295,8 @@ def lms_set(district_id: str, lms_ref: str, pairs: tuple[str, ...], settings_jso
 @json_option
 def lms_sync_roster(district_id: str, lms_ref: str, as_json: bool) -> None:
     """Map placed courses' members (LTI NRPS) to Passback users, so grades reach students who never launched."""
+    from gateway.services.adapter_context import build_adapter_context
     from gateway.services.roster import sync_roster
-    from gateway.worker import build_adapter_context
 
     app = _app()
     database, box = app.extensions["passback_db"], app.extensions["passback_box"]

@@ -21,8 +21,9 @@ from adapters.base import (
 )
 from adapters.http import Throttle, ThrottledHttpClient
 from gateway.config import Settings
-from gateway.crypto import SecretBox, SecretUndecryptable
+from gateway.crypto import SecretBox
 from gateway.db import Database
+from gateway.services.adapter_context import build_adapter_context
 from gateway.services.deliveries import (
     DISCOVERY_WAIT_SECONDS,
     Claim,
@@ -41,34 +42,10 @@ from gateway.services.deliveries import (
     take_discovery_lease,
     touch_connection,
 )
-from gateway.services.keys import current_signing_key
-from gateway.services.token_cache import DatabaseTokenCache
 from gateway.throttle import Limiter, make_limiter
 
 log = logging.getLogger("passback.worker")
 PURGE_INTERVAL_SECONDS = 3600
-
-
-# LMS lookups (enrollment ids, maximum points) are shared by every adapter in this process.
-PROCESS_LOOKUPS = LookupCache()
-
-
-def build_adapter_context(db: Database, box: SecretBox, lookups: LookupCache | None = None) -> AdapterContext:
-    """What adapters borrow from Passback: its current signing key, the database-backed token cache and the
-    process's lookup cache. The worker, the roster sync and the read-back API all call LMSs with it."""
-    problem = None
-    with db.transaction() as session:
-        try:
-            key = current_signing_key(session, box)
-        except SecretUndecryptable as exc:
-            # Only LTI 1.3 signs; the other adapters still deliver, and LTI 1.3 deliveries wait with the reason.
-            key, problem = None, exc.message
-    return AdapterContext(
-        signing_key=key,
-        token_cache=DatabaseTokenCache(db, box),
-        lookups=lookups or PROCESS_LOOKUPS,
-        signing_key_problem=problem,
-    )
 
 
 def nudge_worker(app: Any, connection_ids: Iterable[str | None] | None = None) -> None:

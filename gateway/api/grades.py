@@ -11,6 +11,7 @@ from gateway.api import api
 from gateway.api.common import current_principal, json_object, load
 from gateway.extensions import db
 from gateway.services import idempotency
+from gateway.services.adapter_context import build_adapter_context
 from gateway.services.errors import InvalidInput, ServiceError
 from gateway.services.grades import (
     accept_grade,
@@ -22,7 +23,7 @@ from gateway.services.grades import (
     list_grades,
 )
 from gateway.services.readback import read_back
-from gateway.worker import build_adapter_context, nudge_worker
+from gateway.worker import nudge_worker
 from schemas.grades import (
     BulkGradeRequestSchema,
     BulkGradeResponseSchema,

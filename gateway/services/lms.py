@@ -15,6 +15,7 @@ from adapters import REGISTRY
 from adapters.base import DeliveryError, HealthReport
 from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.models import Assignment, Delivery, DeliveryStatus, LmsConnection, Placement, utcnow
+from gateway.services.adapter_context import build_adapter_context
 from gateway.services.directory import get_district
 from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import route_waiting_grades
@@ -189,8 +190,6 @@ def add_placement(
 
 def probe_connection(app: Any, district_id: str, connection_ref: str) -> HealthReport:
     """Ask the connection's adapter whether the LMS answers and accepts its credentials (no grade is sent)."""
-    from gateway.worker import build_adapter_context
-
     database, box = app.extensions["passback_db"], app.extensions["passback_box"]
     with database.transaction() as session:
         connection = get_connection(session, district_id, connection_ref)

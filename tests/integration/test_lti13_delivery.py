@@ -396,8 +396,8 @@ def test_threads_that_miss_the_token_cache_together_fetch_one_token(ags: AgsSetu
     from adapters import HttpClient
     from adapters.lti13_ags import Lti13AgsAdapter
     from gateway.models import LmsConnection
+    from gateway.services.adapter_context import build_adapter_context
     from gateway.services.lms import connection_settings
-    from gateway.worker import build_adapter_context
 
     db, box = app.extensions["passback_db"], app.extensions["passback_box"]
     with ags.world.session() as session:

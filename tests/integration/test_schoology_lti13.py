@@ -9,10 +9,11 @@ from sqlalchemy import select
 
 from adapters.lti13_ags import PRESETS, SCOPE_LINEITEM, SCOPE_NRPS, SCOPE_SCORE, Lti13SettingsSchema
 from gateway.models import Placement
+from gateway.services.adapter_context import build_adapter_context
 from gateway.services.directory import create_user, enroll, get_user, link_identity
 from gateway.services.lms import add_lms_connection, add_placement
 from gateway.services.roster import sync_roster
-from gateway.worker import DeliveryWorker, build_adapter_context
+from gateway.worker import DeliveryWorker
 from tests.conftest import LiveServer
 from tests.factories import World
 from tests.fakes.ags_platform import AgsPlatform
