@@ -10,6 +10,7 @@ commits a grade. Skipped, with the reason, where no Redis answers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -74,23 +75,32 @@ class CeleryWorker:
         self.log_path = tmp_path / f"{name}.log"
         argv = [*worker_command(), "--concurrency", "4"] + (["--beat"] if beat else [])
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+            # Its own process group: `--beat` forks a beat child, which a kill of the worker alone would orphan
+            # (left running, it would keep publishing to the test broker after the test).
+            self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
     def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
+        """SIGKILL the worker and its beat at once, as a crashed machine would."""
+        self._signal_group(signal.SIGKILL)
         self.process.wait(10)
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        # Whatever of the group is still alive (a beat child) goes too.
+        self._signal_group(signal.SIGKILL)
 
 
 @pytest.fixture
