@@ -45,10 +45,11 @@ bench: install-test ## Benchmarks: intake vs a bare insert (C), Schoology batchi
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.canvas_throttle --json bench/results/canvas_throttle.json
 
-lint: install-test ## ruff (checks and formatting), and mypy on adapters/, schemas/ and gateway/services/
+lint: install-test ## ruff (checks and formatting), mypy on adapters/, schemas/ and gateway/services/, import-linter's layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy adapters schemas gateway/services
+	$(BIN)/lint-imports --no-cache --no-logo
 
 clean: ## Remove .venv, the local database and caches
-	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache tests/artifacts
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache .import_linter_cache tests/artifacts
