@@ -1,4 +1,4 @@
-"""Leases: a worker that dies between claim and result does not lose the grade (README "Delivery", Leases).
+"""Leases: a worker that dies between claim and result does not lose the grade (docs/delivery.md, Leases).
 
 The main test runs `gateway worker` as a real process, lets it claim a delivery and send it to a fake LMS that
 holds the request, kills the process with SIGKILL, and shows the delivery waits out the lease and is then
