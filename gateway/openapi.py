@@ -54,6 +54,13 @@ class PassbackConverter(OpenAPIConverter):
         super().init_attribute_functions()
         self.attribute_functions += [self.exclusive_bounds, self.loaded_with]
 
+    def field2nullable(self, field: fields.Field, ret: dict[str, Any]) -> dict[str, Any]:
+        # A nullable nested schema as `allOf` + `nullable`; apispec's anyOf with a bare object makes generated
+        # clients parse every such value as an anonymous object instead of the named model.
+        if field.allow_none and "$ref" in ret:
+            return {"allOf": [{"$ref": ret.pop("$ref")}], "nullable": True}
+        return dict(super().field2nullable(field, ret))
+
     def exclusive_bounds(self, field: fields.Field, ret: dict[str, Any], **_: Any) -> dict[str, Any]:
         found: dict[str, Any] = {}
         for validator in field.validators:
