@@ -1,229 +1,193 @@
-"""The OpenAPI document at /openapi.json, built from the same marshmallow schemas the views use."""
+"""The OpenAPI document at /openapi.json, generated from the contracts the views declare with @operation
+(gateway/contract.py), and a Swagger UI page for people at /api-docs, served from the swagger-ui-bundle package.
+
+Only what is generic lives here: info, security schemes, tags, and the marshmallow → JSON Schema conversion.
+"""
 
 from __future__ import annotations
 
-from functools import cache
+import re
 from typing import Any
 
 from apispec import APISpec
-from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, Response, jsonify
+from apispec.ext.marshmallow import MarshmallowPlugin, OpenAPIConverter
+from apispec.ext.marshmallow.field_converter import DEFAULT_FIELD_MAPPING
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, send_from_directory
+from marshmallow import fields
+from swagger_ui_bundle import swagger_ui_path
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import Rule
 
-from schemas.assignments import (
-    AssignmentFieldsSchema,
-    AssignmentSchema,
-    BulkAssignmentsSchema,
-    BulkResultSchema,
-    CatalogSchema,
-)
-from schemas.errors import ErrorSchema
-from schemas.grades import (
-    BulkGradeRequestSchema,
-    BulkGradeResponseSchema,
-    GradeListResponseSchema,
-    GradeRequestSchema,
-    GradeResponseSchema,
-    LmsValuesSchema,
-)
-from schemas.me import MeSchema
-from schemas.placements import PlacementsRequestSchema, PlacementsResponseSchema
+from gateway.contract import TAGS, Header, Operation, Reply, contract_of
+from schemas.base import JsonNumber
 
 openapi_bp = Blueprint("openapi", __name__)
 
-ERRORS = {
-    "400": "Malformed JSON or bad request",
-    "401": "Missing, invalid, expired or revoked bearer token",
-    "403": "The token may not do this",
-    "404": "Not found in this district and app",
-    "409": "Conflict (an older timestamp, a reused Idempotency-Key)",
-    "415": "Content-Type is not application/json",
-    "422": "A field broke a rule; `fields` names each one",
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A district-app token (gateway app authorize) or a user token (the app sign-in).",
+    },
+    "clientBasic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "The app's client id and secret (client_secret_basic).",
+    },
 }
+# Swagger UI files the page loads (and their source maps, for a browser's developer tools).
+SWAGGER_UI_ASSETS = frozenset(
+    name for base in ("swagger-ui.css", "swagger-ui-bundle.js") for name in (base, f"{base}.map")
+) | {"favicon-32x32.png"}
+_RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>[a-z]+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+_CONVERTER_TYPES = {"int": "integer", "float": "number"}
 
 
-def _errors(*codes: str) -> dict[str, Any]:
-    return {code: {"description": ERRORS[code], "content": {"application/json": {"schema": "Error"}}} for code in codes}
+class PassbackConverter(OpenAPIConverter):
+    """apispec's converter, taught Passback's fields: a JsonNumber is a number (so its Range gives `minimum`, not
+    `x-minimum`), an exclusive Range bound says so, and a field with `loaded_with` metadata (an entry loaded on its
+    own by the view) documents that schema."""
+
+    field_mapping = {**DEFAULT_FIELD_MAPPING, JsonNumber: ("number", None)}
+
+    def init_attribute_functions(self) -> None:
+        super().init_attribute_functions()
+        self.attribute_functions += [self.exclusive_bounds, self.loaded_with]
+
+    def field2nullable(self, field: fields.Field, ret: dict[str, Any]) -> dict[str, Any]:
+        # A nullable nested schema as `allOf` + `nullable`; apispec's anyOf with a bare object makes generated
+        # clients parse every such value as an anonymous object instead of the named model.
+        if field.allow_none and "$ref" in ret:
+            return {"allOf": [{"$ref": ret.pop("$ref")}], "nullable": True}
+        return dict(super().field2nullable(field, ret))
+
+    def exclusive_bounds(self, field: fields.Field, ret: dict[str, Any], **_: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for validator in field.validators:
+            min_inclusive = getattr(validator, "min_inclusive", True)
+            max_inclusive = getattr(validator, "max_inclusive", True)
+            if not min_inclusive and "minimum" in ret:
+                found["exclusiveMinimum"] = True
+            if not max_inclusive and "maximum" in ret:
+                found["exclusiveMaximum"] = True
+        return found
+
+    def loaded_with(self, field: fields.Field, **_: Any) -> dict[str, Any]:
+        schema = field.metadata.get("loaded_with")
+        return {} if schema is None else dict(self.resolve_nested_schema(schema))
 
 
-def _json(schema: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+class PassbackPlugin(MarshmallowPlugin):
+    Converter = PassbackConverter
 
 
-@cache
-def build_spec() -> dict[str, Any]:
+def build_spec(app: Flask) -> dict[str, Any]:
+    """The document for every rule of `app` whose view declares an @operation, in URL order."""
+    plugin = PassbackPlugin()
     spec = APISpec(
         title="Passback",
         version="0.1.0",
         openapi_version="3.0.3",
-        plugins=[MarshmallowPlugin()],
+        plugins=[plugin],
         info={"description": "Grade passback gateway: apps post grades, Passback delivers them to the LMS."},
     )
-    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    for name, schema in [
-        ("Error", ErrorSchema),
-        ("GradeRequest", GradeRequestSchema),
-        ("Grade", GradeResponseSchema),
-        ("GradeList", GradeListResponseSchema),
-        ("LmsValues", LmsValuesSchema),
-        ("Assignment", AssignmentSchema),
-        ("Catalog", CatalogSchema),
-        ("AssignmentFields", AssignmentFieldsSchema),
-        ("BulkAssignments", BulkAssignmentsSchema),
-        ("BulkResult", BulkResultSchema),
-        ("Me", MeSchema),
-        ("BulkGradeRequest", BulkGradeRequestSchema),
-        ("BulkGradeResponse", BulkGradeResponseSchema),
-        ("PlacementsRequest", PlacementsRequestSchema),
-        ("Placements", PlacementsResponseSchema),
-    ]:
-        spec.components.schema(name, schema=schema)
-    secured: list[dict[str, list[str]]] = [{"bearer": []}]
-    spec.path(
-        path="/v1/grades",
-        operations={
-            "post": {
-                "summary": "Post up to 1,000 grades; each entry is validated and stored on its own",
-                "security": secured,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": "BulkGradeRequest"}}},
-                "responses": {
-                    "200": _json("BulkGradeResponse", "One result per entry: 202 accepted, or its own error"),
-                    **_errors("400", "401", "403", "415", "422"),
-                },
-            }
-        },
-    )
-    spec.path(
-        path="/v1/placements",
-        operations={
-            "post": {
-                "summary": "Place catalog assignments in LMS courses or sections (e.g. Schoology), all or none",
-                "security": secured,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": "PlacementsRequest"}}},
-                "responses": {
-                    "201": _json("Placements", "At least one placement was created"),
-                    "200": _json("Placements", "Every placement already existed"),
-                    **_errors("400", "401", "403", "404", "409", "415", "422"),
-                },
-            }
-        },
-    )
-    assignment_id = {"name": "assignment_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    spec.path(
-        path="/v1/grade",
-        operations={
-            "post": {
-                "summary": "Post a grade (percentage, or scoreGiven with scoreMaximum)",
-                "security": secured,
-                "parameters": [
-                    {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
-                ],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": "GradeRequest"}}},
-                "responses": {
-                    "202": _json("Grade", "Accepted and stored; delivery follows. Location: the status URL."),
-                    **_errors("400", "401", "403", "404", "409", "415", "422"),
-                },
-            }
-        },
-    )
-    spec.path(
-        path="/v1/grades/{grade_id}",
-        operations={
-            "get": {
-                "summary": "A grade and the status of each of its deliveries",
-                "security": secured,
-                "parameters": [{"name": "grade_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json("Grade", "The grade"), **_errors("401", "403", "404")},
-            },
-            "delete": {
-                "summary": "Clear the grade in every LMS that supports deletion; a later post revives it",
-                "security": secured,
-                "parameters": [{"name": "grade_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"202": _json("Grade", "Deletion queued"), **_errors("401", "403", "404")},
-            },
-        },
-    )
-    spec.path(
-        path="/v1/grades/{grade_id}/lms",
-        operations={
-            "get": {
-                "summary": "What each LMS that received the grade holds now (LTI 1.1 readResult)",
-                "security": secured,
-                "parameters": [{"name": "grade_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json("LmsValues", "One value or error per LMS"), **_errors("401", "404")},
-            }
-        },
-    )
-    spec.path(
-        path="/v1/grades",
-        operations={
-            "get": {
-                "summary": "Grades of this app in this district, filtered, cursor-paged",
-                "security": secured,
-                "parameters": [
-                    {"name": n, "in": "query", "required": False, "schema": {"type": t}}
-                    for n, t in [
-                        ("assignmentID", "string"),
-                        ("userID", "string"),
-                        ("status", "string"),
-                        ("limit", "integer"),
-                        ("cursor", "string"),
-                    ]
-                ],
-                "responses": {"200": _json("GradeList", "A page of grades"), **_errors("401", "422")},
-            }
-        },
-    )
-    spec.path(
-        path="/v1/assignments",
-        operations={
-            "get": {
-                "summary": "The app's catalog, in Clever's shape",
-                "security": secured,
-                "responses": {"200": _json("Catalog", "The catalog"), **_errors("401")},
-            },
-            "post": {
-                "summary": "Create or update many assignments at once (all or nothing)",
-                "security": secured,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": "BulkAssignments"}}},
-                "responses": {"200": _json("BulkResult", "Upserted"), **_errors("400", "401", "403", "415", "422")},
-            },
-        },
-    )
-    spec.path(
-        path="/v1/assignments/{assignment_id}",
-        operations={
-            "put": {
-                "summary": "Create or update one assignment",
-                "security": secured,
-                "parameters": [assignment_id],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": "AssignmentFields"}}},
-                "responses": {
-                    "200": _json("Assignment", "Updated"),
-                    "201": _json("Assignment", "Created"),
-                    **_errors("400", "401", "403", "415", "422"),
-                },
-            },
-            "delete": {
-                "summary": "Archive an assignment (its grades are kept)",
-                "security": secured,
-                "parameters": [assignment_id],
-                "responses": {"200": _json("Assignment", "Archived"), **_errors("401", "403", "404", "422")},
-            },
-        },
-    )
-    spec.path(
-        path="/v1/me",
-        operations={
-            "get": {
-                "summary": "What this token is: district_app, student or teacher; its district and user",
-                "security": secured,
-                "responses": {"200": _json("Me", "The token's identity"), **_errors("401")},
-            }
-        },
-    )
+    for name, scheme in SECURITY_SCHEMES.items():
+        spec.components.security_scheme(name, scheme)
+    for name, description in TAGS.items():
+        spec.tag({"name": name, "description": description})
+    assert plugin.converter is not None  # set by APISpec when it initialises the plugin
+    converter = plugin.converter
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, sorted(r.methods or ()))):
+        contract = contract_of(app.view_functions[rule.endpoint])
+        if contract is None:
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            spec.path(path=openapi_path(rule), operations={method.lower(): _operation(contract, rule, converter)})
     return spec.to_dict()
+
+
+def openapi_path(rule: Rule) -> str:
+    """/v1/grades/<grade_id> → /v1/grades/{grade_id}."""
+    return _RULE_ARGUMENT.sub(lambda m: "{" + m["name"] + "}", rule.rule)
+
+
+def _operation(contract: Operation, rule: Rule, converter: OpenAPIConverter) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = []
+    for match in _RULE_ARGUMENT.finditer(rule.rule):
+        name = match["name"]
+        declared = contract.path.get(name)
+        schema = (
+            converter.field2property(declared)
+            if declared is not None
+            else {"type": _CONVERTER_TYPES.get(match["converter"] or "", "string")}
+        )
+        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+    if contract.query is not None:
+        parameters.append({"in": "query", "schema": contract.query})
+    parameters += [
+        {"name": header.name, "in": "header", "required": False, "description": header.description}
+        | {"schema": _header_schema(header)}
+        for header in contract.headers
+    ]
+    operation: dict[str, Any] = {
+        "operationId": contract.operation_id,
+        "tags": [contract.tag],
+        "summary": contract.summary,
+        "security": [{name: [] for name in schemes} for schemes in contract.security],
+        "responses": {str(reply.status): _response(reply) for reply in (*contract.replies, *contract.errors)},
+    }
+    if contract.description:
+        operation["description"] = contract.description
+    if parameters:
+        operation["parameters"] = parameters
+    if contract.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {media_type: {"schema": contract.body} for media_type in contract.body_media_types},
+        }
+    return operation
+
+
+def _response(reply: Reply) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": reply.description}
+    if reply.schema is not None:
+        response["content"] = {reply.media_type: {"schema": reply.schema}}
+    if reply.headers:
+        response["headers"] = {
+            header.name: {"description": header.description, "schema": _header_schema(header)}
+            for header in reply.headers
+        }
+    return response
+
+
+def _header_schema(header: Header) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": header.type}
+    if header.max_length is not None:
+        schema.update(minLength=1, maxLength=header.max_length)
+    return schema
+
+
+def openapi_document(app: Flask) -> dict[str, Any]:
+    """Built on first use and kept with the app: the rules and contracts do not change while it runs."""
+    document = app.extensions.get("passback_openapi")
+    if document is None:
+        document = app.extensions["passback_openapi"] = build_spec(app)
+    return document
 
 
 @openapi_bp.get("/openapi.json")
 def openapi_json() -> Response:
-    return jsonify(build_spec())
+    return jsonify(openapi_document(current_app))
+
+
+@openapi_bp.get("/api-docs")
+def api_docs() -> str:
+    """Swagger UI: the page, its script and stylesheet all come from this gateway (no CDN), under the app's CSP."""
+    return render_template("api_docs.html")
+
+
+@openapi_bp.get("/api-docs/assets/<name>")
+def api_docs_asset(name: str) -> Response:
+    if name not in SWAGGER_UI_ASSETS:
+        raise NotFound()
+    return send_from_directory(str(swagger_ui_path), name, max_age=86400)

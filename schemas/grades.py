@@ -52,8 +52,12 @@ class GradeRequestSchema(StrictSchema):
     assignmentID = fields.String(
         required=True, validate=validate.Regexp(ASSIGNMENT_ID_PATTERN, error=ASSIGNMENT_ID_RULE)
     )
-    userID = fields.String(validate=validate.Length(min=1, max=64))
-    percentage = JsonNumber(metadata={"description": "A fraction in 0..1 (0.8 means 80%)."})
+    userID = fields.String(
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "The student; required with a district-app token, the token's user otherwise."},
+    )
+    # The bounds are checked below, with a hint for a percent sent as 80; the metadata documents them.
+    percentage = JsonNumber(metadata={"description": "A fraction in 0..1 (0.8 means 80%).", "minimum": 0, "maximum": 1})
     scoreGiven = JsonNumber(validate=validate.Range(min=0, error="Must be greater than or equal to 0."))
     scoreMaximum = JsonNumber(validate=validate.Range(min=0, min_inclusive=False, error="Must be greater than 0."))
     comment = fields.String(allow_none=True, validate=validate.Length(max=MAX_COMMENT_CHARS))
@@ -243,7 +247,7 @@ class BulkGradeRequestSchema(StrictSchema):
     bad grade is refused alone."""
 
     grades = fields.List(
-        fields.Raw(),
+        fields.Raw(metadata={"loaded_with": GradeRequestSchema}),
         required=True,
         validate=validate.Length(min=1, max=MAX_BULK_GRADES, error="Must hold 1 to 1000 grades."),
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, jsonify
 
 from gateway.api import api
-from gateway.api.common import current_principal, json_object, load
+from gateway.api.common import current_principal, load, load_body, load_query
+from gateway.contract import Reply, operation
 from gateway.extensions import db
 from gateway.models import TokenKind
 from gateway.services.catalog import (
@@ -24,11 +25,23 @@ from schemas.assignments import (
     CatalogSchema,
 )
 
+ASSIGNMENT_ID = {"assignment_id": AssignmentIdSchema().fields["id"]}
+
 
 @api.get("/assignments")
+@operation(
+    "listAssignments",
+    tag="assignments",
+    summary="The app's catalog, in Clever's shape",
+    description="For an app with a catalog URL, a pull of it (cached); when a pull fails, the last good copy "
+    "with `stale: true`.",
+    query=CatalogQuerySchema,
+    replies=Reply(200, "The catalog.", CatalogSchema),
+    errors=(502,),
+)
 def get_catalog() -> Response:
     principal = current_principal()
-    query = load(CatalogQuerySchema(), request.args.to_dict())
+    query = load_query()
     # End the request's transaction first: a pull waits on the app, which may call back into /v1/me.
     db.session().commit()
     view = catalog_view(
@@ -44,10 +57,18 @@ def get_catalog() -> Response:
 
 
 @api.post("/assignments")
+@operation(
+    "postAssignments",
+    tag="assignments",
+    summary="Create or update up to 1,000 assignments at once, all or nothing",
+    body=BulkAssignmentsSchema,
+    replies=Reply(200, "Created and updated.", BulkResultSchema),
+    errors=(403,),
+)
 def bulk_upsert() -> Response:
     principal = current_principal()
     require_catalog_writer(principal)
-    data = load(BulkAssignmentsSchema(), json_object())
+    data = load_body()
     session = db.session()
     result = upsert_assignments(session, principal.app_id, data["assignments"])
     payload = BulkResultSchema().dump(result)
@@ -56,11 +77,20 @@ def bulk_upsert() -> Response:
 
 
 @api.put("/assignments/<assignment_id>")
+@operation(
+    "putAssignment",
+    tag="assignments",
+    summary="Create or update one assignment",
+    path=ASSIGNMENT_ID,
+    body=AssignmentFieldsSchema,
+    replies=(Reply(200, "Updated.", AssignmentSchema), Reply(201, "Created.", AssignmentSchema)),
+    errors=(403,),
+)
 def put_assignment(assignment_id: str) -> Response:
     principal = current_principal()
     require_catalog_writer(principal)
     load(AssignmentIdSchema(), {"id": assignment_id})
-    data = load(AssignmentFieldsSchema(), json_object())
+    data = load_body()
     session = db.session()
     result = upsert_assignments(session, principal.app_id, [{**data, "id": assignment_id}])
     payload = AssignmentSchema().dump(result.assignments[0])
@@ -71,6 +101,14 @@ def put_assignment(assignment_id: str) -> Response:
 
 
 @api.delete("/assignments/<assignment_id>")
+@operation(
+    "deleteAssignment",
+    tag="assignments",
+    summary="Archive an assignment: hidden from pickers; its grades and placements are kept",
+    path=ASSIGNMENT_ID,
+    replies=Reply(200, "Archived.", AssignmentSchema),
+    errors=(403, 404),
+)
 def delete_assignment(assignment_id: str) -> Response:
     principal = current_principal()
     require_catalog_writer(principal)

@@ -1,4 +1,5 @@
-"""Request parsing shared by the API views: JSON body, schema load, bearer principal."""
+"""Request parsing shared by the API views: JSON body, schema load (with the schemas each view's @operation
+declares), bearer principal."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from flask import current_app, g, request
 from marshmallow import Schema, ValidationError
 
+from gateway.contract import Operation, contract_of
 from gateway.extensions import db
 from gateway.input_guard import UNSTORABLE_RULE, unstorable_string_path
 from gateway.services.auth import Principal, authenticate
@@ -72,6 +74,31 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
         fields = flatten_messages(exc.messages)
         names = ", ".join(sorted(fields))
         raise InvalidInput(f"invalid {names}", fields=fields) from exc
+
+
+def declared_operation() -> Operation:
+    """The contract the view serving this request declares with @operation."""
+    contract = contract_of(current_app.view_functions[request.endpoint or ""])
+    if contract is None:
+        raise RuntimeError(f"the view {request.endpoint!r} declares no @operation")
+    return contract
+
+
+def load_query() -> dict[str, Any]:
+    """The query string, loaded with the query schema the view declares."""
+    schema = declared_operation().query
+    if schema is None:
+        raise RuntimeError(f"the view {request.endpoint!r} declares no query schema")
+    return load(schema, request.args.to_dict())
+
+
+def load_body(body: Any = None) -> dict[str, Any]:
+    """The JSON object body (or `body`, when the view already read it), loaded with the body schema the view
+    declares."""
+    schema = declared_operation().body
+    if schema is None:
+        raise RuntimeError(f"the view {request.endpoint!r} declares no body schema")
+    return load(schema, json_object() if body is None else body)
 
 
 def current_principal() -> Principal:

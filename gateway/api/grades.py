@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app, jsonify, request, url_for
+from marshmallow import fields
 from sqlalchemy.exc import IntegrityError
 
 from gateway.api import api
-from gateway.api.common import current_principal, json_object, load
+from gateway.api.common import current_principal, json_object, load, load_body, load_query
+from gateway.contract import IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, LOCATION, Reply, operation
 from gateway.extensions import db
 from gateway.services import idempotency
 from gateway.services.adapter_context import build_adapter_context
@@ -24,6 +26,7 @@ from gateway.services.grades import (
 )
 from gateway.services.readback import read_back
 from gateway.worker import nudge_worker
+from schemas.errors import ErrorSchema
 from schemas.grades import (
     BulkGradeRequestSchema,
     BulkGradeResponseSchema,
@@ -37,20 +40,30 @@ from schemas.grades import (
 # Built once: marshmallow schemas keep no per-call state, and building one per request shows in the bench.
 grade_request = GradeRequestSchema()
 grade_response = GradeResponseSchema()
-bulk_request = BulkGradeRequestSchema()
 bulk_response = BulkGradeResponseSchema()
+GRADE_ID = {"grade_id": fields.String(metadata={"description": "The grade's id, as POST /v1/grade answered it."})}
 # A thousand grades with comments do not fit the single-grade body limit.
 MAX_BULK_BODY_BYTES = 4 * 1024 * 1024
 
 
 @api.post("/grades")
+@operation(
+    "postGrades",
+    tag="grades",
+    summary="Post up to 1,000 grades; each entry is validated and stored on its own",
+    description="The body may be up to 4 MiB. One bad entry refuses only itself: its result carries the status "
+    "and error it would get alone, and the other entries are stored.",
+    body=BulkGradeRequestSchema,
+    replies=Reply(200, "One result per entry: 202 accepted, or the entry's own status and error.", bulk_response),
+    errors=(403,),
+)
 def post_grades() -> Response:
     """Up to 1,000 grades in one request, each validated and stored on its own; 200 with a result per entry."""
     request.max_content_length = max(MAX_BULK_BODY_BYTES, current_app.config["PASSBACK"].max_body_bytes)
     envelope: dict[str, Any] = {}
     input_error: ServiceError | None = None
     try:
-        envelope = load(bulk_request, json_object())
+        envelope = load_body()
     except ServiceError as exc:
         input_error = exc
     principal = current_principal()  # a bad token answers 401 before a bad body answers 4xx, as /v1/grade
@@ -96,6 +109,28 @@ def post_grades() -> Response:
 
 
 @api.post("/grade")
+@operation(
+    "postGrade",
+    tag="grades",
+    summary="Post a grade: percentage, or scoreGiven with scoreMaximum",
+    body=grade_request,
+    headers=(IDEMPOTENCY_KEY,),
+    replies=Reply(
+        202,
+        "Accepted and stored; delivery to each LMS follows. `Location` is the grade's status URL.",
+        grade_response,
+        headers=(LOCATION, IDEMPOTENT_REPLAYED),
+    ),
+    errors=(
+        403,
+        404,
+        Reply(
+            409,
+            "A grade with a later or equal timestamp is stored, or the Idempotency-Key was used for another request.",
+            ErrorSchema,
+        ),
+    ),
+)
 def post_grade() -> Response:
     # Parse and validate before the first query: on SQLite that query takes the write lock, so CPU work done
     # first shortens every other writer's wait. A bad token still answers 401 before a bad body answers 4xx.
@@ -104,7 +139,7 @@ def post_grade() -> Response:
     input_error: ServiceError | None = None
     try:
         body = json_object()
-        data = load(grade_request, body)
+        data = load_body(body)
     except ServiceError as exc:
         input_error = exc
     principal = current_principal()
@@ -158,6 +193,14 @@ def _respond(payload: dict, status: int, location: str | None, replayed: bool = 
 
 
 @api.get("/grades/<grade_id>")
+@operation(
+    "getGrade",
+    tag="grades",
+    summary="A grade and the status of each of its deliveries",
+    path=GRADE_ID,
+    replies=Reply(200, "The grade.", grade_response),
+    errors=(403,),
+)
 def get_grade_status(grade_id: str) -> Response:
     principal = current_principal()
     session = db.session()
@@ -168,6 +211,14 @@ def get_grade_status(grade_id: str) -> Response:
 
 
 @api.delete("/grades/<grade_id>")
+@operation(
+    "deleteGrade",
+    tag="grades",
+    summary="Clear the grade in every LMS that supports deletion; a later post revives it",
+    path=GRADE_ID,
+    replies=Reply(202, "Deletion queued. `Location` is the grade's status URL.", grade_response, (LOCATION,)),
+    errors=(403,),
+)
 def delete_grade_everywhere(grade_id: str) -> Response:
     """Clear the grade in every LMS that supports deletion; 202, deletion follows."""
     principal = current_principal()
@@ -180,6 +231,14 @@ def delete_grade_everywhere(grade_id: str) -> Response:
 
 
 @api.get("/grades/<grade_id>/lms")
+@operation(
+    "getGradeLms",
+    tag="grades",
+    summary="What each LMS that received the grade holds now (LTI 1.1 readResult; others say they cannot)",
+    path=GRADE_ID,
+    replies=Reply(200, "One value, or the reason it could not be read, per LMS.", LmsValuesSchema),
+    errors=(403,),
+)
 def read_grade_from_lms(grade_id: str) -> Response:
     """What each LMS that received the grade holds now (LTI 1.1 readResult; others say they cannot)."""
     principal = current_principal()
@@ -197,9 +256,17 @@ def read_grade_from_lms(grade_id: str) -> Response:
 
 
 @api.get("/grades")
+@operation(
+    "listGrades",
+    tag="grades",
+    summary="Grades of this app in this district, oldest first, filtered, cursor-paged",
+    query=GradeListQuerySchema,
+    replies=Reply(200, "A page of grades; `nextCursor` fetches the next one.", GradeListResponseSchema),
+    errors=(403,),
+)
 def list_grade_statuses() -> Response:
     principal = current_principal()
-    query = load(GradeListQuerySchema(), request.args.to_dict())
+    query = load_query()
     session = db.session()
     page = list_grades(session, principal, query)
     payload = GradeListResponseSchema().dump(

@@ -6,11 +6,18 @@ from flask import Response, jsonify
 
 from gateway.api import api
 from gateway.api.common import current_principal
+from gateway.contract import Reply, operation
 from gateway.extensions import db
 from schemas.me import MeSchema
 
 
 @api.get("/me")
+@operation(
+    "getMe",
+    tag="auth",
+    summary="What this token is: district_app, student or teacher; its district, app, user and scopes",
+    replies=Reply(200, "The token's identity, in the shape of Clever's /me.", MeSchema),
+)
 def get_me() -> Response:
     principal = current_principal()
     db.session().commit()

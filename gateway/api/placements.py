@@ -6,20 +6,38 @@ from __future__ import annotations
 from flask import Response, current_app, jsonify
 
 from gateway.api import api
-from gateway.api.common import current_principal, json_object, load
+from gateway.api.common import current_principal, load_body
+from gateway.contract import Reply, operation
 from gateway.extensions import db
 from gateway.services.catalog import require_catalog_writer
 from gateway.services.lms import place_assignments
 from gateway.worker import nudge_worker
+from schemas.errors import ErrorSchema
 from schemas.placements import PlacementsRequestSchema, PlacementsResponseSchema
 
 
 @api.post("/placements")
+@operation(
+    "postPlacements",
+    tag="placements",
+    summary="Place catalog assignments in LMS courses or sections (e.g. Schoology), all or none",
+    description="Needs the district-app token. Repeating a placement that exists returns it.",
+    body=PlacementsRequestSchema,
+    replies=(
+        Reply(201, "At least one placement was created.", PlacementsResponseSchema),
+        Reply(200, "Every placement already existed.", PlacementsResponseSchema),
+    ),
+    errors=(
+        403,
+        404,
+        Reply(409, "The assignment is placed in that course already, in another way.", ErrorSchema),
+    ),
+)
 def post_placements() -> Response:
     principal = current_principal()
     # Placing is catalog work: the district-app token may, a student's sign-in token may not.
     require_catalog_writer(principal)
-    data = load(PlacementsRequestSchema(), json_object())
+    data = load_body()
     session = db.session()
     result = place_assignments(session, principal.district_id, principal.app_id, data["placements"])
     payload = PlacementsResponseSchema().dump(result)

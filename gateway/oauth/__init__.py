@@ -15,10 +15,12 @@ from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from flask import Blueprint, Flask, Response, current_app, g, request
 from sqlalchemy import select
 
+from gateway.contract import CACHE_CONTROL, FORM, JSON, Reply, operation
 from gateway.crypto import generate_token, hash_token
 from gateway.models import App, AuthorizationCode, User
 from gateway.services import signin
 from schemas.base import load_strict_json
+from schemas.oauth import OAuthErrorSchema, TokenRequestSchema, TokenSchema
 
 oauth_bp = Blueprint("oauth", __name__, url_prefix="/oauth")
 
@@ -119,6 +121,21 @@ def init_oauth(app: Flask) -> None:
 
 
 @oauth_bp.post("/tokens")
+@operation(
+    "postTokens",
+    tag="auth",
+    summary="Exchange a sign-in code for a user token (OAuth 2.0 authorization_code grant)",
+    description="Authenticate the app with HTTP Basic (client_secret_basic) or with client_id and client_secret "
+    "in the body (client_secret_post). The body may be a form or JSON. Errors follow RFC 6749 §5.2.",
+    body=TokenRequestSchema,
+    body_media_types=(FORM, JSON),
+    security=(("clientBasic",), ()),
+    replies=Reply(200, "The user token.", TokenSchema, (CACHE_CONTROL,)),
+    errors=(
+        Reply(400, "The request or the code is not valid (RFC 6749 §5.2).", OAuthErrorSchema, (CACHE_CONTROL,)),
+        Reply(401, "The app's credentials are not valid (invalid_client).", OAuthErrorSchema, (CACHE_CONTROL,)),
+    ),
+)
 def tokens() -> Response:
     """Exchange a sign-in code for a user token; errors follow RFC 6749 §5.2."""
     server: AuthorizationServer = current_app.extensions["passback_oauth"]

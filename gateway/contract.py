@@ -1,0 +1,192 @@
+"""Each API operation's contract, declared once on its view with `@operation(...)`: the query, body, path
+parameters, request headers, success replies (status, schema, headers) and errors. gateway/openapi.py builds
+the OpenAPI document from these declarations, and the views load their query and body with the declared schemas
+(gateway/api/common.load_query, load_body), so the document and the validation cannot drift apart.
+
+operationId rule: the HTTP method in lower case (`list` for a GET of a collection) followed by the path's nouns
+in PascalCase, the noun before an `{id}` in the singular: POST /v1/grade → postGrade, GET /v1/grades →
+listGrades, GET /v1/grades/{grade_id}/lms → getGradeLms. An id, once published, is never renamed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from marshmallow import Schema, fields
+
+from schemas.errors import ErrorSchema
+
+View = TypeVar("View", bound=Callable[..., Any])
+SchemaRef = type[Schema] | Schema
+
+# The attribute of a view function that holds its Operation.
+CONTRACT_ATTRIBUTE = "passback_contract"
+OPERATION_ID = re.compile(r"^(get|list|post|put|patch|delete)[A-Z][A-Za-z]*$")
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+
+# Tags group the operations (a generated client makes a module of each); the document lists them in this order.
+TAGS: Mapping[str, str] = {
+    "grades": "Post grades and follow each one's delivery to the LMS.",
+    "assignments": "The app's assignment catalog, in Clever's shape.",
+    "placements": "Where catalog assignments live in each LMS (courses, sections).",
+    "auth": "Who a token is, and the token exchange of the app sign-in.",
+}
+
+# Security schemes (their definitions are in gateway/openapi.py): any one of an operation's entries suffices.
+BEARER: tuple[tuple[str, ...], ...] = (("bearer",),)
+NO_AUTH: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class Header:
+    """A header the API sends (in a Reply) or reads (in `headers=`)."""
+
+    name: str
+    description: str
+    type: str = "string"
+    max_length: int | None = None
+
+
+LOCATION = Header("Location", "The URL of the grade's status: GET it with the same token.")
+IDEMPOTENT_REPLAYED = Header(
+    "Idempotent-Replayed", "`true` when this is the stored answer to an earlier request with the same Idempotency-Key."
+)
+RETRY_AFTER = Header("Retry-After", "Seconds to wait before sending the same request again.", type="integer")
+WWW_AUTHENTICATE = Header("WWW-Authenticate", 'The scheme to authenticate with: `Bearer realm="passback"`.')
+CACHE_CONTROL = Header("Cache-Control", "`no-store`: never cache a token answer.")
+IDEMPOTENCY_KEY = Header(
+    "Idempotency-Key",
+    "1 to 255 printable characters. The same key with the same request within the retention window replays the "
+    "first answer (with `Idempotent-Replayed: true`); the same key with another request answers 409.",
+    max_length=255,
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer an operation gives: its status, what the body holds, and the headers it carries."""
+
+    status: int
+    description: str
+    schema: SchemaRef | None = None
+    headers: tuple[Header, ...] = ()
+    media_type: str = JSON
+
+
+# What each error status means for the API; an operation may replace one with its own Reply.
+ERRORS: Mapping[int, Reply] = {
+    reply.status: reply
+    for reply in (
+        Reply(400, "Malformed JSON, or a body that is not a JSON object.", ErrorSchema),
+        Reply(401, "Missing, invalid, expired or revoked bearer token.", ErrorSchema, (WWW_AUTHENTICATE,)),
+        Reply(403, "The token may not do this (a missing scope, another user's grade).", ErrorSchema),
+        Reply(404, "Not found in this district and app.", ErrorSchema),
+        Reply(409, "Conflict with what is stored.", ErrorSchema),
+        Reply(413, "The body is larger than the gateway accepts.", ErrorSchema),
+        Reply(415, "Content-Type is not application/json.", ErrorSchema),
+        Reply(
+            422,
+            "A field broke a rule (query, body, or text no database can store anywhere in the request); "
+            "`fields` names each one.",
+            ErrorSchema,
+        ),
+        Reply(502, "The app's catalog URL could not be fetched and no earlier copy is held.", ErrorSchema),
+        Reply(
+            503,
+            "The database was busy and nothing was stored: send the same request again after Retry-After.",
+            ErrorSchema,
+            (RETRY_AFTER,),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """The contract of one API operation; see `operation` for what each part means."""
+
+    operation_id: str
+    tag: str
+    summary: str
+    replies: tuple[Reply, ...]
+    errors: tuple[Reply, ...]
+    query: Schema | None = None
+    body: Schema | None = None
+    body_media_types: tuple[str, ...] = (JSON,)
+    path: Mapping[str, fields.Field] = field(default_factory=dict)
+    headers: tuple[Header, ...] = ()
+    security: tuple[tuple[str, ...], ...] = BEARER
+    description: str | None = None
+
+
+def operation(
+    operation_id: str,
+    *,
+    tag: str,
+    summary: str,
+    replies: Reply | Iterable[Reply],
+    query: SchemaRef | None = None,
+    body: SchemaRef | None = None,
+    body_media_types: Iterable[str] = (JSON,),
+    path: Mapping[str, fields.Field] | None = None,
+    headers: Iterable[Header] = (),
+    errors: Iterable[int | Reply] = (),
+    security: tuple[tuple[str, ...], ...] = BEARER,
+    description: str | None = None,
+) -> Callable[[View], View]:
+    """Declare a view's contract. `errors` lists the statuses particular to this operation (an int takes the
+    meaning in ERRORS, a Reply brings its own); these follow from the rest and are added for you:
+    401 when it takes a bearer token; 422 (a query or body field, or unstorable text) and 503 (database busy)
+    always; 404 with a path parameter (unstorable text in the path names nothing); with a body 413, and
+    400 and 415 too when the body is JSON only."""
+    if not OPERATION_ID.match(operation_id):
+        raise ValueError(f"operationId {operation_id!r} does not follow the rule in gateway/contract.py")
+    if tag not in TAGS:
+        raise ValueError(f"tag {tag!r} is not one of {sorted(TAGS)}")
+    media_types = tuple(body_media_types)
+    implied: list[int] = [422, 503]
+    if security == BEARER:
+        implied.append(401)
+    if path:
+        implied.append(404)
+    if body is not None:
+        implied.append(413)
+        if media_types == (JSON,):
+            implied += [400, 415]
+    declared = {reply.status: reply for reply in (ERRORS[e] if isinstance(e, int) else e for e in errors)}
+    all_errors = {**{status: ERRORS[status] for status in implied}, **declared}
+    contract = Operation(
+        operation_id=operation_id,
+        tag=tag,
+        summary=summary,
+        replies=(replies,) if isinstance(replies, Reply) else tuple(replies),
+        errors=tuple(all_errors[status] for status in sorted(all_errors)),
+        query=_instance(query),
+        body=_instance(body),
+        body_media_types=media_types,
+        path=dict(path or {}),
+        headers=tuple(headers),
+        security=security,
+        description=description,
+    )
+
+    def attach(view: View) -> View:
+        setattr(view, CONTRACT_ATTRIBUTE, contract)
+        return view
+
+    return attach
+
+
+def _instance(schema: SchemaRef | None) -> Schema | None:
+    """Built once: the views load every request with it, and marshmallow schemas keep no per-call state."""
+    return schema() if isinstance(schema, type) else schema
+
+
+def contract_of(view: Callable[..., Any]) -> Operation | None:
+    """The Operation declared on a view function, or None for a view outside the API."""
+    contract = getattr(view, CONTRACT_ATTRIBUTE, None)
+    return contract if isinstance(contract, Operation) else None
