@@ -690,7 +690,7 @@ def test_connections_show_health_tokens_and_what_to_enter_on_the_lms_side_withou
 
 
 def test_the_delivery_list_pages_by_position_newest_first_without_gaps_or_repeats(world: World) -> None:
-    from gateway.services.dashboard import PAGE_SIZE
+    from gateway.services.dashboard_deliveries import PAGE_SIZE
     from gateway.services.directory import create_user, enroll
     from gateway.services.lms import get_connection
 
