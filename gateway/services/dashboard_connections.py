@@ -6,33 +6,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import permutations
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
-from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_LINEITEM_READONLY, SCOPE_NRPS, SCOPE_RESULT_READONLY, SCOPE_SCORE
+from adapters.base import ConfigValue, LmsAdapter
 from gateway.crypto import SecretBox, SecretUndecryptable
-from gateway.models import App, Assignment, CachedAccessToken, LmsConnection, Placement, utcnow
+from gateway.models import App, Assignment, LmsConnection, Placement, utcnow
 from gateway.services.dashboard_counts import sum_by, tallies, zero_counts
 from gateway.services.dashboard_drilldown import MAX_ASSIGNMENTS, app_rows
 from gateway.services.errors import InvalidInput, NotFound
 from gateway.services.lms import connection_settings
-from gateway.services.token_cache import _hash as cache_key_hash
-
-# The scopes Passback's LTI 1.3 adapter asks platforms for; a cached token is kept per subset it used.
-LTI13_SCOPES = (SCOPE_LINEITEM, SCOPE_LINEITEM_READONLY, SCOPE_RESULT_READONLY, SCOPE_SCORE, SCOPE_NRPS)
-
-
-@dataclass(frozen=True)
-class ConfigValue:
-    """A value an admin enters on the LMS side; `copy` is False for what is not shown (secrets)."""
-
-    label: str
-    value: str
-    copy: bool = True
+from gateway.services.token_cache import token_expiries
 
 
 @dataclass(frozen=True)
@@ -52,17 +39,17 @@ class ConnectionView:
     configuration: list[ConfigValue]
     # What Passback was told about the platform (issuer, client id …): to compare with the LMS's own page.
     registration: list[tuple[str, str]] = field(default_factory=list)
-    # LTI 1.3 only: the cached access tokens (None for other adapters).
+    # The cached access tokens of an adapter that keeps them (LTI 1.3); None for the others.
     tokens: list[CachedTokenState] | None = None
-    # Schoology REST: placements (catalog assignment → section and Schoology assignment) are mapped here.
+    # Placements (catalog assignment → section and LMS assignment) are mapped here (Schoology REST).
     maps_assignments: bool = False
     # Why the connection's settings cannot be shown or used: they cannot be decrypted with the configured keys.
     secret_problem: str | None = None
 
 
 def connections(session: Session, box: SecretBox, district_id: str, public_url: str) -> list[ConnectionView]:
-    """The district's LMS connections with their health, delivery counts, cached access tokens (LTI 1.3) and
-    LMS-side configuration. Secrets are never part of it."""
+    """The district's LMS connections with their health, delivery counts, cached access tokens and LMS-side
+    configuration, each adapter saying what its row shows. Secrets are never part of it."""
     base = public_url.rstrip("/")
     counts = sum_by(tallies(session, district_id), lambda t: t.connection_id)
     result = []
@@ -76,37 +63,14 @@ def connections(session: Session, box: SecretBox, district_id: str, public_url: 
             view.secret_problem = exc.message
             result.append(view)
             continue
-        if connection.adapter == "lti13":
-            view.configuration = [
-                ConfigValue("Tool configuration JSON URL (Canvas: Paste JSON)", f"{base}/lti/config/{connection.id}"),
-                ConfigValue("OIDC login / initiation URL", f"{base}/lti/login"),
-                ConfigValue("Target link URI / launch / redirect URI", f"{base}/lti/launch"),
-                ConfigValue("Deep linking URL", f"{base}/lti/launch"),
-                ConfigValue("Public keyset (JWKS) URL", f"{base}/lti/jwks"),
-            ]
-            view.registration = [
-                ("Platform", str(settings.get("platform", ""))),
-                ("Issuer", str(settings.get("issuer", ""))),
-                ("Client ID", str(settings.get("client_id", ""))),
-                ("Deployment IDs", ", ".join(settings.get("deployment_ids") or [])),
-            ]
-            view.tokens = cached_tokens(session, settings)
-        elif connection.adapter == "lti11":
-            view.configuration = [
-                ConfigValue("Launch URL", f"{base}/lti11/launch"),
-                ConfigValue("Consumer key", str(settings.get("consumer_key", ""))),
-                ConfigValue("Shared secret", "set when the connection was added; never shown", copy=False),
-            ]
-        elif connection.adapter == "sandbox":
-            view.configuration = [ConfigValue("Sandbox gradebook", str(settings.get("base_url", "")) + "/gradebook")]
-        elif connection.adapter == "schoology":
-            # Nothing to enter on Schoology's side: the key was made there. What Passback uses, to compare.
-            view.registration = [
-                ("API base URL", str(settings.get("base_url", ""))),
-                ("Consumer key", str(settings.get("consumer_key", ""))),
-                ("Students found by", str(settings.get("roster_match", "uid"))),
-            ]
-            view.maps_assignments = True
+        adapter_class = REGISTRY.get(connection.adapter)
+        if adapter_class is not None:
+            display = adapter_class.connection_display(settings, public_url=base, connection_id=connection.id)
+            view.configuration = list(display.configuration)
+            view.registration = list(display.registration)
+            view.maps_assignments = display.maps_assignments
+            if adapter_class.caches_access_tokens:
+                view.tokens = cached_tokens(session, adapter_class, settings)
         result.append(view)
     return result
 
@@ -171,28 +135,22 @@ def parse_mapping_lines(text: str) -> list[dict[str, str]]:
     return entries
 
 
-def cached_tokens(session: Session, settings: dict[str, Any], *, now: datetime | None = None) -> list[CachedTokenState]:
-    """The access tokens the LTI 1.3 adapter has cached for this registration, by scope set; the cache is
-    keyed by a hash of the adapter's key, so the candidates (every ordering of every subset of the scopes it
-    asks for) are hashed and looked up. Only presence and expiry are read, never the token."""
+def cached_tokens(
+    session: Session, adapter_class: type[LmsAdapter], settings: dict[str, Any], *, now: datetime | None = None
+) -> list[CachedTokenState]:
+    """The access tokens this connection's adapter keeps in the shared cache, by scope set, newest expiry first:
+    the adapter names the keys it caches under, the cache says which hold a token and until when. Only presence
+    and expiry are read, never the token."""
     now = now or utcnow()
     try:
-        adapter: Any = REGISTRY["lti13"].from_settings(settings, None)  # type: ignore[arg-type]
-        # The adapter's own cache key, so the two never drift apart.
-        token_key = adapter._token_key
-    except (KeyError, AttributeError, TypeError):
-        return []
-    candidates: dict[str, tuple[str, ...]] = {}
-    for size in range(1, len(LTI13_SCOPES) + 1):
-        for scopes in permutations(LTI13_SCOPES, size):
-            candidates[cache_key_hash(token_key(list(scopes)))] = scopes
-    rows = session.execute(
-        select(CachedAccessToken.key_hash, CachedAccessToken.expires_at).where(
-            CachedAccessToken.key_hash.in_(list(candidates))
-        )
-    ).all()
+        keys = adapter_class.from_settings(settings, None).token_cache_keys()  # type: ignore[arg-type]
+    except (KeyError, TypeError):
+        return []  # settings the adapter cannot be built from: nothing can have been cached under them
     return sorted(
-        (CachedTokenState(candidates[key_hash], expires_at, expires_at <= now) for key_hash, expires_at in rows),
+        (
+            CachedTokenState(keys[key], expires_at, expires_at <= now)
+            for key, expires_at in token_expiries(session, keys).items()
+        ),
         key=lambda state: state.expires_at,
         reverse=True,
     )
