@@ -314,3 +314,42 @@ class LmsAdapter(ABC):
     @abstractmethod
     def probe(self) -> HealthReport:
         """Check the connection's credentials against the LMS."""
+
+    # --- what the dashboard shows of a connection ----------------------------------------------------------
+
+    # The connection keeps LMS access tokens in the shared token cache: its dashboard row says which, until when.
+    caches_access_tokens: ClassVar[bool] = False
+
+    @classmethod
+    def connection_display(
+        cls, settings: Mapping[str, Any], *, public_url: str, connection_id: str
+    ) -> ConnectionDisplay:
+        """What the dashboard shows of a connection with these settings besides its health, never a secret:
+        what an admin enters on the LMS side, and what Passback was told. By default nothing LMS-specific."""
+        return ConnectionDisplay()
+
+    def token_cache_keys(self) -> dict[str, tuple[str, ...]]:
+        """Every key under which the token cache may hold this connection's access tokens, with the scopes of the
+        token kept under it; only when `caches_access_tokens`."""
+        raise NotImplementedError(f"the {self.kind} adapter keeps no access tokens")
+
+
+@dataclass(frozen=True)
+class ConfigValue:
+    """A value an admin enters on the LMS side; `copy` is False for what is not shown (secrets)."""
+
+    label: str
+    value: str
+    copy: bool = True
+
+
+@dataclass(frozen=True)
+class ConnectionDisplay:
+    """What the dashboard shows of one connection, as its adapter describes it (`connection_display`)."""
+
+    # What an admin enters on the LMS side, without secrets.
+    configuration: tuple[ConfigValue, ...] = ()
+    # What Passback was told about the platform (issuer, client id …): to compare with the LMS's own page.
+    registration: tuple[tuple[str, str], ...] = ()
+    # Placements (catalog assignment → section and LMS assignment) are mapped on the dashboard.
+    maps_assignments: bool = False

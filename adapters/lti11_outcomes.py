@@ -18,6 +18,8 @@ from requests_oauthlib import OAuth1
 
 from adapters.base import (
     AdapterContext,
+    ConfigValue,
+    ConnectionDisplay,
     DeliveryReceipt,
     Destination,
     HealthReport,
@@ -425,6 +427,20 @@ class Lti11OutcomesAdapter(LmsAdapter):
     def probe(self) -> HealthReport:
         """LTI 1.1 has no call to test a key without a student's sourcedid: report what can be known."""
         return HealthReport(True, "LTI 1.1 keys are checked by the LMS at each launch and outcome call")
+
+    # --- what the dashboard shows of a connection ----------------------------------------------------------
+
+    @classmethod
+    def connection_display(
+        cls, settings: Mapping[str, Any], *, public_url: str, connection_id: str
+    ) -> ConnectionDisplay:
+        return ConnectionDisplay(
+            configuration=(
+                ConfigValue("Launch URL", f"{public_url}/lti11/launch"),
+                ConfigValue("Consumer key", str(settings.get("consumer_key", ""))),
+                ConfigValue("Shared secret", "set when the connection was added; never shown", copy=False),
+            )
+        )
 
 
 def _accepts(kind: str, accepted: list[str]) -> bool:

@@ -11,12 +11,15 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from itertools import combinations
 from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
 
 from adapters.base import (
+    ConfigValue,
+    ConnectionDisplay,
     DeliveryReceipt,
     Destination,
     HealthReport,
@@ -548,6 +551,45 @@ class Lti13AgsAdapter(LmsAdapter):
         except (PermanentDeliveryError, RetryableDeliveryError) as exc:
             return HealthReport(False, f"token endpoint: {exc.message}")
         return HealthReport(True, "the platform issued an access token")
+
+    # --- what the dashboard shows of a connection ----------------------------------------------------------
+
+    caches_access_tokens: ClassVar[bool] = True
+    # The scope lists this adapter asks tokens for; `_granted` may narrow one to the part a platform granted.
+    token_scope_lists: ClassVar[tuple[tuple[str, ...], ...]] = ((SCOPE_LINEITEM, SCOPE_SCORE), (SCOPE_NRPS,))
+
+    @classmethod
+    def connection_display(
+        cls, settings: Mapping[str, Any], *, public_url: str, connection_id: str
+    ) -> ConnectionDisplay:
+        return ConnectionDisplay(
+            configuration=(
+                ConfigValue(
+                    "Tool configuration JSON URL (Canvas: Paste JSON)", f"{public_url}/lti/config/{connection_id}"
+                ),
+                ConfigValue("OIDC login / initiation URL", f"{public_url}/lti/login"),
+                ConfigValue("Target link URI / launch / redirect URI", f"{public_url}/lti/launch"),
+                ConfigValue("Deep linking URL", f"{public_url}/lti/launch"),
+                ConfigValue("Public keyset (JWKS) URL", f"{public_url}/lti/jwks"),
+            ),
+            registration=(
+                ("Platform", str(settings.get("platform", ""))),
+                ("Issuer", str(settings.get("issuer", ""))),
+                ("Client ID", str(settings.get("client_id", ""))),
+                ("Deployment IDs", ", ".join(settings.get("deployment_ids") or [])),
+            ),
+        )
+
+    def token_cache_keys(self) -> dict[str, tuple[str, ...]]:
+        """Each scope list the adapter asks for and each part of it `_granted` can keep (in the list's order),
+        under the key `access_token` caches it by."""
+        scope_sets = {
+            part
+            for wanted in self.token_scope_lists
+            for size in range(1, len(wanted) + 1)
+            for part in combinations(wanted, size)
+        }
+        return {self._token_key(list(scopes)): scopes for scopes in sorted(scope_sets)}
 
 
 def _lms_message(response: Any) -> str | None:

@@ -20,6 +20,8 @@ from marshmallow import Schema, fields, validate
 
 from adapters.base import (
     AdapterContext,
+    ConfigValue,
+    ConnectionDisplay,
     DeliveryReceipt,
     Destination,
     HealthReport,
@@ -104,3 +106,13 @@ class SandboxAdapter(LmsAdapter):
         if response.status_code == 200:
             return HealthReport(True, "sandbox LMS answers and accepts the secret")
         return HealthReport(False, f"sandbox LMS answered HTTP {response.status_code}")
+
+    # --- what the dashboard shows of a connection ----------------------------------------------------------
+
+    @classmethod
+    def connection_display(
+        cls, settings: Mapping[str, Any], *, public_url: str, connection_id: str
+    ) -> ConnectionDisplay:
+        return ConnectionDisplay(
+            configuration=(ConfigValue("Sandbox gradebook", str(settings.get("base_url", "")) + "/gradebook"),)
+        )

@@ -30,6 +30,7 @@ from urllib3.util import parse_url
 
 from adapters.base import (
     AdapterContext,
+    ConnectionDisplay,
     DeliveryError,
     DeliveryReceipt,
     Destination,
@@ -625,6 +626,23 @@ class SchoologyAdapter(LmsAdapter):
         answer = json_or_none(response) or {}
         who = answer.get("name_display") or answer.get("primary_email") or answer.get("uid") or "?"
         return HealthReport(True, f"key works: Schoology accepts it as {who}", {"uid": answer.get("uid")})
+
+    # --- what the dashboard shows of a connection ----------------------------------------------------------
+
+    @classmethod
+    def connection_display(
+        cls, settings: Mapping[str, Any], *, public_url: str, connection_id: str
+    ) -> ConnectionDisplay:
+        # Nothing to enter on Schoology's side: the key was made there. What Passback uses, to compare; and
+        # placements (catalog assignment → section and Schoology assignment) are mapped on the dashboard.
+        return ConnectionDisplay(
+            registration=(
+                ("API base URL", str(settings.get("base_url", ""))),
+                ("Consumer key", str(settings.get("consumer_key", ""))),
+                ("Students found by", str(settings.get("roster_match", "uid"))),
+            ),
+            maps_assignments=True,
+        )
 
 
 def scale_points(grade: NormalizedGrade, max_points: Decimal) -> tuple[Decimal, Decimal]:

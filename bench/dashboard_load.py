@@ -62,7 +62,7 @@ from gateway.models import (
     utcnow,
 )
 from gateway.models.base import new_id
-from gateway.services.dashboard import cursor_text
+from gateway.services.dashboard_deliveries import cursor_text
 from gateway.services.staff import create_staff
 
 ASSIGNMENTS_PER_APP = 10

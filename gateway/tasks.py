@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from gateway.config import Settings
 from gateway.models import Delivery, LmsConnection, utcnow
-from gateway.services.deliveries import _claimable, claim_due_deliveries
+from gateway.services.outbox import claim_due_deliveries, claimable
 from gateway.throttle import RedisLimiter, delivery_slot
 
 log = logging.getLogger("passback.tasks")
@@ -86,9 +86,7 @@ class Runtime:
             return (
                 session.scalar(
                     select(Delivery.id)
-                    .where(
-                        Delivery.lms_connection_id == connection_id, _claimable(utcnow(), self.settings.max_attempts)
-                    )
+                    .where(Delivery.lms_connection_id == connection_id, claimable(utcnow(), self.settings.max_attempts))
                     .limit(1)
                 )
                 is not None
@@ -143,7 +141,7 @@ class Runtime:
             connection_ids = session.scalars(
                 select(Delivery.lms_connection_id)
                 .join(LmsConnection, LmsConnection.id == Delivery.lms_connection_id)
-                .where(_claimable(now, self.settings.max_attempts), LmsConnection.paused.is_(False))
+                .where(claimable(now, self.settings.max_attempts), LmsConnection.paused.is_(False))
                 .distinct()
             ).all()
         sent = 0

@@ -24,24 +24,18 @@ from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.services.adapter_context import build_adapter_context
-from gateway.services.deliveries import (
-    DISCOVERY_WAIT_SECONDS,
+from gateway.services.delivery_work import DeliveryWork, load_works
+from gateway.services.discovery_lease import DISCOVERY_WAIT_SECONDS, release_discovery_lease, take_discovery_lease
+from gateway.services.outbox import (
     Claim,
-    DeliveryWork,
-    RetryPolicy,
     claim_due_deliveries,
     defer_claim,
     due_connections,
     fail_orphaned_claim,
-    load_works,
     reconfirm_claims,
-    record_outcome,
-    record_successes,
-    release_discovery_lease,
     supersede_claim,
-    take_discovery_lease,
-    touch_connection,
 )
+from gateway.services.outcomes import RetryPolicy, record_outcome, record_successes, touch_connection
 from gateway.throttle import Limiter, make_limiter
 
 log = logging.getLogger("passback.worker")

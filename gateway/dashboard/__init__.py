@@ -1,4 +1,4 @@
-"""The district staff dashboard: server-rendered pages over gateway/services/dashboard.py and staff.py."""
+"""The district staff dashboard: server-rendered pages over gateway/services/dashboard_*.py and staff.py."""
 
 from __future__ import annotations
 
@@ -26,11 +26,18 @@ from werkzeug.exceptions import NotFound
 
 from gateway.extensions import db
 from gateway.models import StaffUser
-from gateway.services import dashboard as views
+from gateway.services import (
+    dashboard_connections,
+    dashboard_counts,
+    dashboard_deliveries,
+    dashboard_drilldown,
+    dashboard_overview,
+    dashboard_sandbox,
+)
 from gateway.services import staff as staff_service
-from gateway.services.deliveries import retry_delivery, retry_failed
 from gateway.services.errors import InvalidInput, ServiceError
 from gateway.services.lms import place_assignments, probe_connection
+from gateway.services.staff_retries import retry_delivery, retry_failed
 from gateway.worker import nudge_worker
 
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -173,27 +180,29 @@ def logout() -> Response:
 @dashboard_bp.get("/")
 @staff_required
 def overview(staff: StaffUser) -> Response:
-    data = views.overview(db.session(), staff.district_id)
-    return _page("dashboard/overview.html", staff=staff, ov=data, statuses=views.SHOWN_STATUSES)
+    data = dashboard_overview.overview(db.session(), staff.district_id)
+    return _page("dashboard/overview.html", staff=staff, ov=data, statuses=dashboard_counts.SHOWN_STATUSES)
 
 
 @dashboard_bp.get("/deliveries")
 @staff_required
 def delivery_list(staff: StaffUser) -> Response:
     status = _status_filter()
-    found = views.deliveries(
+    found = dashboard_deliveries.deliveries(
         db.session(),
         staff.district_id,
         status=status,
-        before=views.parse_cursor(request.args.get("before")),
-        after=views.parse_cursor(request.args.get("after")),
+        before=dashboard_deliveries.parse_cursor(request.args.get("before")),
+        after=dashboard_deliveries.parse_cursor(request.args.get("after")),
     )
-    return _page("dashboard/deliveries.html", staff=staff, found=found, status=status, cursor=views.cursor_text)
+    return _page(
+        "dashboard/deliveries.html", staff=staff, found=found, status=status, cursor=dashboard_deliveries.cursor_text
+    )
 
 
 def _status_filter() -> str | None:
     status = request.args.get("status") or None
-    if status is not None and status not in views.SHOWN_STATUSES:
+    if status is not None and status not in dashboard_counts.SHOWN_STATUSES:
         raise NotFound("no such status")
     return status
 
@@ -201,7 +210,7 @@ def _status_filter() -> str | None:
 @dashboard_bp.get("/deliveries/<delivery_id>")
 @staff_required
 def delivery(staff: StaffUser, delivery_id: str) -> Response:
-    detail = _found(lambda: views.delivery_detail(db.session(), staff.district_id, delivery_id))
+    detail = _found(lambda: dashboard_deliveries.delivery_detail(db.session(), staff.district_id, delivery_id))
     return _page("dashboard/delivery.html", staff=staff, d=detail)
 
 
@@ -238,18 +247,18 @@ def delivery_csv(staff: StaffUser) -> Response:
         database = db.session()
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(views.CSV_COLUMNS)
-        after: views.Cursor | None = None
+        writer.writerow(dashboard_deliveries.CSV_COLUMNS)
+        after: dashboard_deliveries.Cursor | None = None
         sent = 0
         while True:
-            rows, after = views.csv_chunk(database, district_id, status=status, after=after)
+            rows, after = dashboard_deliveries.csv_chunk(database, district_id, status=status, after=after)
             database.commit()
-            writer.writerows(rows[: views.CSV_MAX_ROWS - sent])
+            writer.writerows(rows[: dashboard_deliveries.CSV_MAX_ROWS - sent])
             sent += len(rows)
             yield buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()
-            if after is None or sent >= views.CSV_MAX_ROWS:
+            if after is None or sent >= dashboard_deliveries.CSV_MAX_ROWS:
                 return
 
     name = f"passback-deliveries-{status or 'all'}.csv"
@@ -263,7 +272,7 @@ def delivery_csv(staff: StaffUser) -> Response:
 @dashboard_bp.get("/connections")
 @staff_required
 def connection_list(staff: StaffUser) -> Response:
-    items = views.connections(
+    items = dashboard_connections.connections(
         db.session(),
         current_app.extensions["passback_box"],
         staff.district_id,
@@ -273,7 +282,7 @@ def connection_list(staff: StaffUser) -> Response:
         "dashboard/connections.html",
         staff=staff,
         items=items,
-        statuses=views.SHOWN_STATUSES,
+        statuses=dashboard_counts.SHOWN_STATUSES,
         defaults=current_app.config["PASSBACK"],
     )
 
@@ -285,7 +294,7 @@ def pause_or_resume(staff: StaffUser, connection_id: str, action: str) -> Respon
         raise NotFound("no such action")
     database = db.session()
     try:
-        connection = views.set_paused(database, staff.district_id, connection_id, action == "pause")
+        connection = dashboard_connections.set_paused(database, staff.district_id, connection_id, action == "pause")
     except ServiceError as exc:
         raise NotFound(exc.message) from exc
     staff_service.audit(database, staff, f"{action}d delivery", connection.name)
@@ -299,7 +308,9 @@ def pause_or_resume(staff: StaffUser, connection_id: str, action: str) -> Respon
 def probe(staff: StaffUser, connection_id: str) -> Response:
     """Ask the LMS whether it accepts the connection's credentials ("key works"), before any grade is sent."""
     database = db.session()
-    connection = _found(lambda: views.set_paused(database, staff.district_id, connection_id, paused=None))
+    connection = _found(
+        lambda: dashboard_connections.set_paused(database, staff.district_id, connection_id, paused=None)
+    )
     name = connection.name
     database.commit()  # no transaction stays open while the LMS is called
     report = probe_connection(current_app, staff.district_id, connection_id)
@@ -315,7 +326,9 @@ def mappings(staff: StaffUser, connection_id: str) -> Response:
     """Map catalog assignments to Schoology sections and assignments in bulk (the page's form does what
     POST /v1/placements does for an app)."""
     database = db.session()
-    connection, apps, rows = _found(lambda: views.connection_mappings(database, staff.district_id, connection_id))
+    connection, apps, rows = _found(
+        lambda: dashboard_connections.connection_mappings(database, staff.district_id, connection_id)
+    )
     error: ServiceError | None = None
     text = ""
     if request.method == "POST":
@@ -324,7 +337,7 @@ def mappings(staff: StaffUser, connection_id: str) -> Response:
         try:
             if app_id not in {app.id for app in apps}:
                 raise InvalidInput("choose one of the district's apps", fields={"app": ["Choose an app."]})
-            entries = [{**entry, "lms": connection.id} for entry in views.parse_mapping_lines(text)]
+            entries = [{**entry, "lms": connection.id} for entry in dashboard_connections.parse_mapping_lines(text)]
             result = place_assignments(database, staff.district_id, app_id, entries, by_staff=True)
         except ServiceError as exc:
             database.rollback()
@@ -337,7 +350,7 @@ def mappings(staff: StaffUser, connection_id: str) -> Response:
             nudge_worker(current_app)
             flash(f"{result.created} mappings added, {result.existing} already there.")
             return redirect(url_for("dashboard.mappings", connection_id=connection.id))  # type: ignore[return-value]
-        connection, apps, rows = views.connection_mappings(database, staff.district_id, connection_id)
+        connection, apps, rows = dashboard_connections.connection_mappings(database, staff.district_id, connection_id)
     return _page(
         "dashboard/mappings.html",
         http_status=422 if error else 200,
@@ -354,7 +367,9 @@ def mappings(staff: StaffUser, connection_id: str) -> Response:
 @staff_required
 def retry_connection_failures(staff: StaffUser, connection_id: str) -> Response:
     database = db.session()
-    connection = _found(lambda: views.set_paused(database, staff.district_id, connection_id, paused=None))
+    connection = _found(
+        lambda: dashboard_connections.set_paused(database, staff.district_id, connection_id, paused=None)
+    )
     return _bulk_retry(staff, connection.name, url_for("dashboard.connection_list"), lms_connection_id=connection.id)
 
 
@@ -382,7 +397,7 @@ def sandbox_gradebook(staff: StaffUser) -> Response:
     """The sandbox LMS's gradebook, as the simulated LMS holds it, one sandbox connection at a time."""
     page = _page_number()
     data = _found(
-        lambda: views.sandbox_gradebook(
+        lambda: dashboard_sandbox.sandbox_gradebook(
             db.session(), staff.district_id, connection_id=request.args.get("connection") or None, page=page
         )
     )
@@ -390,7 +405,7 @@ def sandbox_gradebook(staff: StaffUser) -> Response:
 
 
 def _drill(staff: StaffUser, level: str, **context: Any) -> Response:
-    return _page("dashboard/drill.html", staff=staff, level=level, statuses=views.SHOWN_STATUSES, **context)
+    return _page("dashboard/drill.html", staff=staff, level=level, statuses=dashboard_counts.SHOWN_STATUSES, **context)
 
 
 def _found(call: Callable[[], Any]) -> Any:
@@ -403,27 +418,31 @@ def _found(call: Callable[[], Any]) -> Any:
 @dashboard_bp.get("/apps")
 @staff_required
 def apps(staff: StaffUser) -> Response:
-    return _drill(staff, "apps", rows=views.app_rows(db.session(), staff.district_id))
+    return _drill(staff, "apps", rows=dashboard_drilldown.app_rows(db.session(), staff.district_id))
 
 
 @dashboard_bp.get("/apps/<app_id>")
 @staff_required
 def app_assignments(staff: StaffUser, app_id: str) -> Response:
-    app, rows = _found(lambda: views.assignment_rows(db.session(), staff.district_id, app_id))
+    app, rows = _found(lambda: dashboard_drilldown.assignment_rows(db.session(), staff.district_id, app_id))
     return _drill(staff, "assignments", app=app, rows=rows)
 
 
 @dashboard_bp.get("/assignments/<assignment_id>")
 @staff_required
 def assignment_placements(staff: StaffUser, assignment_id: str) -> Response:
-    app, assignment, rows = _found(lambda: views.placement_rows(db.session(), staff.district_id, assignment_id))
+    app, assignment, rows = _found(
+        lambda: dashboard_drilldown.placement_rows(db.session(), staff.district_id, assignment_id)
+    )
     return _drill(staff, "placements", app=app, assignment=assignment, rows=rows)
 
 
 @dashboard_bp.post("/assignments/<assignment_id>/retry-failed")
 @staff_required
 def retry_assignment_failures(staff: StaffUser, assignment_id: str) -> Response:
-    _app, assignment = _found(lambda: views.district_assignment(db.session(), staff.district_id, assignment_id))
+    _app, assignment = _found(
+        lambda: dashboard_drilldown.district_assignment(db.session(), staff.district_id, assignment_id)
+    )
     back_to = url_for("dashboard.assignment_placements", assignment_id=assignment.id)
     return _bulk_retry(staff, assignment.external_id, back_to, assignment_id=assignment.id)
 
@@ -432,11 +451,13 @@ def retry_assignment_failures(staff: StaffUser, assignment_id: str) -> Response:
 @staff_required
 def placement_students(staff: StaffUser, placement_id: str) -> Response:
     page = _page_number()
-    found = _found(lambda: views.student_rows(db.session(), staff.district_id, placement_id, page=page))
+    found = _found(lambda: dashboard_drilldown.student_rows(db.session(), staff.district_id, placement_id, page=page))
     return _drill(staff, "students", students=found, placement=found.placement, rows=found.rows, page=page)
 
 
 @dashboard_bp.get("/audit")
 @staff_required
 def audit(staff: StaffUser) -> Response:
-    return _page("dashboard/audit.html", staff=staff, entries=views.audit_log(db.session(), staff.district_id))
+    return _page(
+        "dashboard/audit.html", staff=staff, entries=dashboard_overview.audit_log(db.session(), staff.district_id)
+    )

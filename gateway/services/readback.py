@@ -12,7 +12,7 @@ from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.models import Delivery, DeliveryStatus, Grade, GradeRevision, LmsConnection
 from gateway.services.auth import Principal
-from gateway.services.deliveries import work_for
+from gateway.services.delivery_work import work_for
 from gateway.services.grades import get_grade
 
 

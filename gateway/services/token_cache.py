@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.db import Database
@@ -17,6 +19,20 @@ from gateway.models import CachedAccessToken, utcnow
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def token_expiries(session: Session, keys: Iterable[str]) -> dict[str, datetime]:
+    """When the tokens cached under these keys expire (keys with no token left out, expired ones kept); only
+    presence and expiry are read, never a token."""
+    by_hash = {_hash(key): key for key in keys}
+    if not by_hash:
+        return {}
+    rows = session.execute(
+        select(CachedAccessToken.key_hash, CachedAccessToken.expires_at).where(
+            CachedAccessToken.key_hash.in_(list(by_hash))
+        )
+    )
+    return {by_hash[key_hash]: expires_at for key_hash, expires_at in rows}
 
 
 # Tokens this process has read or written, so that a delivery does not read the database for one every time;

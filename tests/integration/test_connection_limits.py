@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main as cli
-from gateway.services.deliveries import load_works
+from gateway.services.delivery_work import load_works
 from gateway.tasks import Runtime
 from gateway.throttle import RedisLimiter, delivery_slot
 from gateway.worker import DeliveryWorker

@@ -20,11 +20,11 @@ from sqlalchemy import event, select
 
 from adapters.http import HttpClient
 from gateway.models import Delivery, DeliveryStatus, GradeRevision, LmsConnection, utcnow
-from gateway.services.deliveries import retry_delivery
 from gateway.services.directory import create_user, enroll, get_user
 from gateway.services.errors import Conflict
 from gateway.services.lms import add_placement
 from gateway.services.routing import route_waiting_grades
+from gateway.services.staff_retries import retry_delivery
 from gateway.worker import DeliveryWorker
 from tests.conftest import make_settings
 from tests.factories import COURSE, World

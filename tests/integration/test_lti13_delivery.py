@@ -422,6 +422,37 @@ def test_threads_that_miss_the_token_cache_together_fetch_one_token(ags: AgsSetu
     assert ags.platform.token_requests == 1
 
 
+def test_the_dashboard_finds_every_token_the_adapter_caches(ags: AgsSetup, worker: DeliveryWorker) -> None:
+    """The adapter names the keys it caches tokens under (`token_cache_keys`), so the dashboard can say which
+    are held: a score (line item and score scopes), a roster read (NRPS) and a probe (score alone) each cache a
+    token, and every row in the cache is found under one of those keys."""
+    from adapters.lti13_ags import SCOPE_NRPS, Lti13AgsAdapter
+    from gateway.models import CachedAccessToken, LmsConnection
+    from gateway.services.lms import connection_settings, probe_connection
+    from gateway.services.roster import sync_roster
+    from gateway.services.token_cache import token_expiries
+
+    _sandbox_off(ags.world)
+    with ags.world.session() as session:
+        placement = session.get(Placement, ags.placement_id)
+        placement.destination = {**placement.destination, "context_memberships_url": ags.platform.memberships_url}
+    posted = ags.world.post_grade({"assignmentID": "quiz-1", "userID": ags.world.students[0], "percentage": 0.5})
+    assert posted.status_code == 202
+    worker.run_until_idle()
+    db, box = ags.world.app.extensions["passback_db"], ags.world.app.extensions["passback_box"]
+    sync_roster(db, box, worker.http, worker.adapter_context(), ags.world.district_id, "Canvas")
+    assert probe_connection(ags.world.app, ags.world.district_id, "Canvas").ok
+
+    with ags.world.session() as session:
+        connection = session.get(LmsConnection, ags.connection_id)
+        assert connection is not None
+        keys = Lti13AgsAdapter.from_settings(connection_settings(box, connection), None).token_cache_keys()  # type: ignore[arg-type]
+        held = session.scalar(select(func.count()).select_from(CachedAccessToken))
+        found = token_expiries(session, keys)
+    assert held == len(found) == 3, (held, found)
+    assert {keys[key] for key in found} == {(SCOPE_LINEITEM, SCOPE_SCORE), (SCOPE_NRPS,), (SCOPE_SCORE,)}
+
+
 # --- two links to one assignment in one course -------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from adapters.http import HttpClient
 from gateway.models import Delivery, utcnow
-from gateway.services.deliveries import retry_delivery
+from gateway.services.staff_retries import retry_delivery
 from gateway.worker import DeliveryWorker
 from tests.conftest import TEST_ENCRYPTION_KEY, make_settings
 from tests.factories import COURSE, World

@@ -12,6 +12,7 @@ import pytest
 
 from adapters import REGISTRY
 from adapters.base import (
+    ConnectionDisplay,
     DeliveryReceipt,
     Destination,
     HealthReport,
@@ -29,7 +30,12 @@ CAPABILITIES = {name for name in vars(LmsAdapter) if not name.startswith("__") a
 )
 
 # Capability flag -> the method that flag enables.
-SUPPORTS = {"supports_read": "read_result", "supports_delete": "delete_result", "supports_roster": "memberships"}
+SUPPORTS = {
+    "supports_read": "read_result",
+    "supports_delete": "delete_result",
+    "supports_roster": "memberships",
+    "caches_access_tokens": "token_cache_keys",
+}
 
 
 @pytest.mark.parametrize("key", sorted(REGISTRY))
@@ -118,9 +124,13 @@ def test_defaults_of_an_adapter_that_declares_nothing() -> None:
     assert not (_Flaky.supports_read or _Flaky.supports_delete or _Flaky.supports_roster)
     assert _Flaky.registration_key({}) is None and _Flaky.roster_source({}, "s1") is None
     assert _Flaky.placement_destination("c1", None, {"x": 1}) == ("c1", None, {"x": 1})
+    assert _Flaky.connection_display({}, public_url="https://p.example", connection_id="c1") == ConnectionDisplay()
+    assert not _Flaky.caches_access_tokens
     with pytest.raises(NotImplementedError):
         adapter.read_result(_item("ann")[1])
     with pytest.raises(NotImplementedError):
         adapter.delete_result(_item("ann")[1])
     with pytest.raises(NotImplementedError):
         adapter.memberships("s1")
+    with pytest.raises(NotImplementedError):
+        adapter.token_cache_keys()

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gateway.config import Settings
-from gateway.services.deliveries import RetryPolicy
+from gateway.services.outcomes import RetryPolicy
 
 POLICY = RetryPolicy(base_seconds=15.0, max_seconds=3600.0, max_attempts=15, retry_after_max_seconds=86400.0)
 
