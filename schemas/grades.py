@@ -10,6 +10,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
 from schemas.base import JsonNumber, StrictSchema, UtcDateTime
+from schemas.statuses import LISTED_STATUSES, DeliveryStatus
 
 ASSIGNMENT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 ASSIGNMENT_ID_RULE = "Must be 1 to 64 characters: letters, digits, dash, underscore and dot."
@@ -154,20 +155,7 @@ class PlacementRefSchema(Schema):
 class DeliveryStatusSchema(Schema):
     id = fields.String()
     operation = fields.String(metadata={"enum": ["replace", "delete"]})
-    status = fields.String(
-        metadata={
-            "enum": [
-                "pending",
-                "delivering",
-                "delivered",
-                "retrying",
-                "failed",
-                "awaiting_launch",
-                "unroutable",
-                "superseded",
-            ]
-        }
-    )
+    status = fields.String(metadata={"enum": [s.value for s in DeliveryStatus]})
     lmsConnection = fields.String(attribute="lms_connection_name", allow_none=True)
     adapter = fields.String(allow_none=True)
     placement = fields.Nested(PlacementRefSchema, allow_none=True)
@@ -214,11 +202,7 @@ class GradeResponseSchema(Schema):
 class GradeListQuerySchema(StrictSchema):
     assignmentID = fields.String(validate=validate.Regexp(ASSIGNMENT_ID_PATTERN, error=ASSIGNMENT_ID_RULE))
     userID = fields.String(validate=validate.Length(min=1, max=64))
-    status = fields.String(
-        validate=validate.OneOf(
-            ["pending", "delivering", "delivered", "retrying", "failed", "awaiting_launch", "unroutable"]
-        )
-    )
+    status = fields.String(validate=validate.OneOf([s.value for s in LISTED_STATUSES]))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.String(validate=validate.Length(max=200))
 

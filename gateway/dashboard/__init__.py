@@ -39,6 +39,7 @@ from gateway.services.errors import InvalidInput, ServiceError
 from gateway.services.lms import place_assignments, probe_connection
 from gateway.services.staff_retries import retry_delivery, retry_failed
 from gateway.worker import nudge_worker
+from schemas.statuses import DeliveryStatus
 
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -218,7 +219,9 @@ def delivery(staff: StaffUser, delivery_id: str) -> Response:
 @staff_required
 def retry(staff: StaffUser, delivery_id: str) -> Response:
     database = db.session()
-    back_to = _dashboard_path(request.form.get("next"), url_for("dashboard.delivery_list", status="failed"))
+    back_to = _dashboard_path(
+        request.form.get("next"), url_for("dashboard.delivery_list", status=DeliveryStatus.FAILED.value)
+    )
     try:
         # Scoped by the staff member's district: another district's delivery id is simply not found.
         delivery = retry_delivery(database, staff.district_id, delivery_id)

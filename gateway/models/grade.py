@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -11,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import true
 
 from gateway.models.base import Base, created_column, id_column, utcnow
+from schemas.statuses import DeliveryStatus
 
 
 class Grade(Base):
@@ -71,18 +71,6 @@ class GradeRevision(Base):
     timestamp: Mapped[datetime] = mapped_column()
     token_id: Mapped[str | None] = mapped_column(String(24), default=None)
     received_at: Mapped[datetime] = created_column()
-
-
-class DeliveryStatus(StrEnum):
-    PENDING = "pending"
-    DELIVERING = "delivering"
-    DELIVERED = "delivered"
-    RETRYING = "retrying"
-    FAILED = "failed"
-    AWAITING_LAUNCH = "awaiting_launch"
-    UNROUTABLE = "unroutable"
-    # Replaced by a newer revision of the same grade before it reached the LMS.
-    SUPERSEDED = "superseded"
 
 
 # Statuses a newer revision replaces; a delivery in flight ("delivering") finishes on its own.

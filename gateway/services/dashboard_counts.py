@@ -13,8 +13,17 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.models import Assignment, Delivery, Grade, Placement
+from schemas.statuses import DeliveryStatus
 
-SHOWN_STATUSES = ("delivered", "pending", "delivering", "retrying", "awaiting_launch", "failed", "unroutable")
+SHOWN_STATUSES: tuple[DeliveryStatus, ...] = (
+    DeliveryStatus.DELIVERED,
+    DeliveryStatus.PENDING,
+    DeliveryStatus.DELIVERING,
+    DeliveryStatus.RETRYING,
+    DeliveryStatus.AWAITING_LAUNCH,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.UNROUTABLE,
+)
 
 
 def zero_counts() -> dict[str, int]:

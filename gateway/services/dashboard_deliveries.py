@@ -172,7 +172,9 @@ def csv_chunk(
         .outerjoin(Placement, Placement.id == Delivery.placement_id)
         .where(Delivery.district_id == district_id)
     )
-    query = query.where(Delivery.status == status) if status else query.where(Delivery.status != "superseded")
+    query = (
+        query.where(Delivery.status == status) if status else query.where(Delivery.status != DeliveryStatus.SUPERSEDED)
+    )
     if after is not None:
         query = query.where(_older_than(after))
     rows = session.execute(query.order_by(Delivery.updated_at.desc(), Delivery.id.desc()).limit(limit)).all()

@@ -32,20 +32,10 @@ from gateway.models import (
 from gateway.services.auth import Principal
 from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import ROUTE_COLUMNS, Route, receives, route_revision, schedule_deletions
+from schemas.statuses import PROGRESS_ORDER
 
 # A grade stamped in the future would make every later grade "older" (409) until that time comes.
 MAX_FUTURE_SKEW = timedelta(minutes=5)
-
-# Most advanced last: a grade's overall status is the least advanced status among its current deliveries.
-STATUS_ORDER = [
-    DeliveryStatus.FAILED,
-    DeliveryStatus.UNROUTABLE,
-    DeliveryStatus.RETRYING,
-    DeliveryStatus.AWAITING_LAUNCH,
-    DeliveryStatus.PENDING,
-    DeliveryStatus.DELIVERING,
-    DeliveryStatus.DELIVERED,
-]
 
 
 @dataclass(frozen=True)
@@ -409,7 +399,7 @@ def grade_view(grade: Grade, assignment_external_id: str, deliveries: list[dict[
         "revision": grade.revision,
         "created_at": grade.created_at,
         "updated_at": grade.updated_at,
-        "status": next((s.value for s in STATUS_ORDER if s in statuses), "pending"),
+        "status": next((s for s in PROGRESS_ORDER if s in statuses), DeliveryStatus.PENDING).value,
         "deliveries": deliveries,
         "deleted_at": getattr(grade, "deleted_at", None),
     }
