@@ -45,7 +45,7 @@ bench: install-test ## Benchmarks: intake vs a bare insert (C), Schoology batchi
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.canvas_throttle --json bench/results/canvas_throttle.json
 
-lint: install-test ## ruff (checks and formatting), mypy on adapters/, schemas/ and gateway/services/, import-linter's layering contracts
+lint: install-test ## ruff (checks and formatting), mypy --strict on adapters/, schemas/ and gateway/services/, import-linter's layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy adapters schemas gateway/services

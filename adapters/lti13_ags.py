@@ -189,7 +189,7 @@ class Lti13AgsAdapter(LmsAdapter):
     # --- access tokens -------------------------------------------------------------------------------
 
     def _token_key(self, scopes: list[str]) -> str:
-        return "lti13|" + self.settings["token_url"] + "|" + self.settings["client_id"] + "|" + " ".join(scopes)
+        return f"lti13|{self.settings['token_url']}|{self.settings['client_id']}|{' '.join(scopes)}"
 
     def _client_assertion(self) -> str:
         from joserfc import jwt

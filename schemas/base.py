@@ -61,7 +61,7 @@ def suggest_field(name: str, known: list[str]) -> str | None:
     return close[0] if close else None
 
 
-class JsonNumber(fields.Field):
+class JsonNumber(fields.Field[float]):
     """A JSON number: not a string, not a boolean, finite. Returns a float."""
 
     default_error_messages = {
@@ -104,4 +104,4 @@ class UtcDateTime(fields.DateTime):
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         if value is None:
             return None
-        return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        return f"{value.replace(tzinfo=None).isoformat(timespec='microseconds')}Z"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
@@ -36,7 +37,9 @@ def app_rows(session: Session, district_id: str) -> list[tuple[App, dict[str, in
     return [(app, counts.get(app.id, zero_counts())) for app in apps]
 
 
-def assignment_rows(session: Session, district_id: str, app_id: str) -> tuple[App, list[tuple[Assignment, dict]]]:
+def assignment_rows(
+    session: Session, district_id: str, app_id: str
+) -> tuple[App, list[tuple[Assignment, dict[str, Any]]]]:
     """An authorized app's assignments with their deliveries in this district; NotFound for any other app."""
     app = _authorized_app(session, district_id, app_id)
     if app is None:

@@ -213,7 +213,7 @@ def _lookup(
         # No such assignment: say whether the user is known too, so the user error keeps coming first.
         return session.execute(_USER, params).scalar(), None, None, []
     known_user, assignment_id, score_maximum = rows[0][0], rows[0][1], rows[0][2]
-    routes = [Route(*row[3:]) for row in rows if row[3] is not None]  # type: ignore[arg-type]
+    routes = [Route(*row[3:]) for row in rows if row[3] is not None]
     return known_user, assignment_id, score_maximum, routes
 
 
@@ -435,7 +435,7 @@ def grade_views(session: Session, grades: Sequence[Grade]) -> list[dict[str, Any
     by_grade: dict[str, list[dict[str, Any]]] = {g.id: [] for g in grades}
     for delivery, *route in rows:
         # A placement-less delivery (unroutable) has NULL route columns from the outer joins.
-        known = Route(*route) if route[0] is not None else None  # type: ignore[arg-type]
+        known = Route(*route) if route[0] is not None else None
         by_grade[delivery.grade_id].append(_delivery_view(delivery, known))
     return [grade_view(g, external_ids[g.assignment_id], by_grade[g.id]) for g in grades]
 

@@ -132,7 +132,7 @@ def begin_login(
     }
     if params.get("lti_message_hint"):
         query["lti_message_hint"] = params["lti_message_hint"]
-    parts = urlsplit(settings["auth_url"])
+    parts = urlsplit(str(settings["auth_url"]))
     merged = parse_qsl(parts.query, keep_blank_values=True) + list(query.items())
     return urlunsplit(parts._replace(query=urlencode(merged)))
 

@@ -37,7 +37,7 @@ def purge_expired(session: Session, *, idempotency_ttl_seconds: float, now: date
     now = now or utcnow()
 
     def count(statement: object) -> int:
-        return int(session.execute(statement).rowcount or 0)  # type: ignore[call-overload,attr-defined]
+        return int(session.execute(statement).rowcount or 0)  # type: ignore[call-overload]
 
     return Purged(
         nonces=count(delete(UsedNonce).where(UsedNonce.expires_at < now)),

@@ -35,7 +35,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
         # The exponent is bounded so a huge attempt number cannot overflow a float before the cap applies.
-        exponential = min(self.max_seconds, self.base_seconds * 2 ** min(max(0, attempt - 1), 64))
+        exponential = min(self.max_seconds, self.base_seconds * 2.0 ** min(max(0, attempt - 1), 64))
         # "Equal jitter": at least half the backoff, so a burst of failures spreads out but never hammers.
         delay = exponential / 2 + (rng or random).uniform(0, exponential / 2)
         if retry_after is not None:

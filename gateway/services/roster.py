@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from adapters import REGISTRY, AdapterContext, HttpClient
 from gateway.crypto import SecretBox
@@ -98,7 +99,7 @@ def sync_roster(
 
 
 def _match(
-    session: Any, district_id: str, issuer: str, settings: dict[str, Any], member: dict[str, Any]
+    session: Session, district_id: str, issuer: str, settings: dict[str, Any], member: dict[str, Any]
 ) -> User | None:
     existing = session.scalar(
         select(User)
