@@ -41,6 +41,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import insert
 
+from bench.grade_throughput import backends_to_run
 from gateway import create_app
 from gateway.config import Settings
 from gateway.crypto import SecretBox
@@ -417,23 +418,6 @@ def backend_url(backend: str, pg_url: str | None, workdir: Path, tag: str) -> It
     finally:
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def backends_to_run(requested: str | None) -> dict[str, str | None]:
-    pg = os.environ.get("GATEWAY_BENCH_DATABASE_URL") or os.environ.get("GATEWAY_TEST_DATABASE_URL")
-    pg = pg if pg and pg.startswith("postgresql") else None
-    names = requested.split(",") if requested else ["sqlite"] + (["postgresql"] if pg else [])
-    chosen: dict[str, str | None] = {}
-    for name in (n.strip() for n in names):
-        if name == "sqlite":
-            chosen["sqlite"] = None
-        elif name == "postgresql":
-            if pg is None:
-                raise SystemExit("postgresql needs GATEWAY_BENCH_DATABASE_URL or GATEWAY_TEST_DATABASE_URL")
-            chosen["postgresql"] = pg
-        else:
-            raise SystemExit(f"unknown backend {name!r}: sqlite or postgresql")
-    return chosen
 
 
 def print_table(backend: str, small: tuple[Seeded, dict[str, float]], large: tuple[Seeded, dict[str, float]]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -31,13 +33,7 @@ def test_database_is_at_the_single_head(database_url: str) -> None:
 def test_0008_rekeys_lti_identities_linked_by_hand_and_keeps_placements(database_url: str, tmp_path: Path) -> None:
     """Identities `user enroll --lms-user-id` stored as `passback:<connection>` take the key launches use (the
     LTI 1.1 consumer key, the LTI 1.3 issuer) unless a launch already took it; placements are kept."""
-    if database_url.startswith("sqlite"):
-        url, schema = f"sqlite:///{tmp_path / 'mig.db'}", None
-    else:
-        schema = "mig0008"
-        url = database_url + ("&" if "?" in database_url else "?") + f"options=-csearch_path%3D{schema}"
-        _run(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
-    try:
+    with scratch_database(database_url, tmp_path, "mig0008") as url:
         upgrade(url, "0007")
         _run(
             url,
@@ -69,22 +65,13 @@ def test_0008_rekeys_lti_identities_linked_by_hand_and_keeps_placements(database
             "i3b": "lti11:key-1",
             "i4": "passback:cs",
         }
-    finally:
-        if schema is not None:
-            _run(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def test_0008_marks_lti13_launches_recorded_before_it_as_of_unknown_link(database_url: str, tmp_path: Path) -> None:
     """Before 0008 every launch of any link of an assignment in a course rebound its one placement, so an LTI 1.3
     launch row does not say which link the student opened: 0008 marks those rows link-unknown. LTI 1.1 rows
     (their sourcedid names the link) are not."""
-    if database_url.startswith("sqlite"):
-        url, schema = f"sqlite:///{tmp_path / 'mig.db'}", None
-    else:
-        schema = "mig0008l"
-        url = database_url + ("&" if "?" in database_url else "?") + f"options=-csearch_path%3D{schema}"
-        _run(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
-    try:
+    with scratch_database(database_url, tmp_path, "mig0008l") as url:
         upgrade(url, "0007")
         _run(
             url,
@@ -114,9 +101,19 @@ def test_0008_marks_lti13_launches_recorded_before_it_as_of_unknown_link(databas
             marked = dict(conn.execute(text("SELECT id, link_unknown FROM launch_destinations")).all())
         engine.dispose()
         assert marked == {"l11": False, "l13": True}
+
+
+@contextmanager
+def scratch_database(database_url: str, tmp_path: Path, schema: str) -> Iterator[str]:
+    """An empty database to migrate a file on SQLite, a schema of its own on PostgreSQL, dropped after."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'mig.db'}"
+        return
+    _run(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+    try:
+        yield database_url + ("&" if "?" in database_url else "?") + f"options=-csearch_path%3D{schema}"
     finally:
-        if schema is not None:
-            _run(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        _run(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def _run(url: str, statements: str) -> None:
