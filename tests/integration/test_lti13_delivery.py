@@ -463,52 +463,18 @@ def test_each_link_to_one_assignment_in_a_course_gets_its_own_column_and_the_stu
     own line item: Ada launched link A, Bo link B, and each grade lands in that link's column only; link B,
     launched without a line item, gets one of its own. Cy never launched: their grade goes to both links, and
     link B's refusal (Cy is not in that section) is recorded on that delivery alone."""
-    _sandbox_off(world)
     box = world.app.extensions["passback_box"]
     with (
         Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
         AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
     ):
-        with world.session() as session:
-            connection = add_lms_connection(
-                session,
-                box,
-                world.district_id,
-                "Canvas 1.3",
-                "lti13",
-                {**lms.registration(), "token_url": platform.token_url},
-            )
-            connection_id = connection.id
+        connection_id, launch = _two_link_course(world, live_server, lms, platform)
         column_a = platform.add_lineitem("quiz-1", "Quiz 1 (period 1)", 10, resource_link_id="rl-a")
         platform.link_students = {"rl-a": {"sub-ada", "sub-cy"}, "rl-b": {"sub-bo"}}
-        scopes = [SCOPE_LINEITEM, SCOPE_SCORE]
 
-        def launch(sub: str, link: str, ags_claim: dict[str, object]) -> str:
-            state, nonce, params = lms.login(live_server.url)
-            token = lms.launch_token(
-                nonce,
-                sub=sub,
-                resource_link={"id": link, "title": f"Quiz 1 ({link})"},
-                context={"id": "course-9", "title": "Algebra 9"},
-                custom={"assignment": "quiz-1"},
-                ags=ags_claim,
-            )
-            response = lms.launch(params["redirect_uri"], state, token)
-            assert response.status_code == 302, response.text[:500]
-            with world.session() as session:
-                return str(
-                    session.scalar(
-                        select(LmsIdentity.user_id).where(
-                            LmsIdentity.issuer == "https://lms.example", LmsIdentity.subject == sub
-                        )
-                    )
-                )
-
-        ada = launch("sub-ada", "rl-a", {"scope": scopes, "lineitem": column_a, "lineitems": platform.lineitems_url})
-        bo = launch("sub-bo", "rl-b", {"scope": scopes, "lineitems": platform.lineitems_url})
-        ada_again = launch(
-            "sub-ada", "rl-a", {"scope": scopes, "lineitem": column_a, "lineitems": platform.lineitems_url}
-        )
+        ada = launch("sub-ada", "rl-a", column_a)
+        bo = launch("sub-bo", "rl-b")
+        ada_again = launch("sub-ada", "rl-a", column_a)
         assert ada_again == ada
         with world.session() as session:
             cy_user = create_user(session, world.district_id, name="Cy")
