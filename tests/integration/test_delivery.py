@@ -162,6 +162,31 @@ SETTLED = {DeliveryStatus.DELIVERED, DeliveryStatus.SUPERSEDED, DeliveryStatus.F
 # --- retries against the sandbox LMS ---------------------------------------------------------------------
 
 
+def test_the_workers_clock_stamps_its_leases_retry_times_and_outcomes(world: World, database_url: str) -> None:
+    """A worker's time is its clock's, not the system's: a retry comes due when the clock reaches it."""
+    world.inject_faults(1, 503)
+    grade_id = post(world, 0.8)
+    clock = FrozenClock()
+    clock.advance(3600)
+    start = clock.now()
+    worker = make_worker(world, database_url, clock=clock)
+
+    [claim] = worker.claim()
+    [(_, claimed)] = rows(world, grade_id)
+    assert (claimed.updated_at, claimed.lease_expires_at) == (start, start + timedelta(seconds=30))
+    assert worker.deliver_claimed(claim) == "retrying"
+    [(_, retrying)] = rows(world, grade_id)
+    assert retrying.updated_at == start and retrying.next_attempt_at is not None
+    # The test backoff: 0.02 s for a first failure, half of it at least.
+    assert start + timedelta(seconds=0.01) <= retrying.next_attempt_at <= start + timedelta(seconds=0.02)
+    assert worker.run_once() == 0, "not due before the clock reaches the retry time"
+
+    clock.advance(0.02)
+    assert worker.run_once() == 1
+    [(_, delivered)] = rows(world, grade_id)
+    assert (delivered.status, delivered.delivered_at) == ("delivered", start + timedelta(seconds=0.02))
+
+
 def test_no_grade_is_lost_when_the_lms_fails_ten_times_in_a_row(world: World, worker: DeliveryWorker) -> None:
     world.inject_faults(10, 503)
     grade_id = post(world, 0.8)
