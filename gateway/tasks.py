@@ -14,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import select
 
+from gateway.clock import Clock
 from gateway.config import Settings
-from gateway.models import Delivery, LmsConnection, utcnow
+from gateway.models import Delivery, LmsConnection
 from gateway.services.outbox import claim_due_deliveries, claimable
 from gateway.throttle import RedisLimiter, delivery_slot
 
@@ -66,6 +66,12 @@ class Runtime:
     limiter: RedisLimiter
     settings: Settings
 
+    @property
+    def clock(self) -> Clock:
+        """The worker's clock: drains, sweeps and the deliveries they hand on share one time."""
+        clock: Clock = self.worker.clock
+        return clock
+
     def drain(self, connection_id: str) -> str:
         settings = self.settings
         slot_key = f"deliver:{connection_id}"
@@ -86,7 +92,10 @@ class Runtime:
             return (
                 session.scalar(
                     select(Delivery.id)
-                    .where(Delivery.lms_connection_id == connection_id, claimable(utcnow(), self.settings.max_attempts))
+                    .where(
+                        Delivery.lms_connection_id == connection_id,
+                        claimable(self.clock.now(), self.settings.max_attempts),
+                    )
                     .limit(1)
                 )
                 is not None
@@ -103,17 +112,18 @@ class Runtime:
         with delivery_slot(self.limiter, slot_key, concurrency, slot_ttl) as slot:
             if slot is None:
                 return "busy"
-            deadline = time.monotonic() + settings.drain_seconds
+            deadline = self.clock.monotonic() + settings.drain_seconds
             delivered = 0
             while True:
                 self._heartbeat(connection_id)
-                claimed_at = time.monotonic()  # before the claim, where its leases start
+                claimed_at = self.clock.monotonic()  # before the claim, where its leases start
                 with self.worker.db.transaction() as session:
                     claims = claim_due_deliveries(
                         session,
                         limit=settings.worker_batch_size,
                         lease_seconds=settings.lease_seconds,
                         max_attempts=settings.max_attempts,
+                        now=self.clock.now(),
                         lms_connection_id=connection_id,
                     )
                 if not claims:
@@ -124,7 +134,7 @@ class Runtime:
                 self.worker.deliver_claims(claims, claimed_at)
                 delivered += len(claims)
                 self.limiter.renew_slot(slot_key, slot, slot_ttl)
-                if time.monotonic() > deadline:
+                if self.clock.monotonic() > deadline:
                     # Hand on to a fresh task, so other connections' drains get the worker too (if the broker
                     # refuses, the sweep finds the rest).
                     with contextlib.suppress(Exception):
@@ -136,7 +146,7 @@ class Runtime:
 
     def sweep(self) -> int:
         """Enqueue a drain for every connection with due deliveries that no drain is working on."""
-        now = utcnow()
+        now = self.clock.now()
         with self.worker.db.transaction() as session:
             connection_ids = session.scalars(
                 select(Delivery.lms_connection_id)

@@ -20,6 +20,7 @@ from adapters.base import (
     SecretUnreadableError,
 )
 from adapters.http import Throttle, ThrottledHttpClient
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
@@ -64,21 +65,24 @@ class LeaseKeeper:
     leases once a third of the lease has passed since the last check, and stop the send if one was lost. So no
     request ever goes out under an expired lease, however many requests or retries a delivery needs."""
 
-    def __init__(self, db: Database, claims: list[Claim], lease_seconds: float, claimed_at: float) -> None:
+    def __init__(
+        self, db: Database, claims: list[Claim], lease_seconds: float, claimed_at: float, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.db = db
         self.claims = claims
         self.lease_seconds = lease_seconds
+        self.clock = clock
         # When the claims were taken (monotonic): their leases run from then, not from when sending starts.
         self.checked = claimed_at
 
     def __call__(self) -> None:
-        if time.monotonic() - self.checked < self.lease_seconds / 3:
+        if self.clock.monotonic() - self.checked < self.lease_seconds / 3:
             return
         with self.db.transaction() as session:
-            confirmed, _ = reconfirm_claims(session, self.claims, self.lease_seconds)
+            confirmed, _ = reconfirm_claims(session, self.claims, self.lease_seconds, now=self.clock.now())
         if len(confirmed) < len(self.claims):
             raise ClaimLost(f"{len(self.claims) - len(confirmed)} of {len(self.claims)} claims lost before sending")
-        self.checked = time.monotonic()
+        self.checked = self.clock.monotonic()
 
 
 class DeliveryWorker:
@@ -92,6 +96,7 @@ class DeliveryWorker:
         adapters: Mapping[str, type[LmsAdapter]] = REGISTRY,
         district_id: str | None = None,
         limiter: Limiter | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.db = db
         self.box = box
@@ -101,6 +106,8 @@ class DeliveryWorker:
         )
         self.adapters = adapters
         self.district_id = district_id
+        # Leases, retry times and every timestamp the worker writes come from here (tests move it by hand).
+        self.clock = clock
         # Per-connection request rates and pauses: in this process, or in Redis when a broker is configured.
         self.limiter = limiter or make_limiter(settings.broker_url)
         self.policy = RetryPolicy(
@@ -113,13 +120,13 @@ class DeliveryWorker:
         # Each worker keeps its own lookups (an LMS-side change is seen within their TTL, or on a miss).
         self.lookups = LookupCache()
         self._context: AdapterContext | None = None
-        self._last_purge = 0.0
+        self._last_purge: float | None = None
         self._context_loaded = 0.0
 
     def adapter_context(self) -> AdapterContext:
         """Passback's current signing key (re-read at most once a minute, so a rotation is picked up) and
         the database-backed token cache."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._context is None or now - self._context_loaded > 60:
             self._context = build_adapter_context(self.db, self.box, self.lookups)
             self._context_loaded = now
@@ -134,6 +141,7 @@ class DeliveryWorker:
                 limit=limit or self.settings.worker_batch_size,
                 lease_seconds=self.settings.lease_seconds,
                 max_attempts=self.settings.max_attempts,
+                now=self.clock.now(),
                 district_id=self.district_id,
                 lms_connection_id=lms_connection_id,
                 without_connection=without_connection,
@@ -149,7 +157,7 @@ class DeliveryWorker:
         that takes many grades per request are grouped by connection and batch key, topped up with more due
         grades of the same batch, and sent together. Returns each delivery's new status (None: claim lost)."""
         if claimed_at is None:
-            claimed_at = time.monotonic()  # the claims were just taken (callers that can pass the time before)
+            claimed_at = self.clock.monotonic()  # the claims were just taken (callers that can pass the time before)
         statuses: dict[str, str | None] = {}
         batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
         # Outcomes of single deliveries, recorded together at the end of the round (one transaction).
@@ -175,6 +183,7 @@ class DeliveryWorker:
         """The claims' work, read together; a claim whose destination was removed fails with the reason."""
         with self.db.transaction() as session:
             works = load_works(session, self.box, claims)
+        now = self.clock.now()
         loaded = []
         for claim in claims:
             work = works.get(claim.delivery_id)
@@ -182,13 +191,13 @@ class DeliveryWorker:
                 # Only the newest grade for a student and assignment is sent (e.g. an old revision whose
                 # worker died, reclaimed after a newer one arrived).
                 with self.db.transaction() as session:
-                    statuses[claim.delivery_id] = "superseded" if supersede_claim(session, claim) else None
+                    statuses[claim.delivery_id] = "superseded" if supersede_claim(session, claim, now=now) else None
                 continue
             if work is not None:
                 loaded.append((claim, work))
                 continue
             with self.db.transaction() as session:
-                orphaned = fail_orphaned_claim(session, claim)
+                orphaned = fail_orphaned_claim(session, claim, now=now)
             log.warning("delivery %s: %s", claim.delivery_id, "destination removed" if orphaned else "claim lost")
             statuses[claim.delivery_id] = "failed" if orphaned else None
         return loaded
@@ -209,8 +218,9 @@ class DeliveryWorker:
             sent.append((claim, work, self._send(claim, work, adapter_cls, claimed_at)))
             return None
         with self.db.transaction() as session:
-            if not take_discovery_lease(session, work.destination.placement_id):
-                defer_claim(session, claim, DISCOVERY_WAIT_SECONDS)
+            now = self.clock.now()
+            if not take_discovery_lease(session, work.destination.placement_id, now=now):
+                defer_claim(session, claim, DISCOVERY_WAIT_SECONDS, now=now)
                 return "pending"
         try:
             outcome = self._send(claim, work, adapter_cls, claimed_at)
@@ -243,7 +253,7 @@ class DeliveryWorker:
         if work.settings_problem:
             # The grade waits (attempts not counted) until a person configures the key it was encrypted with.
             raise SecretUnreadableError(work.settings_problem)
-        keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, claimed_at)
+        keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, claimed_at, self.clock)
         http = self.http_for(work.lms_connection_id, work.rate_limit, keeper)
         return adapter_cls.from_settings(work.settings, http, self.adapter_context())
 
@@ -285,6 +295,7 @@ class DeliveryWorker:
                     limit=room,
                     lease_seconds=self.settings.lease_seconds,
                     max_attempts=self.settings.max_attempts,
+                    now=self.clock.now(),
                     district_id=self.district_id,
                     lms_connection_id=connection_id,
                     section_id=key,
@@ -330,13 +341,16 @@ class DeliveryWorker:
             if isinstance(outcome, DeliveryReceipt) and not outcome.destination_update
         ]
         with self.db.transaction() as session:
-            delivered = record_successes(session, plain)
+            now = self.clock.now()
+            delivered = record_successes(session, plain, now=now)
             statuses.update(
                 {claim.delivery_id: "delivered" if claim.delivery_id in delivered else None for claim, _ in plain}
             )
             for (claim, _), outcome in zip(group, outcomes, strict=True):
                 if claim.delivery_id not in statuses:
-                    statuses[claim.delivery_id] = record_outcome(session, claim, outcome, self.policy, touch=False)
+                    statuses[claim.delivery_id] = record_outcome(
+                        session, claim, outcome, self.policy, touch=False, now=now
+                    )
             # Each connection's health, once for the round rather than once per grade.
             by_connection: dict[str, list[Any]] = {}
             for (_, work), outcome in zip(group, outcomes, strict=True):
@@ -344,9 +358,9 @@ class DeliveryWorker:
             for connection_id, results in by_connection.items():
                 errors = [o for o in results if isinstance(o, DeliveryError)]
                 if len(errors) < len(results):
-                    touch_connection(session, connection_id, error=None)
+                    touch_connection(session, connection_id, error=None, now=now)
                 if errors:
-                    touch_connection(session, connection_id, error=errors[-1].message)
+                    touch_connection(session, connection_id, error=errors[-1].message, now=now)
         for (claim, work), outcome in zip(group, outcomes, strict=True):
             self._log(claim.delivery_id, work.adapter, statuses[claim.delivery_id], outcome)
         return statuses
@@ -364,7 +378,7 @@ class DeliveryWorker:
 
     def run_once(self, limit: int | None = None) -> int:
         """Claim a batch and deliver it. Returns how many deliveries were claimed (batch top-ups not counted)."""
-        claimed_at = time.monotonic()  # before the claim, where its leases start
+        claimed_at = self.clock.monotonic()  # before the claim, where its leases start
         claims = self.claim(limit)
         if claims:
             self.deliver_claims(claims, claimed_at)
@@ -372,6 +386,7 @@ class DeliveryWorker:
 
     def run_until_idle(self, timeout: float = 30.0) -> int:
         """Deliver until nothing is due (for CLI one-shots and tests). Returns attempts made."""
+        # Real time, not the clock: this bounds how long the caller waits, and a frozen clock never runs out.
         deadline = time.monotonic() + timeout
         total = 0
         while time.monotonic() < deadline:
@@ -383,14 +398,14 @@ class DeliveryWorker:
 
     def purge_if_due(self) -> None:
         """Housekeeping at most once an hour per worker, between delivery rounds."""
-        now = time.monotonic()
-        if now - self._last_purge < PURGE_INTERVAL_SECONDS:
+        now = self.clock.monotonic()
+        if self._last_purge is not None and now - self._last_purge < PURGE_INTERVAL_SECONDS:
             return
         self._last_purge = now
         from gateway.services.maintenance import purge_expired
 
         with self.db.transaction() as session:
-            purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds)
+            purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds, now=self.clock.now())
 
     def run_forever(self, stop: threading.Event) -> None:
         """Deliver until `stop`: up to `worker_threads` connections at once, each connection's claims on one
@@ -435,13 +450,14 @@ class DeliveryWorker:
                 limit=free + 4,
                 exclude=taken,
                 district_id=self.district_id,
+                now=self.clock.now(),
             )
         started = 0
         for connection_id in candidates:
             if started >= free:
                 break
             # Before the claim: its leases start inside the claim's transaction, not when it commits.
-            claimed_at = time.monotonic()
+            claimed_at = self.clock.monotonic()
             claims = self.claim(lms_connection_id=connection_id, without_connection=connection_id is None)
             if not claims:
                 continue

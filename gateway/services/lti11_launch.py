@@ -172,9 +172,10 @@ def record_launch(
     # without one keeps the one an earlier launch gave.
     if sourcedid is not None or not (launch.data or {}).get("sourcedid"):
         launch.data = {"sourcedid": sourcedid}
-    launch.updated_at = utcnow()
+    now = utcnow()  # one instant for the launch's rows and the grades it routes
+    launch.updated_at = now
     session.flush()
-    retire_unlaunched_links(session, user.id, placement)
-    release_awaiting_launch(session, user.id, connection.id, placement_id=placement.id)
-    route_waiting_grades(session, connection.district_id, user_id=user.id)
+    retire_unlaunched_links(session, user.id, placement, now=now)
+    release_awaiting_launch(session, user.id, connection.id, placement_id=placement.id, now=now)
+    route_waiting_grades(session, connection.district_id, user_id=user.id, now=now)
     return user, assignment, placement

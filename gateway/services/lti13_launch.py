@@ -628,11 +628,12 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
     )
     enroll(session, connection, course_id, user, source="launch")
     launched = record_link_launch(session, connection, placement, user)
-    launched.updated_at, launched.link_unknown = utcnow(), False
+    now = utcnow()  # one instant for the launch's rows and the grades it routes
+    launched.updated_at, launched.link_unknown = now, False
     session.flush()
-    retire_unlaunched_links(session, user.id, placement)
-    release_awaiting_launch(session, user.id, connection.id)
-    route_waiting_grades(session, connection.district_id, user_id=user.id)
+    retire_unlaunched_links(session, user.id, placement, now=now)
+    release_awaiting_launch(session, user.id, connection.id, now=now)
+    route_waiting_grades(session, connection.district_id, user_id=user.id, now=now)
     return user, assignment, placement
 
 

@@ -50,13 +50,20 @@ def _truncate(text: str | None) -> str | None:
 
 
 def record_outcome(
-    session: Session, claim: Claim, outcome: DeliveryReceipt | DeliveryError, policy: RetryPolicy, *, touch: bool = True
+    session: Session,
+    claim: Claim,
+    outcome: DeliveryReceipt | DeliveryError,
+    policy: RetryPolicy,
+    *,
+    touch: bool = True,
+    now: datetime | None = None,
 ) -> str | None:
     """Record a receipt or an error for one claimed delivery; returns the new status (None: claim lost).
-    `touch=False` leaves the connection's health to the caller (a batch touches it once)."""
+    `touch=False` leaves the connection's health to the caller (a batch touches it once); `now` is the
+    caller's unit of work's time."""
     if isinstance(outcome, DeliveryError):
-        return record_failure(session, claim, outcome, policy, touch=touch)
-    return DeliveryStatus.DELIVERED if record_success(session, claim, outcome, touch=touch) else None
+        return record_failure(session, claim, outcome, policy, touch=touch, now=now)
+    return DeliveryStatus.DELIVERED if record_success(session, claim, outcome, touch=touch, now=now) else None
 
 
 def record_success(

@@ -232,7 +232,12 @@ def _delivery_row(grade: Any, revision_id: str, route: Route | None, now: dateti
 
 
 def route_waiting_grades(
-    session: Session, district_id: str, *, assignment_id: str | None = None, user_id: str | None = None
+    session: Session,
+    district_id: str,
+    *,
+    assignment_id: str | None = None,
+    user_id: str | None = None,
+    now: datetime | None = None,
 ) -> int:
     """After a placement or enrollment appears: send current grades to destinations they have not reached.
 
@@ -244,7 +249,7 @@ def route_waiting_grades(
         query = query.where(Grade.assignment_id == assignment_id)
     if user_id is not None:
         query = query.where(Grade.user_id == user_id)
-    now = utcnow()
+    now = now or utcnow()
     created = 0
     for grade in session.scalars(query):
         revision_id = session.scalar(
@@ -269,11 +274,16 @@ def route_waiting_grades(
 
 
 def release_awaiting_launch(
-    session: Session, user_id: str, lms_connection_id: str, *, placement_id: str | None = None
+    session: Session,
+    user_id: str,
+    lms_connection_id: str,
+    *,
+    placement_id: str | None = None,
+    now: datetime | None = None,
 ) -> int:
     """The LMS's id for this student (or, with `placement_id`, their launch of that link) is now known:
     send what waited for it."""
-    now = utcnow()
+    now = now or utcnow()
     conditions = [
         Delivery.lms_connection_id == lms_connection_id,
         Delivery.status == DeliveryStatus.AWAITING_LAUNCH,
@@ -308,7 +318,7 @@ def release_awaiting_launch(
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def retire_unlaunched_links(session: Session, user_id: str, launched: Placement) -> int:
+def retire_unlaunched_links(session: Session, user_id: str, launched: Placement, *, now: datetime | None = None) -> int:
     """The student launched this link: their launches of unknown link at sibling placements are forgotten, and
     what has not started going to sibling links they never launched (waiting for a launch, pending or retrying;
     not one a worker holds) will not go there (grades go to the links a student launched). Returns the
@@ -332,7 +342,7 @@ def retire_unlaunched_links(session: Session, user_id: str, launched: Placement)
         *same_assignment,
         ~exists().where(LaunchDestination.placement_id == Placement.id, LaunchDestination.user_id == user_id),
     )
-    now = utcnow()
+    now = now or utcnow()
     result = session.execute(
         update(Delivery)
         .where(

@@ -172,19 +172,21 @@ def test_gateway_run_seeds_the_sandbox_and_its_curl_line_delivers(tmp_path: Path
         assert curl, banner
         url, token, body = curl.group(1), curl.group(2), json.loads(curl.group(3))
         headers = {"Authorization": f"Bearer {token}"}
-        for _ in range(50):  # the server may still be binding its socket
+        deadline = time.monotonic() + 10
+        while True:  # the server may still be binding its socket
             try:
                 response = requests.post(url, json=body, headers=headers, timeout=5)
                 break
             except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the server never accepted a connection"
                 time.sleep(0.1)
         assert response.status_code == 202, response.text
         status_url = f"http://127.0.0.1:{port}{response.headers['Location']}"
-        for _ in range(100):
+        deadline = time.monotonic() + 20
+        status = requests.get(status_url, headers=headers, timeout=5).json()
+        while status["status"] != "delivered" and time.monotonic() < deadline:
+            time.sleep(0.1)  # the server's embedded worker delivers it
             status = requests.get(status_url, headers=headers, timeout=5).json()
-            if status["status"] == "delivered":
-                break
-            time.sleep(0.1)
         assert status["status"] == "delivered", status
         assert (tmp_path / "instance" / "passback.db").exists()
         assert oct((tmp_path / "instance" / "encryption_key").stat().st_mode & 0o777) == "0o600"

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import event, select
 
 from adapters.http import HttpClient
+from gateway.clock import SYSTEM_CLOCK, Clock, FrozenClock
 from gateway.models import Delivery, DeliveryStatus, GradeRevision, LmsConnection, utcnow
 from gateway.services.directory import create_user, enroll, get_user
 from gateway.services.errors import Conflict
@@ -50,13 +51,24 @@ def lms(world: World) -> Iterator[ScriptedLms]:
         assert fake.problems == [], "the gateway broke the LMS protocol"
 
 
-def make_worker(world: World, database_url: str, *, http: HttpClient | None = None, **settings: Any) -> DeliveryWorker:
+def make_worker(
+    world: World, database_url: str, *, http: HttpClient | None = None, clock: Clock | None = None, **settings: Any
+) -> DeliveryWorker:
     return DeliveryWorker(
         world.app.extensions["passback_db"],
         world.app.extensions["passback_box"],
         make_settings(database_url, **settings),
         http=http,
+        clock=clock or SYSTEM_CLOCK,
     )
+
+
+def worker_an_hour_later(world: World, database_url: str) -> DeliveryWorker:
+    """A worker whose clock has moved an hour on: past every retry time (at most 0.1 s here) and lease (30 s)
+    the test has scheduled so far, without waiting for them."""
+    clock = FrozenClock()
+    clock.advance(3600)
+    return make_worker(world, database_url, clock=clock)
 
 
 def post(world: World, percentage: float = 0.8, *, assignment: str = "quiz-1", student: str | None = None) -> str:
@@ -148,6 +160,31 @@ SETTLED = {DeliveryStatus.DELIVERED, DeliveryStatus.SUPERSEDED, DeliveryStatus.F
 
 
 # --- retries against the sandbox LMS ---------------------------------------------------------------------
+
+
+def test_the_workers_clock_stamps_its_leases_retry_times_and_outcomes(world: World, database_url: str) -> None:
+    """A worker's time is its clock's, not the system's: a retry comes due when the clock reaches it."""
+    world.inject_faults(1, 503)
+    grade_id = post(world, 0.8)
+    clock = FrozenClock()
+    clock.advance(3600)
+    start = clock.now()
+    worker = make_worker(world, database_url, clock=clock)
+
+    [claim] = worker.claim()
+    [(_, claimed)] = rows(world, grade_id)
+    assert (claimed.updated_at, claimed.lease_expires_at) == (start, start + timedelta(seconds=30))
+    assert worker.deliver_claimed(claim) == "retrying"
+    [(_, retrying)] = rows(world, grade_id)
+    assert retrying.updated_at == start and retrying.next_attempt_at is not None
+    # The test backoff: 0.02 s for a first failure, half of it at least.
+    assert start + timedelta(seconds=0.01) <= retrying.next_attempt_at <= start + timedelta(seconds=0.02)
+    assert worker.run_once() == 0, "not due before the clock reaches the retry time"
+
+    clock.advance(0.02)
+    assert worker.run_once() == 1
+    [(_, delivered)] = rows(world, grade_id)
+    assert (delivered.status, delivered.delivered_at) == ("delivered", start + timedelta(seconds=0.02))
 
 
 def test_no_grade_is_lost_when_the_lms_fails_ten_times_in_a_row(world: World, worker: DeliveryWorker) -> None:
@@ -318,7 +355,7 @@ PERMANENT_CASES = [
 
 
 def test_permanent_refusals_fail_at_once_with_the_lms_text(
-    world: World, lms: ScriptedLms, worker: DeliveryWorker
+    world: World, lms: ScriptedLms, worker: DeliveryWorker, database_url: str
 ) -> None:
     for case, answer, lms_status, text in PERMANENT_CASES:
         lms.script(answer)
@@ -334,8 +371,7 @@ def test_permanent_refusals_fail_at_once_with_the_lms_text(
         assert view(world, grade_id)["status"] == "failed", case
         assert len(lms.score_writes()) == writes_before + 1, case
     # Failed for good: past every backoff, still nothing is attempted again, and nothing was stored.
-    time.sleep(0.15)
-    assert worker.run_once() == 0
+    assert worker_an_hour_later(world, database_url).run_once() == 0
     assert len(lms.score_writes()) == len(PERMANENT_CASES)
     assert lms.gradebook == {}
 
@@ -441,7 +477,7 @@ def test_newer_grade_supersedes_a_pending_one(world: World, worker: DeliveryWork
     assert row_status(world, grade_id) == {1: "superseded", 2: "delivered"}
 
 
-def test_newer_grade_supersedes_a_retrying_one(world: World, worker: DeliveryWorker) -> None:
+def test_newer_grade_supersedes_a_retrying_one(world: World, worker: DeliveryWorker, database_url: str) -> None:
     world.inject_faults(1, 503)
     grade_id = post(world, 0.5)
     worker.run_once()
@@ -449,8 +485,8 @@ def test_newer_grade_supersedes_a_retrying_one(world: World, worker: DeliveryWor
 
     post(world, 0.9)
     assert row_status(world, grade_id) == {1: "superseded", 2: "pending"}
-    time.sleep(0.05)
-    worker.run_until_idle()
+    # Past the superseded row's retry time: only the newer grade goes.
+    worker_an_hour_later(world, database_url).run_until_idle()
     [entry] = world.gradebook()
     assert (entry["scoreGiven"], entry["writes"]) == (9.0, 1)
 
@@ -510,7 +546,7 @@ def test_failed_attempt_of_an_older_revision_never_lands_after_the_newer(
 
 
 def test_retrying_a_failed_older_revision_does_not_resend_the_old_score(
-    world: World, lms: ScriptedLms, worker: DeliveryWorker
+    world: World, lms: ScriptedLms, worker: DeliveryWorker, database_url: str
 ) -> None:
     grade_id = _older_in_flight_then_refused(world, lms, worker, Respond(422, message="item closed"))
     worker.run_until_idle()
@@ -519,8 +555,7 @@ def test_retrying_a_failed_older_revision_does_not_resend_the_old_score(
 
     with world.session() as session, contextlib.suppress(Conflict):  # refusing is one correct answer
         retry_delivery(session, world.district_id, older.id)
-    time.sleep(0.05)
-    worker.run_until_idle()
+    worker_an_hour_later(world, database_url).run_until_idle()
     assert [s.score_given for s in lms.gradebook.values()] == [9.0], f"LMS writes in order: {lms.write_log}"
 
 
@@ -567,8 +602,7 @@ def test_claim_racing_a_newer_grade_keeps_the_order(
         other.deliver_claimed(claim)
     for claim in claims:
         worker.deliver_claimed(claim)
-    time.sleep(0.05)
-    worker.run_until_idle()
+    worker_an_hour_later(world, database_url).run_until_idle()
 
     assert [s.score_given for s in lms.gradebook.values()] == [9.0], (
         f"LMS writes in order: {lms.write_log}; racing claim: {len(claims)} row(s); rows after the POST: "
@@ -721,12 +755,13 @@ def _set_paused(world: World, paused: bool) -> None:
         connection.paused = paused
 
 
-def test_paused_connection_holds_deliveries_until_unpaused(world: World, worker: DeliveryWorker) -> None:
+def test_paused_connection_holds_deliveries_until_unpaused(
+    world: World, worker: DeliveryWorker, database_url: str
+) -> None:
     _set_paused(world, True)
     grade_id = post(world, 0.8)
     assert worker.run_once() == 0
-    time.sleep(0.05)
-    assert worker.run_once() == 0
+    assert worker_an_hour_later(world, database_url).run_once() == 0
     assert only_delivery(world, grade_id)["status"] == "pending"
     assert world.gradebook() == []
 
@@ -736,14 +771,14 @@ def test_paused_connection_holds_deliveries_until_unpaused(world: World, worker:
     assert [e["scoreGiven"] for e in world.gradebook()] == [8.0]
 
 
-def test_paused_connection_holds_retries_too(world: World, worker: DeliveryWorker) -> None:
+def test_paused_connection_holds_retries_too(world: World, worker: DeliveryWorker, database_url: str) -> None:
     world.inject_faults(1, 503)
     grade_id = post(world, 0.8)
     worker.run_once()
     assert only_delivery(world, grade_id)["status"] == "retrying"
     _set_paused(world, True)
-    time.sleep(0.15)  # past the retry time
-    assert worker.run_once() == 0
+    later = worker_an_hour_later(world, database_url)  # past the retry time
+    assert later.run_once() == 0
     _set_paused(world, False)
-    assert worker.run_until_idle() == 1
+    assert later.run_until_idle() == 1
     assert only_delivery(world, grade_id)["status"] == "delivered"

@@ -3,6 +3,9 @@
 The main test runs `gateway worker` as a real process, lets it claim a delivery and send it to a fake LMS that
 holds the request, kills the process with SIGKILL, and shows the delivery waits out the lease and is then
 delivered exactly once by another worker.
+
+The workers in this process read a FrozenClock: a lease runs out when the test moves the clock past it, so no
+test waits for one, and none depends on how fast the machine is.
 """
 
 from __future__ import annotations
@@ -12,16 +15,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from adapters.http import HttpClient
-from gateway.models import Delivery, utcnow
+from gateway.clock import FrozenClock
+from gateway.models import Delivery
 from gateway.services.staff_retries import retry_delivery
 from gateway.worker import DeliveryWorker
 from tests.conftest import TEST_ENCRYPTION_KEY, make_settings
@@ -30,7 +32,7 @@ from tests.fakes.scripted_lms import Close, Hang, ScriptedLms
 
 pytestmark = pytest.mark.slow
 
-LEASE_SECONDS = 3.0
+LEASE_SECONDS = 30.0
 
 
 @pytest.fixture
@@ -48,6 +50,11 @@ def delivery_of(world: World, grade_id: str) -> Delivery:
     with world.session() as session:
         [delivery] = session.scalars(select(Delivery).where(Delivery.grade_id == grade_id)).all()
         return delivery
+
+
+def advance_past(clock: FrozenClock, instant: datetime) -> None:
+    """Move the clock just past `instant` (a lease's end): a lease runs out once the time is later than its end."""
+    clock.advance(max(0.0, (instant - clock.now()).total_seconds()) + 0.001)
 
 
 def worker_command() -> list[str]:
@@ -75,7 +82,7 @@ def worker_env(database_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 def test_worker_killed_between_claim_and_result_delivers_once_after_the_lease(
-    world: World, lms: ScriptedLms, worker: DeliveryWorker, database_url: str, tmp_path: Path
+    world: World, lms: ScriptedLms, database_url: str, tmp_path: Path
 ) -> None:
     # The first write is held by the LMS; when released, the LMS drops it without storing anything.
     [hang] = lms.script(Hang(then=Close()))
@@ -104,8 +111,15 @@ def test_worker_killed_between_claim_and_result_delivers_once_after_the_lease(
             process.wait(10)
 
     lease_expires_at = claimed.lease_expires_at
-    # Still well within the lease (the test's own precondition: the checks below must run before it ends).
-    assert utcnow() < lease_expires_at - timedelta(seconds=0.5)
+    # Another worker, its clock at the instant of the dead worker's claim.
+    clock = FrozenClock(claimed.updated_at)
+    worker = DeliveryWorker(
+        world.app.extensions["passback_db"],
+        world.app.extensions["passback_box"],
+        world.app.config["PASSBACK"],
+        clock=clock,
+    )
+    assert clock.now() < lease_expires_at
     dead = delivery_of(world, grade_id)
     assert (dead.status, dead.attempts, dead.claim_token) == ("delivering", 1, claimed.claim_token)
     # Another worker looking now finds nothing to do: the dead worker's lease still holds the row.
@@ -116,16 +130,13 @@ def test_worker_killed_between_claim_and_result_delivers_once_after_the_lease(
 
     hang.release()  # the LMS finally gives up on the dead connection
 
-    deadline = time.monotonic() + LEASE_SECONDS + 5
-    claims: list[Any] = []
-    while time.monotonic() < deadline and not claims:
-        claims = worker.claim()
-        claim_returned_at = utcnow()
-        if not claims:
-            time.sleep(0.05)
-    assert claims, "the delivery was never claimed again after the lease expired"
-    # The reclaim ended after the lease ran out, so it could not have happened before.
-    assert claim_returned_at >= lease_expires_at
+    # At the very end of the lease the row is still the dead worker's; an instant later it is free again.
+    clock.advance((lease_expires_at - clock.now()).total_seconds())
+    assert clock.now() == lease_expires_at
+    assert worker.claim() == []
+    advance_past(clock, lease_expires_at)
+    claims = worker.claim()
+    assert claims, "the delivery was not claimed again after the lease expired"
     assert worker.deliver_claimed(claims[0]) == "delivered"
 
     delivered = delivery_of(world, grade_id)
@@ -152,20 +163,24 @@ def test_late_result_of_a_worker_whose_lease_expired_is_ignored(
     """A slow (not dead) worker finishes after its lease expired and another worker delivered: its result is
     dropped, it does not overwrite the row."""
     db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
-    # A call outliving its lease: the request deadline (a third of the lease) normally prevents it; a long one
-    # here stands for a stalled process, to show the late result is still dropped.
-    slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=1.0), http=HttpClient(2, 5, deadline=30))
-    other = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=30))
     [hang] = lms.script(Hang())
     assert isinstance(hang, Hang)
     grade_id = post(world, 0.6)
+    clock = FrozenClock()  # after the post: its delivery is due on this clock
+    settings = make_settings(database_url, lease_seconds=LEASE_SECONDS)
+    # A call outliving its lease: the request deadline (a third of the lease) normally prevents it; a long one
+    # here stands for a stalled process, to show the late result is still dropped.
+    slow = DeliveryWorker(db, box, settings, http=HttpClient(2, 5, deadline=30), clock=clock)
+    other = DeliveryWorker(db, box, settings, clock=clock)
 
     results: list[str | None] = []
     [claim] = slow.claim()
     thread = threading.Thread(target=lambda: results.append(slow.deliver_claimed(claim)), daemon=True)
     thread.start()
     assert hang.arrived.wait(5)
-    time.sleep(1.1)  # past the slow worker's lease (1 s: a shorter one expires under load before the send)
+    lease_expires_at = delivery_of(world, grade_id).lease_expires_at
+    assert lease_expires_at is not None
+    advance_past(clock, lease_expires_at)  # the slow worker's lease runs out while its request hangs
 
     assert other.run_once() == 1
     delivered = delivery_of(world, grade_id)
@@ -183,15 +198,18 @@ def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
     world: World, lms: ScriptedLms, database_url: str
 ) -> None:
     db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
-    crashing = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=0.6, max_attempts=2))
     grade_id = post(world, 0.9)
+    clock = FrozenClock()  # after the post: its delivery is due on this clock
+    settings = make_settings(database_url, lease_seconds=LEASE_SECONDS, max_attempts=2)
+    crashing = DeliveryWorker(db, box, settings, clock=clock)
 
     # Two workers in a row claim it and die before a result (nothing is ever sent).
     for attempt in (1, 2):
         [_abandoned] = crashing.claim()
-        assert delivery_of(world, grade_id).attempts == attempt
+        abandoned = delivery_of(world, grade_id)
+        assert abandoned.attempts == attempt and abandoned.lease_expires_at is not None
         assert crashing.claim() == []  # within the lease: not claimable
-        time.sleep(0.65)  # past the lease (0.6 s: a shorter one runs out under load before the retry's send)
+        advance_past(clock, abandoned.lease_expires_at)
     assert crashing.claim() == []
     failed = delivery_of(world, grade_id)
     assert failed.status == "failed"
@@ -213,14 +231,16 @@ def test_a_slow_round_never_sends_an_old_score_after_its_lease_ran_out(
     student's grade is corrected and another worker delivers the new score. When the slow worker gets to the
     second grade its claim is gone, so it sends nothing: the old score never lands over the new one."""
     db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
-    # As above, a call outliving its lease (a stalled process) despite the request deadline.
-    slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=1.5), http=HttpClient(2, 5, deadline=30))
-    other = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=30))
     ada, alan = world.students
     [hang] = lms.script(Hang())
     assert isinstance(hang, Hang)
     world.post_grade({"assignmentID": "quiz-1", "userID": ada, "percentage": 0.1})
     world.post_grade({"assignmentID": "quiz-1", "userID": alan, "percentage": 0.5})
+    clock = FrozenClock()  # after the posts: their deliveries are due on this clock
+    settings = make_settings(database_url, lease_seconds=LEASE_SECONDS)
+    # As above, a call outliving its lease (a stalled process) despite the request deadline.
+    slow = DeliveryWorker(db, box, settings, http=HttpClient(2, 5, deadline=30), clock=clock)
+    other = DeliveryWorker(db, box, settings, clock=clock)
     claims = slow.claim()
     assert len(claims) == 2
     results: dict[str, str | None] = {}
@@ -230,7 +250,10 @@ def test_a_slow_round_never_sends_an_old_score_after_its_lease_ran_out(
 
     corrected = world.post_grade({"assignmentID": "quiz-1", "userID": alan, "percentage": 0.9})
     assert corrected.status_code == 202
-    time.sleep(1.7)  # past the slow worker's lease
+    with world.session() as session:
+        times = session.execute(select(Delivery.lease_expires_at, Delivery.next_attempt_at)).all()
+    # Past the slow worker's leases, and past the correction's time (the API stamps it on the system clock).
+    advance_past(clock, max(instant for row in times for instant in row if instant is not None))
     other.run_until_idle()
     alan_entries = [s for s in lms.gradebook.values() if s.key[2] == alan]
     assert [s.score_given for s in alan_entries] == [9.0], "the correction is in the gradebook"

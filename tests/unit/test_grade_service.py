@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from gateway.models import Assignment, Delivery, DeliveryStatus, GradeRevision, TokenKind
+from gateway.models import Assignment, Delivery, DeliveryStatus, GradeRevision, LmsConnection, TokenKind, User
 from gateway.services.auth import authenticate
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import (
@@ -22,6 +22,7 @@ from gateway.services.directory import (
 from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.services.grades import accept_grade, normalize
 from gateway.services.lms import add_lms_connection, add_placement
+from gateway.services.routing import route_waiting_grades
 
 
 @pytest.mark.parametrize(
@@ -141,4 +142,32 @@ def test_the_clock_given_to_accept_grade_stamps_its_outbox_rows(app: Flask, setu
     assert [tuple(row) for row in rows] == [
         (DeliveryStatus.SUPERSEDED, first, second, None),
         (DeliveryStatus.PENDING, second, second, second),
+    ]
+
+
+def test_grades_routed_once_a_student_is_enrolled_carry_the_callers_now(app: Flask, setup: dict[str, str]) -> None:
+    """route_waiting_grades writes its rows at the unit of work's `now`, not at a time of its own."""
+    placed, enrolled = datetime(2026, 3, 1, 12, 0), datetime(2026, 3, 1, 12, 5)
+    grade = {
+        "assignmentID": "q",
+        "userID": setup["other"],
+        "percentage": 1,
+        "timestamp": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    with app.extensions["passback_db"].transaction() as session:
+        accept_grade(session, authenticate(session, setup["token"]), grade, now=placed)
+    with app.extensions["passback_db"].transaction() as session:
+        student = session.get(User, setup["other"])
+        assert student is not None
+        enroll(session, session.scalars(select(LmsConnection)).one(), "c", student)
+        assert route_waiting_grades(session, student.district_id, user_id=student.id, now=enrolled) == 1
+    with app.extensions["passback_db"].transaction() as session:
+        rows = session.execute(
+            select(Delivery.status, Delivery.created_at, Delivery.updated_at, Delivery.next_attempt_at).order_by(
+                Delivery.created_at
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        (DeliveryStatus.SUPERSEDED, placed, enrolled, None),
+        (DeliveryStatus.PENDING, enrolled, enrolled, enrolled),
     ]
