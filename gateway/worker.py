@@ -38,6 +38,7 @@ from gateway.services.outbox import (
 )
 from gateway.services.outcomes import RetryPolicy, record_outcome, record_successes, touch_connection
 from gateway.throttle import Limiter, make_limiter
+from schemas.statuses import DeliveryStatus
 
 log = logging.getLogger("passback.worker")
 PURGE_INTERVAL_SECONDS = 3600
@@ -191,7 +192,9 @@ class DeliveryWorker:
                 # Only the newest grade for a student and assignment is sent (e.g. an old revision whose
                 # worker died, reclaimed after a newer one arrived).
                 with self.db.transaction() as session:
-                    statuses[claim.delivery_id] = "superseded" if supersede_claim(session, claim, now=now) else None
+                    statuses[claim.delivery_id] = (
+                        DeliveryStatus.SUPERSEDED if supersede_claim(session, claim, now=now) else None
+                    )
                 continue
             if work is not None:
                 loaded.append((claim, work))
@@ -199,7 +202,7 @@ class DeliveryWorker:
             with self.db.transaction() as session:
                 orphaned = fail_orphaned_claim(session, claim, now=now)
             log.warning("delivery %s: %s", claim.delivery_id, "destination removed" if orphaned else "claim lost")
-            statuses[claim.delivery_id] = "failed" if orphaned else None
+            statuses[claim.delivery_id] = DeliveryStatus.FAILED if orphaned else None
         return loaded
 
     def _deliver_one(
@@ -221,7 +224,7 @@ class DeliveryWorker:
             now = self.clock.now()
             if not take_discovery_lease(session, work.destination.placement_id, now=now):
                 defer_claim(session, claim, DISCOVERY_WAIT_SECONDS, now=now)
-                return "pending"
+                return DeliveryStatus.PENDING
         try:
             outcome = self._send(claim, work, adapter_cls, claimed_at)
             return self._record_batch([(claim, work)], [outcome])[claim.delivery_id]
@@ -344,7 +347,10 @@ class DeliveryWorker:
             now = self.clock.now()
             delivered = record_successes(session, plain, now=now)
             statuses.update(
-                {claim.delivery_id: "delivered" if claim.delivery_id in delivered else None for claim, _ in plain}
+                {
+                    claim.delivery_id: DeliveryStatus.DELIVERED if claim.delivery_id in delivered else None
+                    for claim, _ in plain
+                }
             )
             for (claim, _), outcome in zip(group, outcomes, strict=True):
                 if claim.delivery_id not in statuses:
