@@ -78,7 +78,7 @@ SCHOOLOGY_ANSWERS = DEFAULT_ANSWERS.extended(
     AnswerRow(
         status(401),
         Verdict.RETRY,
-        marker=re.compile(re.escape(DUPLICATE_NONCE), re.IGNORECASE),
+        marker=re.compile(DUPLICATE_NONCE, re.IGNORECASE),
         explanation="duplicate timestamp/nonce (check this server's clock)",
     ),
     AnswerRow(
