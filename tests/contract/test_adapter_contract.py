@@ -434,7 +434,10 @@ def test_an_answer_held_past_the_deadline_is_retryable(adapter_kind: str, harnes
     adapter = REGISTRY[adapter_kind].from_settings(harness.settings, HttpClient(2, 5, deadline=0.5), harness.context)
     with pytest.raises(RetryableDeliveryError) as caught:
         adapter.deliver(GRADE, harness.destination)
-    assert "within 0.5 s" in caught.value.message
+    # Cut by the deadline or by the read timeout it caps, whichever fires first: no answer, nothing stored.
+    assert caught.value.lms_status is None
+    assert caught.value.message.startswith(("no complete answer from", "timed out talking to")), caught.value.message
+    assert harness.stored_score() is None
 
 
 def test_one_bad_item_in_a_batch_fails_alone(adapter_kind: str, harness: Harness) -> None:
