@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from marshmallow import Schema
 
+from adapters.answers import DEFAULT_ANSWERS, AnswerTable
+
 if TYPE_CHECKING:
     from adapters.http import HttpClient
 
@@ -232,6 +234,10 @@ class LmsAdapter(ABC):
     supports_read: ClassVar[bool] = False
     supports_delete: ClassVar[bool] = False
     supports_roster: ClassVar[bool] = False
+
+    # What each LMS answer means (retry, refresh the token then retry once, fail), read by
+    # `adapters.answers.classify`; an adapter extends the default with its LMS's own answers (docs/adapters.md).
+    answer_table: ClassVar[AnswerTable] = DEFAULT_ANSWERS
 
     def __init__(self, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> None:
         self.settings = settings

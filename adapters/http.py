@@ -1,4 +1,6 @@
-"""The one HTTP session factory and the one place that maps an LMS response to retry or fail."""
+"""The one HTTP client of the adapters (timeouts, a request deadline, a body cap, per-connection throttling) and
+the header readers they share. It returns LMS answers as they are: what an answer means (retry or fail) is decided
+by each adapter's answer table, read by `adapters.answers.classify`."""
 
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ from requests.adapters import HTTPAdapter
 from adapters import base
 
 USER_AGENT = "Passback/0.1 (+https://github.com/passback/passback)"
-# Statuses that a retry can fix; other 4xx are permanent (the LMS refused this request as sent).
-RETRYABLE_STATUSES = frozenset({401, 408, 425, 429})
 MAX_KEPT_BODY = 2000
+# What Canvas says in the body of its rate-limit 403 (the throttle pauses on it; answer tables retry it).
+RATE_LIMIT_MARKER = re.compile(r"rate limit exceeded", re.IGNORECASE)
 MAX_PAUSE_SECONDS = 86400.0
 # An LMS answer is a score entry or a short error: a body larger than this is never read whole.
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -291,35 +293,7 @@ def body_excerpt(response: requests.Response) -> str:
 
 def is_rate_limit_refusal(status: int, body: str) -> bool:
     # Canvas throttles with 403 "Rate Limit Exceeded", not 429, and no Retry-After (canvas-lms request_throttle.rb).
-    return status == 403 and "rate limit exceeded" in body.lower()
-
-
-def is_transient(status: int, body: str) -> bool:
-    """An answer a later retry can fix: 5xx, 401/408/425/429, or a rate limit dressed as 403."""
-    return status >= 500 or status in RETRYABLE_STATUSES or is_rate_limit_refusal(status, body)
-
-
-def raise_for_delivery(response: requests.Response, lms_message: str | None = None) -> None:
-    """Classify a non-2xx answer on its numeric status (never the reason phrase) and raise accordingly."""
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    body = body_excerpt(response)
-    message = f"LMS answered HTTP {status}" + (f": {lms_message}" if lms_message else (f": {body}" if body else ""))
-    if is_transient(status, body):
-        raise base.RetryableDeliveryError(
-            message,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            lms_status=status,
-            lms_body=body,
-        )
-    if 300 <= status < 400:
-        raise base.PermanentDeliveryError(
-            f"LMS redirected to {response.headers.get('Location', '?')} (HTTP {status}); check the URL",
-            lms_status=status,
-            lms_body=body,
-        )
-    raise base.PermanentDeliveryError(message, lms_status=status, lms_body=body)
+    return status == 403 and RATE_LIMIT_MARKER.search(body) is not None
 
 
 def json_or_none(response: requests.Response) -> Mapping[str, Any] | None:

@@ -16,10 +16,12 @@ from lxml import etree
 from marshmallow import Schema, fields, validate
 from requests_oauthlib import OAuth1
 
+from adapters.answers import DEFAULT_ANSWERS, AnswerRow, AnswerTable, LmsAnswer, Verdict, delivery_error, status
 from adapters.base import (
     AdapterContext,
     ConfigValue,
     ConnectionDisplay,
+    DeliveryError,
     DeliveryReceipt,
     Destination,
     HealthReport,
@@ -28,7 +30,7 @@ from adapters.base import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from adapters.http import HttpClient, body_excerpt, is_transient, parse_retry_after
+from adapters.http import HttpClient
 from adapters.url_policy import UrlPolicySettings, host_entries, raise_if_refused_at_launch
 
 NS = "http://www.imsglobal.org/services/ltiv1p1/xsd/imsoms_v1p0"
@@ -102,6 +104,30 @@ class Lti11SettingsSchema(UrlPolicySettings):
 
     consumer_key = fields.String(required=True, validate=validate.Length(min=1, max=255))
     shared_secret = fields.String(required=True, validate=validate.Length(min=8, max=500))
+    outcome_service_url = fields.Url(
+        require_tld=False,
+        schemes={"https", "http"},
+        metadata={
+            "description": "An outcome service URL of this LMS (a launch's lis_outcome_service_url) that "
+            "`gateway lms probe` checks the key and secret against."
+        },
+    )
+
+
+# Outcome requests are signed with the shared secret: a 401 means the key, the secret or the clock is wrong, and a
+# resend cannot fix it. A `failure` envelope (HTTP 200 from Moodle, 422 from Canvas) is read by the adapter: it
+# carries the consumer's own words, and is permanent.
+LTI11_ANSWERS = DEFAULT_ANSWERS.extended(
+    AnswerRow(
+        status(401),
+        Verdict.FAIL,
+        explanation="the consumer refused the signature: check the consumer key, the shared secret and this "
+        "server's clock",
+    ),
+    lms="consumer",
+)
+# A failure envelope that says the consumer did not verify the request (Moodle answers so with HTTP 200).
+SIGNATURE_REFUSED = re.compile(r"signature|oauth|consumer key|nonce|timestamp", re.IGNORECASE)
 
 
 def _el(parent: Any, name: str, text: str | None = None) -> Any:
@@ -218,15 +244,17 @@ class Lti11OutcomesAdapter(LmsAdapter):
     # readResult and deleteResult (LTI 1.1 Basic Outcomes §6).
     supports_read: ClassVar[bool] = True
     supports_delete: ClassVar[bool] = True
+    answer_table: ClassVar[AnswerTable] = LTI11_ANSWERS
 
-    def __init__(self, consumer_key: str, shared_secret: str, http: HttpClient) -> None:
+    def __init__(self, consumer_key: str, shared_secret: str, http: HttpClient, probe_url: str | None = None) -> None:
         self.consumer_key = consumer_key
         self.shared_secret = shared_secret
         self.http = http
+        self.probe_url = probe_url
 
     @classmethod
     def _from_validated(cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> Self:
-        return cls(settings["consumer_key"], settings["shared_secret"], http)
+        return cls(settings["consumer_key"], settings["shared_secret"], http, settings.get("outcome_service_url"))
 
     @staticmethod
     def registration_key(settings: Mapping[str, Any]) -> str:
@@ -312,28 +340,20 @@ class Lti11OutcomesAdapter(LmsAdapter):
     # --- sending ----------------------------------------------------------------------------------------
 
     def _post(self, url: str, body: bytes) -> Any:
-        """POST signed POX; a 401 is re-signed (fresh nonce and timestamp) and sent once more."""
-        for _ in range(2):
-            # force_include_body: without it requests-oauthlib signs no oauth_body_hash (OAuth1.__call__).
-            auth = OAuth1(self.consumer_key, self.shared_secret, signature_method="HMAC-SHA1", force_include_body=True)
-            # Exactly application/xml: Canvas compares the string and answers 415 to anything else.
-            response = self.http.request("POST", url, data=body, auth=auth, headers={"Content-Type": "application/xml"})
-            if response.status_code != 401:
-                return response
-        return response
+        """POST signed POX (once: a 401 to a signed request is the key, the secret or the clock, not chance)."""
+        # force_include_body: without it requests-oauthlib signs no oauth_body_hash (OAuth1.__call__).
+        auth = OAuth1(self.consumer_key, self.shared_secret, signature_method="HMAC-SHA1", force_include_body=True)
+        # Exactly application/xml: Canvas compares the string and answers 415 to anything else.
+        return self.http.request("POST", url, data=body, auth=auth, headers={"Content-Type": "application/xml"})
 
     def _outcome(self, operation: str, url: str, body: bytes, message_id: str) -> tuple[Any, PoxResponse]:
         response = self._post(url, body)
-        status = response.status_code
-        excerpt = body_excerpt(response)
-        # A 401 that survived a re-signing is the key or the clock, not a passing condition: handled below.
-        if status != 401 and is_transient(status, excerpt):
-            raise RetryableDeliveryError(
-                f"consumer answered HTTP {status} to {operation}",
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                lms_status=status,
-                lms_body=excerpt,
-            )
+        answer = LmsAnswer.of(response)
+        status, excerpt = answer.status, answer.excerpt
+        failed = not 200 <= status < 300
+        # An answer the table retries is retried whatever its body says.
+        if failed and self.answer_table.verdict(answer) is not Verdict.FAIL:
+            raise _error(delivery_error(self.answer_table, answer, what=operation))
         try:
             parsed = parse_response(response.content[: MAX_RESPONSE_BYTES + 1], message_id, operation)
         except HostileXml as exc:
@@ -343,19 +363,14 @@ class Lti11OutcomesAdapter(LmsAdapter):
             raise RetryableDeliveryError(
                 f"consumer's answer to {operation} not taken: {exc}", None, status, excerpt
             ) from exc
-        if status == 401:
-            raise PermanentDeliveryError(
-                "the consumer refused the signature twice (401): check the consumer key, secret and clock",
-                status,
-                excerpt,
-            )
+        if failed and (parsed is None or parsed.code_major in ("success", "processing") or status == 401):
+            # No failure envelope in the consumer's words (or a refused signature): the table's verdict.
+            raise _error(delivery_error(self.answer_table, answer, what=operation))
         if parsed is None:
-            if 200 <= status < 300:
-                # A 2xx that is not POX is usually a proxy's page: try again later, a bounded number of times.
-                raise RetryableDeliveryError(
-                    f"consumer answered HTTP {status} without a POX response", None, status, excerpt
-                )
-            raise PermanentDeliveryError(f"consumer answered HTTP {status} to {operation}", status, excerpt)
+            # A 2xx that is not POX is usually a proxy's page: try again later, a bounded number of times.
+            raise RetryableDeliveryError(
+                f"consumer answered HTTP {status} without a POX response", None, status, excerpt
+            )
         if parsed.code_major == "success":
             return response, parsed
         if parsed.code_major == "processing":
@@ -425,8 +440,41 @@ class Lti11OutcomesAdapter(LmsAdapter):
         return DeliveryReceipt(lms_status=response.status_code, summary=f"deleteResult {parsed.code_major}")
 
     def probe(self) -> HealthReport:
-        """LTI 1.1 has no call to test a key without a student's sourcedid: report what can be known."""
-        return HealthReport(True, "LTI 1.1 keys are checked by the LMS at each launch and outcome call")
+        """Send a readResult for a sourcedid no student has, signed with the key and secret, to the connection's
+        `outcome_service_url`: the key works when the consumer answers it in POX (a failure about the unknown
+        sourcedid included); a 401, or a failure envelope about the signature, means it does not."""
+        if not self.probe_url:
+            return HealthReport(
+                False,
+                "not checked: LTI 1.1 has no URL to check a key at until one is given; set the connection's "
+                "outcome_service_url to a launch's lis_outcome_service_url",
+            )
+        message_id = str(uuid.uuid4())
+        root, _ = envelope("readResultRequest", f"passback-probe-{uuid.uuid4()}", message_id)
+        try:
+            response = self._post(self.probe_url, etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+            parsed = parse_response(response.content[: MAX_RESPONSE_BYTES + 1], message_id, "readResult")
+        except DeliveryError as exc:
+            return HealthReport(False, f"outcome service: {exc.message}", {"lms_status": exc.lms_status})
+        except ValueError as exc:  # HostileXml, NotOurAnswer
+            return HealthReport(False, f"outcome service: the answer is not taken: {exc}")
+        answer = LmsAnswer.of(response)
+        error = delivery_error(self.answer_table, answer, what="a signed readResult")
+        if parsed is None or (error is not None and not 400 <= answer.status < 500) or answer.status == 401:
+            return HealthReport(
+                False,
+                error.message if error else f"consumer answered HTTP {answer.status} without a POX response",
+                {"lms_status": answer.status},
+            )
+        if parsed.code_major != "success" and SIGNATURE_REFUSED.search(parsed.description):
+            return HealthReport(
+                False, f"consumer refused the signature: {parsed.description}", {"lms_status": answer.status}
+            )
+        return HealthReport(
+            True,
+            f"the consumer accepted the signature (it answered {parsed.code_major} to a readResult for no student)",
+            {"lms_status": answer.status},
+        )
 
     # --- what the dashboard shows of a connection ----------------------------------------------------------
 
@@ -441,6 +489,12 @@ class Lti11OutcomesAdapter(LmsAdapter):
                 ConfigValue("Shared secret", "set when the connection was added; never shown", copy=False),
             )
         )
+
+
+def _error(error: DeliveryError | None) -> DeliveryError:
+    """The error `delivery_error` gives for an answer known not to be a success."""
+    assert error is not None, "a non-2xx answer always classifies to an error"
+    return error
 
 
 def _accepts(kind: str, accepted: list[str]) -> bool:

@@ -17,6 +17,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
 
+from adapters.answers import DEFAULT_ANSWERS, AnswerRow, AnswerTable, LmsAnswer, Verdict, classify, status, statuses
 from adapters.base import (
     ConfigValue,
     ConnectionDisplay,
@@ -29,7 +30,7 @@ from adapters.base import (
     RetryableDeliveryError,
     SecretUnreadableError,
 )
-from adapters.http import body_excerpt, json_or_none, link_url, parse_retry_after, raise_for_delivery
+from adapters.http import body_excerpt, json_or_none, link_url
 from adapters.url_policy import UrlPolicySettings, raise_if_refused_at_launch
 
 SCOPE_LINEITEM = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem"
@@ -166,6 +167,48 @@ def _floor(value: datetime, resolution: timedelta) -> datetime:
 
 _CANVAS_STORED_TIMESTAMP = re.compile(r"before last updated timestamp of (\S+)")
 
+# The answer-table tag of a refusal because the platform holds a score stamped later: `deliver` re-sends once with
+# a later timestamp before the row's verdict applies.
+STALE_TIMESTAMP = "stale-timestamp"
+# AGS platforms (Canvas, Schoology, Blackboard, D2L, generic) hold an OAuth2 access token: a 401 means that token.
+LTI13_ANSWERS = DEFAULT_ANSWERS.extended(
+    AnswerRow(
+        status(401),
+        Verdict.REFRESH_TOKEN_THEN_RETRY,
+        explanation="the platform refused a fresh access token: check the developer key, its scopes and that the "
+        "tool is installed in the course",
+    ),
+    # Canvas: 400 "Score timestamp ... before last updated timestamp of ..." (Lti::IMS::ScoresController).
+    AnswerRow(
+        status(400),
+        Verdict.RETRY,
+        marker=_CANVAS_STORED_TIMESTAMP,
+        tag=STALE_TIMESTAMP,
+        explanation="the platform holds a score stamped later than now; trying again later",
+    ),
+    lms="platform",
+)
+# Moodle compares whole seconds and answers 409 to a score not stamped after the one it holds (its only 409 on
+# scores; the reason is in the status line, which HTTP/2 drops). Elsewhere a 409 is an ordinary refusal.
+MOODLE_ANSWERS = LTI13_ANSWERS.extended(
+    AnswerRow(
+        status(409),
+        Verdict.RETRY,
+        tag=STALE_TIMESTAMP,
+        explanation="the platform holds a score stamped later than now; trying again later",
+    )
+)
+# The token endpoint (RFC 6749 §5.2): 400/401 invalid_client, invalid_grant … mean the registration is wrong.
+TOKEN_ENDPOINT_ANSWERS = DEFAULT_ANSWERS.extended(
+    AnswerRow(
+        statuses(400, 401),
+        Verdict.FAIL,
+        explanation="refused the client assertion (check the client id, the tool's public key on the platform "
+        "and the assertion audience)",
+    ),
+    lms="token endpoint",
+)
+
 
 class Lti13AgsAdapter(LmsAdapter):
     kind: ClassVar[str] = "lti13"
@@ -175,6 +218,10 @@ class Lti13AgsAdapter(LmsAdapter):
     needs_lms_identity: ClassVar[bool] = True
     # Names and Role Provisioning Services: the members of a context.
     supports_roster: ClassVar[bool] = True
+    answer_table: ClassVar[AnswerTable] = LTI13_ANSWERS
+    # A platform whose answers differ from the adapter's table (its `platform` setting picks it).
+    platform_answer_tables: ClassVar[Mapping[str, AnswerTable]] = {"moodle": MOODLE_ANSWERS}
+    token_endpoint_answers: ClassVar[AnswerTable] = TOKEN_ENDPOINT_ANSWERS
 
     @staticmethod
     def needs_discovery(destination_data: Mapping[str, Any]) -> bool:
@@ -238,29 +285,27 @@ class Lti13AgsAdapter(LmsAdapter):
             headers={"Accept": "application/json"},
         )
         body = json_or_none(response)
+        said = body.get("error") if body else None
+        error = f"{said} {body.get('error_description') or ''}".rstrip() if body and said else None
+        classify(self.token_endpoint_answers, response, detail=error)
         if response.status_code != 200 or not body or not body.get("access_token"):
-            message = "token endpoint refused the client assertion"
-            if body and body.get("error"):
-                message += f": {body.get('error')} {body.get('error_description') or ''}".rstrip()
-            if response.status_code >= 500 or response.status_code == 429:
-                raise RetryableDeliveryError(
-                    f"token endpoint answered HTTP {response.status_code}",
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                    lms_status=response.status_code,
-                    lms_body=body_excerpt(response),
-                )
-            raise PermanentDeliveryError(message, response.status_code, body_excerpt(response))
+            raise PermanentDeliveryError(
+                f"token endpoint answered HTTP {response.status_code} without an access token",
+                response.status_code,
+                body_excerpt(response),
+            )
         expires_in = float(body.get("expires_in") or 3600)
         token = str(body["access_token"])
         self.context.token_cache.put(key, token, max(30.0, expires_in - TOKEN_EXPIRY_MARGIN))
         return token
 
     def _authorized(self, method: str, url: str, scopes: list[str], **kwargs: Any) -> Any:
-        """Send with a bearer token; a 401 drops the cached token and tries once more with a fresh one."""
+        """Send with a bearer token; an answer the table says is the token's (a 401) drops the cached token and
+        tries once more with a fresh one (the same answer again is classified as permanent)."""
         headers = dict(kwargs.pop("headers", {}))
         headers["Authorization"] = f"Bearer {self.access_token(scopes)}"
         response = self.http.request(method, url, headers=headers, **kwargs)
-        if response.status_code == 401:
+        if self.answers.verdict(LmsAnswer.of(response)) is Verdict.REFRESH_TOKEN_THEN_RETRY:
             self.context.token_cache.drop(self._token_key(scopes))
             headers["Authorization"] = f"Bearer {self.access_token(scopes, fresh=True)}"
             response = self.http.request(method, url, headers=headers, **kwargs)
@@ -275,16 +320,13 @@ class Lti13AgsAdapter(LmsAdapter):
             return wanted
         return [s for s in wanted if s in granted] or wanted
 
+    @property
+    def answers(self) -> AnswerTable:
+        """The answer table for this connection's platform."""
+        return self.platform_answer_tables.get(self.platform, self.answer_table)
+
     def _classify(self, response: Any) -> None:
-        body = body_excerpt(response)
-        if response.status_code == 401:
-            raise PermanentDeliveryError(
-                "the platform refused a fresh access token (401): check the developer key, its scopes and "
-                "that the tool is installed in the course",
-                401,
-                body,
-            )
-        raise_for_delivery(response, _lms_message(response))
+        classify(self.answers, response, detail=_lms_message(response))
 
     def find_or_create_lineitem(
         self, grade: NormalizedGrade, destination: Destination
@@ -424,11 +466,9 @@ class Lti13AgsAdapter(LmsAdapter):
 
     def _refused_as_older(self, response: Any) -> bool:
         """The platform refused the score because it holds one stamped later (or, on Moodle, in the same
-        second): Moodle's 409 (its only 409 there; the reason is in the status line, which HTTP/2 drops),
-        Canvas's 400 "before last updated timestamp". Elsewhere a 409 is an ordinary refusal."""
-        if response.status_code == 409:
-            return self.platform in TIMESTAMP_RESOLUTION
-        return response.status_code == 400 and bool(_CANVAS_STORED_TIMESTAMP.search(_lms_message(response) or ""))
+        second): the answer matches a STALE_TIMESTAMP row of the platform's table."""
+        row = self.answers.row_for(LmsAnswer.of(response))
+        return row is not None and row.tag == STALE_TIMESTAMP
 
     def _post_score(self, lineitem: str, grade: NormalizedGrade, destination: Destination, stamp: datetime) -> Any:
         return self._authorized(
@@ -466,12 +506,7 @@ class Lti13AgsAdapter(LmsAdapter):
             # earlier revision in the same second, or a send whose receipt was lost). Stamp it later, once.
             stamp = self._later_timestamp(stamp, response)
             response = self._post_score(lineitem, grade, destination, stamp)
-            if self._refused_as_older(response):
-                raise RetryableDeliveryError(
-                    "the platform holds a score stamped later than now; trying again later",
-                    lms_status=response.status_code,
-                    lms_body=body_excerpt(response),
-                )
+        # Refused as older again: the table's verdict (retry later).
         self._classify(response)
         answer = json_or_none(response) or {}
         holds: dict[str, Any]

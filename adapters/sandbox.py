@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from marshmallow import Schema, fields, validate
 
+from adapters.answers import classify
 from adapters.base import (
     AdapterContext,
     ConfigValue,
@@ -29,7 +30,7 @@ from adapters.base import (
     NormalizedGrade,
     PermanentDeliveryError,
 )
-from adapters.http import HttpClient, json_or_none, raise_for_delivery
+from adapters.http import HttpClient, json_or_none
 
 
 class SandboxSettingsSchema(Schema):
@@ -72,7 +73,7 @@ class SandboxAdapter(LmsAdapter):
         response = self.http.request("PUT", url, json=payload, headers=self._headers())
         answer = json_or_none(response)
         lms_message = str(answer["error"]) if answer and "error" in answer else None
-        raise_for_delivery(response, lms_message)
+        classify(self.answer_table, response, detail=lms_message)
         if answer is None or "entry" not in answer:
             raise PermanentDeliveryError(
                 "sandbox LMS answered 2xx without a stored entry", response.status_code, response.text[:500]
@@ -87,7 +88,7 @@ class SandboxAdapter(LmsAdapter):
         """Remove the student's entry from the sandbox gradebook (deleting twice is fine)."""
         response = self.http.request("DELETE", self._score_url(destination, None), headers=self._headers())
         answer = json_or_none(response)
-        raise_for_delivery(response, str(answer["error"]) if answer and "error" in answer else None)
+        classify(self.answer_table, response, detail=str(answer["error"]) if answer and "error" in answer else None)
         return DeliveryReceipt(lms_status=response.status_code, summary="removed from the sandbox gradebook")
 
     def _score_url(self, destination: Destination, grade: NormalizedGrade | None) -> str:

@@ -12,6 +12,7 @@ the worker's lookup cache. A placement's destination is `{"section_id": …, "as
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
@@ -28,6 +29,16 @@ from oauthlib.oauth1.rfc5849.utils import escape
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from adapters.answers import (
+    DEFAULT_ANSWERS,
+    AnswerRow,
+    AnswerTable,
+    LmsAnswer,
+    Verdict,
+    classify,
+    delivery_error,
+    status,
+)
 from adapters.base import (
     AdapterContext,
     ConnectionDisplay,
@@ -41,7 +52,7 @@ from adapters.base import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from adapters.http import HttpClient, body_excerpt, json_or_none, parse_retry_after
+from adapters.http import HttpClient, json_or_none
 from adapters.url_policy import UrlPolicySettings
 
 log = logging.getLogger("passback.adapters.schoology")
@@ -58,6 +69,33 @@ DUPLICATE_NONCE = "duplicate timestamp/nonce"
 # Schoology keeps grades to two decimal places (its gradebook shows and exports them so); we round the same
 # way before sending and record it, so what the LMS shows can be explained.
 POINTS_QUANTUM = Decimal("0.01")
+
+
+# Schoology's answers (statuses per Schoology's API docs), with what to fix. Requests are signed with the shared
+# consumer secret, so a 401 means the key or secret is wrong and fails at once; only a replayed nonce is retried.
+SCHOOLOGY_ANSWERS = DEFAULT_ANSWERS.extended(
+    # A replayed nonce/timestamp: a new request gets a new one. Persisting means a clock going back.
+    AnswerRow(
+        status(401),
+        Verdict.RETRY,
+        marker=re.compile(DUPLICATE_NONCE, re.IGNORECASE),
+        explanation="duplicate timestamp/nonce (check this server's clock)",
+    ),
+    AnswerRow(
+        status(401),
+        Verdict.FAIL,
+        explanation="the consumer key or secret is wrong, or the key may not act for this district (since June 2025 "
+        "Schoology needs an app approved for the district, not a personal API key)",
+    ),
+    AnswerRow(
+        status(403),
+        Verdict.FAIL,
+        explanation="the key has no permission for this section (is the key's user an admin of the school or "
+        "district that holds it?)",
+    ),
+    AnswerRow(status(404), Verdict.FAIL, explanation="not found (was the section, assignment or enrollment removed?)"),
+    lms="Schoology",
+)
 
 
 class SchoologySettingsSchema(UrlPolicySettings):
@@ -154,6 +192,7 @@ class SchoologyAdapter(LmsAdapter):
     # Section enrollments stand in for a roster service.
     supports_roster: ClassVar[bool] = True
     policy_defaults: ClassVar[Mapping[str, Any]] = {"base_url": DEFAULT_BASE_URL}
+    answer_table: ClassVar[AnswerTable] = SCHOOLOGY_ANSWERS
 
     def __init__(self, settings: Mapping[str, Any], http: HttpClient, lookups: LookupCache) -> None:
         self.base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
@@ -243,48 +282,8 @@ class SchoologyAdapter(LmsAdapter):
             )
 
     def raise_for_status(self, response: requests.Response, what: str) -> None:
-        """Classify a Schoology answer (statuses per Schoology's API docs), with a message that says what to fix."""
-        status = response.status_code
-        if 200 <= status < 300:
-            return
-        body = body_excerpt(response)
-        detail = _message(response) or body
-        prefix = f"Schoology answered HTTP {status} to {what}"
-        if status == 401 and DUPLICATE_NONCE in body.lower():
-            # A replayed nonce/timestamp: a new request gets a new one. Persisting means a clock going back.
-            raise RetryableDeliveryError(
-                f"{prefix}: duplicate timestamp/nonce (check this server's clock)", lms_status=status, lms_body=body
-            )
-        if status == 429 or status >= 500:
-            raise RetryableDeliveryError(
-                f"{prefix}" + (f": {detail}" if detail else ""),
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                lms_status=status,
-                lms_body=body,
-            )
-        if status == 401:
-            raise PermanentDeliveryError(
-                f"{prefix}: the consumer key or secret is wrong, or the key may not act for this district "
-                "(since June 2025 Schoology needs an app approved for the district, not a personal API key)"
-                + (f" — Schoology said: {detail}" if detail else ""),
-                lms_status=status,
-                lms_body=body,
-            )
-        if status == 403:
-            raise PermanentDeliveryError(
-                f"{prefix}: the key has no permission for this section (is the key's user an admin of the "
-                "school or district that holds it?)" + (f" — Schoology said: {detail}" if detail else ""),
-                lms_status=status,
-                lms_body=body,
-            )
-        if status == 404:
-            raise PermanentDeliveryError(
-                f"{prefix}: not found (was the section, assignment or enrollment removed?)"
-                + (f" — {detail}" if detail else ""),
-                lms_status=status,
-                lms_body=body,
-            )
-        raise PermanentDeliveryError(f"{prefix}" + (f": {detail}" if detail else ""), lms_status=status, lms_body=body)
+        """Classify a Schoology answer by the adapter's table, with a message that says what to fix."""
+        classify(self.answer_table, response, what=what, detail=_message(response))
 
     def _get_json(self, path: str, what: str) -> Mapping[str, Any]:
         response = self.call("GET", path)
@@ -537,10 +536,8 @@ class SchoologyAdapter(LmsAdapter):
             text = f"Schoology refused the grade for enrollment {item.enrollment_id} (item code {code})" + (
                 f": {message}" if message else ""
             )
-            if code == 429 or code >= 500:
-                outcomes.append(RetryableDeliveryError(text, lms_status=code, lms_body=str(result)[:2000]))
-            else:
-                outcomes.append(PermanentDeliveryError(text, lms_status=code, lms_body=str(result)[:2000]))
+            error = delivery_error(self.answer_table, LmsAnswer(code, str(result)), message=text)
+            outcomes.append(error or PermanentDeliveryError(text, code))
         return outcomes
 
     def _grade_body(self, item: _Item) -> dict[str, Any]:

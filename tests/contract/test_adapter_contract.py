@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from adapters import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from adapters.answers import LmsAnswer, Verdict
 from adapters.url_policy import UrlAwaitingApproval
 from gateway.services.keys import current_signing_key
 from tests.factories import World, build_world
@@ -32,41 +33,70 @@ from tests.fakes.foreign_host import ForeignHost
 from tests.fakes.lti11_consumer import Lti11Consumer
 from tests.fakes.schoology_lms import Fault as SchoologyFault
 from tests.fakes.schoology_lms import SchoologyFake
+from tests.fakes.scripted_lms import Hang, Respond, ScriptedLms
 
 
 class Harness(Protocol):
     settings: dict[str, Any]
     destination: Destination
     context: AdapterContext | None
+    # Settings with credentials the LMS refuses.
+    bad_credentials: dict[str, Any]
 
-    def fail_next(self, status: int) -> None: ...
+    def fail_next(self, status: int, *, headers: dict[str, str] | None = None, count: int = 1) -> None:
+        """The next `count` score writes answer `status` (with `headers`)."""
+
+    def hold_next(self, seconds: float) -> None:
+        """The next score write's answer is held `seconds` (or until the fake stops)."""
+
+    def score_requests(self) -> int:
+        """How many score writes reached the LMS (refused or not)."""
+
+    def bad_item(self) -> tuple[NormalizedGrade, Destination]:
+        """A grade and destination the LMS (or the adapter) refuses, alone."""
+
+    def roster_destination(self) -> Destination:
+        """A placement whose roster source has members (only for adapters with `supports_roster`)."""
 
     def stored_score(self) -> float | None: ...
 
 
 @dataclass
 class SandboxHarness:
-    world: World
+    lms: ScriptedLms
+    context = None
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {
-            "base_url": f"{self.world.base_url}/sandbox-lms/{self.world.connection_id}",
-            "secret": self.world.sandbox_secret,
-        }
+        return {"base_url": self.lms.base_url, "secret": self.lms.secret}
+
+    @property
+    def bad_credentials(self) -> dict[str, Any]:
+        return {"secret": "not-" + self.lms.secret}
 
     @property
     def destination(self) -> Destination:
-        return Destination("placement-1", "course-101", None, {"item_id": "quiz-1"}, self.world.students[0])
+        return Destination("placement-1", "course-101", None, {"item_id": "quiz-1"}, "student-1")
 
-    context = None
+    def fail_next(self, status: int, *, headers: dict[str, str] | None = None, count: int = 1) -> None:
+        self.lms.script(*(Respond(status, headers=headers or {}, message="the sandbox says no") for _ in range(count)))
 
-    def fail_next(self, status: int) -> None:
-        self.world.inject_faults(1, status)
+    def hold_next(self, seconds: float) -> None:
+        self.lms.script(Hang(max_seconds=seconds))
+
+    def score_requests(self) -> int:
+        return len(self.lms.score_writes())
+
+    def bad_item(self) -> tuple[NormalizedGrade, Destination]:
+        # The sandbox LMS refuses a negative score (422).
+        return replace(GRADE, grade_id="g-bad", score_given=-1.0), replace(self.destination, lms_user_id="student-2")
+
+    def roster_destination(self) -> Destination:
+        raise NotImplementedError
 
     def stored_score(self) -> float | None:
-        entries = self.world.gradebook()
-        return entries[0]["scoreGiven"] if entries else None
+        entry = self.lms.gradebook.get(("course-101", "quiz-1", "student-1"))
+        return entry.score_given if entry else None
 
 
 @dataclass
@@ -94,12 +124,37 @@ class Lti13Harness:
             "allow_private_addresses": True,
         }
 
+    # The platform knows no such client: its token endpoint refuses the assertion.
+    bad_credentials = {"client_id": "client-unknown"}
+
     @property
     def destination(self) -> Destination:
         return Destination("placement-1", "course-101", None, {"lineitem": self.lineitem}, "sub-ada")
 
-    def fail_next(self, status: int) -> None:
-        self.platform.fail_next(status, '{"errors": {"type": "x", "message": "platform says no"}}')
+    def fail_next(self, status: int, *, headers: dict[str, str] | None = None, count: int = 1) -> None:
+        self.platform.fail_next(
+            status, '{"errors": {"type": "x", "message": "platform says no"}}', headers=headers, count=count
+        )
+
+    def hold_next(self, seconds: float) -> None:
+        self.platform.fail_next(200, "{}", hold=seconds)
+
+    def score_requests(self) -> int:
+        return self.platform.score_requests
+
+    def bad_item(self) -> tuple[NormalizedGrade, Destination]:
+        # A line item the platform does not have (404).
+        gone = replace(self.destination, data={"lineitem": self.platform.lineitem_url(99)}, lms_user_id="sub-bob")
+        return replace(GRADE, grade_id="g-bad"), gone
+
+    def roster_destination(self) -> Destination:
+        self.platform.members = [
+            {"user_id": "sub-ada", "status": "Active", "roles": ["Learner"], "email": "ada@school.example"},
+            {"user_id": "sub-bob", "status": "Inactive", "roles": ["Learner"]},
+        ]
+        return replace(
+            self.destination, data={**self.destination.data, "context_memberships_url": self.platform.memberships_url}
+        )
 
     def stored_score(self) -> float | None:
         score = self.platform.score_of("sub-ada")
@@ -118,7 +173,10 @@ class Lti11Harness:
             "shared_secret": "contract-secret-1",
             "allowed_hosts": ["127.0.0.1"],
             "allow_private_addresses": True,
+            "outcome_service_url": self.consumer.outcome_url,
         }
+
+    bad_credentials = {"shared_secret": "not-the-contract-secret"}
 
     @property
     def destination(self) -> Destination:
@@ -131,8 +189,23 @@ class Lti11Harness:
             user_data={"sourcedid": "sourcedid-1"},
         )
 
-    def fail_next(self, status: int) -> None:
-        self.consumer.answer_next(status, "the consumer says no")
+    def fail_next(self, status: int, *, headers: dict[str, str] | None = None, count: int = 1) -> None:
+        self.consumer.answer_next(status, "the consumer says no", count=count, headers=headers or {})
+
+    def hold_next(self, seconds: float) -> None:
+        self.consumer.answer_next(200, "", delay=seconds)
+
+    def score_requests(self) -> int:
+        return len(self.consumer.requests_for(operation="replaceResult"))
+
+    def bad_item(self) -> tuple[NormalizedGrade, Destination]:
+        # The student launched, but the LMS sent no lis_result_sourcedid: refused before anything is sent.
+        return replace(GRADE, grade_id="g-bad"), replace(
+            self.destination, lms_user_id="user-2", user_data={"sourcedid": ""}
+        )
+
+    def roster_destination(self) -> Destination:
+        raise NotImplementedError
 
     def stored_score(self) -> float | None:
         # LTI 1.1 carries a fraction; the consumer's gradebook scales it by the item's points, as Canvas does.
@@ -158,13 +231,29 @@ class SchoologyHarness:
             "allow_private_addresses": True,
         }
 
+    bad_credentials = {"consumer_secret": "not-the-contract-secret"}
+
     @property
     def destination(self) -> Destination:
         return Destination("placement-1", "7001", "7001", {"section_id": "7001", "assignment_id": "5001"}, "201")
 
-    def fail_next(self, status: int) -> None:
+    def fail_next(self, status: int, *, headers: dict[str, str] | None = None, count: int = 1) -> None:
         body = json.dumps({"status": status, "message": "Schoology says no"})
-        self.fake.faults.append(SchoologyFault(status, body, method="PUT"))
+        self.fake.faults.append(SchoologyFault(status, body, headers or {}, count, method="PUT"))
+
+    def hold_next(self, seconds: float) -> None:
+        self.fake.faults.append(SchoologyFault(204, "", method="PUT", hold=seconds))
+
+    def score_requests(self) -> int:
+        return sum(1 for method, target in self.fake.requests if method == "PUT" and target.endswith("/grades"))
+
+    def bad_item(self) -> tuple[NormalizedGrade, Destination]:
+        # A student not enrolled in the section (in the same batch as an enrolled one).
+        return replace(GRADE, grade_id="g-bad"), replace(self.destination, lms_user_id="999")
+
+    def roster_destination(self) -> Destination:
+        self.fake.add_enrollment("7001", "202", status=2)
+        return self.destination
 
     def stored_score(self) -> float | None:
         entry = self.fake.grades.get(("7001", "5001", self.enrollment_id))
@@ -185,8 +274,8 @@ def test_every_registered_adapter_has_a_harness() -> None:
 
 @pytest.fixture(params=sorted(REGISTRY))
 def harness(request: pytest.FixtureRequest, app: Flask, live_server: Any, http: Any) -> Iterator[Harness]:
-    world = build_world(app, live_server.url, http)
     if request.param == "lti13":
+        world = build_world(app, live_server.url, http)
         with AgsPlatform("client-1", f"{live_server.url}/lti/jwks") as platform:
             yield Lti13Harness(world, platform)
     elif request.param == "lti11":
@@ -196,7 +285,8 @@ def harness(request: pytest.FixtureRequest, app: Flask, live_server: Any, http: 
         with SchoologyFake("contract-key", "contract-secret") as fake:
             yield SchoologyHarness(fake)
     else:
-        yield HARNESSES[request.param](world)
+        with ScriptedLms("contract-sandbox-secret-1") as lms:
+            yield SandboxHarness(lms)
 
 
 @pytest.fixture
@@ -299,3 +389,100 @@ def test_adapters_and_schemas_import_neither_flask_nor_gateway() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- what each LMS answer means: every adapter through the same cases (adapters/answers.py, docs/adapters.md) ---
+
+
+def _refreshes_on_401(kind: str) -> bool:
+    return REGISTRY[kind].answer_table.verdict(LmsAnswer(401)) is Verdict.REFRESH_TOKEN_THEN_RETRY
+
+
+def test_a_401_fails_for_good_at_once_or_after_one_fresh_token(adapter_kind: str, harness: Harness) -> None:
+    # Shared-secret adapters (sandbox, LTI 1.1, Schoology): the secret is wrong, one request. Token holders
+    # (LTI 1.3): the token is dropped and fetched afresh, the score sent once more, then the 401 is final.
+    harness.fail_next(401, count=2)
+    with pytest.raises(PermanentDeliveryError) as caught:
+        _adapter(adapter_kind, harness).deliver(GRADE, harness.destination)
+    assert not isinstance(caught.value, RetryableDeliveryError)
+    assert caught.value.lms_status == 401
+    assert harness.score_requests() == (2 if _refreshes_on_401(adapter_kind) else 1)
+    assert harness.stored_score() is None
+
+
+def test_a_single_401_to_a_token_holder_is_cured_by_a_fresh_token(adapter_kind: str, harness: Harness) -> None:
+    if not _refreshes_on_401(adapter_kind):
+        pytest.skip("a shared-secret adapter does not resend a 401 (see the test above)")
+    harness.fail_next(401)
+    receipt = _adapter(adapter_kind, harness).deliver(GRADE, harness.destination)
+    assert receipt.lms_status is not None and 200 <= receipt.lms_status < 300
+    assert harness.score_requests() == 2
+    assert harness.stored_score() == 7.5
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 503], ids=lambda s: f"http-{s}")
+def test_retryable_answers_carry_retry_after(adapter_kind: str, harness: Harness, status: int) -> None:
+    harness.fail_next(status, headers={"Retry-After": "7"})
+    with pytest.raises(RetryableDeliveryError) as caught:
+        _adapter(adapter_kind, harness).deliver(GRADE, harness.destination)
+    assert (caught.value.lms_status, caught.value.retry_after) == (status, 7.0)
+    assert harness.stored_score() is None
+
+
+def test_an_answer_held_past_the_deadline_is_retryable(adapter_kind: str, harness: Harness) -> None:
+    harness.hold_next(10.0)
+    adapter = REGISTRY[adapter_kind].from_settings(harness.settings, HttpClient(2, 5, deadline=0.5), harness.context)
+    with pytest.raises(RetryableDeliveryError) as caught:
+        adapter.deliver(GRADE, harness.destination)
+    # Cut by the deadline or by the read timeout it caps, whichever fires first: no answer, nothing stored.
+    assert caught.value.lms_status is None
+    assert caught.value.message.startswith(("no complete answer from", "timed out talking to")), caught.value.message
+    assert harness.stored_score() is None
+
+
+def test_one_bad_item_in_a_batch_fails_alone(adapter_kind: str, harness: Harness) -> None:
+    bad_grade, bad_destination = harness.bad_item()
+    outcomes = _adapter(adapter_kind, harness).deliver_batch(
+        [(bad_grade, bad_destination), (GRADE, harness.destination)]
+    )
+    assert len(outcomes) == 2
+    assert isinstance(outcomes[0], PermanentDeliveryError), outcomes[0]
+    assert isinstance(outcomes[1], DeliveryReceipt), outcomes[1]
+    assert harness.stored_score() == 7.5
+
+
+def test_read_and_delete_round_trip(adapter_kind: str, harness: Harness) -> None:
+    cls = REGISTRY[adapter_kind]
+    if not (cls.supports_read or cls.supports_delete):
+        pytest.skip(f"the {adapter_kind} adapter neither reads nor deletes grades")
+    adapter = _adapter(adapter_kind, harness)
+    adapter.deliver(GRADE, harness.destination)
+    if cls.supports_read:
+        assert adapter.read_result(harness.destination) == pytest.approx(GRADE.fraction)
+    if cls.supports_delete:
+        receipt = adapter.delete_result(harness.destination)
+        assert receipt.lms_status is not None and 200 <= receipt.lms_status < 300
+        assert harness.stored_score() is None
+        if cls.supports_read:
+            assert adapter.read_result(harness.destination) is None
+
+
+def test_roster_has_the_shape_roster_sync_reads(adapter_kind: str, harness: Harness) -> None:
+    cls = REGISTRY[adapter_kind]
+    if not cls.supports_roster:
+        pytest.skip(f"the {adapter_kind} adapter has no roster service")
+    destination = harness.roster_destination()
+    source = cls.roster_source(destination.data, destination.section_id)
+    assert source
+    members = _adapter(adapter_kind, harness).memberships(source)
+    assert members
+    for member in members:
+        assert isinstance(member["user_id"], str) and member["user_id"]
+        assert member["status"] in {"Active", "Inactive"}
+    assert {m["status"] for m in members} == {"Active", "Inactive"}
+
+
+def test_probe_fails_on_bad_credentials(adapter_kind: str, harness: Harness) -> None:
+    report = _adapter(adapter_kind, harness, **harness.bad_credentials).probe()
+    assert report.ok is False, report
+    assert report.message

@@ -66,6 +66,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     remaining: int = 1
     content_type: str = "application/json"
+    # Hold the answer this many seconds (or until the fake stops) before sending it: a platform past the deadline.
+    hold: float = 0.0
 
 
 class AgsPlatform:
@@ -113,6 +115,7 @@ class AgsPlatform:
         # on that link's line item is refused with 422. Links not listed take everyone.
         self.link_students: dict[str, set[str]] = {}
         self.membership_pages_served = 0
+        self.stopping = threading.Event()
         self.app = self._build()
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
@@ -124,6 +127,7 @@ class AgsPlatform:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.thread.join(5)
 
@@ -159,8 +163,9 @@ class AgsPlatform:
         headers: dict[str, str] | None = None,
         count: int = 1,
         content_type: str = "application/json",
+        hold: float = 0.0,
     ) -> None:
-        self.faults.append(Fault(status, body, headers or {}, count, content_type))
+        self.faults.append(Fault(status, body, headers or {}, count, content_type, hold))
 
     def score_of(self, user_id: str, lineitem_number: int = 1) -> dict[str, Any] | None:
         """The last score body the platform accepted for the user (not what the gradebook holds: see held)."""
@@ -264,6 +269,8 @@ class AgsPlatform:
             fault.remaining -= 1
             if fault.remaining <= 0:
                 self.faults.pop(0)
+        if fault.hold:
+            self.stopping.wait(fault.hold)
         return Response(fault.body, status=fault.status, headers=fault.headers, content_type=fault.content_type)
 
     def _build(self) -> Flask:

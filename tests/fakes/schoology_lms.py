@@ -86,6 +86,7 @@ class Fault:
     remaining: int = 1
     path_contains: str | None = None  # only requests whose path (with query string) contains this
     method: str | None = None  # only requests with this method
+    hold: float = 0.0  # hold the answer this many seconds (or until the fake stops): Schoology past the deadline
 
     def matches(self, method: str, target: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -171,6 +172,7 @@ class SchoologyFake:
         self.sections: dict[str, dict[str, dict[str, Any]]] = {}  # section -> enrollment id -> enrollment
         self.assignments: dict[tuple[str, str], dict[str, Any]] = {}
         self.faults: list[Fault] = []
+        self.stopping = threading.Event()
         self.failing_enrollments: dict[str, tuple[int, str]] = {}
         self.grades: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.grade_puts: list[tuple[str, list[dict[str, Any]]]] = []
@@ -193,6 +195,7 @@ class SchoologyFake:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         if self.thread.is_alive():  # shutdown() would wait forever for a server that never served
             self.server.shutdown()
             self.thread.join(5)
@@ -334,6 +337,8 @@ class SchoologyFake:
             fault.remaining -= 1
             if fault.remaining <= 0:
                 self.faults.remove(fault)
+        if fault.hold:
+            self.stopping.wait(fault.hold)
         headers = dict(fault.headers)
         content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "application/json")
         headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}

@@ -5,7 +5,8 @@
     Content-Type: application/json
     {"scoreGiven", "scoreMaximum", "comment", "timestamp", "activityProgress", "gradingProgress"}
 
-answers 200 {"entry": {...}} and stores the score, unless a scripted step says otherwise. Every request is
+answers 200 {"entry": {...}} and stores the score, unless a scripted step says otherwise; DELETE on the same
+path forgets it and answers 200 {"removed": true|false}. Every request is
 recorded (method, path, headers, body) before anything else happens, and protocol mistakes of the client (a
 wrong bearer secret, a body that is not JSON, a missing field) are answered as a strict LMS would and listed
 in `problems`, so a test can assert the gateway spoke the protocol correctly.
@@ -375,11 +376,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._unsupported()
 
     def do_DELETE(self) -> None:
-        self._unsupported()
+        # DELETE {base_url}/courses/{course_id}/items/{item_id}/scores/{student_id}: forget the score (twice is fine).
+        lms = self.server.lms
+        request = self._read_request()
+        lms._record(request)
+        if request.student_id is None:
+            self._unsupported_answer(request)
+            return
+        if not self._authorized(request):
+            return
+        key = (request.course_id or "", request.item_id or "", request.student_id)
+        with lms._changed:
+            removed = lms.gradebook.pop(key, None) is not None
+            request.outcome = "deleted"
+            lms._changed.notify_all()
+        self._send_json(200, {"removed": removed})
 
     def _unsupported(self) -> None:
         request = self._read_request()
         self.server.lms._record(request)
+        self._unsupported_answer(request)
+
+    def _unsupported_answer(self, request: RecordedRequest) -> None:
         request.outcome = "answered 405"
         self._send_json(405, {"error": "method not allowed"})
 

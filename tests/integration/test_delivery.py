@@ -334,6 +334,8 @@ PERMANENT_CASES = [
         "this integration may not write grades here",
     ),
     ("404", Respond(404, body={"error": "no item quiz-1 in course-101"}), 404, "no item quiz-1 in course-101"),
+    # The sandbox's secret is shared: a 401 means it is wrong, and no retry fixes that (docs/adapters.md).
+    ("401", Respond(401, body={"error": "bad bearer secret"}), 401, "bad bearer secret"),
     (
         "409",
         Respond(409, body={"error": "the gradebook is locked for the term"}),
@@ -376,10 +378,24 @@ def test_permanent_refusals_fail_at_once_with_the_lms_text(
     assert lms.gradebook == {}
 
 
+def test_a_wrong_sandbox_secret_fails_after_one_attempt(world: World, worker: DeliveryWorker) -> None:
+    # Regression: the sandbox's 401 was retryable, so a wrong secret was sent again until attempts ran out.
+    with ScriptedLms("not-" + world.sandbox_secret) as strict:
+        point_connection_at(world, strict.base_url)
+        grade_id = post(world)
+        assert worker.run_once() == 1
+        delivery = only_delivery(world, grade_id)
+        assert (delivery["status"], delivery["attempts"], delivery["lmsStatus"]) == ("failed", 1, 401)
+        assert delivery["nextAttemptAt"] is None
+        assert "bad or missing bearer secret" in delivery["lastError"]
+        assert worker.run_once() == 0
+        assert len(strict.score_writes()) == 1
+        assert strict.gradebook == {}
+
+
 RETRYABLE_CASES: list[tuple[str, Callable[[], Step], str, int | None]] = [
     # (case, what the LMS does, text the delivery's lastError must carry, lmsStatus); the behaviour is built fresh
     # for each use because a Hang, once released, stays released.
-    ("401", lambda: Respond(401, message="token expired"), "token expired", 401),
     ("408", lambda: Respond(408, message="request timeout"), "request timeout", 408),
     ("425", lambda: Respond(425, message="too early"), "too early", 425),
     ("429", lambda: Respond(429, message="slow down"), "slow down", 429),
