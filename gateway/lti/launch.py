@@ -8,6 +8,7 @@ from flask import Response, current_app, redirect, request, url_for
 from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
+from gateway.errors import database_trouble_answer
 from gateway.extensions import db
 from gateway.lti import lti_bp
 from gateway.models import App, LaunchState, utcnow
@@ -111,5 +112,10 @@ def _unexpected(exc: Exception) -> Response:
         return error_page(exc.code or 500, exc.name, exc.description or exc.name)
     if isinstance(exc, ServiceError):
         return error_page(exc.status, "Passback could not do this", exc.message)
+    trouble = database_trouble_answer(exc)
+    if trouble is not None:
+        response = error_page(503, "Passback could not reach its database", "Please try the link again shortly.")
+        response.headers["Retry-After"] = str(trouble.retry_after_seconds)
+        return response
     log.exception("unexpected error in an LTI endpoint")
     return error_page(500, "Passback hit an unexpected error", "It has been logged; please try the link again.")
