@@ -106,7 +106,7 @@ def _spend_state(state: str) -> None:
 
 
 @lti_bp.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
+def unexpected_error_page(exc: Exception) -> Response:
     """People reach these endpoints in a browser frame: an unexpected error is a page too, and logged."""
     if isinstance(exc, HTTPException):
         return error_page(exc.code or 500, exc.name, exc.description or exc.name)
