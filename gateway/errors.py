@@ -31,8 +31,7 @@ DATABASE_TROUBLE_ANSWERS = {
     # A restart or failover takes seconds; the next request gets a fresh connection.
     DatabaseTrouble.UNAVAILABLE: DatabaseTroubleAnswer(
         "database_unavailable",
-        "Passback lost its database connection and the request was not completed; send it again "
-        "(with the same Idempotency-Key, if it had one).",
+        "Passback lost its database connection and the request was not completed; send it again.",
         2,
     ),
 }
