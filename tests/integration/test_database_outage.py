@@ -157,8 +157,9 @@ def test_the_embedded_worker_carries_on_after_its_backend_is_terminated(
     assert posted.status_code == 202
     # The worker's first look for due connections runs on a connection that dies under it.
     terminator.arm(
-        lambda statement: threading.current_thread().name == DELIVERY_THREAD
-        and "GROUP BY deliveries.lms_connection_id" in statement
+        lambda statement: (
+            threading.current_thread().name == DELIVERY_THREAD and "GROUP BY deliveries.lms_connection_id" in statement
+        )
     )
     with caplog.at_level(logging.WARNING, logger="passback.worker"):
         start_embedded_worker(world.app)
