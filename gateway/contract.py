@@ -97,7 +97,9 @@ ERRORS: Mapping[int, Reply] = {
         Reply(502, "The app's catalog URL could not be fetched and no earlier copy is held.", ErrorSchema),
         Reply(
             503,
-            "The database was busy and nothing was stored: send the same request again after Retry-After.",
+            "The database was busy (code `database_busy`: nothing was stored) or its connection was lost "
+            "(`database_unavailable`: a restart or failover): send the same request again after Retry-After, "
+            "with the same Idempotency-Key if it had one.",
             ErrorSchema,
             (RETRY_AFTER,),
         ),
@@ -140,8 +142,8 @@ def operation(
 ) -> Callable[[View], View]:
     """Declare a view's contract. `errors` lists the statuses particular to this operation (an int takes the
     meaning in ERRORS, a Reply brings its own); these follow from the rest and are added for you:
-    401 when it takes a bearer token; 422 (a query or body field, or unstorable text) and 503 (database busy)
-    always; 404 with a path parameter (unstorable text in the path names nothing); with a body 413, and
+    401 when it takes a bearer token; 422 (a query or body field, or unstorable text) and 503 (database busy
+    or unreachable) always; 404 with a path parameter (unstorable text in the path names nothing); with a body 413, and
     400 and 415 too when the body is JSON only."""
     if not OPERATION_ID.match(operation_id):
         raise ValueError(f"operationId {operation_id!r} does not follow the rule in gateway/contract.py")

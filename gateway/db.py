@@ -2,12 +2,67 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back whole.
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+# admin_shutdown, crash_shutdown, cannot_connect_now: the server is stopping, restarting or not up yet.
+SHUTDOWN_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+# Class 08, connection_exception: the connection could not be made or was lost.
+CONNECTION_SQLSTATE_CLASS = "08"
+# SQLite's write lock was not had within busy_timeout: the transaction was not committed.
+SQLITE_BUSY_NAMES = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
+
+
+class DatabaseTrouble(enum.Enum):
+    """A database error after which the same request (or worker round) may simply run again."""
+
+    BUSY = "busy"  # a deadlock, serialization failure or lock wait: the transaction was rolled back
+    UNAVAILABLE = "unavailable"  # the connection was lost or could not be made (a restart, failover, network)
+
+
+def database_trouble(exc: BaseException) -> DatabaseTrouble | None:
+    """The one classification of database errors worth retrying, for `exc` or an error it was raised from or
+    while handling; None for anything else (a bug, a constraint, bad SQL)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        trouble = _trouble_of(current)
+        if trouble is not None:
+            return trouble
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _trouble_of(exc: BaseException) -> DatabaseTrouble | None:
+    if isinstance(exc, DisconnectionError):
+        return DatabaseTrouble.UNAVAILABLE
+    if not isinstance(exc, DBAPIError):
+        return None
+    if exc.connection_invalidated:
+        # SQLAlchemy saw the connection die under a statement and dropped it from the pool.
+        return DatabaseTrouble.UNAVAILABLE
+    original = exc.orig
+    sqlstate = getattr(original, "sqlstate", "")
+    if sqlstate in CONFLICT_SQLSTATES:
+        return DatabaseTrouble.BUSY
+    if sqlstate and (sqlstate.startswith(CONNECTION_SQLSTATE_CLASS) or sqlstate in SHUTDOWN_SQLSTATES):
+        return DatabaseTrouble.UNAVAILABLE
+    if sqlstate is None and isinstance(exc, OperationalError):
+        # psycopg gives a SQLSTATE to every error the server sent: one without came from the client library
+        # (connection refused, lost, timed out).
+        return DatabaseTrouble.UNAVAILABLE
+    if getattr(original, "sqlite_errorname", None) in SQLITE_BUSY_NAMES:
+        return DatabaseTrouble.BUSY
+    return None
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -4,18 +4,46 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Flask, Response, has_request_context, jsonify, request
 from markupsafe import escape
-from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from gateway.db import DatabaseTrouble, database_trouble
 from gateway.services.errors import ServiceError
 
 log = logging.getLogger("passback.http")
-# PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back whole.
-RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+class DatabaseTroubleAnswer(NamedTuple):
+    """What a client is told when a database error lets it send the same request again."""
+
+    code: str
+    message: str
+    retry_after_seconds: int
+
+
+DATABASE_TROUBLE_ANSWERS = {
+    DatabaseTrouble.BUSY: DatabaseTroubleAnswer(
+        "database_busy", "Passback's database was busy and nothing was stored; send the request again.", 1
+    ),
+    # A restart or failover takes seconds; the next request gets a fresh connection.
+    DatabaseTrouble.UNAVAILABLE: DatabaseTroubleAnswer(
+        "database_unavailable",
+        "Passback lost its database connection and the request was not completed; send it again.",
+        2,
+    ),
+}
+
+
+def database_trouble_answer(exc: BaseException) -> DatabaseTroubleAnswer | None:
+    """The 503 answer for a database error the client may simply repeat (logged here), else None."""
+    trouble = database_trouble(exc)
+    if trouble is None:
+        return None
+    log.warning("database %s, answered 503: %s: %s", trouble.value, type(exc).__name__, exc)
+    return DATABASE_TROUBLE_ANSWERS[trouble]
 
 
 def error_response(status: int, code: str, message: str, fields: dict[str, Any] | None = None) -> Response:
@@ -67,20 +95,14 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
 
-    @app.errorhandler(OperationalError)
-    def _database_conflict(exc: OperationalError) -> Response:
-        # A deadlock or serialization failure rolled the whole transaction back: nothing was stored, and the
-        # same request will go through when sent again. Anything else is unexpected.
-        if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
-            log.warning("database conflict, answered 503: %s", type(exc.orig).__name__)
-            response = _answer(
-                503, "database_busy", "Passback's database was busy and nothing was stored; send the request again."
-            )
-            response.headers["Retry-After"] = "1"
-            return response
-        return _unexpected(exc)
-
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        trouble = database_trouble_answer(exc)
+        if trouble is not None:
+            # Nothing was committed (or, if the connection died during COMMIT, an Idempotency-Key makes the
+            # repeat safe): the client may send the same request again.
+            response = _answer(503, trouble.code, trouble.message)
+            response.headers["Retry-After"] = str(trouble.retry_after_seconds)
+            return response
         log.exception("unhandled error")
         return _answer(500, "internal_error", "Passback hit an unexpected error; it has been logged.")

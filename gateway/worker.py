@@ -23,7 +23,7 @@ from adapters.http import Throttle, ThrottledHttpClient
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox
-from gateway.db import Database
+from gateway.db import Database, database_trouble
 from gateway.services.adapter_context import build_adapter_context
 from gateway.services.delivery_work import DeliveryWork, load_works
 from gateway.services.discovery_lease import DISCOVERY_WAIT_SECONDS, release_discovery_lease, take_discovery_lease
@@ -42,6 +42,8 @@ from schemas.statuses import DeliveryStatus
 
 log = logging.getLogger("passback.worker")
 PURGE_INTERVAL_SECONDS = 3600
+# How long the loop waits after the database was unreachable (a restart or failover takes seconds).
+DATABASE_OUTAGE_PAUSE_SECONDS = 2.0
 
 
 def nudge_worker(app: Any, connection_ids: Iterable[str | None] | None = None) -> None:
@@ -428,10 +430,15 @@ class DeliveryWorker:
                     log.exception("delivery worker: housekeeping failed")
                 try:
                     started = self._dispatch(pool, threads, busy, busy_lock)
-                except Exception:
-                    # The database may be briefly unavailable; keep the worker alive and try again.
-                    log.exception("delivery worker: claim round failed")
+                except Exception as exc:
                     started = 0
+                    trouble = database_trouble(exc)
+                    if trouble is None:
+                        log.exception("delivery worker: claim round failed")
+                    else:
+                        # A restart, failover or lock: keep the worker alive, say so in one line, and back off.
+                        log.warning("delivery worker: database %s, trying again: %s", trouble.value, exc)
+                        stop.wait(DATABASE_OUTAGE_PAUSE_SECONDS)
                 if started == 0:
                     # A finished connection wakes the loop too, so its next claims go out at once.
                     self.wakeup.wait(self.settings.worker_poll_seconds)

@@ -8,6 +8,7 @@ from flask import Response, current_app, redirect, request, url_for
 from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
+from gateway.errors import database_trouble_answer
 from gateway.extensions import db
 from gateway.lti import lti_bp
 from gateway.models import App, LaunchState, utcnow
@@ -105,11 +106,16 @@ def _spend_state(state: str) -> None:
 
 
 @lti_bp.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
+def unexpected_error_page(exc: Exception) -> Response:
     """People reach these endpoints in a browser frame: an unexpected error is a page too, and logged."""
     if isinstance(exc, HTTPException):
         return error_page(exc.code or 500, exc.name, exc.description or exc.name)
     if isinstance(exc, ServiceError):
         return error_page(exc.status, "Passback could not do this", exc.message)
+    trouble = database_trouble_answer(exc)
+    if trouble is not None:
+        response = error_page(503, "Passback could not reach its database", "Please try the link again shortly.")
+        response.headers["Retry-After"] = str(trouble.retry_after_seconds)
+        return response
     log.exception("unexpected error in an LTI endpoint")
     return error_page(500, "Passback hit an unexpected error", "It has been logged; please try the link again.")
