@@ -42,6 +42,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import insert
 
 from gateway import create_app
+from gateway.composition import services_of
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
@@ -358,7 +359,7 @@ def measure(
     try:
         app = create_app(settings, database=database)
         started = time.perf_counter()
-        seeded = seed(database, app.extensions["passback_box"], grades, rng)
+        seeded = seed(database, services_of(app).box, grades, rng)
         seed_seconds = time.perf_counter() - started
         with database.transaction() as session:
             create_staff(session, seeded.district_id, "staff@benchmark.example", PASSWORD)

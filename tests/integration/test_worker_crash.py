@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import select
 
 from adapters.http import HttpClient
+from gateway.composition import services_of
 from gateway.models import Delivery, utcnow
 from gateway.services.staff_retries import retry_delivery
 from gateway.worker import DeliveryWorker
@@ -151,7 +152,7 @@ def test_late_result_of_a_worker_whose_lease_expired_is_ignored(
 ) -> None:
     """A slow (not dead) worker finishes after its lease expired and another worker delivered: its result is
     dropped, it does not overwrite the row."""
-    db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
+    db, box = services_of(world.app).database, services_of(world.app).box
     # A call outliving its lease: the request deadline (a third of the lease) normally prevents it; a long one
     # here stands for a stalled process, to show the late result is still dropped.
     slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=1.0), http=HttpClient(2, 5, deadline=30))
@@ -182,7 +183,7 @@ def test_late_result_of_a_worker_whose_lease_expired_is_ignored(
 def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
     world: World, lms: ScriptedLms, database_url: str
 ) -> None:
-    db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
+    db, box = services_of(world.app).database, services_of(world.app).box
     crashing = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=0.6, max_attempts=2))
     grade_id = post(world, 0.9)
 
@@ -212,7 +213,7 @@ def test_a_slow_round_never_sends_an_old_score_after_its_lease_ran_out(
     """A worker claims two grades in one round; the first send hangs past the lease. Meanwhile the second
     student's grade is corrected and another worker delivers the new score. When the slow worker gets to the
     second grade its claim is gone, so it sends nothing: the old score never lands over the new one."""
-    db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
+    db, box = services_of(world.app).database, services_of(world.app).box
     # As above, a call outliving its lease (a stalled process) despite the request deadline.
     slow = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=1.5), http=HttpClient(2, 5, deadline=30))
     other = DeliveryWorker(db, box, make_settings(database_url, lease_seconds=30))
