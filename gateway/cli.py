@@ -378,13 +378,10 @@ def lms_limits(
 @json_option
 def lms_probe(district_id: str, lms_ref: str, as_json: bool) -> None:
     """Check that the LMS answers and accepts the connection's credentials, before any grade is sent."""
-    from gateway.services.lms import probe_connection
-
     app = _app()
     try:
         with app.app_context():
-            services = _services(app)
-            report = probe_connection(services.database, services.box, services.http, district_id, lms_ref)
+            report = _services(app).probe_connection(district_id, lms_ref)
     except ServiceError as exc:
         _fail(exc)
     data = {"ok": report.ok, "message": report.message}

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from adapters import AdapterContext
+from adapters.base import HealthReport
 from adapters.http import HttpClient
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.services.adapter_context import build_adapter_context
+from gateway.services.lms import probe_connection
 from gateway.services.unit_of_work import UnitOfWork
 from gateway.throttle import Limiter, make_limiter
 
@@ -91,6 +93,10 @@ class Services:
 
     def adapter_context(self) -> AdapterContext:
         return build_adapter_context(self.database, self.box)
+
+    def probe_connection(self, district_id: str, connection_ref: str) -> HealthReport:
+        """Whether the connection's LMS answers and accepts its credentials (no grade is sent)."""
+        return probe_connection(self.database, self.box, self.http, district_id, connection_ref)
 
     def delivery_worker(self, **options: Any) -> DeliveryWorker:
         from gateway.worker import DeliveryWorker

@@ -37,7 +37,6 @@ from gateway.services import (
 )
 from gateway.services import staff as staff_service
 from gateway.services.errors import InvalidInput, ServiceError
-from gateway.services.lms import probe_connection
 
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -305,8 +304,7 @@ def probe(staff: StaffUser, connection_id: str) -> Response:
     )
     name = connection.name
     database.commit()  # no transaction stays open while the LMS is called
-    services = current_services()
-    report = probe_connection(services.database, services.box, services.http, staff.district_id, connection_id)
+    report = current_services().probe_connection(staff.district_id, connection_id)
     staff_actions.record_probe(request_unit_of_work(), staff, name, ok=report.ok)
     flash(f"{name}: {'works' if report.ok else 'does not work'}. {report.message}")
     return redirect(url_for("dashboard.connection_list") + f"#c-{connection_id}")  # type: ignore[return-value]

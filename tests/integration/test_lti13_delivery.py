@@ -427,7 +427,7 @@ def test_the_dashboard_finds_every_token_the_adapter_caches(ags: AgsSetup, worke
     token, and every row in the cache is found under one of those keys."""
     from adapters.lti13_ags import SCOPE_NRPS, Lti13AgsAdapter
     from gateway.models import CachedAccessToken, LmsConnection
-    from gateway.services.lms import connection_settings, probe_connection
+    from gateway.services.lms import connection_settings
     from gateway.services.roster import sync_roster
     from gateway.services.token_cache import token_expiries
 
@@ -440,7 +440,7 @@ def test_the_dashboard_finds_every_token_the_adapter_caches(ags: AgsSetup, worke
     worker.run_until_idle()
     db, box = services_of(ags.world.app).database, services_of(ags.world.app).box
     sync_roster(db, box, worker.http, worker.adapter_context(), ags.world.district_id, "Canvas")
-    assert probe_connection(ags.world.app, ags.world.district_id, "Canvas").ok
+    assert services_of(ags.world.app).probe_connection(ags.world.district_id, "Canvas").ok
 
     with ags.world.session() as session:
         connection = session.get(LmsConnection, ags.connection_id)

@@ -23,7 +23,7 @@ from gateway.cli import main as cli
 from gateway.composition import services_of
 from gateway.models import Delivery, Grade, LmsConnection, Placement, User, utcnow
 from gateway.services.directory import create_user, enroll, link_identity
-from gateway.services.lms import add_lms_connection, add_placement, probe_connection
+from gateway.services.lms import add_lms_connection, add_placement
 from gateway.throttle import LocalLimiter
 from gateway.worker import DeliveryWorker
 from tests.factories import World, build_world
@@ -198,7 +198,7 @@ def test_one_refused_student_fails_alone(schoology: SchoologySetup, worker: Deli
 
 
 def test_probe_follows_the_303_with_a_newly_signed_request(schoology: SchoologySetup) -> None:
-    report = probe_connection(schoology.world.app, schoology.world.district_id, "Schoology")
+    report = services_of(schoology.world.app).probe_connection(schoology.world.district_id, "Schoology")
     assert report.ok, report.message
     assert "key works" in report.message
     paths = [path for _, path in schoology.fake.requests]
@@ -603,7 +603,7 @@ def test_a_redirect_away_from_the_configured_api_is_not_followed(schoology: Scho
     schoology.fake.faults.append(
         Fault(303, "", {"Location": "http://attacker.example/v1/users/1000"}, path_contains="/users/me")
     )
-    report = probe_connection(schoology.world.app, schoology.world.district_id, "Schoology")
+    report = services_of(schoology.world.app).probe_connection(schoology.world.district_id, "Schoology")
     assert not report.ok
     assert "outside the configured API" in report.message and "not followed" in report.message
 
