@@ -42,6 +42,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.composition import services_of
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -95,7 +97,7 @@ def bench_settings(database_url: str, keys: str, **overrides: Any) -> Settings:
 def tool_key(database_url: str, keys: str) -> tuple[dict[str, Any], str, str]:
     """Passback's LTI signing key, made before the simulated LMS starts (it must trust the public half)."""
     app = create_app(bench_settings(database_url, keys))
-    db, box = app.extensions["passback_db"], app.extensions["passback_box"]
+    db, box = services_of(app).database, services_of(app).box
     with db.transaction() as session:
         if session.scalar(select(ToolKey.kid)) is None:
             rotate_keys(session, box)
@@ -110,7 +112,7 @@ def build(database_url: str, keys: str, sim: SimLms, grades: int, seed: int = 0)
     """A district with one lti13 connection per simulated platform, LINEITEMS placed assignments in each, and
     enough students (linked to their platform `sub`) for `grades` distinct grades."""
     app = create_app(bench_settings(database_url, keys))
-    db, box = app.extensions["passback_db"], app.extensions["passback_box"]
+    db, box = services_of(app).database, services_of(app).box
     platforms = sim.names
     per_platform = -(-grades // len(platforms))
     students = -(-per_platform // LINEITEMS)
@@ -190,7 +192,7 @@ def post_all(setup: Setup, values: dict[tuple[str, int, str], float], at: dateti
 
 
 def counts(setup: Setup) -> dict[str, int]:
-    with setup.app.extensions["passback_db"].transaction() as session:
+    with services_of(setup.app).database.transaction() as session:
         rows = session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
     return {str(status): int(n) for status, n in rows}
 
@@ -338,7 +340,7 @@ def scenario_a(args: argparse.Namespace, postgres_url: str | None, broker: str, 
             per_platform = {name: s["requests"] for name, s in stats["platforms"].items()}
             bound = lower_bound(per_platform, args.latency, args.rate, args.concurrency)
             peaks = list(workers.peaks.values())
-            setup.app.extensions["passback_db"].dispose()
+            services_of(setup.app).database.dispose()
     return {
         "grades": len(setup.expected),
         "platforms": args.platforms,
@@ -429,7 +431,7 @@ def scenario_d(args: argparse.Namespace, postgres_url: str | None, broker: str, 
                 workers.stop()
             check_store(sim, final)
             stats = sim.stats()["total"]
-            setup.app.extensions["passback_db"].dispose()
+            services_of(setup.app).database.dispose()
     return {
         "grades": total,
         "revised": len(revised),

@@ -43,6 +43,7 @@ from sqlalchemy import insert
 
 from bench.grade_throughput import backends_to_run
 from gateway import create_app
+from gateway.composition import services_of
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
@@ -359,7 +360,7 @@ def measure(
     try:
         app = create_app(settings, database=database)
         started = time.perf_counter()
-        seeded = seed(database, app.extensions["passback_box"], grades, rng)
+        seeded = seed(database, services_of(app).box, grades, rng)
         seed_seconds = time.perf_counter() - started
         with database.transaction() as session:
             create_staff(session, seeded.district_id, "staff@benchmark.example", PASSWORD)

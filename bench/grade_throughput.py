@@ -55,6 +55,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from gateway.composition import services_of
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
@@ -355,7 +357,7 @@ def seed_students(settings: dict[str, Any], district_id: str, connection_id: str
     from gateway.services.lms import get_connection
 
     app = create_app(settings)
-    database = app.extensions["passback_db"]
+    database = services_of(app).database
     ids: list[str] = []
     try:
         with app.app_context(), database.transaction() as session:

@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gateway import create_app  # noqa: E402
+from gateway.composition import services_of  # noqa: E402
 from gateway.config import Settings  # noqa: E402
 from gateway.migrate import upgrade  # noqa: E402
 from gateway.models import Delivery, DeliveryStatus, LmsConnection  # noqa: E402
@@ -63,7 +64,7 @@ class RunResult:
 def build(settings: Settings, fake: SchoologyFake, sections: int, per_section: int) -> tuple[Any, str, list[tuple]]:
     """A district with one Schoology connection, `sections` placements and `per_section` students in each."""
     app = create_app(settings)
-    db = app.extensions["passback_db"]
+    db = services_of(app).database
     expected: list[tuple] = []
     with db.transaction() as session:
         district = create_district(session, "Bench District")
@@ -72,7 +73,7 @@ def build(settings: Settings, fake: SchoologyFake, sections: int, per_section: i
         token = authorize_app(session, partner.id, district.id).raw
         connection = add_lms_connection(
             session,
-            app.extensions["passback_box"],
+            services_of(app).box,
             district.id,
             "Schoology",
             "schoology",
@@ -94,7 +95,7 @@ def build(settings: Settings, fake: SchoologyFake, sections: int, per_section: i
             for n in range(per_section):
                 uid = f"{s}{n:04d}"
                 user = create_user(session, district.id, name=f"Student {uid}")
-                link_identity(session, user, connection, uid, box=app.extensions["passback_box"])
+                link_identity(session, user, connection, uid, box=services_of(app).box)
                 enroll(session, connection, section, user)
                 enrollment = fake.add_enrollment(section, uid)
                 score = (s * per_section + n) % 21
@@ -115,11 +116,11 @@ def build(settings: Settings, fake: SchoologyFake, sections: int, per_section: i
 
 def deliver_all(app: Any, workers: int, timeout: float) -> float:
     """Run `workers` DeliveryWorkers in threads until every delivery is delivered; returns wall seconds."""
-    db = app.extensions["passback_db"]
+    db = services_of(app).database
     stop = threading.Event()
 
     def work() -> None:
-        worker = DeliveryWorker(db, app.extensions["passback_box"], app.config["PASSBACK"])
+        worker = DeliveryWorker(db, services_of(app).box, app.config["PASSBACK"])
         while not stop.is_set():
             if worker.run_once() == 0:
                 time.sleep(0.02)
@@ -155,7 +156,7 @@ def check_gradebook(fake: SchoologyFake, expected: list[tuple]) -> None:
 
 
 def reset_for_next_run(app: Any, connection_id: str, batch_size: int, fake: SchoologyFake) -> None:
-    db, box = app.extensions["passback_db"], app.extensions["passback_box"]
+    db, box = services_of(app).database, services_of(app).box
     with db.transaction() as session:
         connection = session.get(LmsConnection, connection_id)
         assert connection is not None

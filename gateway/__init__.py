@@ -7,9 +7,8 @@ from typing import Any
 
 from flask import Flask
 
-from adapters.http import HttpClient
+from gateway.composition import EXTENSION_KEY, build_services, services_of
 from gateway.config import Settings
-from gateway.crypto import SecretBox
 from gateway.db import Database
 
 
@@ -19,7 +18,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     `database` lets a caller share one engine between apps (the test suite does, per backend).
     """
     settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
-    settings.require_encryption_keys()  # raises ConfigurationError: never start without a way to read secrets
+    services = build_services(settings, database=database)
     app = Flask(__name__)
     app.config["PASSBACK"] = settings
     app.config["SECRET_KEY"] = settings.secret_key
@@ -37,19 +36,12 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
 
-    if database is None:
-        database = Database()
-        database.configure(settings.database_url)
-    app.extensions["passback_db"] = database
-    app.extensions["passback_box"] = SecretBox(settings.encryption_keys)
-    app.extensions["passback_http"] = HttpClient(
-        settings.http_connect_timeout, settings.http_read_timeout, settings.request_deadline()
-    )
+    app.extensions[EXTENSION_KEY] = services
 
     @app.teardown_appcontext
     def _remove_session(_exc: BaseException | None) -> None:
-        assert database.session is not None
-        database.session.remove()
+        assert services.database.session is not None
+        services.database.session.remove()
 
     from flask_wtf.csrf import CSRFProtect
 
@@ -86,23 +78,10 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    if settings.broker_url:
-        # Delivery runs on Celery workers: accepted grades wake them through the broker.
-        from gateway.tasks import Dispatcher
-
-        app.extensions["passback_dispatch"] = Dispatcher(settings)
-
     logging.getLogger("passback").setLevel(logging.INFO)
     return app
 
 
 def start_embedded_worker(app: Flask) -> Any:
     """Run the delivery worker as a thread of this process (the embedded default)."""
-    from gateway.worker import DeliveryWorker, EmbeddedWorker
-
-    worker = DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
-    embedded = EmbeddedWorker(worker)
-    embedded.start()
-    app.extensions["passback_worker"] = embedded
-    app.extensions["passback_worker_nudge"] = embedded.nudge
-    return embedded
+    return services_of(app).start_embedded_worker()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from adapters.base import DeliveryError
 from gateway import create_app
+from gateway.composition import Services, services_of
 from gateway.services.errors import ServiceError
 
 
@@ -22,9 +23,13 @@ def _app() -> Flask:
     return create_app()
 
 
+def _services(app: Flask) -> Services:
+    return services_of(app)
+
+
 @contextmanager
 def _session(app: Flask) -> Iterator[Session]:
-    with app.app_context(), app.extensions["passback_db"].transaction() as session:
+    with app.app_context(), services_of(app).database.transaction() as session:
         yield session
 
 
@@ -212,15 +217,14 @@ def user_enroll(
     district_id: str, lms_ref: str, course: str, user_id: str, lms_user_id: str | None, as_json: bool
 ) -> None:
     """Enroll a user in an LMS course: grades for assignments placed there then route to it."""
-    from gateway.services.directory import enroll_user
-    from gateway.services.lms import get_connection
+    from gateway.services.roster import enroll_user_in_course
 
     try:
-        app = _app()
-        with _session(app) as session:
-            connection = get_connection(session, district_id, lms_ref)
-            routed = enroll_user(session, app.extensions["passback_box"], connection, course, user_id, lms_user_id)
-            data = {"user": user_id, "course": course, "lms": connection.name, "deliveries_created": routed}
+        services = _services(_app())
+        enrolled = enroll_user_in_course(
+            services.unit_of_work(), services.box, district_id, lms_ref, course, user_id, lms_user_id
+        )
+        data = {"user": user_id, "course": course, "lms": enrolled.lms_name, "deliveries_created": enrolled.routed}
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"enrolled {d['user']} in {d['course']} ({d['deliveries_created']} deliveries)")
@@ -261,7 +265,7 @@ def lms_add(
     app = _app()
     try:
         with _session(app) as session:
-            row = add_lms_connection(session, app.extensions["passback_box"], district_id, name, adapter, settings)
+            row = add_lms_connection(session, _services(app).box, district_id, name, adapter, settings)
             data = {"id": row.id, "name": row.name, "adapter": row.adapter}
     except ServiceError as exc:
         _fail(exc)
@@ -282,7 +286,7 @@ def lms_set(district_id: str, lms_ref: str, pairs: tuple[str, ...], settings_jso
     app = _app()
     try:
         with _session(app) as session:
-            row = update_lms_settings(session, app.extensions["passback_box"], district_id, lms_ref, changes)
+            row = update_lms_settings(session, _services(app).box, district_id, lms_ref, changes)
             data = {"id": row.id, "name": row.name, "changed": sorted(changes)}
     except ServiceError as exc:
         _fail(exc)
@@ -295,20 +299,20 @@ def lms_set(district_id: str, lms_ref: str, pairs: tuple[str, ...], settings_jso
 @json_option
 def lms_sync_roster(district_id: str, lms_ref: str, as_json: bool) -> None:
     """Map placed courses' members (LTI NRPS) to Passback users, so grades reach students who never launched."""
-    from gateway.services.adapter_context import build_adapter_context
     from gateway.services.roster import sync_roster
 
     app = _app()
-    database, box = app.extensions["passback_db"], app.extensions["passback_box"]
+    services = _services(app)
     try:
         with app.app_context():
             result = sync_roster(
-                database,
-                box,
-                app.extensions["passback_http"],
-                build_adapter_context(database, box),
+                services.database,
+                services.box,
+                services.http,
+                services.adapter_context(),
                 district_id,
                 lms_ref,
+                nudger=services.nudger,
             )
     except ServiceError as exc:
         _fail(exc)
@@ -374,12 +378,10 @@ def lms_limits(
 @json_option
 def lms_probe(district_id: str, lms_ref: str, as_json: bool) -> None:
     """Check that the LMS answers and accepts the connection's credentials, before any grade is sent."""
-    from gateway.services.lms import probe_connection
-
     app = _app()
     try:
         with app.app_context():
-            report = probe_connection(app, district_id, lms_ref)
+            report = _services(app).probe_connection(district_id, lms_ref)
     except ServiceError as exc:
         _fail(exc)
     data = {"ok": report.ok, "message": report.message}
@@ -579,7 +581,7 @@ def keys_rotate(as_json: bool) -> None:
 
     app = _app()
     with _session(app) as session:
-        key = rotate_keys(session, app.extensions["passback_box"])
+        key = rotate_keys(session, _services(app).box)
         data = {"kid": key.kid, "published": [k["kid"] for k in published_jwks(session)["keys"]]}
     _emit(as_json, data, lambda d: f"current key {d['kid']}; published: {', '.join(d['published'])}")
 
@@ -617,7 +619,7 @@ def demo_command(public_url: str | None, as_json: bool) -> None:
     app = _app()
     url = (public_url or app.config["PASSBACK"].public_url).rstrip("/")
     with _session(app) as session:
-        demo = seed_demo(session, app.extensions["passback_box"], url)
+        demo = seed_demo(session, _services(app).box, url)
     data = {
         "district_id": demo.district_id,
         "app_id": demo.app_id,
@@ -648,7 +650,7 @@ def _warn_connections_without_hosts(app: Flask) -> None:
     from gateway.services.lms import connections_without_hosts
 
     with _session(app) as session:
-        waiting = connections_without_hosts(session, app.extensions["passback_box"])
+        waiting = connections_without_hosts(session, _services(app).box)
         lines = [
             f"warning: LTI 1.1 connection {connection.name!r} (district {district!r}) has no allowed_hosts: its "
             f"grades wait until `gateway lms set --district {connection.district_id} --lms {connection.id} "
@@ -670,8 +672,6 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
     import signal
     import threading
 
-    from gateway.worker import DeliveryWorker
-
     app = _app()
     settings = app.config["PASSBACK"]
     _warn_connections_without_hosts(app)
@@ -684,9 +684,7 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
             argv += ["--beat", "--schedule", settings.beat_schedule_path()]
         configure_celery(settings).worker_main(argv)
         return
-    worker = DeliveryWorker(
-        app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"], district_id=district_id
-    )
+    worker = _services(app).delivery_worker(district_id=district_id)
     if once:
         click.echo(f"{worker.run_until_idle()} deliveries attempted")
         return
@@ -736,7 +734,7 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
     _warn_connections_without_hosts(app)
     if not no_demo:
         with _session(app) as session:
-            demo = seed_demo(session, app.extensions["passback_box"], public_url)
+            demo = seed_demo(session, _services(app).box, public_url)
         click.echo(_demo_banner(demo, public_url))
     if settings.embedded_worker and not settings.broker_url:
         start_embedded_worker(app)

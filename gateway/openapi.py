@@ -18,6 +18,7 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import Rule
 
+from gateway.composition import services_of
 from gateway.contract import TAGS, Header, Operation, Reply, contract_of
 from schemas.base import JsonNumber
 
@@ -169,10 +170,10 @@ def _header_schema(header: Header) -> dict[str, Any]:
 
 def openapi_document(app: Flask) -> dict[str, Any]:
     """Built on first use and kept with the app: the rules and contracts do not change while it runs."""
-    document = app.extensions.get("passback_openapi")
-    if document is None:
-        document = app.extensions["passback_openapi"] = build_spec(app)
-    return document
+    services = services_of(app)
+    if services.openapi_document is None:
+        services.openapi_document = build_spec(app)
+    return services.openapi_document
 
 
 @openapi_bp.get("/openapi.json")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
 from gateway.api.common import json_object, load
 from gateway.errors import error_response
-from gateway.extensions import db
+from gateway.extensions import current_services, db
 from gateway.models import LmsConnection
 from gateway.services import sandbox_lms
 from gateway.services.errors import NotFound, Unauthenticated
@@ -30,7 +30,7 @@ def _authorize(gradebook: str) -> None:
     )
     if connection is None:
         raise NotFound("no such sandbox gradebook")
-    expected = connection_settings(current_app.extensions["passback_box"], connection)["secret"]
+    expected = connection_settings(current_services().box, connection)["secret"]
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected.encode()):

@@ -171,15 +171,13 @@ def runtime() -> Runtime:
     with _runtime_lock:
         if _runtime is None:
             from gateway import create_app
-            from gateway.worker import DeliveryWorker
+            from gateway.composition import services_of
 
             app = create_app()
-            settings = app.config["PASSBACK"]
-            limiter = RedisLimiter(settings.broker_url)
-            worker = DeliveryWorker(
-                app.extensions["passback_db"], app.extensions["passback_box"], settings, limiter=limiter
-            )
-            _runtime = Runtime(app, worker, limiter, settings)
+            services = services_of(app)
+            limiter = RedisLimiter(services.settings.broker_url)
+            worker = services.delivery_worker(limiter=limiter)
+            _runtime = Runtime(app, worker, limiter, services.settings)
         return _runtime
 
 

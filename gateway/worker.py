@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,18 +44,6 @@ log = logging.getLogger("passback.worker")
 PURGE_INTERVAL_SECONDS = 3600
 # How long the loop waits after the database was unreachable (a restart or failover takes seconds).
 DATABASE_OUTAGE_PAUSE_SECONDS = 2.0
-
-
-def nudge_worker(app: Any, connection_ids: Iterable[str | None] | None = None) -> None:
-    """New outbox rows (for these connections, or anywhere): wake the embedded worker if this process runs one,
-    or ask the Celery workers to drain those connections, so the rows go out now rather than at the next poll
-    or sweep."""
-    nudge = app.extensions.get("passback_worker_nudge")
-    if nudge is not None:
-        nudge()
-    dispatch = app.extensions.get("passback_dispatch")
-    if dispatch is not None:
-        dispatch(None if connection_ids is None else {c for c in connection_ids if c})
 
 
 class ClaimLost(Exception):

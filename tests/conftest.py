@@ -16,6 +16,7 @@ from sqlalchemy import text
 from werkzeug.serving import make_server
 
 from gateway import create_app
+from gateway.composition import services_of
 from gateway.config import Settings
 from gateway.db import Database
 from gateway.migrate import upgrade
@@ -102,7 +103,7 @@ def app(database_url: str, shared_database: Database, settings_overrides: dict[s
     clear_tables(shared_database)
     app = create_app(make_settings(database_url, **settings_overrides), database=shared_database)
     yield app
-    worker = app.extensions.get("passback_worker")
+    worker = services_of(app).embedded_worker
     if worker is not None:
         worker.stop()
     assert shared_database.session is not None
@@ -141,7 +142,7 @@ def http() -> Iterator[requests.Session]:
 
 @pytest.fixture
 def worker(app: Flask) -> DeliveryWorker:
-    return DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
+    return DeliveryWorker(services_of(app).database, services_of(app).box, app.config["PASSBACK"])
 
 
 @pytest.fixture

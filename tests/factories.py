@@ -9,6 +9,7 @@ from typing import Any
 import requests
 from flask import Flask
 
+from gateway.composition import services_of
 from gateway.models import TokenKind
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import (
@@ -50,7 +51,7 @@ class World:
         return self.http.get(self.url(path), headers=self.headers(token), **kwargs)
 
     def session(self) -> Any:
-        return self.app.extensions["passback_db"].transaction()
+        return services_of(self.app).database.transaction()
 
     def user_token(self, user_id: str) -> str:
         with self.session() as session:
@@ -81,9 +82,9 @@ class World:
 
 
 def build_world(app: Flask, base_url: str, http: requests.Session, district_name: str = "Test District") -> World:
-    box = app.extensions["passback_box"]
+    box = services_of(app).box
     sandbox_secret = secrets.token_urlsafe(24)
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         district = create_district(session, district_name)
         partner = create_app_partner(session, "Quiz App", "https://quiz.example/callback").app
         upsert_assignments(

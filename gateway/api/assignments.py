@@ -7,7 +7,7 @@ from flask import Response, current_app, jsonify
 from gateway.api import api
 from gateway.api.common import current_principal, load, load_body, load_query
 from gateway.contract import Reply, operation
-from gateway.extensions import db
+from gateway.extensions import current_services, db
 from gateway.models import TokenKind
 from gateway.services.catalog import (
     archive_assignment,
@@ -45,8 +45,8 @@ def get_catalog() -> Response:
     # End the request's transaction first: a pull waits on the app, which may call back into /v1/me.
     db.session().commit()
     view = catalog_view(
-        current_app.extensions["passback_db"],
-        current_app.extensions["passback_http"],
+        current_services().database,
+        current_services().http,
         principal.app_id,
         principal.district_id,
         audience_user_id=principal.user_id if principal.kind == TokenKind.USER else None,

@@ -6,26 +6,19 @@ from typing import Any
 
 from flask import Response, current_app, jsonify, request, url_for
 from marshmallow import fields
-from sqlalchemy.exc import IntegrityError
 
 from gateway.api import api
 from gateway.api.common import current_principal, json_object, load, load_body, load_query
 from gateway.contract import IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, LOCATION, Reply, operation
-from gateway.extensions import db
-from gateway.services import idempotency
-from gateway.services.adapter_context import build_adapter_context
+from gateway.extensions import current_services, db, request_unit_of_work
+from gateway.services import grade_intake, idempotency
 from gateway.services.errors import InvalidInput, ServiceError
 from gateway.services.grades import (
-    accept_grade,
-    accept_grades,
-    accepted_view,
-    delete_grade,
     get_grade,
     grade_views,
     list_grades,
 )
 from gateway.services.readback import read_back
-from gateway.worker import nudge_worker
 from schemas.errors import ErrorSchema
 from schemas.grades import (
     BulkGradeRequestSchema,
@@ -77,9 +70,7 @@ def post_grades() -> Response:
             entries.append((index, load(grade_request, entry)))
         except ServiceError as exc:
             entries.append((index, exc))
-    session = db.session()
-    outcomes = accept_grades(session, principal, entries)
-    session.commit()
+    outcomes = grade_intake.post_grades(request_unit_of_work(), principal, entries)
     results: list[dict[str, Any]] = []
     for outcome in outcomes:
         if outcome.accepted is not None:
@@ -100,11 +91,6 @@ def post_grades() -> Response:
                 error["fields"] = outcome.error.fields
             results.append({"index": outcome.index, "status": outcome.error.status, "error": error})
     accepted = sum(1 for r in results if r["status"] == 202)
-    connections: set[str | None] = {
-        d.lms_connection_id for o in outcomes if o.accepted for d, _ in o.accepted.deliveries
-    }
-    if connections:
-        nudge_worker(current_app, connections)
     return jsonify(bulk_response.dump({"accepted": accepted, "rejected": len(results) - accepted, "results": results}))
 
 
@@ -146,40 +132,22 @@ def post_grade() -> Response:
     if input_error is not None:
         raise input_error
     assert body is not None and data is not None
-    session = db.session()
     key = request.headers.get("Idempotency-Key")
-    settings = current_app.config["PASSBACK"]
-    request_fingerprint = ""
+    idempotent = None
     if key is not None:
-        key = idempotency.check_key(key)
-        request_fingerprint = idempotency.fingerprint("POST", request.path, body, principal)
-        replay = idempotency.find_replay(
-            session, principal, key, request_fingerprint, ttl_seconds=settings.idempotency_ttl_seconds
+        idempotent = grade_intake.IdempotentRequest(
+            idempotency.check_key(key),
+            idempotency.fingerprint("POST", request.path, body, principal),
+            current_services().settings.idempotency_ttl_seconds,
         )
-        if replay is not None:
-            session.commit()
-            return _respond(replay.body, replay.status, replay.location, replayed=True)
-    accepted = accept_grade(session, principal, data)
-    payload = grade_response.dump(accepted_view(session, accepted))
-    location = url_for("api.get_grade_status", grade_id=accepted.grade.id)
-    if key is not None:
-        idempotency.remember(session, principal, key, request_fingerprint, 202, payload, location)
-    try:
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the race: answer with what it stored.
-        session.rollback()
-        if key is None:
-            raise
-        replay = idempotency.find_replay(
-            session, principal, key, request_fingerprint, ttl_seconds=settings.idempotency_ttl_seconds
-        )
-        if replay is None:
-            raise
-        return _respond(replay.body, replay.status, replay.location, replayed=True)
-    if accepted.deliveries:
-        nudge_worker(current_app, {delivery.lms_connection_id for delivery, _ in accepted.deliveries})
-    return _respond(payload, 202, location)
+    reply = grade_intake.post_grade(
+        request_unit_of_work(),
+        principal,
+        data,
+        lambda grade_id: url_for("api.get_grade_status", grade_id=grade_id),
+        idempotent,
+    )
+    return _respond(reply.payload, reply.status, reply.location, replayed=reply.replayed)
 
 
 def _respond(payload: dict, status: int, location: str | None, replayed: bool = False) -> Response:
@@ -222,12 +190,8 @@ def get_grade_status(grade_id: str) -> Response:
 def delete_grade_everywhere(grade_id: str) -> Response:
     """Clear the grade in every LMS that supports deletion; 202, deletion follows."""
     principal = current_principal()
-    session = db.session()
-    grade = delete_grade(session, principal, grade_id)
-    payload = grade_response.dump(grade_views(session, [grade])[0])
-    session.commit()
-    nudge_worker(current_app)
-    return _respond(payload, 202, url_for("api.get_grade_status", grade_id=grade.id))
+    deleted_id, view = grade_intake.delete_grade_everywhere(request_unit_of_work(), principal, grade_id)
+    return _respond(grade_response.dump(view), 202, url_for("api.get_grade_status", grade_id=deleted_id))
 
 
 @api.get("/grades/<grade_id>/lms")
@@ -243,15 +207,8 @@ def read_grade_from_lms(grade_id: str) -> Response:
     """What each LMS that received the grade holds now (LTI 1.1 readResult; others say they cannot)."""
     principal = current_principal()
     db.session().commit()  # the LMS calls below must not hold a transaction open
-    database, box = current_app.extensions["passback_db"], current_app.extensions["passback_box"]
-    values = read_back(
-        database,
-        box,
-        current_app.extensions["passback_http"],
-        build_adapter_context(database, box),
-        principal,
-        grade_id,
-    )
+    services = current_services()
+    values = read_back(services.database, services.box, services.http, services.adapter_context(), principal, grade_id)
     return jsonify(LmsValuesSchema().dump({"lms": values}))
 
 

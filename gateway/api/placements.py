@@ -3,15 +3,14 @@ courses or sections, e.g. Schoology sections and their assignments, in bulk."""
 
 from __future__ import annotations
 
-from flask import Response, current_app, jsonify
+from flask import Response, jsonify
 
 from gateway.api import api
 from gateway.api.common import current_principal, load_body
 from gateway.contract import Reply, operation
-from gateway.extensions import db
+from gateway.extensions import request_unit_of_work
+from gateway.services import grade_intake
 from gateway.services.catalog import require_catalog_writer
-from gateway.services.lms import place_assignments
-from gateway.worker import nudge_worker
 from schemas.errors import ErrorSchema
 from schemas.placements import PlacementsRequestSchema, PlacementsResponseSchema
 
@@ -38,12 +37,8 @@ def post_placements() -> Response:
     # Placing is catalog work: the district-app token may, a student's sign-in token may not.
     require_catalog_writer(principal)
     data = load_body()
-    session = db.session()
-    result = place_assignments(session, principal.district_id, principal.app_id, data["placements"])
+    result = grade_intake.place_for_app(request_unit_of_work(), principal, data["placements"])
     payload = PlacementsResponseSchema().dump(result)
-    session.commit()
-    # Grades that were waiting for these placements were routed to them: send them now.
-    nudge_worker(current_app, {p.lms_connection_id for p in result.placements})
     response = jsonify(payload)
     response.status_code = 201 if result.created else 200
     return response

@@ -24,7 +24,7 @@ from flask import (
 )
 from werkzeug.exceptions import NotFound
 
-from gateway.extensions import db
+from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.models import StaffUser
 from gateway.services import (
     dashboard_connections,
@@ -33,12 +33,10 @@ from gateway.services import (
     dashboard_drilldown,
     dashboard_overview,
     dashboard_sandbox,
+    staff_actions,
 )
 from gateway.services import staff as staff_service
 from gateway.services.errors import InvalidInput, ServiceError
-from gateway.services.lms import place_assignments, probe_connection
-from gateway.services.staff_retries import retry_delivery, retry_failed
-from gateway.worker import nudge_worker
 from schemas.statuses import DeliveryStatus
 
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -218,22 +216,16 @@ def delivery(staff: StaffUser, delivery_id: str) -> Response:
 @dashboard_bp.post("/deliveries/<delivery_id>/retry")
 @staff_required
 def retry(staff: StaffUser, delivery_id: str) -> Response:
-    database = db.session()
     back_to = _dashboard_path(
         request.form.get("next"), url_for("dashboard.delivery_list", status=DeliveryStatus.FAILED.value)
     )
     try:
-        # Scoped by the staff member's district: another district's delivery id is simply not found.
-        delivery = retry_delivery(database, staff.district_id, delivery_id)
+        staff_actions.retry_one(request_unit_of_work(), staff, delivery_id)
     except ServiceError as exc:
-        database.rollback()
         if exc.status == 404:
             raise NotFound(exc.message) from exc
         flash(exc.message)
         return redirect(back_to)  # type: ignore[return-value]
-    staff_service.audit(database, staff, "retried delivery", delivery.id)
-    database.commit()
-    nudge_worker(current_app)
     flash("Delivery queued again.")
     return redirect(back_to)  # type: ignore[return-value]
 
@@ -277,7 +269,7 @@ def delivery_csv(staff: StaffUser) -> Response:
 def connection_list(staff: StaffUser) -> Response:
     items = dashboard_connections.connections(
         db.session(),
-        current_app.extensions["passback_box"],
+        current_services().box,
         staff.district_id,
         current_app.config["PASSBACK"].public_url,
     )
@@ -295,13 +287,12 @@ def connection_list(staff: StaffUser) -> Response:
 def pause_or_resume(staff: StaffUser, connection_id: str, action: str) -> Response:
     if action not in ("pause", "resume"):
         raise NotFound("no such action")
-    database = db.session()
     try:
-        connection = dashboard_connections.set_paused(database, staff.district_id, connection_id, action == "pause")
+        connection = staff_actions.set_delivery_paused(
+            request_unit_of_work(), staff, connection_id, paused=action == "pause"
+        )
     except ServiceError as exc:
         raise NotFound(exc.message) from exc
-    staff_service.audit(database, staff, f"{action}d delivery", connection.name)
-    database.commit()
     flash(f"Delivery to {connection.name} {'paused' if action == 'pause' else 'resumed'}.")
     return redirect(url_for("dashboard.connection_list"))  # type: ignore[return-value]
 
@@ -316,9 +307,8 @@ def probe(staff: StaffUser, connection_id: str) -> Response:
     )
     name = connection.name
     database.commit()  # no transaction stays open while the LMS is called
-    report = probe_connection(current_app, staff.district_id, connection_id)
-    staff_service.audit(database, staff, "checked the connection", name, ok=report.ok)
-    database.commit()
+    report = current_services().probe_connection(staff.district_id, connection_id)
+    staff_actions.record_probe(request_unit_of_work(), staff, name, ok=report.ok)
     flash(f"{name}: {'works' if report.ok else 'does not work'}. {report.message}")
     return redirect(url_for("dashboard.connection_list") + f"#c-{connection_id}")  # type: ignore[return-value]
 
@@ -341,16 +331,11 @@ def mappings(staff: StaffUser, connection_id: str) -> Response:
             if app_id not in {app.id for app in apps}:
                 raise InvalidInput("choose one of the district's apps", fields={"app": ["Choose an app."]})
             entries = [{**entry, "lms": connection.id} for entry in dashboard_connections.parse_mapping_lines(text)]
-            result = place_assignments(database, staff.district_id, app_id, entries, by_staff=True)
+            result = staff_actions.map_assignments(request_unit_of_work(), staff, connection.name, app_id, entries)
         except ServiceError as exc:
             database.rollback()
             error = exc
         else:
-            staff_service.audit(
-                database, staff, "mapped assignments", connection.name, created=result.created, existing=result.existing
-            )
-            database.commit()
-            nudge_worker(current_app)
             flash(f"{result.created} mappings added, {result.existing} already there.")
             return redirect(url_for("dashboard.mappings", connection_id=connection.id))  # type: ignore[return-value]
         connection, apps, rows = dashboard_connections.connection_mappings(database, staff.district_id, connection_id)
@@ -385,11 +370,9 @@ def _bulk_retry(
     assignment_id: str | None = None,
 ) -> Response:
     """Send a connection's or an assignment's failed deliveries again, audited, and say how many."""
-    database = db.session()
-    count = retry_failed(database, staff.district_id, lms_connection_id=lms_connection_id, assignment_id=assignment_id)
-    staff_service.audit(database, staff, "retried failed deliveries", target, count=count)
-    database.commit()
-    nudge_worker(current_app)
+    count = staff_actions.retry_all_failed(
+        request_unit_of_work(), staff, target, lms_connection_id=lms_connection_id, assignment_id=assignment_id
+    )
     flash(f"{count} failed deliveries of {target} queued again.")
     return redirect(back_to)  # type: ignore[return-value]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, current_app, render_template, request
 
-from gateway.extensions import db
+from gateway.extensions import current_services, db
 from gateway.lti import lti_bp
 from gateway.lti.launch import error_page, launch_url
 from gateway.security_headers import allow_form_action, allow_framing_by, origin_of
@@ -13,17 +13,17 @@ from gateway.services.errors import InvalidInput, ServiceError
 
 
 def _picker_page(picker_id: str, query: str, error: str | None = None, status: int = 200) -> Response:
-    database = current_app.extensions["passback_db"]
+    database = current_services().database
     apps = deep_linking.picker_catalogs(
         database,
-        current_app.extensions["passback_http"],
+        current_services().http,
         picker_id,
         query,
         cache_seconds=current_app.config["PASSBACK"].catalog_cache_seconds,
     )
     with database.transaction() as session:
         multiple = deep_linking.live_picker(session, picker_id).accept_multiple
-        allow_framing_by(deep_linking.platform_origins(session, current_app.extensions["passback_box"], picker_id))
+        allow_framing_by(deep_linking.platform_origins(session, current_services().box, picker_id))
     html = render_template("lti/picker.html", apps=apps, query=query, multiple=multiple, error=error)
     return Response(html, status=status, content_type="text/html; charset=utf-8")
 
@@ -42,7 +42,7 @@ def pick(picker_id: str) -> Response:
     try:
         return_url, token = deep_linking.respond(
             session,
-            current_app.extensions["passback_box"],
+            current_services().box,
             picker_id,
             request.form.getlist("assignment"),
             launch_url(),
@@ -54,7 +54,7 @@ def pick(picker_id: str) -> Response:
         session.rollback()
         return error_page(exc.status, "The assignment picker is closed", exc.message)
     session.commit()
-    origins = deep_linking.platform_origins(session, current_app.extensions["passback_box"], picker_id)
+    origins = deep_linking.platform_origins(session, current_services().box, picker_id)
     allow_framing_by(origins)
     # The platform's hosts too: Chrome checks form-action on the redirects that follow the post.
     allow_form_action(origin_of(return_url), *origins)

@@ -9,11 +9,10 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from gateway.errors import database_trouble_answer
-from gateway.extensions import db
+from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.lti import lti_bp
-from gateway.models import App, LaunchState, utcnow
 from gateway.security_headers import ANY_FRAMER, allow_framing_by
-from gateway.services import deep_linking, lti13_launch, signin
+from gateway.services import launches, lti13_launch
 from gateway.services.errors import ServiceError
 
 log = logging.getLogger("passback.lti")
@@ -32,11 +31,7 @@ def error_page(status: int, title: str, message: str) -> Response:
 
 
 def _keys() -> lti13_launch.PlatformKeys:
-    keys = current_app.extensions.get("passback_platform_keys")
-    if keys is None:
-        keys = lti13_launch.PlatformKeys(current_app.extensions["passback_http"])
-        current_app.extensions["passback_platform_keys"] = keys
-    return keys
+    return current_services().platform_keys
 
 
 def launch_url() -> str:
@@ -49,7 +44,7 @@ def login() -> Response:
     params = {k: v for k, v in request.values.items() if isinstance(v, str)}
     session = db.session()
     try:
-        target = lti13_launch.begin_login(session, current_app.extensions["passback_box"], params, launch_url())
+        target = lti13_launch.begin_login(session, current_services().box, params, launch_url())
     except ServiceError as exc:
         session.rollback()
         log.warning("LTI login refused: %s (iss=%r)", exc.message, params.get("iss"))
@@ -62,47 +57,28 @@ def login() -> Response:
 def launch() -> Response:
     """Validate the id_token; a resource link launch then signs the student into the app, a deep linking
     request opens the assignment picker."""
-    session = db.session()
     if request.form.get("error"):
         # Platforms post an OIDC error instead of a token when they refuse the login (Moodle: mod/lti/auth.php).
         message = f"{request.form.get('error')}: {request.form.get('error_description', '')}".strip(": ")
         log.warning("LTI platform answered the login with an error: %s", message)
         return error_page(400, "Your LMS refused the launch", message)
     try:
-        result = lti13_launch.validate_launch(
-            session,
-            current_app.extensions["passback_box"],
+        outcome = launches.launch_lti13(
+            request_unit_of_work(),
+            current_services().box,
             _keys(),
             request.form.get("id_token", ""),
             request.form.get("state", ""),
-            launch_url=launch_url(),
+            launch_url(),
         )
-        if result.message_type == lti13_launch.DEEP_LINKING:
-            picker = deep_linking.open_picker(session, result)
-            session.commit()
-            return redirect(url_for("lti.picker", picker_id=picker.id), code=303)  # type: ignore[return-value]
-        user, assignment, _placement = lti13_launch.record_resource_link_launch(session, result)
-        app = session.get(App, assignment.app_id)
-        assert app is not None
-        target = signin.sign_in_redirect(session, app, user.district_id, user.id, assignment.external_id)
     except ServiceError as exc:
-        session.rollback()
-        # The state is spent even when the launch fails, so a refused token cannot be tried again.
-        _spend_state(request.form.get("state", ""))
         log.warning("LTI launch refused: %s", exc.message)
         return error_page(exc.status, "This launch was refused", exc.message)
-    session.commit()
-    log.info("LTI launch accepted: %s", lti13_launch.safe_summary(result.claims))
-    return redirect(target, code=302)  # type: ignore[return-value]
-
-
-def _spend_state(state: str) -> None:
-    if not state:
-        return
-    with current_app.extensions["passback_db"].transaction() as session:
-        login_state = session.get(LaunchState, state)
-        if login_state is not None and login_state.used_at is None:
-            login_state.used_at = utcnow()
+    if outcome.picker_id is not None:
+        return redirect(url_for("lti.picker", picker_id=outcome.picker_id), code=303)  # type: ignore[return-value]
+    assert outcome.sign_in_url is not None
+    log.info("LTI launch accepted: %s", outcome.summary)
+    return redirect(outcome.sign_in_url, code=302)  # type: ignore[return-value]
 
 
 @lti_bp.errorhandler(Exception)

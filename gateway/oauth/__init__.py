@@ -12,11 +12,13 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from sqlalchemy import select
 
+from gateway.composition import services_of
 from gateway.contract import CACHE_CONTROL, FORM, JSON, Reply, operation
 from gateway.crypto import generate_token, hash_token
+from gateway.extensions import current_services
 from gateway.models import App, AuthorizationCode, User
 from gateway.services import signin
 from schemas.base import load_strict_json
@@ -87,7 +89,9 @@ class SignInCodeGrant(grants.AuthorizationCodeGrant):
 
 
 def _session() -> Any:
-    return current_app.extensions["passback_db"].session()
+    scoped = current_services().database.session
+    assert scoped is not None
+    return scoped()
 
 
 def _query_client(client_id: str) -> AppClient | None:
@@ -117,7 +121,7 @@ def init_oauth(app: Flask) -> None:
         ),
     )
     server.register_grant(SignInCodeGrant)
-    app.extensions["passback_oauth"] = server
+    services_of(app).oauth_server = server
 
 
 @oauth_bp.post("/tokens")
@@ -138,7 +142,7 @@ def init_oauth(app: Flask) -> None:
 )
 def tokens() -> Response:
     """Exchange a sign-in code for a user token; errors follow RFC 6749 §5.2."""
-    server: AuthorizationServer = current_app.extensions["passback_oauth"]
+    server: AuthorizationServer = current_services().oauth_server
     session = _session()
     if request.is_json:
         # Clever's partners often send JSON; authlib reads form fields, so present the JSON as a form.

@@ -243,18 +243,19 @@ def enroll(
 
 def enroll_user(
     session: Session, box: SecretBox, connection: LmsConnection, course_id: str, user_id: str, lms_user_id: str | None
-) -> int:
+) -> tuple[int, int]:
     """An operator's enrollment, with the LMS's name for the user if given: grades that waited only for that
     name are released (not those that still need the student's launch, as LTI 1.1's sourcedid does) and
-    current grades are routed to the course. Returns the number of deliveries created."""
+    current grades are routed to the course. Returns the deliveries released and created."""
     user = get_user(session, connection.district_id, user_id)
     if user is None:
         raise NotFound(f"no user {user_id!r} in this district")
+    released = 0
     if lms_user_id:
         link_identity(session, user, connection, lms_user_id, box=box)
-        release_awaiting_launch(session, user.id, connection.id)
+        released = release_awaiting_launch(session, user.id, connection.id)
     enroll(session, connection, course_id, user)
-    return route_waiting_grades(session, connection.district_id, user_id=user.id)
+    return released, route_waiting_grades(session, connection.district_id, user_id=user.id)
 
 
 def get_or_create(session: Session, find: Callable[[], T | None], make: Callable[[], T]) -> T:

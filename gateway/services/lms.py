@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
 from adapters.base import DeliveryError, HealthReport
+from adapters.http import HttpClient
 from gateway.crypto import SecretBox, SecretUndecryptable
+from gateway.db import Database
 from gateway.models import Assignment, Delivery, DeliveryStatus, LmsConnection, Placement, utcnow
 from gateway.services.adapter_context import build_adapter_context
 from gateway.services.directory import get_district
@@ -188,9 +190,10 @@ def add_placement(
     return placement
 
 
-def probe_connection(app: Any, district_id: str, connection_ref: str) -> HealthReport:
+def probe_connection(
+    database: Database, box: SecretBox, http: HttpClient, district_id: str, connection_ref: str
+) -> HealthReport:
     """Ask the connection's adapter whether the LMS answers and accepts its credentials (no grade is sent)."""
-    database, box = app.extensions["passback_db"], app.extensions["passback_box"]
     with database.transaction() as session:
         connection = get_connection(session, district_id, connection_ref)
         try:
@@ -201,9 +204,7 @@ def probe_connection(app: Any, district_id: str, connection_ref: str) -> HealthR
     if adapter_cls is None:
         return HealthReport(False, f"no adapter named {adapter_name!r} is installed")
     try:
-        adapter = adapter_cls.from_settings(
-            settings, app.extensions["passback_http"], build_adapter_context(database, box)
-        )
+        adapter = adapter_cls.from_settings(settings, http, build_adapter_context(database, box))
         return adapter.probe()
     except DeliveryError as exc:
         return HealthReport(False, exc.message)

@@ -16,11 +16,12 @@ from sqlalchemy.orm import Session
 from adapters.lti11_outcomes import accepted_extensions, launch_points_possible
 from adapters.url_policy import drop_refused_urls
 from gateway.crypto import SecretBox
-from gateway.models import Assignment, LmsConnection, Placement, UsedNonce, User, utcnow
+from gateway.models import LmsConnection, UsedNonce, utcnow
 from gateway.services.directory import enroll, identity_issuer
 from gateway.services.lms import connection_settings
 from gateway.services.lti13_launch import (
     LaunchRefused,
+    RecordedLaunch,
     linked_user,
     placement_for_link,
     record_link_launch,
@@ -120,7 +121,7 @@ def verify_launch(
 
 def record_launch(
     session: Session, connection: LmsConnection, settings: Mapping[str, Any], params: Mapping[str, str]
-) -> tuple[User, Assignment, Placement]:
+) -> RecordedLaunch:
     """Check the message, then record the user, course, placement, and this student's sourcedid."""
     if params.get("lti_message_type") != "basic-lti-launch-request":
         raise LaunchRefused(f"unsupported lti_message_type {params.get('lti_message_type')!r}")
@@ -176,6 +177,6 @@ def record_launch(
     launch.updated_at = now
     session.flush()
     retire_unlaunched_links(session, user.id, placement, now=now)
-    release_awaiting_launch(session, user.id, connection.id, placement_id=placement.id, now=now)
-    route_waiting_grades(session, connection.district_id, user_id=user.id, now=now)
-    return user, assignment, placement
+    released = release_awaiting_launch(session, user.id, connection.id, placement_id=placement.id, now=now)
+    routed = route_waiting_grades(session, connection.district_id, user_id=user.id, now=now)
+    return RecordedLaunch(user, assignment, placement, connection.id, released, routed)

@@ -606,7 +606,19 @@ def _client_id(session: Session, app_id: str) -> str | None:
     return session.scalar(select(App.client_id).where(App.id == app_id))
 
 
-def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User, Assignment, Placement]:
+@dataclass(frozen=True)
+class RecordedLaunch:
+    """Who launched what, and how many outbox rows the launch released (awaiting it) or routed (new)."""
+
+    user: User
+    assignment: Assignment
+    placement: Placement
+    lms_connection_id: str
+    released: int
+    routed: int
+
+
+def record_resource_link_launch(session: Session, launch: Launch) -> RecordedLaunch:
     """Record who launched, where (course, enrollment) and the placement with its AGS/NRPS endpoints, refreshed
     on every launch (platforms may change the URLs, AGS §3.1). Grades waiting for this student are routed."""
     claims = launch.claims
@@ -632,9 +644,9 @@ def record_resource_link_launch(session: Session, launch: Launch) -> tuple[User,
     launched.updated_at, launched.link_unknown = now, False
     session.flush()
     retire_unlaunched_links(session, user.id, placement, now=now)
-    release_awaiting_launch(session, user.id, connection.id, now=now)
-    route_waiting_grades(session, connection.district_id, user_id=user.id, now=now)
-    return user, assignment, placement
+    released = release_awaiting_launch(session, user.id, connection.id, now=now)
+    routed = route_waiting_grades(session, connection.district_id, user_id=user.id, now=now)
+    return RecordedLaunch(user, assignment, placement, connection.id, released, routed)
 
 
 def _destination_claims(claims: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:

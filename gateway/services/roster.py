@@ -13,10 +13,38 @@ from adapters import REGISTRY, AdapterContext, HttpClient
 from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.models import LmsConnection, LmsIdentity, Placement, User
-from gateway.services.directory import enroll, identity_issuer
+from gateway.services.directory import enroll, enroll_user, identity_issuer
 from gateway.services.errors import InvalidInput, NotFound
-from gateway.services.lms import connection_settings
+from gateway.services.lms import connection_settings, get_connection
 from gateway.services.routing import release_awaiting_launch, route_waiting_grades
+from gateway.services.unit_of_work import Nudger, UnitOfWork, no_nudge
+
+
+@dataclass(frozen=True)
+class EnrolledUser:
+    lms_name: str
+    routed: int
+
+
+def enroll_user_in_course(
+    uow: UnitOfWork,
+    box: SecretBox,
+    district_id: str,
+    lms_ref: str,
+    course_id: str,
+    user_id: str,
+    lms_user_id: str | None,
+) -> EnrolledUser:
+    """An operator enrolls a user in an LMS course (see enroll_user); what was released or routed goes out now."""
+    with uow:
+        connection = get_connection(uow.session, district_id, lms_ref)
+        released, routed = enroll_user(uow.session, box, connection, course_id, user_id, lms_user_id)
+        uow.nudge_if(released, {connection.id})
+        # Routing looks at every destination of the user's grades: wake delivery everywhere.
+        uow.nudge_if(routed)
+        enrolled = EnrolledUser(connection.name, routed)
+        uow.commit()
+    return enrolled
 
 
 @dataclass
@@ -30,10 +58,18 @@ class RosterSync:
 
 
 def sync_roster(
-    db: Database, box: SecretBox, http: HttpClient, context: AdapterContext, district_id: str, connection_ref: str
+    db: Database,
+    box: SecretBox,
+    http: HttpClient,
+    context: AdapterContext,
+    district_id: str,
+    connection_ref: str,
+    *,
+    nudger: Nudger = no_nudge,
 ) -> RosterSync:
     """Fetch each placed course's membership and link members to Passback users by the connection's
-    `roster_match` rule (email or LIS person sourcedId). Unmatched members are reported, not invented."""
+    `roster_match` rule (email or LIS person sourcedId). Unmatched members are reported, not invented. Each
+    course is one unit of work: what it released or routed goes out once it is committed."""
     with db.transaction() as session:
         connection = session.scalar(
             select(LmsConnection).where(
@@ -60,7 +96,9 @@ def sync_roster(
     result = RosterSync(courses=len(courses))
     for course_id, url in courses.items():
         members = adapter.memberships(url)  # the LMS call, outside any transaction
-        with db.transaction() as session:
+        assert db.sessionmaker is not None
+        with UnitOfWork(db.sessionmaker(), nudger, close=True) as uow:
+            session = uow.session
             connection = session.get(LmsConnection, connection_id)
             assert connection is not None
             for member in members:
@@ -93,8 +131,11 @@ def sync_roster(
                     session.flush()
                     result.new_identities += 1
                 enroll(session, connection, course_id, user, source="roster")
-                result.released += release_awaiting_launch(session, user.id, connection_id)
-                route_waiting_grades(session, district_id, user_id=user.id)
+                result.released += uow.nudge_if(
+                    release_awaiting_launch(session, user.id, connection_id), {connection_id}
+                )
+                uow.nudge_if(route_waiting_grades(session, district_id, user_id=user.id))
+            uow.commit()
     return result
 
 

@@ -18,6 +18,7 @@ import pytest
 import requests
 from flask import Flask
 
+from gateway.composition import services_of
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import authorize_app, create_app_partner, create_user, enroll
 from gateway.services.lms import add_lms_connection, add_placement
@@ -111,7 +112,7 @@ APPS = {
 def build_showcase(app: Flask, world: World, worker: DeliveryWorker, http: requests.Session) -> Showcase:
     """Grades posted through the API and delivered by the worker to the sandbox LMS, which fails some of them
     on purpose; a few are left pending. Plus an LTI 1.3 and an LTI 1.1 connection for the connections page."""
-    box = app.extensions["passback_box"]
+    box = services_of(app).box
     tokens = {"Quiz App": world.token}
     students = list(world.students)
     with world.session() as session:

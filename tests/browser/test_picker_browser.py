@@ -8,6 +8,7 @@ from typing import Any
 from joserfc.jwk import RSAKey
 from sqlalchemy import select
 
+from gateway.composition import services_of
 from gateway.models import LmsConnection
 from gateway.services.lms import connection_settings
 from tests.conftest import LiveServer
@@ -25,7 +26,7 @@ def test_the_answer_page_posts_the_choice_to_the_platform_under_the_csp(
     page.on("console", lambda message: violations.append(message.text) if "Content Security" in message.text else None)
     with ForeignHost() as platform_return:
         # The platform's return endpoint is on loopback here: the connection names that host and allows it.
-        box = world.app.extensions["passback_box"]
+        box = services_of(world.app).box
         with world.session() as session:
             connection = session.scalars(select(LmsConnection).where(LmsConnection.name == "Canvas")).one()
             settings = {**connection_settings(box, connection), "allowed_hosts": ["127.0.0.1"]}

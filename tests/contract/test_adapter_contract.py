@@ -26,6 +26,7 @@ from adapters import (
 )
 from adapters.answers import LmsAnswer, Verdict
 from adapters.url_policy import UrlAwaitingApproval
+from gateway.composition import services_of
 from gateway.services.keys import current_signing_key
 from tests.factories import World, build_world
 from tests.fakes.ags_platform import AgsPlatform
@@ -106,8 +107,8 @@ class Lti13Harness:
 
     def __post_init__(self) -> None:
         self.lineitem = self.platform.add_lineitem("quiz-1", "Quiz 1", 10)
-        with self.world.app.extensions["passback_db"].transaction() as session:
-            key = current_signing_key(session, self.world.app.extensions["passback_box"])
+        with services_of(self.world.app).database.transaction() as session:
+            key = current_signing_key(session, services_of(self.world.app).box)
         self.context = AdapterContext(signing_key=key)
 
     @property

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 
+from gateway.composition import services_of
 from gateway.models import LmsConnection
 from tests.conftest import TEST_ENCRYPTION_KEY
 from tests.factories import World
@@ -30,7 +31,7 @@ def runner(app: Flask, database_url: str) -> CliRunner:
 def lms(world: World) -> Iterator[ScriptedLms]:
     """A scripted sandbox-protocol LMS in place of the world's sandbox: it can hang, drop or refuse writes."""
     with ScriptedLms(world.sandbox_secret) as fake:
-        box = world.app.extensions["passback_box"]
+        box = services_of(world.app).box
         with world.session() as session:
             connection = session.get(LmsConnection, world.connection_id)
             assert connection is not None

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_SCORE
+from gateway.composition import services_of
 from gateway.models import Placement
 from gateway.services.directory import get_user, link_identity
 from gateway.services.lms import add_lms_connection, add_placement
@@ -46,7 +47,7 @@ def _connect(world: World, platform: AgsPlatform, preset: str) -> Lms:
             session.delete(placement)
         connection = add_lms_connection(
             session,
-            world.app.extensions["passback_box"],
+            services_of(world.app).box,
             world.district_id,
             preset.title(),
             "lti13",
@@ -64,7 +65,7 @@ def _connect(world: World, platform: AgsPlatform, preset: str) -> Lms:
         student = world.students[0]
         user = get_user(session, world.district_id, student)
         assert user is not None
-        link_identity(session, user, connection, "sub-1", box=world.app.extensions["passback_box"])
+        link_identity(session, user, connection, "sub-1", box=services_of(world.app).box)
         from gateway.services.directory import enroll
 
         enroll(session, connection, "course-7", user)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway.composition import services_of
 from gateway.models import Delivery
 from tests.factories import World
 from tests.fakes.scripted_lms import Close, Hang, ScriptedLms
@@ -156,7 +157,7 @@ def test_a_lost_message_only_delays_the_grade(
     world: World, lms: ScriptedLms, start_worker: object, database_url: str
 ) -> None:
     # The web app publishes nothing (as if the broker had lost the message): only the sweep can find it.
-    world.app.extensions.pop("passback_dispatch")
+    services_of(world.app).nudger.dispatch = None
     grade_id = post(world, 0.4)
     worker = start_worker()  # type: ignore[operator]
     wait_for(world, grade_id, "delivered", worker)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from flask import Flask
 
 from gateway.cli import main
+from gateway.composition import services_of
 from gateway.worker import DeliveryWorker
 from tests.conftest import LiveServer
 
@@ -129,7 +130,7 @@ def test_lms_secrets_are_encrypted_at_rest(gateway_cli: Any, app: Flask) -> None
         "--setting",
         "secret=super-secret-value-123",
     )
-    engine = app.extensions["passback_db"].engine
+    engine = services_of(app).database.engine
     with engine.connect() as conn:
         stored = conn.exec_driver_sql("SELECT settings_encrypted FROM lms_connections").scalar_one()
         tokens = [row[0] for row in conn.exec_driver_sql("SELECT token_hash FROM api_tokens")]

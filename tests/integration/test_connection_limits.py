@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main as cli
+from gateway.composition import services_of
 from gateway.services.delivery_work import load_works
 from gateway.tasks import Runtime
 from gateway.throttle import RedisLimiter, delivery_slot
@@ -36,7 +37,7 @@ def test_a_connection_gets_its_own_rate_and_back_the_default(
     world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.5})
     [claim] = worker.claim()
     with world.session() as session:
-        work = load_works(session, world.app.extensions["passback_box"], [claim])[claim.delivery_id]
+        work = load_works(session, services_of(world.app).box, [claim])[claim.delivery_id]
     http = worker.http_for(work.lms_connection_id, work.rate_limit)
     assert (http.throttle.rate, http.throttle.burst) == (2.5, 2), "its own rate, and no burst above it"
     assert worker.deliver_claims([claim]) == {claim.delivery_id: "delivered"}
@@ -64,7 +65,7 @@ def test_a_drain_respects_the_connections_own_concurrency(world: World, runner: 
     world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.5})
     app = world.app
     settings = app.config["PASSBACK"]
-    worker = DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], settings, limiter=limiter)
+    worker = DeliveryWorker(services_of(app).database, services_of(app).box, settings, limiter=limiter)
     runtime = Runtime(app, worker, limiter, settings)
     key = f"deliver:{world.connection_id}"
     with delivery_slot(limiter, key, 1, 60) as held:

@@ -11,6 +11,7 @@ import requests
 from click.testing import CliRunner
 
 from gateway.cli import main
+from gateway.composition import services_of
 from gateway.services.staff import MAX_FAILED_LOGINS, create_staff
 from gateway.worker import DeliveryWorker
 from tests.conftest import LiveServer
@@ -565,7 +566,7 @@ def test_activity_keeps_a_session_alive_and_the_lifetime_comes_from_settings(
         database_url=base.database_url, secret_key=base.secret_key, encryption_keys=base.encryption_keys
     )
     assert (settings.staff_session_seconds, settings.staff_idle_seconds) == (1800, 600)
-    configured = create_app(settings, database=world.app.extensions["passback_db"])
+    configured = create_app(settings, database=services_of(world.app).database)
     assert configured.permanent_session_lifetime == timedelta(minutes=30)
 
 
@@ -635,7 +636,7 @@ def test_connections_show_health_tokens_and_what_to_enter_on_the_lms_side_withou
     from gateway.services.lms import add_lms_connection, connection_settings
     from gateway.services.token_cache import DatabaseTokenCache
 
-    box = world.app.extensions["passback_box"]
+    box = services_of(world.app).box
     with world.session() as session:
         canvas = add_lms_connection(
             session,
@@ -664,7 +665,7 @@ def test_connections_show_health_tokens_and_what_to_enter_on_the_lms_side_withou
 
     adapter = Lti13AgsAdapter.from_settings(settings, None)  # type: ignore[arg-type]
     [key] = [key for key, scopes in adapter.token_cache_keys().items() if scopes == (SCOPE_LINEITEM, SCOPE_SCORE)]
-    DatabaseTokenCache(world.app.extensions["passback_db"], box).put(key, "the-access-token-itself", 3600)
+    DatabaseTokenCache(services_of(world.app).database, box).put(key, "the-access-token-itself", 3600)
     page = browser.get(world.url("/dashboard/connections")).text
 
     assert "Cached, expires" in page and "lti-ags/scope/lineitem, lti-ags/scope/score" in page

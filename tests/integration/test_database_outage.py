@@ -17,6 +17,7 @@ import requests
 from sqlalchemy import Engine, event, func, select
 
 from gateway import start_embedded_worker
+from gateway.composition import services_of
 from gateway.crypto import hash_token
 from gateway.models import App, Delivery, Grade, GradeRevision
 from gateway.worker import DeliveryWorker
@@ -74,7 +75,7 @@ def postgresql_only(database_url: str) -> None:
 
 @pytest.fixture
 def terminator(world: World, database_url: str) -> Iterator[BackendTerminator]:
-    killer = BackendTerminator(world.app.extensions["passback_db"].engine, database_url)
+    killer = BackendTerminator(services_of(world.app).database.engine, database_url)
     yield killer
     killer.close()
 

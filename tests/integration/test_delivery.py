@@ -20,6 +20,7 @@ from sqlalchemy import event, select
 
 from adapters.http import HttpClient
 from gateway.clock import SYSTEM_CLOCK, Clock, FrozenClock
+from gateway.composition import services_of
 from gateway.models import Delivery, DeliveryStatus, GradeRevision, LmsConnection, utcnow
 from gateway.services.directory import create_user, enroll, get_user
 from gateway.services.errors import Conflict
@@ -36,7 +37,7 @@ from tests.fakes.scripted_lms import Close, Hang, Respond, ScriptedLms, Step, un
 
 def point_connection_at(world: World, base_url: str) -> None:
     """Re-point the world's sandbox connection (same secret, same placements and enrollments) at another LMS."""
-    box = world.app.extensions["passback_box"]
+    box = services_of(world.app).box
     with world.session() as session:
         connection = session.get(LmsConnection, world.connection_id)
         assert connection is not None
@@ -55,8 +56,8 @@ def make_worker(
     world: World, database_url: str, *, http: HttpClient | None = None, clock: Clock | None = None, **settings: Any
 ) -> DeliveryWorker:
     return DeliveryWorker(
-        world.app.extensions["passback_db"],
-        world.app.extensions["passback_box"],
+        services_of(world.app).database,
+        services_of(world.app).box,
         make_settings(database_url, **settings),
         http=http,
         clock=clock or SYSTEM_CLOCK,
@@ -601,7 +602,7 @@ def test_claim_racing_a_newer_grade_keeps_the_order(
         # holds the write lock, so the claim waits for the POST to commit.
         thread.join(0.5)
 
-    engine = world.app.extensions["passback_db"].engine
+    engine = services_of(world.app).database.engine
     event.listen(engine, "before_cursor_execute", claim_before_supersede)
     try:
         post(world, 0.9)

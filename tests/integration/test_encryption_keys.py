@@ -21,6 +21,7 @@ from sqlalchemy import update
 import gateway.config
 from gateway import create_app
 from gateway.cli import main as cli
+from gateway.composition import services_of
 from gateway.config import ConfigurationError, Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
@@ -53,7 +54,7 @@ def copy(world: World, worker: DeliveryWorker, database_url: str, shared_databas
         with world.session() as session:
             add_lms_connection(
                 session,
-                world.app.extensions["passback_box"],
+                services_of(world.app).box,
                 world.district_id,
                 "LMS",
                 "lti13",
@@ -90,7 +91,7 @@ def test_the_worker_defers_with_the_reason_and_delivers_once_the_key_is_configur
     world = copy.world
     posted = world.post_grade({"assignmentID": "quiz-1", "userID": world.students[1], "percentage": 0.9})
     assert posted.status_code == 202, "accepting a grade needs no secret"
-    wrong = DeliveryWorker(shared_database, copy.app.extensions["passback_box"], copy.app.config["PASSBACK"])
+    wrong = DeliveryWorker(shared_database, services_of(copy.app).box, copy.app.config["PASSBACK"])
     assert wrong.run_once() == 1
     status = world.get(posted.headers["Location"]).json()
     (delivery,) = status["deliveries"]
@@ -103,7 +104,7 @@ def test_the_worker_defers_with_the_reason_and_delivers_once_the_key_is_configur
     # The operator adds the old key (the first key encrypts, all decrypt): the waiting grade goes out.
     fixed = make_settings(database_url, encryption_keys=f"{Fernet.generate_key().decode()},{TEST_ENCRYPTION_KEY}")
     fixed_app = create_app(fixed, database=shared_database)
-    DeliveryWorker(shared_database, fixed_app.extensions["passback_box"], fixed).run_until_idle()
+    DeliveryWorker(shared_database, services_of(fixed_app).box, fixed).run_until_idle()
     assert world.get(posted.headers["Location"]).json()["status"] == "delivered"
 
 
@@ -115,7 +116,7 @@ def test_waiting_for_the_key_does_not_use_up_the_attempts(
     world = copy.world
     posted = world.post_grade({"assignmentID": "quiz-1", "userID": world.students[1], "percentage": 0.9})
     few = replace(copy.app.config["PASSBACK"], max_attempts=2)
-    wrong = DeliveryWorker(shared_database, copy.app.extensions["passback_box"], few)
+    wrong = DeliveryWorker(shared_database, services_of(copy.app).box, few)
     for _ in range(few.max_attempts + 3):
         with world.session() as session:
             session.execute(update(Delivery).values(next_attempt_at=utcnow()))
@@ -130,7 +131,7 @@ def test_waiting_for_the_key_does_not_use_up_the_attempts(
         database_url, encryption_keys=f"{Fernet.generate_key().decode()},{TEST_ENCRYPTION_KEY}", max_attempts=2
     )
     fixed_app = create_app(fixed, database=shared_database)
-    DeliveryWorker(shared_database, fixed_app.extensions["passback_box"], fixed).run_until_idle()
+    DeliveryWorker(shared_database, services_of(fixed_app).box, fixed).run_until_idle()
     assert world.get(posted.headers["Location"]).json()["status"] == "delivered"
 
 
@@ -234,7 +235,7 @@ def test_the_embedded_default_generates_owner_only_key_files(no_keys: Path) -> N
 def test_a_cached_token_under_another_key_is_a_miss(copy: Copy) -> None:
     from gateway.services import token_cache
 
-    database = copy.app.extensions["passback_db"]
+    database = services_of(copy.app).database
     token_cache.DatabaseTokenCache(database, SecretBox(TEST_ENCRYPTION_KEY)).put("k", "token-1", 60)
     token_cache._MEMORY.clear()  # another process: only the database row is shared
-    assert token_cache.DatabaseTokenCache(database, copy.app.extensions["passback_box"]).get("k") is None
+    assert token_cache.DatabaseTokenCache(database, services_of(copy.app).box).get("k") is None

@@ -13,6 +13,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from gateway.composition import services_of
 from gateway.models import Base, StaffUser
 from gateway.services.lms import add_lms_connection
 from gateway.services.staff import create_staff
@@ -74,7 +75,7 @@ def doors(world: World, live_server: LiveServer) -> Iterator[Doors]:
         Lti13Platform("https://lms.example", "passback-on-lms-1", "dep-1", session=world.http) as platform,
         Lti11Consumer("consumer-key-1", "shared-secret-0123456789abcdef", session=world.http) as consumer,
     ):
-        box = world.app.extensions["passback_box"]
+        box = services_of(world.app).box
         with world.session() as session:
             lti13 = add_lms_connection(session, box, world.district_id, "LMS", "lti13", platform.registration())
             add_lms_connection(
@@ -98,7 +99,7 @@ def _sandbox_auth(doors: Doors) -> dict[str, str]:
 
     with doors.world.session() as session:
         connection = session.get(LmsConnection, doors.world.connection_id)
-        secret = connection_settings(doors.world.app.extensions["passback_box"], connection)["secret"]
+        secret = connection_settings(services_of(doors.world.app).box, connection)["secret"]
     return {"Authorization": f"Bearer {secret}"}
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 import adapters
 from adapters.base import DeliveryError, NormalizedGrade, RetryableDeliveryError
 from gateway.cli import main
+from gateway.composition import services_of
 from gateway.models import (
     App,
     AuthorizationCode,
@@ -118,7 +119,7 @@ def lti11(world: World, live_server: LiveServer) -> Iterator[Lti11]:
         with world.session() as session:
             connection = add_lms_connection(
                 session,
-                world.app.extensions["passback_box"],
+                services_of(world.app).box,
                 world.district_id,
                 "Canvas 1.1",
                 "lti11",

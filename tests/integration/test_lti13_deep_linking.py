@@ -15,6 +15,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
+from gateway.composition import services_of
 from gateway.models import DeepLinkSession, User, utcnow
 from gateway.services.lms import add_lms_connection
 from tests.conftest import LiveServer
@@ -32,7 +33,7 @@ def platform_key(world: World) -> RSAKey:
     with world.session() as session:
         add_lms_connection(
             session,
-            world.app.extensions["passback_box"],
+            services_of(world.app).box,
             world.district_id,
             "Canvas",
             "lti13",

@@ -12,6 +12,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_SCORE, scores_url
+from gateway.composition import services_of
 from gateway.models import CachedAccessToken, Delivery, LaunchDestination, LmsConnection, LmsIdentity, Placement
 from gateway.services.directory import create_user, enroll, get_user, link_identity
 from gateway.services.lms import add_lms_connection, add_placement
@@ -43,7 +44,7 @@ def _register(world: World, platform: AgsPlatform) -> AgsSetup:
     with world.session() as session:
         connection = add_lms_connection(
             session,
-            world.app.extensions["passback_box"],
+            services_of(world.app).box,
             world.district_id,
             "Canvas",
             "lti13",
@@ -63,7 +64,7 @@ def _register(world: World, platform: AgsPlatform) -> AgsSetup:
             user = get_user(session, world.district_id, student)
             assert user is not None
             subs[student] = f"sub-{student[:6]}"
-            link_identity(session, user, connection, subs[student], box=world.app.extensions["passback_box"])
+            link_identity(session, user, connection, subs[student], box=services_of(world.app).box)
             enroll(session, connection, "canvas-course-7", user)
         placement = add_placement(
             session,
@@ -144,13 +145,12 @@ def test_a_thousand_scores_share_one_access_token_across_workers(ags: AgsSetup, 
         principal = authenticate(session, ags.world.token)
         for index in range(1000):
             user = create_user(session, ags.world.district_id, name=f"S{index}")
-            link_identity(session, user, connection, f"sub-{index}", box=ags.world.app.extensions["passback_box"])
+            link_identity(session, user, connection, f"sub-{index}", box=services_of(ags.world.app).box)
             enroll(session, connection, "canvas-course-7", user)
             # Accepted through the service, not HTTP: this test is about delivery, and the suite's time matters.
             accept_grade(session, principal, {"assignmentID": "quiz-1", "userID": user.id, "percentage": 0.9})
     workers = [
-        DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
-        for _ in range(2)
+        DeliveryWorker(services_of(app).database, services_of(app).box, app.config["PASSBACK"]) for _ in range(2)
     ]
     while sum(w.run_once(limit=50) for w in workers):
         pass
@@ -242,7 +242,7 @@ def test_scores_url_keeps_the_query_after_the_path() -> None:
 
 def test_wrong_assertion_audience_is_a_permanent_config_failure(ags: AgsSetup, worker: DeliveryWorker) -> None:
     _sandbox_off(ags.world)
-    box = ags.world.app.extensions["passback_box"]
+    box = services_of(ags.world.app).box
     with ags.world.session() as session:
         from gateway.models import LmsConnection
         from gateway.services.lms import connection_settings
@@ -282,7 +282,7 @@ def test_grade_for_a_student_the_platform_cannot_name_waits_for_the_launch(
     with ags.world.session() as session:
         user = get_user(session, ags.world.district_id, newcomer_id)
         connection = session.get(LmsConnection, ags.connection_id)
-        link_identity(session, user, connection, "sub-newcomer", box=ags.world.app.extensions["passback_box"])
+        link_identity(session, user, connection, "sub-newcomer", box=services_of(ags.world.app).box)
         assert release_awaiting_launch(session, newcomer_id, ags.connection_id) == 1
     worker.run_until_idle()
     assert ags.world.get(response.headers["Location"]).json()["status"] == "delivered"
@@ -315,8 +315,8 @@ def test_roster_sync_maps_students_by_email_and_releases_their_grades(ags: AgsSe
         {"user_id": "sub-gone", "email": "kim@school.example", "status": "Inactive"},
     ]
     result = sync_roster(
-        ags.world.app.extensions["passback_db"],
-        ags.world.app.extensions["passback_box"],
+        services_of(ags.world.app).database,
+        services_of(ags.world.app).box,
         worker.http,
         worker.adapter_context(),
         ags.world.district_id,
@@ -342,14 +342,13 @@ def test_concurrent_workers_create_one_line_item_for_a_new_placement(ags: AgsSet
         students = []
         for index in range(6):
             user = create_user(session, ags.world.district_id, name=f"C{index}")
-            link_identity(session, user, connection, f"sub-c{index}", box=ags.world.app.extensions["passback_box"])
+            link_identity(session, user, connection, f"sub-c{index}", box=services_of(ags.world.app).box)
             enroll(session, connection, "canvas-course-7", user)
             students.append(user.id)
     for student in students:
         assert ags.world.post_grade({"assignmentID": "quiz-1", "userID": student, "percentage": 0.5}).status_code == 202
     workers = [
-        DeliveryWorker(app.extensions["passback_db"], app.extensions["passback_box"], app.config["PASSBACK"])
-        for _ in range(3)
+        DeliveryWorker(services_of(app).database, services_of(app).box, app.config["PASSBACK"]) for _ in range(3)
     ]
     start = threading.Barrier(len(workers))
 
@@ -374,7 +373,7 @@ def test_canvas_submission_extension_is_sent_when_the_grade_asks(ags: AgsSetup, 
     from gateway.services.lms import connection_settings
 
     _sandbox_off(ags.world)
-    box = ags.world.app.extensions["passback_box"]
+    box = services_of(ags.world.app).box
     with ags.world.session() as session:
         connection = session.get(LmsConnection, ags.connection_id)
         connection.settings_encrypted = box.encrypt_json({**connection_settings(box, connection), "platform": "canvas"})
@@ -399,7 +398,7 @@ def test_threads_that_miss_the_token_cache_together_fetch_one_token(ags: AgsSetu
     from gateway.services.adapter_context import build_adapter_context
     from gateway.services.lms import connection_settings
 
-    db, box = app.extensions["passback_db"], app.extensions["passback_box"]
+    db, box = services_of(app).database, services_of(app).box
     with ags.world.session() as session:
         connection = session.get(LmsConnection, ags.connection_id)
         assert connection is not None
@@ -428,7 +427,7 @@ def test_the_dashboard_finds_every_token_the_adapter_caches(ags: AgsSetup, worke
     token, and every row in the cache is found under one of those keys."""
     from adapters.lti13_ags import SCOPE_NRPS, Lti13AgsAdapter
     from gateway.models import CachedAccessToken, LmsConnection
-    from gateway.services.lms import connection_settings, probe_connection
+    from gateway.services.lms import connection_settings
     from gateway.services.roster import sync_roster
     from gateway.services.token_cache import token_expiries
 
@@ -439,9 +438,9 @@ def test_the_dashboard_finds_every_token_the_adapter_caches(ags: AgsSetup, worke
     posted = ags.world.post_grade({"assignmentID": "quiz-1", "userID": ags.world.students[0], "percentage": 0.5})
     assert posted.status_code == 202
     worker.run_until_idle()
-    db, box = ags.world.app.extensions["passback_db"], ags.world.app.extensions["passback_box"]
+    db, box = services_of(ags.world.app).database, services_of(ags.world.app).box
     sync_roster(db, box, worker.http, worker.adapter_context(), ags.world.district_id, "Canvas")
-    assert probe_connection(ags.world.app, ags.world.district_id, "Canvas").ok
+    assert services_of(ags.world.app).probe_connection(ags.world.district_id, "Canvas").ok
 
     with ags.world.session() as session:
         connection = session.get(LmsConnection, ags.connection_id)
@@ -463,7 +462,7 @@ def test_each_link_to_one_assignment_in_a_course_gets_its_own_column_and_the_stu
     own line item: Ada launched link A, Bo link B, and each grade lands in that link's column only; link B,
     launched without a line item, gets one of its own. Cy never launched: their grade goes to both links, and
     link B's refusal (Cy is not in that section) is recorded on that delivery alone."""
-    box = world.app.extensions["passback_box"]
+    box = services_of(world.app).box
     with (
         Lti13Platform("https://lms.example", "tool-2", "dep-1", session=world.http) as lms,
         AgsPlatform("tool-2", f"{live_server.url}/lti/jwks") as platform,
@@ -550,7 +549,7 @@ def _two_link_course(
 ) -> tuple[str, Callable[..., str]]:
     """An LTI 1.3 connection and a launcher of quiz-1's links in course-9 (returns the launching user's id)."""
     _sandbox_off(world)
-    box = world.app.extensions["passback_box"]
+    box = services_of(world.app).box
     with world.session() as session:
         connection = add_lms_connection(
             session,
@@ -645,7 +644,7 @@ def test_a_send_not_yet_started_to_a_sibling_link_is_dropped_when_the_student_la
         connection_id, launch = _two_link_course(world, live_server, lms, platform)
         launch("sub-ada", "rl-a", column_a)
         launch("sub-bo", "rl-b", column_b)
-        box = world.app.extensions["passback_box"]
+        box = services_of(world.app).box
         with world.session() as session:
             cy_user = create_user(session, world.district_id, name="Cy")
             connection = session.get(LmsConnection, connection_id)
@@ -683,7 +682,7 @@ def test_a_placement_added_without_a_link_uses_the_deep_linked_column_and_a_link
     ):
         platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-a")
         connection_id, launch = _two_link_course(world, live_server, lms, platform)
-        box = world.app.extensions["passback_box"]
+        box = services_of(world.app).box
         with world.session() as session:
             placement_id = add_placement(
                 session,
@@ -734,7 +733,7 @@ def test_a_placement_added_without_a_link_never_takes_the_column_of_a_link_place
         column_a = platform.add_lineitem("quiz-1", "Quiz 1", 10, resource_link_id="rl-a")
         connection_id, launch = _two_link_course(world, live_server, lms, platform)
         launch("sub-eve", "rl-a", column_a, assignment="quiz-2")
-        box = world.app.extensions["passback_box"]
+        box = services_of(world.app).box
         with world.session() as session:
             add_placement(
                 session,

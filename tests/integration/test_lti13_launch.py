@@ -21,6 +21,7 @@ import pytest
 import requests
 from sqlalchemy import func, select, update
 
+from gateway.composition import services_of
 from gateway.models import Assignment, DeepLinkSession, Enrollment, LmsIdentity, Placement, User, utcnow
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import authorize_app, create_app_partner
@@ -87,7 +88,7 @@ def lti(world: World, live_server: LiveServer) -> Iterator[Lti]:
         with world.session() as session:
             connection = add_lms_connection(
                 session,
-                world.app.extensions["passback_box"],
+                services_of(world.app).box,
                 world.district_id,
                 "LMS",
                 "lti13",
@@ -263,7 +264,7 @@ def clock(lti: Lti) -> FakeClock:
     """The app's platform-key cache on a clock the test advances."""
     clock = FakeClock()
     app = lti.world.app
-    app.extensions["passback_platform_keys"] = PlatformKeys(app.extensions["passback_http"], clock=clock)
+    services_of(app).platform_keys = PlatformKeys(services_of(app).http, clock=clock)
     return clock
 
 

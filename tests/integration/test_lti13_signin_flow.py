@@ -12,6 +12,7 @@ from joserfc.jwk import RSAKey
 from sqlalchemy import select
 
 from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_SCORE
+from gateway.composition import services_of
 from gateway.models import LmsIdentity, Placement, User
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import authorize_app, create_app_partner
@@ -31,7 +32,7 @@ def test_launch_signs_the_student_in_and_their_grade_reaches_the_line_item(
     platform_key = RSAKey.generate_key(2048, parameters={"kid": "platform-1"}, auto_kid=False)
     platform = AgsPlatform("client-9", f"{live_server.url}/lti/jwks")
     with world.session() as session:
-        box = world.app.extensions["passback_box"]
+        box = services_of(world.app).box
         partner = create_app_partner(session, "Reader", "https://reader.example/oauth/callback?x=1")
         upsert_assignments(session, partner.app.id, [{"id": "chapter-3", "name": "Chapter 3", "scoreMaximum": 20}])
         authorize_app(session, partner.app.id, world.district_id)

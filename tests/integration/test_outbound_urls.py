@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from adapters.lti13_ags import SCOPE_LINEITEM, SCOPE_SCORE
+from gateway.composition import services_of
 from gateway.models import LmsIdentity, Placement
 from gateway.services.directory import enroll, get_user, link_identity
 from gateway.services.lms import add_lms_connection, add_placement
@@ -45,7 +46,7 @@ class Fakes:
         settings = {**self.platform.registration(), "token_url": self.ags.token_url, **overrides}
         with self.world.session() as session:
             connection = add_lms_connection(
-                session, self.world.app.extensions["passback_box"], self.world.district_id, "LMS", "lti13", settings
+                session, services_of(self.world.app).box, self.world.district_id, "LMS", "lti13", settings
             )
             return connection.id
 
@@ -132,7 +133,7 @@ def test_a_next_page_on_another_host_is_not_followed(fakes: Fakes, worker: Deliv
 
         connection = session.get(LmsConnection, connection_id)
         assert connection is not None
-        link_identity(session, user, connection, "sub-ada", box=world.app.extensions["passback_box"])
+        link_identity(session, user, connection, "sub-ada", box=services_of(world.app).box)
         enroll(session, connection, "canvas-course-7", user)
         add_placement(
             session,
@@ -166,7 +167,7 @@ def test_an_lti11_outcome_url_on_another_host_receives_nothing(
         with world.session() as session:
             add_lms_connection(
                 session,
-                world.app.extensions["passback_box"],
+                services_of(world.app).box,
                 world.district_id,
                 "Moodle 1.1",
                 "lti11",
@@ -201,7 +202,7 @@ def test_lti11_connections_must_name_their_lms_hosts(world: World) -> None:
     with world.session() as session, pytest.raises(InvalidInput) as refused:
         add_lms_connection(
             session,
-            world.app.extensions["passback_box"],
+            services_of(world.app).box,
             world.district_id,
             "No hosts",
             "lti11",
@@ -233,7 +234,7 @@ def test_lms_set_names_the_hosts_of_an_existing_connection(gateway_cli: Any, app
     assert changed["changed"] == ["allow_private_addresses", "allowed_hosts"]
     bad = gateway_cli.failing("lms", "set", *base, "--lms", "Moodle", "--setting", "allowed_hosts=https://x/y")
     assert "allowed_hosts" in bad and "not a host name" in bad
-    database, box = app.extensions["passback_db"], app.extensions["passback_box"]
+    database, box = services_of(app).database, services_of(app).box
     with database.transaction() as session:
         connection = session.get(LmsConnection, added["id"])
         settings = connection_settings(box, connection)
@@ -245,7 +246,7 @@ def _legacy_lti11_connection(world: World, key: str) -> str:
     """An lti11 connection stored before allowed_hosts were required: its settings name none."""
     from gateway.models import LmsConnection
 
-    box = world.app.extensions["passback_box"]
+    box = services_of(world.app).box
     with world.session() as session:
         connection = add_lms_connection(
             session, box, world.district_id, "Old Moodle 1.1", "lti11",
@@ -328,7 +329,7 @@ def test_a_launch_url_dropped_by_the_allowlist_waits_and_a_later_good_launch_cle
     with Lti11Consumer("key-3", "shared-secret-0123456789", session=world.http) as consumer, ForeignHost() as foreign:
         with world.session() as session:
             connection_id = add_lms_connection(
-                session, world.app.extensions["passback_box"], world.district_id, "Moodle 1.1", "lti11",
+                session, services_of(world.app).box, world.district_id, "Moodle 1.1", "lti11",
                 {"consumer_key": "key-3", "shared_secret": "shared-secret-0123456789",
                  "allowed_hosts": ["127.0.0.1"], "allow_private_addresses": True},
             ).id  # fmt: skip

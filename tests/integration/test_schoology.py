@@ -20,9 +20,10 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from gateway.cli import main as cli
+from gateway.composition import services_of
 from gateway.models import Delivery, Grade, LmsConnection, Placement, User, utcnow
 from gateway.services.directory import create_user, enroll, link_identity
-from gateway.services.lms import add_lms_connection, add_placement, probe_connection
+from gateway.services.lms import add_lms_connection, add_placement
 from gateway.throttle import LocalLimiter
 from gateway.worker import DeliveryWorker
 from tests.factories import World, build_world
@@ -71,7 +72,7 @@ def _add_students(setup: SchoologySetup, section: str, count: int, first_uid: in
         for n in range(count):
             uid = str(first_uid + n)
             user = create_user(session, setup.world.district_id, name=f"Student {uid}")
-            link_identity(session, user, connection, uid, box=setup.world.app.extensions["passback_box"])
+            link_identity(session, user, connection, uid, box=services_of(setup.world.app).box)
             enroll(session, connection, section, user)
             setup.enrollments[user.id] = setup.fake.add_enrollment(section, uid)
             users.append(user.id)
@@ -86,7 +87,7 @@ def schoology(world: World) -> Iterator[SchoologySetup]:
         with world.session() as session:
             connection = add_lms_connection(
                 session,
-                world.app.extensions["passback_box"],
+                services_of(world.app).box,
                 world.district_id,
                 "Schoology",
                 "schoology",
@@ -99,7 +100,7 @@ def schoology(world: World) -> Iterator[SchoologySetup]:
             connection = session.get(LmsConnection, connection_id)
             for uid, user_id in zip(("201", "202"), world.students, strict=True):
                 user = session.get(User, user_id)
-                link_identity(session, user, connection, uid, box=world.app.extensions["passback_box"])
+                link_identity(session, user, connection, uid, box=services_of(world.app).box)
                 enroll(session, connection, SECTION, user)
                 setup.enrollments[user_id] = fake.add_enrollment(SECTION, uid)
             add_placement(
@@ -197,7 +198,7 @@ def test_one_refused_student_fails_alone(schoology: SchoologySetup, worker: Deli
 
 
 def test_probe_follows_the_303_with_a_newly_signed_request(schoology: SchoologySetup) -> None:
-    report = probe_connection(schoology.world.app, schoology.world.district_id, "Schoology")
+    report = services_of(schoology.world.app).probe_connection(schoology.world.district_id, "Schoology")
     assert report.ok, report.message
     assert "key works" in report.message
     paths = [path for _, path in schoology.fake.requests]
@@ -210,7 +211,7 @@ def test_probe_names_the_likely_cause_of_a_refused_key(world: World, runner: Cli
         with world.session() as session:
             add_lms_connection(
                 session,
-                world.app.extensions["passback_box"],
+                services_of(world.app).box,
                 world.district_id,
                 "Wrong key",
                 "schoology",
@@ -331,7 +332,7 @@ def test_students_are_found_by_school_uid_through_the_303(world: World, worker: 
         with world.session() as session:
             connection = add_lms_connection(
                 session,
-                world.app.extensions["passback_box"],
+                services_of(world.app).box,
                 world.district_id,
                 "Schoology by SIS id",
                 "schoology",
@@ -372,7 +373,7 @@ def test_roster_sync_links_students_by_school_uid(world: World, worker: Delivery
         with world.session() as session:
             add_lms_connection(
                 session,
-                world.app.extensions["passback_box"],
+                services_of(world.app).box,
                 world.district_id,
                 "Schoology roster",
                 "schoology",
@@ -416,7 +417,7 @@ def test_a_schoology_placement_must_name_section_and_assignment(world: World, ru
     with world.session() as session:
         add_lms_connection(
             session,
-            world.app.extensions["passback_box"],
+            services_of(world.app).box,
             world.district_id,
             "Schoology",
             "schoology",
@@ -602,7 +603,7 @@ def test_a_redirect_away_from_the_configured_api_is_not_followed(schoology: Scho
     schoology.fake.faults.append(
         Fault(303, "", {"Location": "http://attacker.example/v1/users/1000"}, path_contains="/users/me")
     )
-    report = probe_connection(schoology.world.app, schoology.world.district_id, "Schoology")
+    report = services_of(schoology.world.app).probe_connection(schoology.world.district_id, "Schoology")
     assert not report.ok
     assert "outside the configured API" in report.message and "not followed" in report.message
 
@@ -624,7 +625,7 @@ def test_plaintext_settings_stored_before_the_rule_never_send_the_secret_over_pl
 ) -> None:
     """Settings written before the rule (or restored, or edited outside `gateway lms add`) are checked again at
     every request: the grade fails with the rule, and Schoology never sees the secret on a plain-http wire."""
-    box = schoology.world.app.extensions["passback_box"]
+    box = services_of(schoology.world.app).box
     port = urlsplit(schoology.fake.url).port
     with schoology.world.session() as session:
         connection = session.get(LmsConnection, schoology.connection_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from adapters.lti13_ags import PRESETS, SCOPE_LINEITEM, SCOPE_NRPS, SCOPE_SCORE, Lti13SettingsSchema
+from gateway.composition import services_of
 from gateway.models import Placement
 from gateway.services.adapter_context import build_adapter_context
 from gateway.services.directory import create_user, enroll, get_user, link_identity
@@ -37,7 +38,7 @@ def test_a_grade_reaches_schoology_over_ags_within_its_rules(
         with world.session() as session:
             connection = add_lms_connection(
                 session,
-                world.app.extensions["passback_box"],
+                services_of(world.app).box,
                 world.district_id,
                 "Schoology LTI",
                 "lti13",
@@ -56,7 +57,7 @@ def test_a_grade_reaches_schoology_over_ags_within_its_rules(
                 session.delete(placement)  # only Schoology receives grades in this test
             student = get_user(session, world.district_id, world.students[0])
             assert student is not None
-            link_identity(session, student, connection, "schoology-sub-1", box=world.app.extensions["passback_box"])
+            link_identity(session, student, connection, "schoology-sub-1", box=services_of(world.app).box)
             newcomer = create_user(session, world.district_id, name="Never launched", email="newcomer@school.example")
             platform.members = [{"user_id": "schoology-sub-2", "email": "newcomer@school.example", "status": "Active"}]
             placement = add_placement(
@@ -80,10 +81,10 @@ def test_a_grade_reaches_schoology_over_ags_within_its_rules(
         # The roster comes over NRPS with Schoology's exact Accept header; the newcomer is matched by email.
         app = world.app
         result = sync_roster(
-            app.extensions["passback_db"],
-            app.extensions["passback_box"],
-            app.extensions["passback_http"],
-            build_adapter_context(app.extensions["passback_db"], app.extensions["passback_box"]),
+            services_of(app).database,
+            services_of(app).box,
+            services_of(app).http,
+            build_adapter_context(services_of(app).database, services_of(app).box),
             world.district_id,
             "Schoology LTI",
         )

@@ -12,6 +12,7 @@ import requests
 from joserfc.jwk import RSAKey
 from sqlalchemy import func, select
 
+from gateway.composition import services_of
 from gateway.models import DeepLinkSession
 from gateway.security_headers import origin_of
 from gateway.services.lms import update_lms_settings
@@ -120,7 +121,7 @@ def test_dashboard_sign_in_over_https_works_under_the_referrer_policy(world: Wor
 
     email = staff_of(world)
     settings = dataclasses.replace(world.app.config["PASSBACK"], public_url="https://localhost")
-    app = create_app(settings, database=world.app.extensions["passback_db"])
+    app = create_app(settings, database=services_of(world.app).database)
     client = app.test_client()
     page_url = "https://localhost/dashboard/login"
     page = client.get("/dashboard/login", base_url="https://localhost")
@@ -169,9 +170,7 @@ def test_a_schoology_preset_picker_may_be_framed_by_schoology_pages(
     """Schoology frames tools from app.schoology.com (or a district's *.schoology.com), not from the LTI service
     host its preset registers."""
     with world.session() as session:
-        update_lms_settings(
-            session, world.app.extensions["passback_box"], world.district_id, "Canvas", {"platform": "schoology"}
-        )
+        update_lms_settings(session, services_of(world.app).box, world.district_id, "Canvas", {"platform": "schoology"})
     page = world.http.get(open_picker(world, platform_key))
     assert page.status_code == 200
     framers = _csp(page)["frame-ancestors"].split()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway import start_embedded_worker
+from gateway.composition import services_of
 from gateway.config import Settings
 from gateway.models import User
 from gateway.services.directory import enroll
@@ -30,7 +31,7 @@ def healthy(world: World) -> Iterator[ScriptedLms]:
     """A second sandbox connection in the same district, on its own LMS, with `unplaced` placed there."""
     secret = secrets.token_urlsafe(24)
     with ScriptedLms(secret) as fake:
-        box = world.app.extensions["passback_box"]
+        box = services_of(world.app).box
         with world.session() as session:
             connection = add_lms_connection(
                 session, box, world.district_id, "Healthy", "sandbox", {"base_url": fake.base_url, "secret": secret}

@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from adapters.http import HttpClient
 from gateway.clock import FrozenClock
+from gateway.composition import services_of
 from gateway.models import Delivery
 from gateway.services.staff_retries import retry_delivery
 from gateway.worker import DeliveryWorker
@@ -114,8 +115,8 @@ def test_worker_killed_between_claim_and_result_delivers_once_after_the_lease(
     # Another worker, its clock at the instant of the dead worker's claim.
     clock = FrozenClock(claimed.updated_at)
     worker = DeliveryWorker(
-        world.app.extensions["passback_db"],
-        world.app.extensions["passback_box"],
+        services_of(world.app).database,
+        services_of(world.app).box,
         world.app.config["PASSBACK"],
         clock=clock,
     )
@@ -162,7 +163,7 @@ def test_late_result_of_a_worker_whose_lease_expired_is_ignored(
 ) -> None:
     """A slow (not dead) worker finishes after its lease expired and another worker delivered: its result is
     dropped, it does not overwrite the row."""
-    db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
+    db, box = services_of(world.app).database, services_of(world.app).box
     [hang] = lms.script(Hang())
     assert isinstance(hang, Hang)
     grade_id = post(world, 0.6)
@@ -197,7 +198,7 @@ def test_late_result_of_a_worker_whose_lease_expired_is_ignored(
 def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
     world: World, lms: ScriptedLms, database_url: str
 ) -> None:
-    db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
+    db, box = services_of(world.app).database, services_of(world.app).box
     grade_id = post(world, 0.9)
     clock = FrozenClock()  # after the post: its delivery is due on this clock
     settings = make_settings(database_url, lease_seconds=LEASE_SECONDS, max_attempts=2)
@@ -230,7 +231,7 @@ def test_a_slow_round_never_sends_an_old_score_after_its_lease_ran_out(
     """A worker claims two grades in one round; the first send hangs past the lease. Meanwhile the second
     student's grade is corrected and another worker delivers the new score. When the slow worker gets to the
     second grade its claim is gone, so it sends nothing: the old score never lands over the new one."""
-    db, box = world.app.extensions["passback_db"], world.app.extensions["passback_box"]
+    db, box = services_of(world.app).database, services_of(world.app).box
     ada, alan = world.students
     [hang] = lms.script(Hang())
     assert isinstance(hang, Hang)

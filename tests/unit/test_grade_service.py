@@ -8,6 +8,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
+from gateway.composition import services_of
 from gateway.models import Assignment, Delivery, DeliveryStatus, GradeRevision, LmsConnection, TokenKind, User
 from gateway.services.auth import authenticate
 from gateway.services.catalog import upsert_assignments
@@ -43,8 +44,8 @@ def test_normalize(data: dict[str, float], maximum: float, expected: tuple[float
 
 @pytest.fixture
 def setup(app: Flask) -> dict[str, str]:
-    box = app.extensions["passback_box"]
-    with app.extensions["passback_db"].transaction() as session:
+    box = services_of(app).box
+    with services_of(app).database.transaction() as session:
         district = create_district(session, "D")
         partner = create_app_partner(session, "A", "https://a.example/cb").app
         upsert_assignments(session, partner.id, [{"id": "q", "name": "Q", "scoreMaximum": 4}])
@@ -63,7 +64,7 @@ def setup(app: Flask) -> dict[str, str]:
 
 
 def _accept(app: Flask, token: str, data: dict[str, object]) -> object:
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         return accept_grade(session, authenticate(session, token), data)
 
 
@@ -75,7 +76,7 @@ def test_new_revision_supersedes_the_undelivered_one(app: Flask, setup: dict[str
         setup["token"],
         {"assignmentID": "q", "userID": setup["student"], "percentage": 0.75, "timestamp": t0 + timedelta(seconds=1)},
     )
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         statuses = sorted(session.scalars(select(Delivery.status)))
         revisions = session.scalar(select(func.count()).select_from(GradeRevision))
     assert statuses == [DeliveryStatus.PENDING, DeliveryStatus.SUPERSEDED]
@@ -90,7 +91,7 @@ def test_identical_grade_changes_nothing_and_older_is_a_conflict(app: Flask, set
     assert again.changed is False  # type: ignore[attr-defined]
     with pytest.raises(Conflict):
         _accept(app, setup["token"], {**base, "percentage": 0.9, "timestamp": t0 - timedelta(seconds=1)})
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         assert session.scalar(select(func.count()).select_from(Delivery)) == 1
 
 
@@ -115,7 +116,7 @@ def test_district_app_token_needs_a_known_user_and_assignment(app: Flask, setup:
 
 def test_unenrolled_student_is_unroutable_with_a_reason(app: Flask, setup: dict[str, str]) -> None:
     _accept(app, setup["token"], {"assignmentID": "q", "userID": setup["other"], "percentage": 1})
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         delivery = session.scalars(select(Delivery)).one()
     assert delivery.status == DeliveryStatus.UNROUTABLE
     assert "not enrolled" in (delivery.last_error or "")
@@ -126,14 +127,14 @@ def test_the_clock_given_to_accept_grade_stamps_its_outbox_rows(app: Flask, setu
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     first, second = datetime(2026, 3, 1, 12, 0), datetime(2026, 3, 1, 12, 5)
     grade = {"assignmentID": "q", "userID": setup["student"]}
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         accept_grade(
             session, authenticate(session, setup["token"]), {**grade, "percentage": 0.5, "timestamp": t0}, now=first
         )
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         later = {**grade, "percentage": 0.75, "timestamp": t0 + timedelta(seconds=1)}
         accept_grade(session, authenticate(session, setup["token"]), later, now=second)
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         rows = session.execute(
             select(Delivery.status, Delivery.created_at, Delivery.updated_at, Delivery.next_attempt_at).order_by(
                 Delivery.created_at
@@ -154,14 +155,14 @@ def test_grades_routed_once_a_student_is_enrolled_carry_the_callers_now(app: Fla
         "percentage": 1,
         "timestamp": datetime(2026, 1, 1, tzinfo=UTC),
     }
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         accept_grade(session, authenticate(session, setup["token"]), grade, now=placed)
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         student = session.get(User, setup["other"])
         assert student is not None
         enroll(session, session.scalars(select(LmsConnection)).one(), "c", student)
         assert route_waiting_grades(session, student.district_id, user_id=student.id, now=enrolled) == 1
-    with app.extensions["passback_db"].transaction() as session:
+    with services_of(app).database.transaction() as session:
         rows = session.execute(
             select(Delivery.status, Delivery.created_at, Delivery.updated_at, Delivery.next_attempt_at).order_by(
                 Delivery.created_at

@@ -1,0 +1,75 @@
+"""What district staff do from the dashboard, each one unit of work: the change and its audit row commit
+together, and deliveries it queued again go out once committed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gateway.models import LmsConnection, StaffUser
+from gateway.services import dashboard_connections
+from gateway.services.lms import PlacementsResult, place_assignments
+from gateway.services.staff import audit
+from gateway.services.staff_retries import retry_delivery, retry_failed
+from gateway.services.unit_of_work import UnitOfWork
+
+
+def retry_one(uow: UnitOfWork, staff: StaffUser, delivery_id: str) -> None:
+    """Send a failed delivery again (scoped by the staff member's district: another district's is not found)."""
+    with uow:
+        delivery = retry_delivery(uow.session, staff.district_id, delivery_id)
+        audit(uow.session, staff, "retried delivery", delivery.id)
+        uow.nudge({delivery.lms_connection_id})
+        uow.commit()
+
+
+def retry_all_failed(
+    uow: UnitOfWork,
+    staff: StaffUser,
+    target: str,
+    *,
+    lms_connection_id: str | None = None,
+    assignment_id: str | None = None,
+) -> int:
+    """Send a connection's or an assignment's failed deliveries again; returns how many."""
+    with uow:
+        count = retry_failed(
+            uow.session, staff.district_id, lms_connection_id=lms_connection_id, assignment_id=assignment_id
+        )
+        audit(uow.session, staff, "retried failed deliveries", target, count=count)
+        uow.nudge_if(count, None if lms_connection_id is None else {lms_connection_id})
+        uow.commit()
+        return count
+
+
+def set_delivery_paused(uow: UnitOfWork, staff: StaffUser, connection_id: str, *, paused: bool) -> LmsConnection:
+    with uow:
+        connection = dashboard_connections.set_paused(uow.session, staff.district_id, connection_id, paused)
+        audit(uow.session, staff, f"{'pause' if paused else 'resume'}d delivery", connection.name)
+        uow.commit()
+        return connection
+
+
+def map_assignments(
+    uow: UnitOfWork, staff: StaffUser, connection_name: str, app_id: str, entries: Sequence[Mapping[str, Any]]
+) -> PlacementsResult:
+    """Staff place catalog assignments (their mapping is the approval); grades that waited for them go out."""
+    with uow:
+        result = place_assignments(uow.session, staff.district_id, app_id, entries, by_staff=True)
+        audit(
+            uow.session,
+            staff,
+            "mapped assignments",
+            connection_name,
+            created=result.created,
+            existing=result.existing,
+        )
+        uow.nudge({p.lms_connection_id for p in result.placements})
+        uow.commit()
+        return result
+
+
+def record_probe(uow: UnitOfWork, staff: StaffUser, connection_name: str, *, ok: bool) -> None:
+    with uow:
+        audit(uow.session, staff, "checked the connection", connection_name, ok=ok)
+        uow.commit()
