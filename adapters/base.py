@@ -334,10 +334,11 @@ class LmsAdapter(ABC):
         what an admin enters on the LMS side, and what Passback was told. By default nothing LMS-specific."""
         return ConnectionDisplay()
 
-    def token_cache_keys(self) -> dict[str, tuple[str, ...]]:
-        """Every key under which the token cache may hold this connection's access tokens, with the scopes of the
-        token kept under it; only when `caches_access_tokens`."""
-        raise NotImplementedError(f"the {self.kind} adapter keeps no access tokens")
+    @classmethod
+    def token_cache_keys(cls, settings: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+        """Every key under which the token cache may hold the access tokens of a connection with these settings,
+        with the scopes of the token kept under it; only when `caches_access_tokens`."""
+        raise NotImplementedError(f"the {cls.kind} adapter keeps no access tokens")
 
 
 @dataclass(frozen=True)

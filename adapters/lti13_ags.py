@@ -236,7 +236,7 @@ class Lti13AgsAdapter(LmsAdapter):
     # --- access tokens -------------------------------------------------------------------------------
 
     def _token_key(self, scopes: list[str]) -> str:
-        return f"lti13|{self.settings['token_url']}|{self.settings['client_id']}|{' '.join(scopes)}"
+        return _token_key(self.settings, scopes)
 
     def _client_assertion(self) -> str:
         from joserfc import jwt
@@ -615,16 +615,22 @@ class Lti13AgsAdapter(LmsAdapter):
             ),
         )
 
-    def token_cache_keys(self) -> dict[str, tuple[str, ...]]:
+    @classmethod
+    def token_cache_keys(cls, settings: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
         """Each scope list the adapter asks for and each part of it `_granted` can keep (in the list's order),
         under the key `access_token` caches it by."""
         scope_sets = {
             part
-            for wanted in self.token_scope_lists
+            for wanted in cls.token_scope_lists
             for size in range(1, len(wanted) + 1)
             for part in combinations(wanted, size)
         }
-        return {self._token_key(list(scopes)): scopes for scopes in sorted(scope_sets)}
+        return {_token_key(settings, list(scopes)): scopes for scopes in sorted(scope_sets)}
+
+
+def _token_key(settings: Mapping[str, Any], scopes: list[str]) -> str:
+    """The token cache's key for a token of these scopes from this platform's token endpoint for this client."""
+    return f"lti13|{settings['token_url']}|{settings['client_id']}|{' '.join(scopes)}"
 
 
 def _lms_message(response: Any) -> str | None:

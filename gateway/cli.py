@@ -308,8 +308,7 @@ def lms_sync_roster(district_id: str, lms_ref: str, as_json: bool) -> None:
             result = sync_roster(
                 services.database,
                 services.box,
-                services.http,
-                services.adapter_context(),
+                services.adapters,
                 district_id,
                 lms_ref,
                 nudger=services.nudger,

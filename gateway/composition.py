@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from adapters import AdapterContext
 from adapters.base import HealthReport
 from adapters.http import HttpClient
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
-from gateway.services.adapter_context import build_adapter_context
+from gateway.services.adapter_factory import AdapterFactory
 from gateway.services.lms import probe_connection
 from gateway.services.unit_of_work import UnitOfWork
 from gateway.throttle import Limiter, make_limiter
@@ -91,16 +90,21 @@ class Services:
         assert self.database.sessionmaker is not None
         return UnitOfWork(self.database.sessionmaker(), self.nudger, close=True)
 
-    def adapter_context(self) -> AdapterContext:
-        return build_adapter_context(self.database, self.box)
+    @cached_property
+    def adapters(self) -> AdapterFactory:
+        """Adapters for the web app's and CLI's LMS calls (probe, read-back, roster sync); workers build their own."""
+        return AdapterFactory(self.database, self.box, self.settings, http=self.http, limiter=self.limiter)
 
     def probe_connection(self, district_id: str, connection_ref: str) -> HealthReport:
         """Whether the connection's LMS answers and accepts its credentials (no grade is sent)."""
-        return probe_connection(self.database, self.box, self.http, district_id, connection_ref)
+        return probe_connection(self.database, self.box, self.adapters, district_id, connection_ref)
 
     def delivery_worker(self, **options: Any) -> DeliveryWorker:
+        """A delivery worker sharing this process's HTTP client and per-connection limits."""
         from gateway.worker import DeliveryWorker
 
+        options.setdefault("http", self.http)
+        options.setdefault("limiter", self.limiter)
         return DeliveryWorker(self.database, self.box, self.settings, **options)
 
     def start_embedded_worker(self) -> EmbeddedWorker:

@@ -14,17 +14,16 @@ from adapters import REGISTRY, AdapterContext, HttpClient, LmsAdapter
 from adapters.base import (
     DeliveryError,
     DeliveryReceipt,
-    LookupCache,
     PermanentDeliveryError,
     RetryableDeliveryError,
     SecretUnreadableError,
 )
-from adapters.http import Throttle, ThrottledHttpClient
+from adapters.http import ThrottledHttpClient
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database, database_trouble
-from gateway.services.adapter_context import build_adapter_context
+from gateway.services.adapter_factory import AdapterFactory
 from gateway.services.delivery_work import DeliveryWork, load_works
 from gateway.services.discovery_lease import DISCOVERY_WAIT_SECONDS, release_discovery_lease, take_discovery_lease
 from gateway.services.outbox import (
@@ -37,7 +36,7 @@ from gateway.services.outbox import (
     supersede_claim,
 )
 from gateway.services.outcomes import RetryPolicy, record_outcome, record_successes, touch_connection
-from gateway.throttle import Limiter, make_limiter
+from gateway.throttle import Limiter
 from schemas.statuses import DeliveryStatus
 
 log = logging.getLogger("passback.worker")
@@ -92,15 +91,14 @@ class DeliveryWorker:
         self.db = db
         self.box = box
         self.settings = settings
-        self.http = http or HttpClient(
-            settings.http_connect_timeout, settings.http_read_timeout, settings.request_deadline()
-        )
-        self.adapters = adapters
         self.district_id = district_id
         # Leases, retry times and every timestamp the worker writes come from here (tests move it by hand).
         self.clock = clock
-        # Per-connection request rates and pauses: in this process, or in Redis when a broker is configured.
-        self.limiter = limiter or make_limiter(settings.broker_url)
+        # Each worker builds its adapters through a factory of its own, so it keeps its own LMS lookups (an
+        # LMS-side change is seen within their TTL, or on a miss); the limiter may be shared (the composition root).
+        self.adapter_factory = AdapterFactory(
+            db, box, settings, http=http, limiter=limiter, registry=adapters, clock=clock
+        )
         self.policy = RetryPolicy(
             base_seconds=settings.backoff_base_seconds,
             max_seconds=settings.backoff_max_seconds,
@@ -108,20 +106,23 @@ class DeliveryWorker:
             retry_after_max_seconds=settings.retry_after_max_seconds,
         )
         self.wakeup = threading.Event()
-        # Each worker keeps its own lookups (an LMS-side change is seen within their TTL, or on a miss).
-        self.lookups = LookupCache()
-        self._context: AdapterContext | None = None
         self._last_purge: float | None = None
-        self._context_loaded = 0.0
+
+    @property
+    def adapters(self) -> Mapping[str, type[LmsAdapter]]:
+        return self.adapter_factory.registry
+
+    @property
+    def http(self) -> HttpClient:
+        return self.adapter_factory.http
+
+    @property
+    def limiter(self) -> Limiter:
+        return self.adapter_factory.limiter
 
     def adapter_context(self) -> AdapterContext:
-        """Passback's current signing key (re-read at most once a minute, so a rotation is picked up) and
-        the database-backed token cache."""
-        now = self.clock.monotonic()
-        if self._context is None or now - self._context_loaded > 60:
-            self._context = build_adapter_context(self.db, self.box, self.lookups)
-            self._context_loaded = now
-        return self._context
+        """What this worker's adapters borrow from Passback (signing key, token cache, lookups)."""
+        return self.adapter_factory.context()
 
     def claim(
         self, limit: int | None = None, *, lms_connection_id: str | None = None, without_connection: bool = False
@@ -226,17 +227,7 @@ class DeliveryWorker:
         self, connection_id: str, rate: float | None = None, keeper: LeaseKeeper | None = None
     ) -> ThrottledHttpClient:
         """The shared HTTP client, throttled for one LMS connection (its own rate, or the default)."""
-        settings = self.settings
-        rate = rate or settings.connection_rate
-        throttle = Throttle(
-            key=connection_id,
-            rate=rate,
-            # A connection slowed below the default burst must not be allowed the default burst either.
-            burst=max(1, min(settings.connection_burst, int(rate))),
-            default_pause=settings.connection_pause_seconds,
-            headroom=settings.connection_concurrency,
-        )
-        return ThrottledHttpClient(self.http, self.limiter, throttle, before_request=keeper)
+        return self.adapter_factory.http_for(connection_id, rate, keeper)
 
     def _adapter(
         self, work: DeliveryWork, adapter_cls: type[LmsAdapter] | None, claims: list[Claim], claimed_at: float
@@ -247,8 +238,13 @@ class DeliveryWorker:
             # The grade waits (attempts not counted) until a person configures the key it was encrypted with.
             raise SecretUnreadableError(work.settings_problem)
         keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, claimed_at, self.clock)
-        http = self.http_for(work.lms_connection_id, work.rate_limit, keeper)
-        return adapter_cls.from_settings(work.settings, http, self.adapter_context())
+        return self.adapter_factory.build(
+            work.adapter,
+            work.settings,
+            connection_id=work.lms_connection_id,
+            rate=work.rate_limit,
+            before_request=keeper,
+        )
 
     def _send(
         self, claim: Claim, work: DeliveryWork, adapter_cls: type[LmsAdapter] | None, claimed_at: float

@@ -143,8 +143,8 @@ def cached_tokens(
     and expiry are read, never the token."""
     now = now or utcnow()
     try:
-        keys = adapter_class.from_settings(settings, None).token_cache_keys()  # type: ignore[arg-type]
-    except (KeyError, TypeError):
+        keys = adapter_class.token_cache_keys(settings)
+    except KeyError:
         return []  # settings the adapter cannot be built from: nothing can have been cached under them
     return sorted(
         (

@@ -13,11 +13,10 @@ from sqlalchemy.orm import Session
 
 from adapters import REGISTRY
 from adapters.base import DeliveryError, HealthReport
-from adapters.http import HttpClient
 from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.db import Database
 from gateway.models import Assignment, Delivery, DeliveryStatus, LmsConnection, Placement, utcnow
-from gateway.services.adapter_context import build_adapter_context
+from gateway.services.adapter_factory import AdapterFactory
 from gateway.services.directory import get_district
 from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import route_waiting_grades
@@ -191,7 +190,7 @@ def add_placement(
 
 
 def probe_connection(
-    database: Database, box: SecretBox, http: HttpClient, district_id: str, connection_ref: str
+    database: Database, box: SecretBox, adapters: AdapterFactory, district_id: str, connection_ref: str
 ) -> HealthReport:
     """Ask the connection's adapter whether the LMS answers and accepts its credentials (no grade is sent)."""
     with database.transaction() as session:
@@ -200,12 +199,9 @@ def probe_connection(
             adapter_name, settings = connection.adapter, connection_settings(box, connection)
         except SecretUndecryptable as exc:
             return HealthReport(False, exc.message)
-    adapter_cls = REGISTRY.get(adapter_name)
-    if adapter_cls is None:
-        return HealthReport(False, f"no adapter named {adapter_name!r} is installed")
+        connection_id = connection.id
     try:
-        adapter = adapter_cls.from_settings(settings, http, build_adapter_context(database, box))
-        return adapter.probe()
+        return adapters.build(adapter_name, settings, connection_id=connection_id).probe()
     except DeliveryError as exc:
         return HealthReport(False, exc.message)
     except Exception as exc:  # a probe must report, never fail the page that asked for it

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapters import REGISTRY, AdapterContext, HttpClient
 from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.models import LmsConnection, LmsIdentity, Placement, User
+from gateway.services.adapter_factory import AdapterFactory
 from gateway.services.directory import enroll, enroll_user, identity_issuer
 from gateway.services.errors import InvalidInput, NotFound
 from gateway.services.lms import connection_settings, get_connection
@@ -60,8 +60,7 @@ class RosterSync:
 def sync_roster(
     db: Database,
     box: SecretBox,
-    http: HttpClient,
-    context: AdapterContext,
+    adapters: AdapterFactory,
     district_id: str,
     connection_ref: str,
     *,
@@ -79,8 +78,8 @@ def sync_roster(
         )
         if connection is None:
             raise NotFound(f"no LMS connection {connection_ref!r} in this district")
-        adapter_cls = REGISTRY[connection.adapter]
-        if not adapter_cls.supports_roster:
+        adapter_cls = adapters.adapter_class(connection.adapter)
+        if adapter_cls is None or not adapter_cls.supports_roster:
             raise InvalidInput(f"the {connection.adapter} adapter has no roster service")
         settings = connection_settings(box, connection)
         courses: dict[str, str] = {}
@@ -92,7 +91,7 @@ def sync_roster(
                 courses[placement.course_id] = str(source)
         connection_id = connection.id
         issuer = identity_issuer(connection, settings)
-    adapter: Any = adapter_cls.from_settings(settings, http, context)
+    adapter = adapters.build(connection.adapter, settings, connection_id=connection_id)
     result = RosterSync(courses=len(courses))
     for course_id, url in courses.items():
         members = adapter.memberships(url)  # the LMS call, outside any transaction

@@ -317,8 +317,7 @@ def test_roster_sync_maps_students_by_email_and_releases_their_grades(ags: AgsSe
     result = sync_roster(
         services_of(ags.world.app).database,
         services_of(ags.world.app).box,
-        worker.http,
-        worker.adapter_context(),
+        worker.adapter_factory,
         ags.world.district_id,
         "Canvas",
     )
@@ -395,15 +394,14 @@ def test_threads_that_miss_the_token_cache_together_fetch_one_token(ags: AgsSetu
     from adapters import HttpClient
     from adapters.lti13_ags import Lti13AgsAdapter
     from gateway.models import LmsConnection
-    from gateway.services.adapter_context import build_adapter_context
     from gateway.services.lms import connection_settings
 
-    db, box = services_of(app).database, services_of(app).box
+    box = services_of(app).box
     with ags.world.session() as session:
         connection = session.get(LmsConnection, ags.connection_id)
         assert connection is not None
         settings = connection_settings(box, connection)
-    context = build_adapter_context(db, box)
+    context = services_of(app).adapters.context()
     start = threading.Barrier(8)
     tokens: list[str] = []
 
@@ -439,13 +437,13 @@ def test_the_dashboard_finds_every_token_the_adapter_caches(ags: AgsSetup, worke
     assert posted.status_code == 202
     worker.run_until_idle()
     db, box = services_of(ags.world.app).database, services_of(ags.world.app).box
-    sync_roster(db, box, worker.http, worker.adapter_context(), ags.world.district_id, "Canvas")
+    sync_roster(db, box, worker.adapter_factory, ags.world.district_id, "Canvas")
     assert services_of(ags.world.app).probe_connection(ags.world.district_id, "Canvas").ok
 
     with ags.world.session() as session:
         connection = session.get(LmsConnection, ags.connection_id)
         assert connection is not None
-        keys = Lti13AgsAdapter.from_settings(connection_settings(box, connection), None).token_cache_keys()  # type: ignore[arg-type]
+        keys = Lti13AgsAdapter.token_cache_keys(connection_settings(box, connection))
         held = session.scalar(select(func.count()).select_from(CachedAccessToken))
         found = token_expiries(session, keys)
     assert held == len(found) == 3, (held, found)

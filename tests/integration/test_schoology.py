@@ -241,7 +241,7 @@ def test_429_is_retried_after_the_time_schoology_asks(schoology: SchoologySetup,
     assert schoology.delivery(grade).status == "retrying", "nothing is sent while the connection is paused"
     assert [method for method, _ in schoology.fake.requests].count("PUT") == 1, "only the refused one"
 
-    worker.limiter = LocalLimiter()  # the two minutes have passed
+    worker.adapter_factory.limiter = LocalLimiter()  # the two minutes have passed
     _make_due(schoology, grade)
     worker.run_until_idle()
     assert schoology.delivery(grade).status == "delivered" and schoology.stored(ada) == 10

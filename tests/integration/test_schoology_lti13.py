@@ -10,7 +10,6 @@ from sqlalchemy import select
 from adapters.lti13_ags import PRESETS, SCOPE_LINEITEM, SCOPE_NRPS, SCOPE_SCORE, Lti13SettingsSchema
 from gateway.composition import services_of
 from gateway.models import Placement
-from gateway.services.adapter_context import build_adapter_context
 from gateway.services.directory import create_user, enroll, get_user, link_identity
 from gateway.services.lms import add_lms_connection, add_placement
 from gateway.services.roster import sync_roster
@@ -83,8 +82,7 @@ def test_a_grade_reaches_schoology_over_ags_within_its_rules(
         result = sync_roster(
             services_of(app).database,
             services_of(app).box,
-            services_of(app).http,
-            build_adapter_context(services_of(app).database, services_of(app).box),
+            services_of(app).adapters,
             world.district_id,
             "Schoology LTI",
         )

@@ -50,7 +50,7 @@ def test_every_registered_adapter_subclasses_lmsadapter_under_its_kind(key: str)
 def test_supports_flags_match_the_methods_an_adapter_overrides(key: str) -> None:
     adapter_cls = REGISTRY[key]
     for flag, method in SUPPORTS.items():
-        overridden = getattr(adapter_cls, method) is not getattr(LmsAdapter, method)
+        overridden = inspect.getattr_static(adapter_cls, method) is not inspect.getattr_static(LmsAdapter, method)
         assert getattr(adapter_cls, flag) is overridden, f"{key}: {flag} disagrees with its {method}"
 
 
@@ -133,4 +133,4 @@ def test_defaults_of_an_adapter_that_declares_nothing() -> None:
     with pytest.raises(NotImplementedError):
         adapter.memberships("s1")
     with pytest.raises(NotImplementedError):
-        adapter.token_cache_keys()
+        _Flaky.token_cache_keys({})
