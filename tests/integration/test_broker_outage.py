@@ -26,8 +26,8 @@ from tests.integration.test_celery import LEASE_SECONDS, CeleryWorker
 pytestmark = pytest.mark.slow
 
 OUTAGE_SECONDS = 20.0
-STUDENTS = 15  # two assignments each: 30 grades, about 8 s of LMS time at the delay below over 4 slots
-LMS_WRITE_DELAY = 1.0
+STUDENTS = 30  # two assignments each: 60 grades, several seconds of LMS time over 4 slots
+LMS_WRITE_DELAY = 0.3  # well inside the request deadline (a third of the 3 s lease)
 
 
 def _free_port() -> int:
@@ -40,9 +40,10 @@ class RedisServer:
     """A redis-server of the test's own (never the shared one), persisting to `directory` so a restart keeps
     the queued messages, as a production Redis with an append-only file does."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, *extra_args: str) -> None:
         self.binary = binary
         self.directory = directory
+        self.extra_args = list(extra_args)
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -50,6 +51,7 @@ class RedisServer:
     def start(self) -> None:
         argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)]
         argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"]
+        argv += self.extra_args
         with (self.directory / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
@@ -66,17 +68,21 @@ class RedisServer:
             self.process.wait(10)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         reason = "no redis-server binary: the broker outage is untested here (CI runs it)"
         if os.environ.get("PASSBACK_REQUIRE_REDIS") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+    return binary
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(binary, directory)
+    server = RedisServer(redis_binary(), directory)
     server.start()
     yield server
     server.stop()
@@ -142,3 +148,20 @@ def test_a_celery_worker_survives_a_broker_outage_and_delivers_the_rest(
         assert lms.gradebook[(COURSE, "quiz-1", world.students[0])].score_given == 9.0
     finally:
         worker.stop()
+
+
+def test_an_unrecoverable_worker_error_exits_non_zero(database_url: str, tmp_path: Path) -> None:
+    # A broker that refuses a command the worker needs at start (SADD, for its queue binding) is an error Celery
+    # does not retry: "Unrecoverable error", and the process must say so to its supervisor.
+    directory = tmp_path / "refusing-redis"
+    directory.mkdir()
+    server = RedisServer(redis_binary(), directory, "--rename-command", "SADD", "")
+    server.start()
+    worker = CeleryWorker(database_url, tmp_path, "refused", beat=False, broker_url=server.url)
+    try:
+        worker.process.wait(60)
+        assert "Unrecoverable error" in worker.log()
+        assert worker.process.returncode != 0, worker.log()
+    finally:
+        worker.stop()
+        server.stop()
