@@ -681,7 +681,7 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
         argv += ["-Q", "passback", "--without-gossip", "--without-mingle"]
         if beat:
             argv += ["--beat", "--schedule", settings.beat_schedule_path()]
-        configure_celery(settings).worker_main(argv)
+        _run_celery_worker(configure_celery(settings), argv)
         return
     worker = _services(app).delivery_worker(district_id=district_id)
     if once:
@@ -696,6 +696,23 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     worker.run_forever(stop)
+
+
+def _run_celery_worker(celery_app: Any, argv: list[str]) -> None:
+    """Run a Celery worker and exit with its exit code: `worker_main` drops it, so an "Unrecoverable error"
+    (Celery's exit code 1) would end the process with 0, and a supervisor restarting on failure would not."""
+    from celery.signals import worker_shutdown
+
+    exit_codes: list[int | str | None] = []
+
+    def record_exit_code(sender: Any, **_: Any) -> None:
+        exit_codes.append(sender.exitcode)
+
+    worker_shutdown.connect(record_exit_code, weak=False)
+    celery_app.worker_main(argv)
+    failure = next((code for code in exit_codes if code), None)
+    if failure is not None:
+        raise SystemExit(failure)
 
 
 @main.command("beat")

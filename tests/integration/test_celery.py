@@ -63,11 +63,13 @@ def settings_overrides() -> dict[str, object]:
 
 
 class CeleryWorker:
-    def __init__(self, database_url: str, tmp_path: Path, name: str, *, beat: bool = True) -> None:
+    def __init__(
+        self, database_url: str, tmp_path: Path, name: str, *, beat: bool = True, broker_url: str = REDIS_URL
+    ) -> None:
         env = worker_env(database_url, tmp_path)
         env.update(
             {
-                "GATEWAY_BROKER_URL": REDIS_URL,
+                "GATEWAY_BROKER_URL": broker_url,
                 "GATEWAY_SWEEP_SECONDS": "1",
                 "GATEWAY_BACKOFF_BASE_SECONDS": "0.2",
                 "GATEWAY_BACKOFF_MAX_SECONDS": "1",
