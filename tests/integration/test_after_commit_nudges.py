@@ -19,7 +19,7 @@ from gateway.composition import services_of
 from gateway.models import LmsConnection, LmsIdentity, Placement
 from gateway.services.directory import create_user, enroll
 from gateway.services.lms import add_placement
-from gateway.tasks import QUEUE
+from gateway.tasks import QUEUE, flush_dispatchers
 from gateway.worker import DeliveryWorker, EmbeddedWorker
 from tests.conftest import TEST_ENCRYPTION_KEY
 from tests.factories import World
@@ -56,8 +56,15 @@ def settings_overrides() -> dict[str, object]:
 
 def enqueued(broker: Any) -> list[tuple[str, str]]:
     """The tasks waiting in the broker's queue, as (task name, its arguments' repr)."""
+    assert flush_dispatchers(), "the web process's publisher did not publish its wake-ups"
     messages = [json.loads(raw) for raw in broker.lrange(QUEUE, 0, -1)]
     return [(m["headers"]["task"], m["headers"].get("argsrepr", "")) for m in messages]
+
+
+def forget_published(broker: Any) -> None:
+    """Empty the queue of what was published so far (the publisher thread included), to see what comes next."""
+    assert flush_dispatchers(), "the web process's publisher did not publish its wake-ups"
+    broker.flushdb()
 
 
 def drains_of(broker: Any) -> set[str]:
@@ -109,7 +116,7 @@ def test_an_lti_launch_that_releases_a_waiting_grade_asks_celery_to_drain_its_co
     broker: Any,
 ) -> None:
     course, location = _waiting_for_the_launch(lti11, worker)
-    broker.flushdb()  # what posting the grade published (and its once-per-500-ms kick marker) goes
+    forget_published(broker)  # what posting the grade published (and its once-per-500-ms kick marker) goes
 
     lti11.launch_ok(user_id="stu-42", resource_link_id="rl-42", context_id=course)
 
@@ -142,7 +149,7 @@ def test_user_enroll_routes_the_students_grade_and_asks_celery_to_deliver_it(
     posted = world.post_grade({"assignmentID": "quiz-1", "userID": newcomer_id, "percentage": 0.5})
     assert posted.status_code == 202, posted.text
     assert [d["status"] for d in posted.json()["deliveries"]] == ["unroutable"]
-    broker.flushdb()
+    forget_published(broker)
 
     enrolled = cli(
         app, database_url, "user", "enroll", "--district", world.district_id, "--lms", world.connection_id,
@@ -172,7 +179,7 @@ def test_roster_sync_that_releases_a_grade_asks_celery_to_drain_the_connection(
     posted = ags.world.post_grade({"assignmentID": "quiz-1", "userID": known_id, "percentage": 0.7})
     assert posted.json()["status"] == "awaiting_launch"
     ags.platform.members = [{"user_id": "sub-kim", "email": "kim@school.example", "status": "Active"}]
-    broker.flushdb()
+    forget_published(broker)
 
     synced = cli(app, database_url, "lms", "sync-roster", "--district", ags.world.district_id, "--lms", "Canvas")
 
