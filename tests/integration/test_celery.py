@@ -6,6 +6,8 @@ commits a grade. Skipped, with the reason, where no Redis answers.
 - A lost message (nothing published at all) only delays the grade: the sweep finds the due delivery.
 - A Celery worker killed with SIGKILL mid-delivery: a new worker delivers the grade once the lease expires,
   with its final value.
+- A retry goes out within a few seconds of its due time, with the sweep at its production interval (a finished
+  drain used to hide its connection from the sweep for two sweep intervals: 30-45 s late).
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from gateway.composition import services_of
-from gateway.models import Delivery
-from tests.factories import World
-from tests.fakes.scripted_lms import Close, Hang, ScriptedLms
+from gateway.models import Delivery, Grade, LmsConnection
+from gateway.services.directory import create_user, enroll
+from tests.factories import COURSE, World
+from tests.fakes.scripted_lms import Close, Hang, Respond, ScriptedLms
 from tests.integration.test_worker_crash import worker_command, worker_env
 
 pytestmark = pytest.mark.slow
@@ -64,7 +69,14 @@ def settings_overrides() -> dict[str, object]:
 
 class CeleryWorker:
     def __init__(
-        self, database_url: str, tmp_path: Path, name: str, *, beat: bool = True, broker_url: str = REDIS_URL
+        self,
+        database_url: str,
+        tmp_path: Path,
+        name: str,
+        *,
+        beat: bool = True,
+        broker_url: str = REDIS_URL,
+        environment: dict[str, str] | None = None,
     ) -> None:
         env = worker_env(database_url, tmp_path)
         env.update(
@@ -73,6 +85,7 @@ class CeleryWorker:
                 "GATEWAY_SWEEP_SECONDS": "1",
                 "GATEWAY_BACKOFF_BASE_SECONDS": "0.2",
                 "GATEWAY_BACKOFF_MAX_SECONDS": "1",
+                **(environment or {}),
             }
         )
         self.log_path = tmp_path / f"{name}.log"
@@ -110,8 +123,8 @@ class CeleryWorker:
 def start_worker(database_url: str, tmp_path: Path) -> Iterator[object]:
     started: list[CeleryWorker] = []
 
-    def start(name: str = "celery", beat: bool = True) -> CeleryWorker:
-        worker = CeleryWorker(database_url, tmp_path, name, beat=beat)
+    def start(name: str = "celery", beat: bool = True, environment: dict[str, str] | None = None) -> CeleryWorker:
+        worker = CeleryWorker(database_url, tmp_path, name, beat=beat, environment=environment)
         started.append(worker)
         return worker
 
@@ -189,3 +202,61 @@ def test_a_killed_celery_worker_loses_no_grade(world: World, lms: ScriptedLms, s
     assert entry.score_given == 8.5 and entry.writes == 1, (statuses(world, grade_id), second.log())
     # The dead worker's claim of the old value was taken back and superseded, never sent again.
     assert statuses(world, grade_id) == [("superseded", 2), ("delivered", 1)]
+
+
+RETRIED_GRADES = 6
+RETRY_BACKOFF_BASE = 2.0  # the first retry falls due 1-2 s after the 503 (equal jitter)
+PRODUCTION_SWEEP_SECONDS = 15.0  # GATEWAY_SWEEP_SECONDS's default
+
+
+def _epoch(moment: datetime) -> float:
+    return moment.replace(tzinfo=UTC).timestamp()
+
+
+def test_a_retry_under_celery_goes_out_within_seconds_of_its_due_time(
+    world: World, lms: ScriptedLms, start_worker: object
+) -> None:
+    with world.session() as session:
+        connection = session.get(LmsConnection, world.connection_id)
+        users = [create_user(session, world.district_id, name=f"Retried {n}") for n in range(RETRIED_GRADES)]
+        for user in users:
+            enroll(session, connection, COURSE, user)
+        student_ids = [user.id for user in users]
+    lms.script(*[Respond(503) for _ in student_ids])  # every grade's first write is refused once
+    worker = start_worker(  # type: ignore[operator]
+        environment={
+            "GATEWAY_SWEEP_SECONDS": str(PRODUCTION_SWEEP_SECONDS),
+            "GATEWAY_BACKOFF_BASE_SECONDS": str(RETRY_BACKOFF_BASE),
+            "GATEWAY_BACKOFF_MAX_SECONDS": "60",
+        }
+    )
+    for student_id in student_ids:
+        response = world.post_grade({"assignmentID": "quiz-1", "userID": student_id, "percentage": 0.6})
+        assert response.status_code == 202, response.text
+
+    # Each retry's due time, read while the delivery waits in its backoff (then the row forgets it).
+    due_at: dict[str, float] = {}
+    deadline = time.monotonic() + 3 * PRODUCTION_SWEEP_SECONDS + 30
+    while time.monotonic() < deadline:
+        with world.session() as session:
+            rows = session.execute(select(Delivery.status, Delivery.next_attempt_at, Grade.user_id).join(Grade)).all()
+        for status, next_attempt_at, student_id in rows:
+            if status == "retrying" and next_attempt_at is not None:
+                due_at[student_id] = _epoch(next_attempt_at)
+        if sum(1 for status, _, _ in rows if status == "delivered") == RETRIED_GRADES:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"not every retry delivered in time:\n{worker.log()}")
+    assert len(due_at) == RETRIED_GRADES, due_at
+
+    # When the LMS saw each student's second write, on the wall clock the due times are on.
+    wall_minus_monotonic = time.time() - time.monotonic()
+    retried_at = {}
+    for request in lms.score_writes():
+        if request.outcome == "stored":
+            retried_at[request.student_id] = request.at + wall_minus_monotonic
+    lateness = sorted(retried_at[student_id] - due for student_id, due in due_at.items())
+    print(f"retry lateness under Celery: median {statistics.median(lateness):.2f} s, max {lateness[-1]:.2f} s")
+    # Generous against scheduling noise on a busy machine; the fault it guards against cost 30-45 s.
+    assert lateness[-1] < 5.0, (lateness, worker.log())
