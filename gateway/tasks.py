@@ -394,9 +394,7 @@ class Dispatcher:
                     dropped, self._dropped = self._dropped, 0
                     self._publishing = True
                 if dropped:
-                    log.warning(
-                        "%d delivery wake-ups dropped (publish queue full); the sweep will pick them up", dropped
-                    )
+                    log.warning("%d delivery wake-ups dropped (queue full); the sweep will pick them up", dropped)
                 try:
                     publisher.publish(connection_ids, sweep_wanted)
                 finally:
@@ -419,6 +417,7 @@ class _Publisher:
     def __init__(self, broker_url: str, timeout: float) -> None:
         import redis
 
+        self.broker_url = broker_url
         self.redis = redis.Redis.from_url(broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.transport_options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "max_retries": 1}
         self.connection: Any = None
@@ -426,7 +425,9 @@ class _Publisher:
     def publish(self, connection_ids: list[str], sweep_wanted: bool) -> None:
         try:
             if self.connection is None:
-                self.connection = celery_app.connection_for_write(transport_options=self.transport_options)
+                self.connection = celery_app.connection_for_write(
+                    self.broker_url, transport_options=self.transport_options
+                )
             producer = celery_app.amqp.Producer(self.connection, auto_declare=False)
             if sweep_wanted:
                 sweep.apply_async(queue=QUEUE, producer=producer)
