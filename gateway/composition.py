@@ -37,7 +37,8 @@ EXTENSION_KEY = "passback"
 class DeliveryNudger:
     """The `Nudger` services are given: new or released outbox rows wake the embedded worker if this process
     runs one, and ask the Celery workers (through the broker) to drain those connections if one is configured,
-    so the rows go out now rather than at the next poll or sweep."""
+    so the rows go out now rather than at the next poll or sweep. Neither waits: the broker is published to from
+    a thread of its own (gateway.tasks.Dispatcher), so a slow or frozen broker never holds up a request."""
 
     def __init__(self, dispatch: Callable[[set[str] | None], None] | None = None) -> None:
         self.dispatch = dispatch
