@@ -35,7 +35,13 @@ from gateway.services.outbox import (
     reconfirm_claims,
     supersede_claim,
 )
-from gateway.services.outcomes import RetryPolicy, record_outcome, record_successes, touch_connection
+from gateway.services.outcomes import (
+    RetryPolicy,
+    SuccessTouches,
+    record_outcome,
+    record_successes,
+    touch_connection,
+)
 from gateway.throttle import Limiter
 from schemas.statuses import DeliveryStatus
 
@@ -106,6 +112,8 @@ class DeliveryWorker:
             retry_after_max_seconds=settings.retry_after_max_seconds,
         )
         self.wakeup = threading.Event()
+        # When this worker last wrote each connection's last_success_at (at most every few seconds).
+        self.success_touches = SuccessTouches()
         self._last_purge: float | None = None
 
     @property
@@ -350,7 +358,7 @@ class DeliveryWorker:
             for connection_id, results in by_connection.items():
                 errors = [o for o in results if isinstance(o, DeliveryError)]
                 if len(errors) < len(results):
-                    touch_connection(session, connection_id, error=None, now=now)
+                    touch_connection(session, connection_id, error=None, now=now, touches=self.success_touches)
                 if errors:
                     touch_connection(session, connection_id, error=errors[-1].message, now=now)
         for (claim, work), outcome in zip(group, outcomes, strict=True):

@@ -20,8 +20,26 @@ from gateway.services.outbox import Claim, claimed_row, newer_revision_id
 
 MAX_ERROR_CHARS = 2000
 SUCCESS_TOUCH_SECONDS = 5.0
-_LAST_SUCCESS_TOUCH: dict[str, datetime] = {}
-_TOUCH_LOCK = threading.Lock()
+
+
+class SuccessTouches:
+    """When a worker last wrote each connection's `last_success_at`. Every worker would otherwise update the same
+    connection row after every grade (a hot row): with this, a success is written at most every few seconds per
+    worker; a failure always. Each delivery worker holds one."""
+
+    def __init__(self, every_seconds: float = SUCCESS_TOUCH_SECONDS) -> None:
+        self.every_seconds = every_seconds
+        self._last: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    def due(self, connection_id: str, now: datetime) -> bool:
+        """Whether a success at `now` is to be written (and, if so, noted as written)."""
+        with self._lock:
+            last = self._last.get(connection_id)
+            if last is not None and (now - last).total_seconds() < self.every_seconds:
+                return False
+            self._last[connection_id] = now
+            return True
 
 
 @dataclass(frozen=True)
@@ -196,20 +214,20 @@ def record_failure(
 
 
 def touch_connection(
-    session: Session, connection_id: str | None, *, error: str | None, now: datetime | None = None
+    session: Session,
+    connection_id: str | None,
+    *,
+    error: str | None,
+    now: datetime | None = None,
+    touches: SuccessTouches | None = None,
 ) -> None:
-    """Keep the connection's health: when it last took a grade, and when and why it last refused one."""
+    """Keep the connection's health: when it last took a grade, and when and why it last refused one. With
+    `touches` (a worker's), a success is written only when it is due."""
     if connection_id is None:
         return
     now = now or utcnow()
-    if error is None:
-        # Every worker would otherwise update the same connection row after every grade (a hot row): a
-        # success is written at most every few seconds per process; a failure always.
-        with _TOUCH_LOCK:
-            last = _LAST_SUCCESS_TOUCH.get(connection_id)
-            if last is not None and (now - last).total_seconds() < SUCCESS_TOUCH_SECONDS:
-                return
-            _LAST_SUCCESS_TOUCH[connection_id] = now
+    if error is None and touches is not None and not touches.due(connection_id, now):
+        return
     values: dict[str, Any] = (
         {"last_success_at": now} if error is None else {"last_failure_at": now, "last_failure": _truncate(error)}
     )
