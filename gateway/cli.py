@@ -416,26 +416,24 @@ def placement_add(
     as_json: bool,
 ) -> None:
     """Place an app's assignment in an LMS course or section; grades for it are routed there."""
-    from gateway.services.directory import get_app
-    from gateway.services.lms import add_placement
+    from gateway.services.lms import place_assignment
 
     destination = json.loads(destination_json) if destination_json else {}
     if lms_assignment:
         destination["assignment_id"] = lms_assignment
     try:
-        with _session(_app()) as session:
-            app_row = get_app(session, app_ref)
-            row = add_placement(
-                session,
+        app = _app()
+        with app.app_context():
+            data = place_assignment(
+                _services(app).unit_of_work(),
                 district_id,
                 lms_ref,
-                app_row.id,
+                app_ref,
                 assignment,
                 course,
                 section_id=section,
                 destination=destination,
             )
-            data = {"id": row.id, "course": row.course_id, "section": row.section_id, "assignment": assignment}
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"placement {d['id']}: {d['assignment']} in course {d['course']}")
