@@ -54,10 +54,11 @@ def claim_due_deliveries(
     Due means pending/retrying with next_attempt_at reached, or delivering whose lease expired (its worker
     died). Deliveries never sent come first, then retries by due time: a retry is the likeliest to fail again
     (a timing-out LMS), and new grades must not wait behind it. Deliveries of paused connections wait.
-    Claiming is not an attempt: `reconfirm_claims(count_attempt=True)` counts one when the first request goes
-    out, and recording an outcome counts one if no request did (so a claim lost or handed back unsent is not). A delivery is not claimed while another delivery of the same
-    grade and placement is in flight, so an older revision can never land after a newer one. Safe to call
-    from many workers at once: each row is taken by a conditional UPDATE, and only one can win it.
+    Claiming is not an attempt: `reconfirm_claims(count_attempt=...)` counts one when the first request goes
+    out, and recording an outcome counts one if no request did (so a claim lost or handed back unsent is not).
+    A delivery is not claimed while another delivery of the same grade and placement is in flight, so an
+    older revision can never land after a newer one. Safe to call from many workers at once: each row is
+    taken by a conditional UPDATE, and only one can win it.
     """
     now = now or utcnow()
     _fail_exhausted_leases(session, now, max_attempts)
@@ -153,8 +154,9 @@ def reconfirm_claims(
 ) -> tuple[set[str], set[str]]:
     """Right before sending: renew the lease of each claim that is still ours, unexpired and of the grade's
     current revision, and count an attempt for those of them in `count_attempt` (their first request goes out
-    now, so a worker that dies during it has spent one). Returns (confirmed, outdated) delivery ids; an outdated claim should be superseded, and a
-    claim in neither set was lost (its lease ran out and another worker may have it) and must not be sent.
+    now, so a worker that dies during it has spent one). Returns (confirmed, outdated) delivery ids; an
+    outdated claim should be superseded, and a claim in neither set was lost (its lease ran out and another
+    worker may have it) and must not be sent.
 
     This is what keeps an old score from landing after a new one: while a claim's lease runs, the newer
     delivery of the same grade cannot be claimed, and a claim whose lease ran out is never sent."""
