@@ -26,6 +26,7 @@ from gateway.db import Database, database_trouble
 from gateway.services.adapter_factory import AdapterFactory
 from gateway.services.delivery_work import DeliveryWork, load_works
 from gateway.services.discovery_lease import DISCOVERY_WAIT_SECONDS, release_discovery_lease, take_discovery_lease
+from gateway.services.heartbeats import record_heartbeat, worker_name
 from gateway.services.outbox import (
     Claim,
     claim_due_deliveries,
@@ -105,6 +106,7 @@ class DeliveryWorker:
         district_id: str | None = None,
         limiter: Limiter | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        role: str = "worker",
     ) -> None:
         self.db = db
         self.box = box
@@ -125,6 +127,11 @@ class DeliveryWorker:
         )
         self.wakeup = threading.Event()
         self._last_purge: float | None = None
+        # The heartbeat row /readyz reads: embedded, worker (`gateway worker` polling) or celery.
+        self.role = role
+        self.heartbeat_name = worker_name(role)
+        self.started_at = clock.now()
+        self._last_heartbeat: float | None = None
 
     @property
     def adapters(self) -> Mapping[str, type[LmsAdapter]]:
@@ -438,6 +445,24 @@ class DeliveryWorker:
         with self.db.transaction() as session:
             purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds, now=self.clock.now())
 
+    def heartbeat_if_due(self) -> None:
+        """Record that this worker is alive, at most once per `heartbeat_seconds`."""
+        now = self.clock.monotonic()
+        if self._last_heartbeat is not None and now - self._last_heartbeat < self.settings.heartbeat_seconds:
+            return
+        with self.db.transaction() as session:
+            record_heartbeat(session, self.heartbeat_name, self.role, started_at=self.started_at, now=self.clock.now())
+        self._last_heartbeat = now
+
+    def beat_until(self, stop: threading.Event) -> None:
+        """Heartbeats alone, until `stop`: for a process whose deliveries run elsewhere (Celery's tasks)."""
+        while not stop.is_set():
+            try:
+                self.heartbeat_if_due()
+            except Exception as exc:
+                log.warning("delivery worker: heartbeat not recorded: %s", exc)
+            stop.wait(self.settings.heartbeat_seconds)
+
     def run_forever(self, stop: threading.Event) -> None:
         """Deliver until `stop`: up to `worker_threads` connections at once, each connection's claims on one
         thread, so a slow or hanging LMS holds only its own thread (and each request ends at its deadline)."""
@@ -448,9 +473,10 @@ class DeliveryWorker:
         with ThreadPoolExecutor(threads, thread_name_prefix="passback-deliver") as pool:
             while not stop.is_set():
                 try:
+                    self.heartbeat_if_due()
                     self.purge_if_due()
                 except Exception:
-                    log.exception("delivery worker: housekeeping failed")
+                    log.exception("delivery worker: heartbeat or housekeeping failed")
                 try:
                     started = self._dispatch(pool, threads, busy, busy_lock)
                 except Exception as exc:
