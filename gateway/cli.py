@@ -679,7 +679,16 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
         argv += ["-Q", "passback", "--without-gossip", "--without-mingle"]
         if beat:
             argv += ["--beat", "--schedule", settings.beat_schedule_path()]
-        _run_celery_worker(configure_celery(settings), argv)
+        # Deliveries run in Celery's tasks; a thread of this process records its heartbeat for /readyz.
+        stop_beating = threading.Event()
+        celery_beats = _services(app).delivery_worker(role="celery")
+        threading.Thread(
+            target=celery_beats.beat_until, args=(stop_beating,), name="passback-heartbeat", daemon=True
+        ).start()
+        try:
+            _run_celery_worker(configure_celery(settings), argv)
+        finally:
+            stop_beating.set()
         return
     worker = _services(app).delivery_worker(district_id=district_id)
     if once:
