@@ -20,6 +20,7 @@ from adapters.answers import DEFAULT_ANSWERS, AnswerTable
 
 if TYPE_CHECKING:
     from adapters.http import HttpClient
+    from adapters.url_policy import HostResolver
 
 
 @dataclass(frozen=True)
@@ -189,16 +190,38 @@ class LookupCache:
             self._entries.pop(key, None)
 
 
+class KeyedLocks:
+    """One lock per key, made on first use: threads of one process that need the same thing (an access token
+    from one platform) wait for one of them to fetch it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def __call__(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+def _host_resolver() -> HostResolver:
+    from adapters.url_policy import HostResolver  # url_policy imports this module
+
+    return HostResolver()
+
+
 @dataclass(frozen=True)
 class AdapterContext:
-    """What the worker lends an adapter besides its settings: Passback's signing key, the token cache, and a
-    per-process cache of LMS lookups."""
+    """What the gateway lends an adapter besides its settings: Passback's signing key, the token cache, and the
+    state adapters of one process share (LMS lookups, per-key locks, resolved host names). The gateway's adapter
+    factory holds one of each and lends them to every adapter it builds; the defaults serve tools and tests."""
 
     signing_key: Any | None = None
     token_cache: AccessTokenCache = field(default_factory=MemoryTokenCache)
     lookups: LookupCache = field(default_factory=LookupCache)
     # Why there is no signing key although Passback has one (it cannot be decrypted here): said, not guessed.
     signing_key_problem: str | None = None
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+    resolver: HostResolver = field(default_factory=_host_resolver)
 
 
 class LmsAdapter(ABC):
@@ -250,11 +273,12 @@ class LmsAdapter(ABC):
     ) -> Self:
         """The adapter for a connection's validated settings, its HTTP client bound to the connection's URL policy
         (the one place that binding happens)."""
+        context = context or AdapterContext()
         if cls.url_policed:
             from adapters.url_policy import policed  # url_policy imports this module
 
-            http = policed(http, {**cls.policy_defaults, **settings})
-        return cls._from_validated(settings, http, context or AdapterContext())
+            http = policed(http, {**cls.policy_defaults, **settings}, context.resolver)
+        return cls._from_validated(settings, http, context)
 
     @classmethod
     def _from_validated(cls, settings: Mapping[str, Any], http: HttpClient, context: AdapterContext) -> Self:

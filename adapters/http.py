@@ -389,9 +389,12 @@ class ThrottledHttpClient(HttpClient):
         limiter: RequestLimiter,
         throttle: Throttle,
         before_request: Callable[[], None] | None = None,
+        buckets: BucketViews | None = None,
     ) -> None:
         # No super().__init__(): the view shares the wrapped client's per-thread sessions (connection reuse).
         self.http = http
+        # What is learnt of the LMS's bucket, shared with the connection's other clients when given.
+        self.buckets = buckets if buckets is not None else BucketViews()
         # Called before every request, after the throttle: the worker checks (and renews) its claim there,
         # and raises to stop a send whose claim it no longer holds.
         self.before_request = before_request
@@ -436,8 +439,8 @@ class ThrottledHttpClient(HttpClient):
         cost = _float(response.headers.get("X-Request-Cost"))
         key = self.throttle.key
         now = self.clock()
-        with _BUCKETS_LOCK:
-            view = _BUCKETS.setdefault(key, BucketView())
+        with self.buckets.lock:
+            view = self.buckets.view(key)
             _learn(view, now, remaining, None if refused else cost)
             if not refused:
                 view.refusals = 0
@@ -482,15 +485,24 @@ def _learn(view: BucketView, now: float, remaining: float | None, cost: float | 
     view.last_at, view.last_remaining = now, remaining
 
 
-_BUCKETS: dict[str, BucketView] = {}
-_BUCKETS_LOCK = threading.Lock()
+class BucketViews:
+    """What one process has learnt of each connection's LMS bucket, shared by the throttled clients of that
+    connection (the gateway's adapter factory holds one)."""
 
+    def __init__(self) -> None:
+        self._views: dict[str, BucketView] = {}
+        # Held while one answer is folded into a view (callers take it around `view`).
+        self.lock = threading.Lock()
 
-def bucket_view(key: str) -> BucketView | None:
-    """A copy of what this process has learnt of a connection's LMS bucket (for the dashboard and tests)."""
-    with _BUCKETS_LOCK:
-        view = _BUCKETS.get(key)
-        return None if view is None else BucketView(**vars(view))
+    def view(self, key: str) -> BucketView:
+        """The connection's view, made on first use; call with `lock` held."""
+        return self._views.setdefault(key, BucketView())
+
+    def snapshot(self, key: str) -> BucketView | None:
+        """A copy of what has been learnt of a connection's LMS bucket (for the dashboard and tests)."""
+        with self.lock:
+            view = self._views.get(key)
+            return None if view is None else BucketView(**vars(view))
 
 
 def _float(value: str | None) -> float | None:

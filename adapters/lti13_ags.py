@@ -6,7 +6,6 @@ Wire details: IMS AGS 2.0 and NRPS 2.0 (imsglobal.org/spec/lti-ags/v2p0); platfo
 from __future__ import annotations
 
 import re
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -58,14 +57,6 @@ COUNTED_PROGRESS: dict[str, frozenset[str]] = {
 # How finely a platform orders score timestamps: Moodle compares whole seconds and refuses an equal one (409).
 TIMESTAMP_RESOLUTION: dict[str, timedelta] = {"moodle": timedelta(seconds=1)}
 MILLISECOND = timedelta(milliseconds=1)
-
-_TOKEN_LOCKS: dict[str, threading.Lock] = {}
-_TOKEN_LOCKS_GUARD = threading.Lock()
-
-
-def _token_lock(key: str) -> threading.Lock:
-    with _TOKEN_LOCKS_GUARD:
-        return _TOKEN_LOCKS.setdefault(key, threading.Lock())
 
 
 # Platform presets: the URLs an admin would otherwise copy by hand (each LMS's docs, e.g. Schoology "LTI Apps").
@@ -265,7 +256,7 @@ class Lti13AgsAdapter(LmsAdapter):
             cached = self.context.token_cache.get(key)
             if cached:
                 return cached
-        with _token_lock(key):
+        with self.context.locks(key):
             if not fresh:
                 cached = self.context.token_cache.get(key)
                 if cached:

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -104,31 +104,37 @@ def is_public(address: str) -> bool:
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_loopback or ip.is_link_local)
 
 
-_RESOLVED: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
-_RESOLVED_LOCK = threading.Lock()
+class HostResolver:
+    """Host names to addresses, each answer kept briefly: one per process, held by whoever builds the adapters
+    (the gateway's adapter factory lends it through the AdapterContext), so sends to one LMS do not each ask DNS."""
 
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._answers: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
 
-def resolve(host: str, port: int) -> tuple[str, ...]:
-    """Every address the host resolves to (an IP literal is itself), cached briefly."""
-    try:
-        return (str(ipaddress.ip_address(host.strip("[]"))),)
-    except ValueError:
-        pass
-    now = time.monotonic()
-    with _RESOLVED_LOCK:
-        hit = _RESOLVED.get((host, port))
-        if hit and hit[1] > now:
-            return hit[0]
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError) as exc:
-        raise RetryableDeliveryError(f"could not resolve {host}: {exc}") from exc
-    addresses = tuple(sorted({str(info[4][0]) for info in infos}))
-    with _RESOLVED_LOCK:
-        if len(_RESOLVED) > 10_000:
-            _RESOLVED.clear()
-        _RESOLVED[(host, port)] = (addresses, now + RESOLVE_CACHE_SECONDS)
-    return addresses
+    def resolve(self, host: str, port: int) -> tuple[str, ...]:
+        """Every address the host resolves to (an IP literal is itself), cached briefly."""
+        try:
+            return (str(ipaddress.ip_address(host.strip("[]"))),)
+        except ValueError:
+            pass
+        now = time.monotonic()
+        with self._lock:
+            hit = self._answers.get((host, port))
+            if hit and hit[1] > now:
+                return hit[0]
+        try:
+            infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError) as exc:
+            raise RetryableDeliveryError(f"could not resolve {host}: {exc}") from exc
+        addresses = tuple(sorted({str(info[4][0]) for info in infos}))
+        with self._lock:
+            if len(self._answers) >= self.max_entries:
+                # Crude but bounded: forget everything rather than grow without limit.
+                self._answers.clear()
+            self._answers[(host, port)] = (addresses, now + RESOLVE_CACHE_SECONDS)
+        return addresses
 
 
 @dataclass(frozen=True)
@@ -139,9 +145,11 @@ class UrlPolicy:
     allowed_hosts: tuple[str, ...] = ()
     allow_private: bool = False
     frame_hosts: tuple[str, ...] = ()
+    # Where host names are looked up; a policy built without one resolves afresh each time.
+    resolver: HostResolver = field(default_factory=HostResolver, compare=False, repr=False)
 
     @classmethod
-    def for_connection(cls, settings: Mapping[str, Any]) -> UrlPolicy:
+    def for_connection(cls, settings: Mapping[str, Any], resolver: HostResolver | None = None) -> UrlPolicy:
         """From a connection's settings: the hosts of its registered URLs, its `allowed_hosts` (or its platform
         preset's), and its `allow_private_addresses` switch."""
         registered = {
@@ -158,6 +166,7 @@ class UrlPolicy:
             tuple(str(h).lower() for h in allowed if isinstance(h, str)),
             settings.get("allow_private_addresses") is True,
             PRESET_FRAME_HOSTS.get(str(settings.get("platform") or ""), ()),
+            resolver or HostResolver(),
         )
 
     def host_allowed(self, host: str, port: int) -> bool:
@@ -200,7 +209,7 @@ class UrlPolicy:
             if scheme == "https" or self.allow_private:
                 return None
             return UNRESOLVED_HTTP, f"the LMS gave a URL without https: {shown}"
-        addresses = (literal,) if literal is not None else resolve(*origin)
+        addresses = (literal,) if literal is not None else self.resolver.resolve(*origin)
         private = [a for a in addresses if not is_public(a)]
         if private and not self.allow_private:
             return PRIVATE, (
@@ -260,11 +269,11 @@ class PolicedHttpClient(HttpClient):
         return getattr(self.__dict__["http"], name)
 
 
-def policed(http: HttpClient, settings: Mapping[str, Any]) -> HttpClient:
+def policed(http: HttpClient, settings: Mapping[str, Any], resolver: HostResolver | None = None) -> HttpClient:
     """`http` bound to the connection's UrlPolicy (every LMS adapter's from_settings calls this)."""
     if http is None or isinstance(http, PolicedHttpClient):
         return http
-    return PolicedHttpClient(http, UrlPolicy.for_connection(settings))
+    return PolicedHttpClient(http, UrlPolicy.for_connection(settings, resolver))
 
 
 REFUSED_KEY = "refused_urls"

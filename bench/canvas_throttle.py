@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from adapters.base import RetryableDeliveryError  # noqa: E402
-from adapters.http import HttpClient, Throttle, ThrottledHttpClient  # noqa: E402
+from adapters.http import BucketViews, HttpClient, Throttle, ThrottledHttpClient  # noqa: E402
 from gateway.throttle import LocalLimiter  # noqa: E402
 from tests.fakes.canvas_bucket import CanvasBucketLms  # noqa: E402
 
@@ -62,12 +62,14 @@ def run(
         default_pause=max_pause,
     )
     http = HttpClient(2.0, 5.0, deadline=10.0)
+    # The senders share what they learn of the LMS's bucket, as the adapter factory's clients of one connection do.
+    buckets = BucketViews()
     stop = threading.Event()
     throttled_by_passback = [0]
     lock = threading.Lock()
 
     def sender(url: str) -> None:
-        client = ThrottledHttpClient(http, limiter, throttle)
+        client = ThrottledHttpClient(http, limiter, throttle, buckets=buckets)
         while not stop.is_set():
             try:
                 client.request("POST", url, json={"scoreGiven": 1})

@@ -78,6 +78,11 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz")
+    def readyz() -> tuple[dict[str, Any], int]:
+        readiness = services.readiness()
+        return readiness.as_json(), 200 if readiness.ready else 503
+
     logging.getLogger("passback").setLevel(logging.INFO)
     return app
 

@@ -416,26 +416,24 @@ def placement_add(
     as_json: bool,
 ) -> None:
     """Place an app's assignment in an LMS course or section; grades for it are routed there."""
-    from gateway.services.directory import get_app
-    from gateway.services.lms import add_placement
+    from gateway.services.lms import place_assignment
 
     destination = json.loads(destination_json) if destination_json else {}
     if lms_assignment:
         destination["assignment_id"] = lms_assignment
     try:
-        with _session(_app()) as session:
-            app_row = get_app(session, app_ref)
-            row = add_placement(
-                session,
+        app = _app()
+        with app.app_context():
+            data = place_assignment(
+                _services(app).unit_of_work(),
                 district_id,
                 lms_ref,
-                app_row.id,
+                app_ref,
                 assignment,
                 course,
                 section_id=section,
                 destination=destination,
             )
-            data = {"id": row.id, "course": row.course_id, "section": row.section_id, "assignment": assignment}
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"placement {d['id']}: {d['assignment']} in course {d['course']}")
@@ -681,7 +679,16 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
         argv += ["-Q", "passback", "--without-gossip", "--without-mingle"]
         if beat:
             argv += ["--beat", "--schedule", settings.beat_schedule_path()]
-        _run_celery_worker(configure_celery(settings), argv)
+        # Deliveries run in Celery's tasks; a thread of this process records its heartbeat for /readyz.
+        stop_beating = threading.Event()
+        celery_beats = _services(app).delivery_worker(role="celery")
+        threading.Thread(
+            target=celery_beats.beat_until, args=(stop_beating,), name="passback-heartbeat", daemon=True
+        ).start()
+        try:
+            _run_celery_worker(configure_celery(settings), argv)
+        finally:
+            stop_beating.set()
         return
     worker = _services(app).delivery_worker(district_id=district_id)
     if once:

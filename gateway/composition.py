@@ -15,10 +15,12 @@ from sqlalchemy.orm import Session
 
 from adapters.base import HealthReport
 from adapters.http import HttpClient
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database
 from gateway.services.adapter_factory import AdapterFactory
+from gateway.services.heartbeats import Readiness, check_readiness
 from gateway.services.lms import probe_connection
 from gateway.services.unit_of_work import UnitOfWork
 from gateway.throttle import Limiter, make_limiter
@@ -61,6 +63,8 @@ class Services:
     http: HttpClient
     nudger: DeliveryNudger
     embedded_worker: EmbeddedWorker | None = None
+    # The time workers and /readyz read (tests hand a FrozenClock to both).
+    clock: Clock = SYSTEM_CLOCK
     # Web-only objects the app builds on first use (authlib's server, the generated OpenAPI document).
     oauth_server: Any = None
     openapi_document: dict[str, Any] | None = None
@@ -106,16 +110,23 @@ class Services:
 
         options.setdefault("http", self.http)
         options.setdefault("limiter", self.limiter)
+        options.setdefault("clock", self.clock)
         return DeliveryWorker(self.database, self.box, self.settings, **options)
 
     def start_embedded_worker(self) -> EmbeddedWorker:
         """Run the delivery worker as a thread of this process; nudges wake it from then on."""
         from gateway.worker import EmbeddedWorker
 
-        embedded = EmbeddedWorker(self.delivery_worker())
+        embedded = EmbeddedWorker(self.delivery_worker(role="embedded"))
         embedded.start()
         self.embedded_worker = self.nudger.embedded = embedded
         return embedded
+
+    def readiness(self) -> Readiness:
+        """For /readyz: the database answers, and some delivery worker recorded a heartbeat recently."""
+        return check_readiness(
+            self.database, max_heartbeat_age=self.settings.readyz_heartbeat_max_age_seconds, now=self.clock.now()
+        )
 
 
 def build_services(settings: Settings, *, database: Database | None = None) -> Services:

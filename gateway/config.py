@@ -57,6 +57,10 @@ class Settings:
     http_request_deadline: float = 30.0
     # The embedded/polling worker delivers to this many LMS connections at once (one thread per connection).
     worker_threads: int = 4
+    # Every delivery worker records a heartbeat this often; /readyz answers 503 when the newest is older than
+    # readyz_heartbeat_max_age_seconds (0: no worker required, e.g. a database-only check).
+    heartbeat_seconds: float = 10.0
+    readyz_heartbeat_max_age_seconds: float = 60.0
     # Celery over this broker (redis://…) instead of the embedded worker; Redis also shares the throttles.
     broker_url: str = ""
     # How often the sweep re-enqueues connections with due deliveries (a lost message only delays a grade).

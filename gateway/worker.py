@@ -26,6 +26,7 @@ from gateway.db import Database, database_trouble
 from gateway.services.adapter_factory import AdapterFactory
 from gateway.services.delivery_work import DeliveryWork, load_works
 from gateway.services.discovery_lease import DISCOVERY_WAIT_SECONDS, release_discovery_lease, take_discovery_lease
+from gateway.services.heartbeats import record_heartbeat, worker_name
 from gateway.services.outbox import (
     Claim,
     claim_due_deliveries,
@@ -35,7 +36,13 @@ from gateway.services.outbox import (
     reconfirm_claims,
     supersede_claim,
 )
-from gateway.services.outcomes import RetryPolicy, record_outcome, record_successes, touch_connection
+from gateway.services.outcomes import (
+    RetryPolicy,
+    SuccessTouches,
+    record_outcome,
+    record_successes,
+    touch_connection,
+)
 from gateway.throttle import Limiter
 from schemas.statuses import DeliveryStatus
 
@@ -53,10 +60,20 @@ class ClaimLost(Exception):
 class LeaseKeeper:
     """Before each LMS request of a delivery (or a batch), make sure its claims are still held: renew their
     leases once a third of the lease has passed since the last check, and stop the send if one was lost. So no
-    request ever goes out under an expired lease, however many requests or retries a delivery needs."""
+    request ever goes out under an expired lease, however many requests or retries a delivery needs.
+
+    Before the first request of a claim it also counts the claim's attempt (in the same transaction), and adds
+    the claim to `counted`: a claim lost or handed back before anything was sent is not an attempt, and one
+    whose worker dies during the request is."""
 
     def __init__(
-        self, db: Database, claims: list[Claim], lease_seconds: float, claimed_at: float, clock: Clock = SYSTEM_CLOCK
+        self,
+        db: Database,
+        claims: list[Claim],
+        lease_seconds: float,
+        claimed_at: float,
+        clock: Clock = SYSTEM_CLOCK,
+        counted: set[str] | None = None,
     ) -> None:
         self.db = db
         self.claims = claims
@@ -64,14 +81,22 @@ class LeaseKeeper:
         self.clock = clock
         # When the claims were taken (monotonic): their leases run from then, not from when sending starts.
         self.checked = claimed_at
+        # Delivery ids whose attempt is counted: the worker records their outcomes without counting again.
+        self.counted = counted if counted is not None else set()
 
     def __call__(self) -> None:
-        if self.clock.monotonic() - self.checked < self.lease_seconds / 3:
+        starting = {claim.delivery_id for claim in self.claims} - self.counted
+        if not starting and self.clock.monotonic() - self.checked < self.lease_seconds / 3:
             return
         with self.db.transaction() as session:
-            confirmed, _ = reconfirm_claims(session, self.claims, self.lease_seconds, now=self.clock.now())
-        if len(confirmed) < len(self.claims):
-            raise ClaimLost(f"{len(self.claims) - len(confirmed)} of {len(self.claims)} claims lost before sending")
+            confirmed, _ = reconfirm_claims(
+                session, self.claims, self.lease_seconds, now=self.clock.now(), count_attempt=starting
+            )
+            if len(confirmed) < len(self.claims):
+                # Raised inside the transaction: no attempt is counted for a send that does not happen.
+                lost = len(self.claims) - len(confirmed)
+                raise ClaimLost(f"{lost} of {len(self.claims)} claims lost before sending")
+        self.counted |= starting
         self.checked = self.clock.monotonic()
 
 
@@ -87,6 +112,7 @@ class DeliveryWorker:
         district_id: str | None = None,
         limiter: Limiter | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        role: str = "worker",
     ) -> None:
         self.db = db
         self.box = box
@@ -106,7 +132,14 @@ class DeliveryWorker:
             retry_after_max_seconds=settings.retry_after_max_seconds,
         )
         self.wakeup = threading.Event()
+        # When this worker last wrote each connection's last_success_at (at most every few seconds).
+        self.success_touches = SuccessTouches()
         self._last_purge: float | None = None
+        # The heartbeat row /readyz reads: embedded, worker (`gateway worker` polling) or celery.
+        self.role = role
+        self.heartbeat_name = worker_name(role)
+        self.started_at = clock.now()
+        self._last_heartbeat: float | None = None
 
     @property
     def adapters(self) -> Mapping[str, type[LmsAdapter]]:
@@ -151,6 +184,8 @@ class DeliveryWorker:
         if claimed_at is None:
             claimed_at = self.clock.monotonic()  # the claims were just taken (callers that can pass the time before)
         statuses: dict[str, str | None] = {}
+        # Claims whose first request went out (their attempt is counted then, see LeaseKeeper).
+        counted: set[str] = set()
         batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
         # Outcomes of single deliveries, recorded together at the end of the round (one transaction).
         sent: list[tuple[Claim, DeliveryWork, Any]] = []
@@ -160,15 +195,15 @@ class DeliveryWorker:
             if work.operation == "replace" and adapter_cls is not None:
                 key = adapter_cls.batch_key(work.destination)
             if key is None:
-                status = self._deliver_one(claim, work, adapter_cls, sent, claimed_at)
+                status = self._deliver_one(claim, work, adapter_cls, sent, claimed_at, counted)
                 if status is not None:
                     statuses[claim.delivery_id] = status
             else:
                 batches.setdefault((work.lms_connection_id, key), []).append((claim, work))
         if sent:
-            statuses.update(self._record_batch([(c, w) for c, w, _ in sent], [o for _, _, o in sent]))
+            statuses.update(self._record_batch([(c, w) for c, w, _ in sent], [o for _, _, o in sent], counted))
         for (connection_id, key), group in batches.items():
-            statuses.update(self._deliver_batch(connection_id, key, group, claimed_at))
+            statuses.update(self._deliver_batch(connection_id, key, group, claimed_at, counted))
         return statuses
 
     def _load(self, claims: list[Claim], statuses: dict[str, str | None]) -> list[tuple[Claim, DeliveryWork]]:
@@ -203,13 +238,14 @@ class DeliveryWorker:
         adapter_cls: type[LmsAdapter] | None,
         sent: list[tuple[Claim, DeliveryWork, Any]],
         claimed_at: float,
+        counted: set[str],
     ) -> str | None:
         """Send one delivery. Its outcome goes to `sent`, to be recorded with the round's others, and None is
         returned; a delivery that looks up its destination under the placement's lease is recorded at once
         (what it learned serves the next delivery) and its status returned."""
         discovering = adapter_cls is not None and adapter_cls.needs_discovery(work.destination.data)
         if not discovering:
-            sent.append((claim, work, self._send(claim, work, adapter_cls, claimed_at)))
+            sent.append((claim, work, self._send(claim, work, adapter_cls, claimed_at, counted)))
             return None
         with self.db.transaction() as session:
             now = self.clock.now()
@@ -217,8 +253,8 @@ class DeliveryWorker:
                 defer_claim(session, claim, DISCOVERY_WAIT_SECONDS, now=now)
                 return DeliveryStatus.PENDING
         try:
-            outcome = self._send(claim, work, adapter_cls, claimed_at)
-            return self._record_batch([(claim, work)], [outcome])[claim.delivery_id]
+            outcome = self._send(claim, work, adapter_cls, claimed_at, counted)
+            return self._record_batch([(claim, work)], [outcome], counted)[claim.delivery_id]
         finally:
             with self.db.transaction() as session:
                 release_discovery_lease(session, work.destination.placement_id)
@@ -230,14 +266,19 @@ class DeliveryWorker:
         return self.adapter_factory.http_for(connection_id, rate, keeper)
 
     def _adapter(
-        self, work: DeliveryWork, adapter_cls: type[LmsAdapter] | None, claims: list[Claim], claimed_at: float
+        self,
+        work: DeliveryWork,
+        adapter_cls: type[LmsAdapter] | None,
+        claims: list[Claim],
+        claimed_at: float,
+        counted: set[str],
     ) -> LmsAdapter:
         if adapter_cls is None:
             raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
         if work.settings_problem:
             # The grade waits (attempts not counted) until a person configures the key it was encrypted with.
             raise SecretUnreadableError(work.settings_problem)
-        keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, claimed_at, self.clock)
+        keeper = LeaseKeeper(self.db, claims, self.settings.lease_seconds, claimed_at, self.clock, counted)
         return self.adapter_factory.build(
             work.adapter,
             work.settings,
@@ -247,12 +288,17 @@ class DeliveryWorker:
         )
 
     def _send(
-        self, claim: Claim, work: DeliveryWork, adapter_cls: type[LmsAdapter] | None, claimed_at: float
+        self,
+        claim: Claim,
+        work: DeliveryWork,
+        adapter_cls: type[LmsAdapter] | None,
+        claimed_at: float,
+        counted: set[str],
     ) -> DeliveryReceipt | DeliveryError | None:
         """The adapter's answer for one delivery: a receipt, or the error (never raised); None when the claim
         was lost before a request went out."""
         try:
-            adapter = self._adapter(work, adapter_cls, [claim], claimed_at)
+            adapter = self._adapter(work, adapter_cls, [claim], claimed_at, counted)
             if work.operation == "delete":
                 return adapter.delete_result(work.destination)
             return adapter.deliver(work.grade, work.destination)
@@ -265,16 +311,21 @@ class DeliveryWorker:
             return self._adapter_bug(claim.delivery_id, work.adapter, exc)
 
     def _deliver_batch(
-        self, connection_id: str, key: str, group: list[tuple[Claim, DeliveryWork]], claimed_at: float
+        self,
+        connection_id: str,
+        key: str,
+        group: list[tuple[Claim, DeliveryWork]],
+        claimed_at: float,
+        counted: set[str],
     ) -> dict[str, str | None]:
         adapter_cls = self.adapters[group[0][1].adapter]
         try:
             # The group grows below (top-up): the keeper holds the same list, so it checks every claim in it.
             claims = [claim for claim, _ in group]
-            adapter = self._adapter(group[0][1], adapter_cls, claims, claimed_at)
+            adapter = self._adapter(group[0][1], adapter_cls, claims, claimed_at, counted)
         except Exception as exc:
             error = exc if isinstance(exc, DeliveryError) else self._adapter_bug("batch", group[0][1].adapter, exc)
-            return self._record_batch(group, [error] * len(group))
+            return self._record_batch(group, [error] * len(group), counted)
         room = adapter.max_batch - len(group)
         if room > 0:
             # Fill the request: more due grades of the same connection and section, claimed the usual way.
@@ -296,9 +347,10 @@ class DeliveryWorker:
                     group.append((claim, work))
                     claims.append(claim)
                 else:
-                    strays.append((claim, work, self._send(claim, work, adapter_cls, claimed_at)))
+                    strays.append((claim, work, self._send(claim, work, adapter_cls, claimed_at, counted)))
             if strays:
-                statuses.update(self._record_batch([(c, w) for c, w, _ in strays], [o for _, _, o in strays]))
+                strays_done = [(c, w) for c, w, _ in strays]
+                statuses.update(self._record_batch(strays_done, [o for _, _, o in strays], counted))
         else:
             statuses = {}
         outcomes: list[DeliveryReceipt | DeliveryError | None]
@@ -313,10 +365,12 @@ class DeliveryWorker:
             outcomes = [exc] * len(group)
         except Exception as exc:
             outcomes = [self._adapter_bug("batch", group[0][1].adapter, exc)] * len(group)
-        statuses.update(self._record_batch(group, outcomes))
+        statuses.update(self._record_batch(group, outcomes, counted))
         return statuses
 
-    def _record_batch(self, group: list[tuple[Claim, DeliveryWork]], outcomes: list[Any]) -> dict[str, str | None]:
+    def _record_batch(
+        self, group: list[tuple[Claim, DeliveryWork]], outcomes: list[Any], counted: set[str]
+    ) -> dict[str, str | None]:
         statuses: dict[str, str | None] = {}
         # A send abandoned because its claim was lost records nothing: the row is another worker's now.
         for (claim, _), outcome in zip(group, outcomes, strict=True):
@@ -331,7 +385,7 @@ class DeliveryWorker:
         ]
         with self.db.transaction() as session:
             now = self.clock.now()
-            delivered = record_successes(session, plain, now=now)
+            delivered = record_successes(session, plain, now=now, counted=counted)
             statuses.update(
                 {
                     claim.delivery_id: DeliveryStatus.DELIVERED if claim.delivery_id in delivered else None
@@ -341,7 +395,7 @@ class DeliveryWorker:
             for (claim, _), outcome in zip(group, outcomes, strict=True):
                 if claim.delivery_id not in statuses:
                     statuses[claim.delivery_id] = record_outcome(
-                        session, claim, outcome, self.policy, touch=False, now=now
+                        session, claim, outcome, self.policy, touch=False, now=now, counted=claim.delivery_id in counted
                     )
             # Each connection's health, once for the round rather than once per grade.
             by_connection: dict[str, list[Any]] = {}
@@ -350,7 +404,7 @@ class DeliveryWorker:
             for connection_id, results in by_connection.items():
                 errors = [o for o in results if isinstance(o, DeliveryError)]
                 if len(errors) < len(results):
-                    touch_connection(session, connection_id, error=None, now=now)
+                    touch_connection(session, connection_id, error=None, now=now, touches=self.success_touches)
                 if errors:
                     touch_connection(session, connection_id, error=errors[-1].message, now=now)
         for (claim, work), outcome in zip(group, outcomes, strict=True):
@@ -399,6 +453,24 @@ class DeliveryWorker:
         with self.db.transaction() as session:
             purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds, now=self.clock.now())
 
+    def heartbeat_if_due(self) -> None:
+        """Record that this worker is alive, at most once per `heartbeat_seconds`."""
+        now = self.clock.monotonic()
+        if self._last_heartbeat is not None and now - self._last_heartbeat < self.settings.heartbeat_seconds:
+            return
+        with self.db.transaction() as session:
+            record_heartbeat(session, self.heartbeat_name, self.role, started_at=self.started_at, now=self.clock.now())
+        self._last_heartbeat = now
+
+    def beat_until(self, stop: threading.Event) -> None:
+        """Heartbeats alone, until `stop`: for a process whose deliveries run elsewhere (Celery's tasks)."""
+        while not stop.is_set():
+            try:
+                self.heartbeat_if_due()
+            except Exception as exc:
+                log.warning("delivery worker: heartbeat not recorded: %s", exc)
+            stop.wait(self.settings.heartbeat_seconds)
+
     def run_forever(self, stop: threading.Event) -> None:
         """Deliver until `stop`: up to `worker_threads` connections at once, each connection's claims on one
         thread, so a slow or hanging LMS holds only its own thread (and each request ends at its deadline)."""
@@ -409,9 +481,10 @@ class DeliveryWorker:
         with ThreadPoolExecutor(threads, thread_name_prefix="passback-deliver") as pool:
             while not stop.is_set():
                 try:
+                    self.heartbeat_if_due()
                     self.purge_if_due()
                 except Exception:
-                    log.exception("delivery worker: housekeeping failed")
+                    log.exception("delivery worker: heartbeat or housekeeping failed")
                 try:
                     started = self._dispatch(pool, threads, busy, busy_lock)
                 except Exception as exc:

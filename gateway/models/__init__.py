@@ -33,6 +33,7 @@ from gateway.models.lti import (
 )
 from gateway.models.sandbox import SandboxFault, SandboxGradebookEntry
 from gateway.models.staff import AuditEntry, SignInFailure, StaffSession, StaffUser
+from gateway.models.worker import WorkerHeartbeat
 
 __all__ = [
     "DEFAULT_SCORE_MAXIMUM",
@@ -71,6 +72,7 @@ __all__ = [
     "UsedNonce",
     "User",
     "UserRole",
+    "WorkerHeartbeat",
     "new_id",
     "utcnow",
 ]

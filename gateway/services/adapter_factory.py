@@ -9,8 +9,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapters import REGISTRY, AdapterContext, LmsAdapter
-from adapters.base import LookupCache, PermanentDeliveryError
-from adapters.http import HttpClient, Throttle, ThrottledHttpClient
+from adapters.base import KeyedLocks, LookupCache, PermanentDeliveryError
+from adapters.http import BucketViews, HttpClient, Throttle, ThrottledHttpClient
+from adapters.url_policy import HostResolver
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox, SecretUndecryptable
@@ -25,8 +26,8 @@ CONTEXT_REFRESH_SECONDS = 60.0
 
 class AdapterFactory:
     """Builds every adapter of one process. One factory per process (or per worker, which keeps its own LMS
-    lookups); what adapters share between requests (the token cache's memory, the lookups, the limiter's
-    buckets) is held here rather than in module globals."""
+    lookups); what adapters share between requests (the token cache's memory, LMS lookups, per-key locks,
+    resolved host names, what is learnt of each LMS's rate-limit bucket) is held here, not in module globals."""
 
     def __init__(
         self,
@@ -49,8 +50,12 @@ class AdapterFactory:
         self.limiter = limiter or make_limiter(settings.broker_url)
         self.registry = registry
         self.clock = clock
+        # What the adapters it builds share from one request to the next, held here rather than in module globals.
         self.token_cache = DatabaseTokenCache(db, box)
         self.lookups = LookupCache()
+        self.locks = KeyedLocks()
+        self.resolver = HostResolver()
+        self.buckets = BucketViews()
         self._context: AdapterContext | None = None
         self._context_loaded = 0.0
 
@@ -71,7 +76,12 @@ class AdapterFactory:
                     # Only LTI 1.3 signs; the other adapters still deliver, and LTI 1.3 deliveries wait with the reason.
                     key, problem = None, exc.message
             self._context = AdapterContext(
-                signing_key=key, token_cache=self.token_cache, lookups=self.lookups, signing_key_problem=problem
+                signing_key=key,
+                token_cache=self.token_cache,
+                lookups=self.lookups,
+                signing_key_problem=problem,
+                locks=self.locks,
+                resolver=self.resolver,
             )
             self._context_loaded = now
         return self._context
@@ -93,7 +103,9 @@ class AdapterFactory:
             default_pause=settings.connection_pause_seconds,
             headroom=settings.connection_concurrency,
         )
-        return ThrottledHttpClient(self.http, self.limiter, throttle, before_request=before_request)
+        return ThrottledHttpClient(
+            self.http, self.limiter, throttle, before_request=before_request, buckets=self.buckets
+        )
 
     def build(
         self,

@@ -7,12 +7,11 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, tuple_
+from sqlalchemy import Row, Table, bindparam, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -55,10 +54,41 @@ def normalize(data: Mapping[str, Any], assignment: Assignment) -> Normalized:
     return Normalized(given / maximum, given, maximum)
 
 
+@dataclass(frozen=True)
+class GradeRecord:
+    """A grade's columns as the intake path stored them, detached from any session: the one shape of a grade
+    there, whether read under lock, inserted or updated (an ORM object would cost a flush and a refresh)."""
+
+    id: str
+    district_id: str
+    app_id: str
+    assignment_id: str
+    user_id: str
+    revision: int
+    input_form: str
+    percentage: float | None
+    fraction: float
+    score_given: float
+    score_maximum: float
+    comment: str | None
+    context: dict[str, Any] | None
+    activity_progress: str
+    grading_progress: str
+    preserve_score: bool
+    timestamp: datetime
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> GradeRecord:
+        return cls(**row._mapping)
+
+
 @dataclass
 class AcceptedGrade:
-    # The grade's columns as stored, with attribute access (a Row or a namespace, not a session-bound object).
-    grade: Any
+    # The grade's columns as stored.
+    grade: GradeRecord
     assignment_external_id: str
     # False when an identical grade was already stored: nothing changed, no delivery was added.
     changed: bool
@@ -132,7 +162,7 @@ def accept_grade(
             **_grade_values(data, normalized, given_timestamp or now),
         }
         if _inserted(session, record):
-            grade = SimpleNamespace(**record)
+            grade = GradeRecord(**record)
             revision_id = _add_revision(session, grade, principal, now)
             deliveries = route_revision(session, grade, revision_id, first_revision=True, routes=routes, now=now)
             return AcceptedGrade(grade, external_id, True, deliveries)
@@ -154,7 +184,7 @@ def accept_grade(
         )
     values.update(revision=grade.revision + 1, updated_at=now, deleted_at=None)
     session.execute(_UPDATE_GRADE, {"grade_pk": grade.id, **values})
-    updated = SimpleNamespace(**{**grade._asdict(), **values})
+    updated = replace(grade, **values)
     revision_id = _add_revision(session, updated, principal, now)
     return AcceptedGrade(
         updated, external_id, True, route_revision(session, updated, revision_id, routes=routes, now=now)
@@ -240,9 +270,9 @@ def _grade_values(data: Mapping[str, Any], normalized: Normalized, timestamp: da
     }
 
 
-def _locked_grade(session: Session, principal: Principal, assignment_id: str, user_id: str) -> Any:
-    """The grade's row, locked until commit (a Row with attribute access), or None."""
-    return session.execute(
+def _locked_grade(session: Session, principal: Principal, assignment_id: str, user_id: str) -> GradeRecord | None:
+    """The grade's row, locked until commit, or None."""
+    row = session.execute(
         _LOCKED_GRADE,
         {
             "district_id": principal.district_id,
@@ -251,9 +281,10 @@ def _locked_grade(session: Session, principal: Principal, assignment_id: str, us
             "user_id": user_id,
         },
     ).first()
+    return None if row is None else GradeRecord.from_row(row)
 
 
-def _add_revision(session: Session, grade: Any, principal: Principal, now: datetime) -> str:
+def _add_revision(session: Session, grade: GradeRecord, principal: Principal, now: datetime) -> str:
     revision_id = new_id()
     session.execute(
         _INSERT_REVISION,
@@ -378,7 +409,9 @@ def _delivery_view(delivery: Delivery, route: Route | None) -> dict[str, Any]:
     }
 
 
-def grade_view(grade: Grade, assignment_external_id: str, deliveries: list[dict[str, Any]]) -> dict[str, Any]:
+def grade_view(
+    grade: Grade | GradeRecord, assignment_external_id: str, deliveries: list[dict[str, Any]]
+) -> dict[str, Any]:
     """One grade shaped for GradeResponseSchema, with the deliveries of its current revision."""
     deliveries = [d for d in deliveries if d["status"] != DeliveryStatus.SUPERSEDED]
     statuses = {d["status"] for d in deliveries}
@@ -401,7 +434,7 @@ def grade_view(grade: Grade, assignment_external_id: str, deliveries: list[dict[
         "updated_at": grade.updated_at,
         "status": next((s for s in PROGRESS_ORDER if s in statuses), DeliveryStatus.PENDING).value,
         "deliveries": deliveries,
-        "deleted_at": getattr(grade, "deleted_at", None),
+        "deleted_at": grade.deleted_at,
     }
 
 
@@ -413,7 +446,7 @@ def accepted_view(session: Session, accepted: AcceptedGrade) -> dict[str, Any]:
     return grade_view(accepted.grade, accepted.assignment_external_id, deliveries)
 
 
-def grade_views(session: Session, grades: Sequence[Grade]) -> list[dict[str, Any]]:
+def grade_views(session: Session, grades: Sequence[Grade | GradeRecord]) -> list[dict[str, Any]]:
     """Grades with their current revision's deliveries, shaped for GradeResponseSchema (two queries)."""
     if not grades:
         return []

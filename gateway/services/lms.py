@@ -17,9 +17,10 @@ from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.db import Database
 from gateway.models import Assignment, Delivery, DeliveryStatus, LmsConnection, Placement, utcnow
 from gateway.services.adapter_factory import AdapterFactory
-from gateway.services.directory import get_district
+from gateway.services.directory import get_app, get_district
 from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import route_waiting_grades
+from gateway.services.unit_of_work import UnitOfWork
 
 
 def add_lms_connection(
@@ -187,6 +188,42 @@ def add_placement(
         raise Conflict("this assignment is already placed in that course") from exc
     route_waiting_grades(session, district_id, assignment_id=assignment.id)
     return placement
+
+
+def place_assignment(
+    uow: UnitOfWork,
+    district_id: str,
+    connection_ref: str,
+    app_ref: str,
+    assignment_external_id: str,
+    course_id: str | None,
+    *,
+    section_id: str | None = None,
+    destination: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An operator places an app's assignment (`gateway placement add`); grades that waited for a destination are
+    routed to it and go out once the placement is committed."""
+    with uow:
+        app = get_app(uow.session, app_ref)
+        placement = add_placement(
+            uow.session,
+            district_id,
+            connection_ref,
+            app.id,
+            assignment_external_id,
+            course_id,
+            section_id=section_id,
+            destination=destination,
+        )
+        placed = {
+            "id": placement.id,
+            "course": placement.course_id,
+            "section": placement.section_id,
+            "assignment": assignment_external_id,
+        }
+        uow.nudge({placement.lms_connection_id})
+        uow.commit()
+        return placed
 
 
 def probe_connection(

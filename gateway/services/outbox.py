@@ -7,11 +7,12 @@ Every function here is one short transaction's worth of work; no LMS call ever h
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from gateway.models import Delivery, DeliveryStatus, Grade, GradeRevision, LmsConnection, Placement, utcnow
@@ -51,9 +52,13 @@ def claim_due_deliveries(
     """Claim up to `limit` due deliveries for this worker until the lease expires.
 
     Due means pending/retrying with next_attempt_at reached, or delivering whose lease expired (its worker
-    died). Deliveries of paused connections wait. A delivery is not claimed while another delivery of the same
-    grade and placement is in flight, so an older revision can never land after a newer one. Safe to call
-    from many workers at once: each row is taken by a conditional UPDATE, and only one can win it.
+    died). Deliveries never sent come first, then retries by due time: a retry is the likeliest to fail again
+    (a timing-out LMS), and new grades must not wait behind it. Deliveries of paused connections wait.
+    Claiming is not an attempt: `reconfirm_claims(count_attempt=...)` counts one when the first request goes
+    out, and recording an outcome counts one if no request did (so a claim lost or handed back unsent is not).
+    A delivery is not claimed while another delivery of the same grade and placement is in flight, so an
+    older revision can never land after a newer one. Safe to call from many workers at once: each row is
+    taken by a conditional UPDATE, and only one can win it.
     """
     now = now or utcnow()
     _fail_exhausted_leases(session, now, max_attempts)
@@ -87,7 +92,7 @@ def claim_due_deliveries(
     candidates = session.execute(
         select(Delivery.id, Delivery.grade_id, Delivery.placement_id)
         .where(*conditions)
-        .order_by(Delivery.next_attempt_at)
+        .order_by(case((Delivery.attempts == 0, 0), else_=1), Delivery.next_attempt_at)
         .limit(limit)
         # PostgreSQL: lock the candidates now and pass over rows another transaction holds (an API request
         # superseding them, another worker claiming), so a claim never waits on, nor deadlocks with, them.
@@ -111,7 +116,6 @@ def claim_due_deliveries(
                 status=DeliveryStatus.DELIVERING,
                 claim_token=token,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Delivery.attempts + 1,
                 updated_at=now,
             )
             .returning(Delivery.id)
@@ -141,11 +145,18 @@ def _fail_exhausted_leases(session: Session, now: datetime, max_attempts: int) -
 
 
 def reconfirm_claims(
-    session: Session, claims: list[Claim], lease_seconds: float, *, now: datetime | None = None
+    session: Session,
+    claims: list[Claim],
+    lease_seconds: float,
+    *,
+    now: datetime | None = None,
+    count_attempt: Collection[str] = (),
 ) -> tuple[set[str], set[str]]:
     """Right before sending: renew the lease of each claim that is still ours, unexpired and of the grade's
-    current revision. Returns (confirmed, outdated) delivery ids; an outdated claim should be superseded, and a
-    claim in neither set was lost (its lease ran out and another worker may have it) and must not be sent.
+    current revision, and count an attempt for those of them in `count_attempt` (their first request goes out
+    now, so a worker that dies during it has spent one). Returns (confirmed, outdated) delivery ids; an
+    outdated claim should be superseded, and a claim in neither set was lost (its lease ran out and another
+    worker may have it) and must not be sent.
 
     This is what keeps an old score from landing after a new one: while a claim's lease runs, the newer
     delivery of the same grade cannot be claimed, and a claim whose lease ran out is never sent."""
@@ -176,24 +187,27 @@ def reconfirm_claims(
         else:
             confirmed.add(row.id)
     if confirmed:
+        starting = confirmed.intersection(count_attempt)
         session.execute(
             update(Delivery)
             .where(Delivery.id.in_(confirmed))
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .values(
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Delivery.attempts + case((Delivery.id.in_(starting), 1), else_=0),
+            )
             .execution_options(synchronize_session=False)
         )
     return confirmed, outdated
 
 
 def defer_claim(session: Session, claim: Claim, seconds: float, *, now: datetime | None = None) -> None:
-    """Give a claimed delivery back untouched, to be tried shortly: waiting is not a failed attempt."""
+    """Give a claimed delivery back unsent, to be tried shortly: waiting is not an attempt (none was counted)."""
     now = now or utcnow()
     session.execute(
         update(Delivery)
         .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
         .values(
             status=DeliveryStatus.PENDING,
-            attempts=Delivery.attempts - 1,
             next_attempt_at=now + timedelta(seconds=seconds),
             claim_token=None,
             lease_expires_at=None,

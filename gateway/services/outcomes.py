@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -20,8 +21,26 @@ from gateway.services.outbox import Claim, claimed_row, newer_revision_id
 
 MAX_ERROR_CHARS = 2000
 SUCCESS_TOUCH_SECONDS = 5.0
-_LAST_SUCCESS_TOUCH: dict[str, datetime] = {}
-_TOUCH_LOCK = threading.Lock()
+
+
+class SuccessTouches:
+    """When a worker last wrote each connection's `last_success_at`. Every worker would otherwise update the same
+    connection row after every grade (a hot row): with this, a success is written at most every few seconds per
+    worker; a failure always. Each delivery worker holds one."""
+
+    def __init__(self, every_seconds: float = SUCCESS_TOUCH_SECONDS) -> None:
+        self.every_seconds = every_seconds
+        self._last: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    def due(self, connection_id: str, now: datetime) -> bool:
+        """Whether a success at `now` is to be written (and, if so, noted as written)."""
+        with self._lock:
+            last = self._last.get(connection_id)
+            if last is not None and (now - last).total_seconds() < self.every_seconds:
+                return False
+            self._last[connection_id] = now
+            return True
 
 
 @dataclass(frozen=True)
@@ -57,23 +76,35 @@ def record_outcome(
     *,
     touch: bool = True,
     now: datetime | None = None,
+    counted: bool = False,
 ) -> str | None:
     """Record a receipt or an error for one claimed delivery; returns the new status (None: claim lost).
-    `touch=False` leaves the connection's health to the caller (a batch touches it once); `now` is the
-    caller's unit of work's time."""
+    An outcome is an attempt: `counted` says one was counted already (when its first request went out), else
+    it is counted here. `touch=False` leaves the connection's health to the caller (a batch touches it once);
+    `now` is the caller's unit of work's time."""
     if isinstance(outcome, DeliveryError):
-        return record_failure(session, claim, outcome, policy, touch=touch, now=now)
-    return DeliveryStatus.DELIVERED if record_success(session, claim, outcome, touch=touch, now=now) else None
+        return record_failure(session, claim, outcome, policy, touch=touch, now=now, counted=counted)
+    delivered = record_success(session, claim, outcome, touch=touch, now=now, counted=counted)
+    return DeliveryStatus.DELIVERED if delivered else None
 
 
 def record_success(
-    session: Session, claim: Claim, receipt: DeliveryReceipt, *, now: datetime | None = None, touch: bool = True
+    session: Session,
+    claim: Claim,
+    receipt: DeliveryReceipt,
+    *,
+    now: datetime | None = None,
+    touch: bool = True,
+    counted: bool = False,
 ) -> bool:
-    """Mark the claimed delivery delivered. Returns False if the claim was lost (another worker took over)."""
+    """Mark the claimed delivery delivered (counting its attempt unless `counted`). Returns False if the claim
+    was lost (another worker took over)."""
     now = now or utcnow()
     delivery = claimed_row(session, claim)
     if delivery is None:
         return False
+    if not counted:
+        delivery.attempts += 1
     delivery.status = DeliveryStatus.DELIVERED
     delivery.delivered_at = now
     delivery.updated_at = now
@@ -97,10 +128,15 @@ def record_success(
 
 
 def record_successes(
-    session: Session, receipts: list[tuple[Claim, DeliveryReceipt]], *, now: datetime | None = None
+    session: Session,
+    receipts: list[tuple[Claim, DeliveryReceipt]],
+    *,
+    now: datetime | None = None,
+    counted: Collection[str] = (),
 ) -> set[str]:
     """Mark many claimed deliveries delivered in one statement (a batch's receipts, none of which teach the
-    placement anything). Returns the delivery ids still ours, which are the ones marked."""
+    placement anything), counting the attempt of those not in `counted` (delivery ids whose first request
+    counted it). Returns the delivery ids still ours, which are the ones marked."""
     if not receipts:
         return set()
     now = now or utcnow()
@@ -119,6 +155,7 @@ def record_successes(
             "b_lms_status": receipt.lms_status,
             "b_lms_response": _truncate(receipt.summary),
             "b_receipt": dict(receipt.details) if receipt.details else None,
+            "b_uncounted": 0 if claim.delivery_id in counted else 1,
         }
         for claim, receipt in receipts
         if (claim.delivery_id, claim.claim_token) in ours
@@ -139,6 +176,7 @@ def record_successes(
                 lms_status=bindparam("b_lms_status"),
                 lms_response=bindparam("b_lms_response"),
                 receipt=bindparam("b_receipt"),
+                attempts=table.c.attempts + bindparam("b_uncounted"),
             ),
             rows,
         )
@@ -154,12 +192,16 @@ def record_failure(
     now: datetime | None = None,
     rng: random.Random | None = None,
     touch: bool = True,
+    counted: bool = False,
 ) -> str | None:
-    """Record a failed attempt: retry later with backoff, or fail for good. Returns the new status."""
+    """Record a failed attempt (counting it unless `counted`): retry later with backoff, or fail for good.
+    Returns the new status."""
     now = now or utcnow()
     delivery = claimed_row(session, claim)
     if delivery is None:
         return None
+    if not counted:
+        delivery.attempts += 1
     delivery.claim_token = None
     delivery.lease_expires_at = None
     delivery.updated_at = now
@@ -175,7 +217,7 @@ def record_failure(
         delivery.last_error = _truncate(error.message)
     elif isinstance(error, AwaitingConfiguration):
         # Nothing was sent and only a person can change the outcome (a setting, a key): wait without spending
-        # the attempts (the claim counted one).
+        # the attempts (the one counted above).
         delivery.attempts = max(0, delivery.attempts - 1)
         delivery.status = DeliveryStatus.RETRYING
         delivery.next_attempt_at = now + timedelta(seconds=min(error.wait_seconds, policy.max_seconds))
@@ -196,20 +238,20 @@ def record_failure(
 
 
 def touch_connection(
-    session: Session, connection_id: str | None, *, error: str | None, now: datetime | None = None
+    session: Session,
+    connection_id: str | None,
+    *,
+    error: str | None,
+    now: datetime | None = None,
+    touches: SuccessTouches | None = None,
 ) -> None:
-    """Keep the connection's health: when it last took a grade, and when and why it last refused one."""
+    """Keep the connection's health: when it last took a grade, and when and why it last refused one. With
+    `touches` (a worker's), a success is written only when it is due."""
     if connection_id is None:
         return
     now = now or utcnow()
-    if error is None:
-        # Every worker would otherwise update the same connection row after every grade (a hot row): a
-        # success is written at most every few seconds per process; a failure always.
-        with _TOUCH_LOCK:
-            last = _LAST_SUCCESS_TOUCH.get(connection_id)
-            if last is not None and (now - last).total_seconds() < SUCCESS_TOUCH_SECONDS:
-                return
-            _LAST_SUCCESS_TOUCH[connection_id] = now
+    if error is None and touches is not None and not touches.due(connection_id, now):
+        return
     values: dict[str, Any] = (
         {"last_success_at": now} if error is None else {"last_failure_at": now, "last_failure": _truncate(error)}
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, and_, bindparam, delete, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
@@ -25,6 +25,22 @@ from gateway.models import (
     new_id,
     utcnow,
 )
+
+
+class GradeKey(Protocol):
+    """What routing reads of a grade: a stored Grade or the intake path's GradeRecord."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def district_id(self) -> str: ...
+
+    @property
+    def assignment_id(self) -> str: ...
+
+    @property
+    def user_id(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -155,7 +171,7 @@ _SUPERSEDE = (
 )
 
 
-def destinations_for(session: Session, grade: Any) -> list[Route]:
+def destinations_for(session: Session, grade: GradeKey) -> list[Route]:
     """Placements of the grade's assignment in courses where the user is enrolled, in this district."""
     params = {"district_id": grade.district_id, "assignment_id": grade.assignment_id, "user_id": grade.user_id}
     # The pending grade and revision need not be flushed for this read: one flush at commit writes everything.
@@ -164,7 +180,7 @@ def destinations_for(session: Session, grade: Any) -> list[Route]:
     return [Route(*row) for row in rows]
 
 
-def _unroutable_reason(session: Session, grade: Any) -> str:
+def _unroutable_reason(session: Session, grade: GradeKey) -> str:
     placed = session.scalar(
         select(Placement.id).where(
             Placement.district_id == grade.district_id, Placement.assignment_id == grade.assignment_id
@@ -177,7 +193,7 @@ def _unroutable_reason(session: Session, grade: Any) -> str:
 
 def route_revision(
     session: Session,
-    grade: Any,
+    grade: GradeKey,
     revision_id: str,
     *,
     first_revision: bool = False,
@@ -209,7 +225,7 @@ _DELIVERY_COLUMNS = [c.name for c in Delivery.__table__.columns]
 _INSERT_DELIVERY = cast(Table, Delivery.__table__).insert()
 
 
-def _delivery_row(grade: Any, revision_id: str, route: Route | None, now: datetime) -> dict[str, Any]:
+def _delivery_row(grade: GradeKey, revision_id: str, route: Route | None, now: datetime) -> dict[str, Any]:
     """Every column of a new delivery row (executemany wants the same keys in each)."""
     row: dict[str, Any] = dict.fromkeys(_DELIVERY_COLUMNS)
     row.update(

@@ -35,31 +35,30 @@ def token_expiries(session: Session, keys: Iterable[str]) -> dict[str, datetime]
     return {by_hash[key_hash]: expires_at for key_hash, expires_at in rows}
 
 
-# Tokens this process has read or written, so that a delivery does not read the database for one every time;
-# another process's drop (after a 401) reaches this one at its own 401, which drops the token here too.
-_MEMORY: dict[str, tuple[str, float]] = {}
-_MEMORY_LOCK = threading.Lock()
-
-
-def _remember(key_hash: str, token: str, seconds_left: float) -> None:
-    with _MEMORY_LOCK:
-        _MEMORY[key_hash] = (token, time.monotonic() + seconds_left)
-
-
-def _forget(key_hash: str) -> None:
-    with _MEMORY_LOCK:
-        _MEMORY.pop(key_hash, None)
-
-
 class DatabaseTokenCache:
+    """Tokens in the database, shared by every process; each cache also keeps those it has read or written in
+    memory, so that a delivery does not read the database for one every time. Another cache's drop (after a
+    401) reaches this one at its own 401, which drops the token here too. The adapter factory holds one per
+    process (or worker)."""
+
     def __init__(self, db: Database, box: SecretBox) -> None:
         self.db = db
         self.box = box
+        self._memory: dict[str, tuple[str, float]] = {}
+        self._memory_lock = threading.Lock()
+
+    def _remember(self, key_hash: str, token: str, seconds_left: float) -> None:
+        with self._memory_lock:
+            self._memory[key_hash] = (token, time.monotonic() + seconds_left)
+
+    def _forget(self, key_hash: str) -> None:
+        with self._memory_lock:
+            self._memory.pop(key_hash, None)
 
     def get(self, key: str) -> str | None:
         key_hash = _hash(key)
-        with _MEMORY_LOCK:
-            found = _MEMORY.get(key_hash)
+        with self._memory_lock:
+            found = self._memory.get(key_hash)
         if found is not None and found[1] > time.monotonic():
             return found[0]
         with self.db.transaction() as session:
@@ -71,7 +70,7 @@ class DatabaseTokenCache:
                 token = str(self.box.decrypt_json(row.token_encrypted))
             except SecretUndecryptable:
                 return None  # cached under a key not configured here: a new token replaces it (put)
-            _remember(key_hash, token, (row.expires_at - now).total_seconds())
+            self._remember(key_hash, token, (row.expires_at - now).total_seconds())
             return token
 
     def put(self, key: str, token: str, expires_in: float) -> None:
@@ -82,9 +81,9 @@ class DatabaseTokenCache:
                 session.add(row)
             row.token_encrypted = self.box.encrypt_json(token)
             row.expires_at = utcnow() + timedelta(seconds=expires_in)
-        _remember(_hash(key), token, expires_in)
+        self._remember(_hash(key), token, expires_in)
 
     def drop(self, key: str) -> None:
-        _forget(_hash(key))
+        self._forget(_hash(key))
         with self.db.transaction() as session:
             session.execute(delete(CachedAccessToken).where(CachedAccessToken.key_hash == _hash(key)))

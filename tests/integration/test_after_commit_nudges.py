@@ -161,6 +161,23 @@ def test_user_enroll_routes_the_students_grade_and_asks_celery_to_deliver_it(
     assert tasks & {DRAIN, SWEEP}, "the routed grade waits for the next sweep"
 
 
+def test_placement_add_routes_waiting_grades_and_asks_celery_to_deliver_them(
+    world: World, app: Flask, database_url: str, broker: Any
+) -> None:
+    posted = world.post_grade({"assignmentID": "unplaced", "userID": world.students[0], "percentage": 0.5})
+    assert posted.status_code == 202, posted.text
+    assert [d["status"] for d in posted.json()["deliveries"]] == ["unroutable"]
+    broker.flushdb()
+
+    placed = cli(
+        app, database_url, "placement", "add", "--district", world.district_id, "--lms", world.connection_id,
+        "--app", world.app_id, "--assignment", "unplaced", "--course", "course-101",
+    )  # fmt: skip
+
+    assert placed["assignment"] == "unplaced"
+    assert repr([world.connection_id]) in drains_of(broker), enqueued(broker)
+
+
 def test_roster_sync_that_releases_a_grade_asks_celery_to_drain_the_connection(
     ags: AgsSetup,  # noqa: F811
     app: Flask,

@@ -237,5 +237,5 @@ def test_a_cached_token_under_another_key_is_a_miss(copy: Copy) -> None:
 
     database = services_of(copy.app).database
     token_cache.DatabaseTokenCache(database, SecretBox(TEST_ENCRYPTION_KEY)).put("k", "token-1", 60)
-    token_cache._MEMORY.clear()  # another process: only the database row is shared
+    # Another process's cache: only the database row is shared.
     assert token_cache.DatabaseTokenCache(database, services_of(copy.app).box).get("k") is None

@@ -26,7 +26,7 @@ from gateway.clock import FrozenClock
 from gateway.composition import services_of
 from gateway.models import Delivery
 from gateway.services.staff_retries import retry_delivery
-from gateway.worker import DeliveryWorker
+from gateway.worker import DeliveryWorker, LeaseKeeper
 from tests.conftest import TEST_ENCRYPTION_KEY, make_settings
 from tests.factories import COURSE, World
 from tests.fakes.scripted_lms import Close, Hang, ScriptedLms
@@ -204,9 +204,16 @@ def test_claim_abandoned_too_often_fails_with_a_reason_and_can_be_retried(
     settings = make_settings(database_url, lease_seconds=LEASE_SECONDS, max_attempts=2)
     crashing = DeliveryWorker(db, box, settings, clock=clock)
 
-    # Two workers in a row claim it and die before a result (nothing is ever sent).
+    # A worker that claims it and dies before sending anything has not made an attempt.
+    crashing.claim()
+    unsent = delivery_of(world, grade_id)
+    assert unsent.attempts == 0 and unsent.lease_expires_at is not None
+    advance_past(clock, unsent.lease_expires_at)
+    # Two workers in a row claim it, get as far as their first request (the lease keeper runs right before
+    # it and counts the attempt) and die before a result.
     for attempt in (1, 2):
-        [_abandoned] = crashing.claim()
+        [abandoned_claim] = crashing.claim()
+        LeaseKeeper(db, [abandoned_claim], LEASE_SECONDS, clock.monotonic(), clock)()
         abandoned = delivery_of(world, grade_id)
         assert abandoned.attempts == attempt and abandoned.lease_expires_at is not None
         assert crashing.claim() == []  # within the lease: not claimable
