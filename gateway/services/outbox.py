@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from gateway.models import Delivery, DeliveryStatus, Grade, GradeRevision, LmsConnection, Placement, utcnow
@@ -201,6 +201,38 @@ def defer_claim(session: Session, claim: Claim, seconds: float, *, now: datetime
         )
         .execution_options(synchronize_session=False)
     )
+
+
+def release_claims(session: Session, claims: list[Claim], *, now: datetime | None = None) -> int:
+    """Give back claims a stopping worker will not finish: due again at once, lease cleared, and the attempt
+    the claim counted taken back (nothing was recorded as sent). Only rows still held under the claim's token
+    are touched, so a delivery already recorded, or taken by another worker, is left alone. Returns how many."""
+    now = now or utcnow()
+    by_token: dict[str, list[str]] = {}
+    for claim in claims:
+        by_token.setdefault(claim.claim_token, []).append(claim.delivery_id)
+    released = 0
+    for token, delivery_ids in by_token.items():
+        result = session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id.in_(delivery_ids),
+                Delivery.claim_token == token,
+                Delivery.status == DeliveryStatus.DELIVERING,
+            )
+            .values(
+                # A delivery that failed before waits as retrying (its last error kept), a fresh one as pending.
+                status=case((Delivery.last_error.is_(None), DeliveryStatus.PENDING), else_=DeliveryStatus.RETRYING),
+                attempts=case((Delivery.attempts > 0, Delivery.attempts - 1), else_=0),
+                next_attempt_at=now,
+                claim_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        released += result.rowcount  # type: ignore[attr-defined]
+    return released
 
 
 def claimed_row(session: Session, claim: Claim) -> Delivery | None:
