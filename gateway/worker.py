@@ -512,6 +512,10 @@ class DeliveryWorker:
                 self.wakeup.clear()
         # Stopped (a signal, the process exiting): the sends in flight get the grace period, the rest goes back.
         self.request_stop()
+        log.info(
+            "delivery worker stopping: claiming nothing more; sends in flight have %g s to finish (Ctrl-C again: none)",
+            self.settings.stop_grace(),
+        )
         self.finish_stop()
         log.info("delivery worker stopped")
 
