@@ -4,7 +4,7 @@ at once and gives every other claim back (due now, attempt not counted), so a re
 once rather than after their leases, and nothing the LMS stored is sent again.
 
 Each layout runs as a real process against the test database and a slow loopback LMS (2 s per write): `gateway
-run` (embedded worker), `gateway worker` (polling the outbox) and `gateway worker` over a broker (Celery, Redis db
+run` (embedded worker), gunicorn with two embedded workers, `gateway worker` (polling the outbox) and `gateway worker` over a broker (Celery, Redis db
 9 or GATEWAY_TEST_STOP_BROKER_URL). The lease is the default 120 s: a grade waiting for a lease would miss the
 deadline the restart is given. The measured times are written to tests/artifacts/graceful_stop.jsonl.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +45,8 @@ LEASE_SECONDS = 120.0  # the default: nothing here may wait for a lease
 STOP_TIMEOUT = 10.0
 # Well inside one lease: the given-back grades must not wait for theirs.
 RESTART_DEADLINE = LEASE_SECONDS / 4
-LAYOUTS = ["embedded", "worker", "celery"]
+LAYOUTS = ["embedded", "gunicorn", "worker", "celery"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def point_at(world: World, lms: ScriptedLms) -> None:
@@ -138,6 +140,12 @@ def start(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Process]]
             port = unused_port()
             env.update({"GATEWAY_EMBEDDED_WORKER": "true", "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}"})
             argv = [*worker_command()[:-1], "run", "--no-demo", "--port", str(port)]
+        elif layout == "gunicorn":
+            gunicorn = Path(sys.executable).parent / "gunicorn"
+            if not gunicorn.exists():
+                pytest.skip("gunicorn is not installed (pip install 'passback[server]')")
+            env.update({"GATEWAY_EMBEDDED_WORKER": "true"})
+            argv = [str(gunicorn), "-w", "2", "-b", f"127.0.0.1:{unused_port()}", "--chdir", str(REPO), "wsgi:app"]
         elif layout == "worker":
             argv = worker_command()
         else:
