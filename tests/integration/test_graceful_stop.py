@@ -4,9 +4,10 @@ at once and gives every other claim back (due now, attempt not counted), so a re
 once rather than after their leases, and nothing the LMS stored is sent again.
 
 Each layout runs as a real process against the test database and a slow loopback LMS (2 s per write): `gateway
-run` (embedded worker), gunicorn with two embedded workers, `gateway worker` (polling the outbox) and `gateway worker` over a broker (Celery, Redis db
-9 or GATEWAY_TEST_STOP_BROKER_URL). The lease is the default 120 s: a grade waiting for a lease would miss the
-deadline the restart is given. The measured times are written to tests/artifacts/graceful_stop.jsonl.
+run` (embedded worker), gunicorn with two embedded workers, `gateway worker` (polling the outbox) and `gateway
+worker` over a broker (Celery, Redis db 9 or GATEWAY_TEST_STOP_BROKER_URL). The lease is the default 120 s: a grade
+waiting for a lease would miss the deadline the restart is given. The measured times are written to
+tests/artifacts/graceful_stop.jsonl.
 """
 
 from __future__ import annotations
