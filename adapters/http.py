@@ -215,8 +215,24 @@ class _Watchdog:
                 _, _, deadline = heapq.heappop(self._heap)
             deadline.expire()
 
+    def cut_all(self) -> int:
+        """End every request in flight now, as if its deadline had passed. Returns how many were cut."""
+        with self._cond:
+            running = [deadline for _, _, deadline in self._heap if not deadline.done]
+        for deadline in running:
+            deadline.expire()
+        return len(running)
+
 
 _WATCHDOG = _Watchdog()
+
+
+def cut_requests_in_flight() -> int:
+    """End every LMS request this process has in flight (a stopping worker whose grace period ran out: it has
+    given their claims back, so their answers would be recorded nowhere). Returns how many were cut."""
+    return _WATCHDOG.cut_all()
+
+
 # The deadline of the request this thread is making: its connections attach their sockets to it.
 _CURRENT = threading.local()
 

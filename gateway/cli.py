@@ -665,9 +665,11 @@ def _warn_connections_without_hosts(app: Flask) -> None:
 @click.option("--beat", is_flag=True, help="Celery: also run the periodic sweep here (one beat per installation).")
 def worker_command(once: bool, district_id: str | None, concurrency: int, beat: bool) -> None:
     """Run delivery on its own: a Celery worker when GATEWAY_BROKER_URL is set, else the outbox polling worker
-    (set GATEWAY_EMBEDDED_WORKER=false on the web servers)."""
-    import signal
+    (set GATEWAY_EMBEDDED_WORKER=false on the web servers). SIGTERM or Ctrl-C stops it gracefully (a second
+    Ctrl-C at once)."""
     import threading
+
+    from gateway.worker import on_stop_signals
 
     app = _app()
     settings = app.config["PASSBACK"]
@@ -694,15 +696,8 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
     if once:
         click.echo(f"{worker.run_until_idle()} deliveries attempted")
         return
-    stop = threading.Event()
-
-    def _stop(*_: Any) -> None:
-        stop.set()
-        worker.wakeup.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    worker.run_forever(stop)
+    on_stop_signals(worker.request_stop, lambda: worker.request_stop(at_once=True))
+    worker.run_forever(threading.Event())
 
 
 def _run_celery_worker(celery_app: Any, argv: list[str]) -> None:
@@ -738,13 +733,15 @@ def beat_command() -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--no-demo", is_flag=True, help="Do not seed or print the sandbox district.")
 def run_command(host: str, port: int, no_demo: bool) -> None:
-    """Migrate, seed the sandbox district, and serve with the embedded delivery worker (make run)."""
+    """Migrate, seed the sandbox district, and serve with the embedded delivery worker (make run). SIGTERM or
+    Ctrl-C stops it gracefully (a second Ctrl-C at once)."""
     from werkzeug.serving import run_simple
 
     from gateway import start_embedded_worker
     from gateway.config import Settings
     from gateway.migrate import upgrade
     from gateway.services.demo import seed_demo
+    from gateway.worker import on_stop_signals
 
     settings = Settings.from_env()
     settings.require_encryption_keys()  # before touching the database
@@ -759,11 +756,18 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
         with _session(app) as session:
             demo = seed_demo(session, _services(app).box, public_url)
         click.echo(_demo_banner(demo, public_url))
-    if settings.embedded_worker and not settings.broker_url:
-        start_embedded_worker(app)
+    embedded = start_embedded_worker(app) if settings.embedded_worker and not settings.broker_url else None
+
+    def _stop_serving() -> None:
+        raise KeyboardInterrupt  # ends run_simple's loop; the embedded worker is stopped below
+
+    on_stop_signals(_stop_serving, lambda: embedded.stop_at_once() if embedded is not None else None)
     click.echo(f"Passback listening on {public_url} (Ctrl-C to stop)")
     sys.stdout.flush()
     run_simple(host, port, app, threaded=True, use_reloader=False)
+    if embedded is not None:
+        click.echo("Passback stopping: deliveries in flight may finish, the others are given back")
+        embedded.stop()
 
 
 if __name__ == "__main__":

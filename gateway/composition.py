@@ -114,7 +114,8 @@ class Services:
         return DeliveryWorker(self.database, self.box, self.settings, **options)
 
     def start_embedded_worker(self) -> EmbeddedWorker:
-        """Run the delivery worker as a thread of this process; nudges wake it from then on."""
+        """Run the delivery worker as a thread of this process; nudges wake it from then on, and it stops
+        gracefully when the process exits."""
         from gateway.worker import EmbeddedWorker
 
         embedded = EmbeddedWorker(self.delivery_worker(role="embedded"))

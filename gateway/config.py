@@ -61,6 +61,9 @@ class Settings:
     # readyz_heartbeat_max_age_seconds (0: no worker required, e.g. a database-only check).
     heartbeat_seconds: float = 10.0
     readyz_heartbeat_max_age_seconds: float = 60.0
+    # On SIGTERM/SIGINT a worker claims nothing more and gives the LMS requests in flight this long to finish
+    # (never longer than one request may take), then gives back every claim it still holds.
+    stop_grace_seconds: float = 5.0
     # Celery over this broker (redis://…) instead of the embedded worker; Redis also shares the throttles.
     broker_url: str = ""
     # How often the sweep re-enqueues connections with due deliveries (a lost message only delays a grade).
@@ -90,6 +93,11 @@ class Settings:
         lease (the worker re-checks its lease before a request once a third of it has passed)."""
         return min(self.http_request_deadline, self.lease_seconds / 3)
 
+    def stop_grace(self) -> float:
+        """How long a stopping worker waits for its LMS requests in flight: the configured grace, never longer
+        than a request may take (by then every request has ended anyway)."""
+        return max(0.0, min(self.stop_grace_seconds, self.request_deadline()))
+
     def validate(self, deadline_given: bool = True) -> None:
         """Refuse settings that break a delivery rule, naming the variables and the rule."""
         if self.http_request_deadline <= 0:
@@ -99,6 +107,8 @@ class Settings:
                 f"GATEWAY_HTTP_REQUEST_DEADLINE ({self.http_request_deadline:g} s) must be at most a third of "
                 f"GATEWAY_LEASE_SECONDS ({self.lease_seconds:g} s), so an LMS request always ends inside its lease"
             )
+        if self.stop_grace_seconds < 0:
+            raise ValueError("GATEWAY_STOP_GRACE_SECONDS must be a number of seconds >= 0")
         if self.worker_threads < 1:
             raise ValueError("GATEWAY_WORKER_THREADS must be at least 1")
 

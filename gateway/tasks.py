@@ -32,6 +32,7 @@ from functools import cached_property
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_shutting_down
 from sqlalchemy import func, select
 
 from gateway.clock import Clock
@@ -216,6 +217,11 @@ class Runtime:
         deadline = self.clock.monotonic() + settings.drain_seconds
         delivered = 0
         while True:
+            if self.worker.stopping.is_set():
+                # The worker is shutting down: the claims it gave back go to the next worker now.
+                with contextlib.suppress(Exception):
+                    drain_connection.apply_async(args=[connection_id], queue=QUEUE)
+                return f"delivered {delivered}, stopping, handed on"
             self._heartbeat(connection_id, heartbeat)
             claimed_at = self.clock.monotonic()  # before the claim, where its leases start
             with self.worker.db.transaction() as session:
@@ -303,6 +309,17 @@ def runtime() -> Runtime:
             worker = services.delivery_worker(limiter=limiter)
             _runtime = Runtime(app, worker, limiter, services.settings)
         return _runtime
+
+
+@worker_shutting_down.connect
+def stop_drains(sender: Any = None, how: str = "Warm", **_: Any) -> None:
+    """Celery's warm shutdown waits for the running tasks: their drains stop claiming and sending at once, the
+    sends in flight get the grace period (a cold shutdown: none), then every claim still held is given back."""
+    current = _runtime
+    if current is None:
+        return
+    current.worker.request_stop(at_once=how != "Warm")
+    threading.Thread(target=current.worker.finish_stop, name="passback-stop", daemon=True).start()
 
 
 @celery_app.task(name="passback.drain_connection", acks_late=True)

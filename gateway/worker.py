@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import signal
 import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapters import REGISTRY, AdapterContext, HttpClient, LmsAdapter
@@ -18,7 +19,7 @@ from adapters.base import (
     RetryableDeliveryError,
     SecretUnreadableError,
 )
-from adapters.http import ThrottledHttpClient
+from adapters.http import ThrottledHttpClient, cut_requests_in_flight
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox
@@ -34,6 +35,7 @@ from gateway.services.outbox import (
     due_connections,
     fail_orphaned_claim,
     reconfirm_claims,
+    release_claims,
     supersede_claim,
 )
 from gateway.services.outcomes import (
@@ -134,12 +136,20 @@ class DeliveryWorker:
         self.wakeup = threading.Event()
         # When this worker last wrote each connection's last_success_at (at most every few seconds).
         self.success_touches = SuccessTouches()
-        self._last_purge: float | None = None
         # The heartbeat row /readyz reads: embedded, worker (`gateway worker` polling) or celery.
         self.role = role
         self.heartbeat_name = worker_name(role)
         self.started_at = clock.now()
         self._last_heartbeat: float | None = None
+        # Set by request_stop: claim nothing more and start no send; `hurry`: do not wait for the sends in flight.
+        self.stopping = threading.Event()
+        self.hurry = threading.Event()
+        # Claims taken and not yet recorded or released: what a stop gives back.
+        self._held: dict[str, Claim] = {}
+        # Held claims whose first request went out, so their attempt is counted (LeaseKeeper adds them).
+        self._counted: set[str] = set()
+        self._held_changed = threading.Condition()
+        self._last_purge: float | None = None
 
     @property
     def adapters(self) -> Mapping[str, type[LmsAdapter]]:
@@ -161,7 +171,7 @@ class DeliveryWorker:
         self, limit: int | None = None, *, lms_connection_id: str | None = None, without_connection: bool = False
     ) -> list[Claim]:
         with self.db.transaction() as session:
-            return claim_due_deliveries(
+            claims = claim_due_deliveries(
                 session,
                 limit=limit or self.settings.worker_batch_size,
                 lease_seconds=self.settings.lease_seconds,
@@ -171,6 +181,61 @@ class DeliveryWorker:
                 lms_connection_id=lms_connection_id,
                 without_connection=without_connection,
             )
+        self._hold(claims)
+        return claims
+
+    def _hold(self, claims: list[Claim]) -> None:
+        with self._held_changed:
+            self._held.update((claim.delivery_id, claim) for claim in claims)
+
+    def _let_go(self, claims: list[Claim]) -> None:
+        with self._held_changed:
+            for claim in claims:
+                if self._held.get(claim.delivery_id) == claim:
+                    del self._held[claim.delivery_id]
+                    self._counted.discard(claim.delivery_id)
+            self._held_changed.notify_all()
+
+    def request_stop(self, *, at_once: bool = False) -> None:
+        """Claim nothing more and start no send from now on; the sends in flight get the grace period to finish
+        (none when `at_once`). finish_stop then gives back what is left."""
+        self.stopping.set()
+        if at_once:
+            self.hurry.set()
+        self.wakeup.set()
+        with self._held_changed:
+            self._held_changed.notify_all()
+
+    def finish_stop(self) -> int:
+        """After request_stop: wait (real time, up to the grace period) for the sends in flight to finish and be
+        recorded, then give every claim still held back to due and cut the requests still running, whose
+        answers would now be recorded nowhere. Returns how many claims were given back."""
+        deadline = time.monotonic() + self.settings.stop_grace()
+        with self._held_changed:
+            while self._held and not self.hurry.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Short waits: a second Ctrl-C (hurry) is seen at once.
+                self._held_changed.wait(min(remaining, 0.1))
+            left = list(self._held.values())
+        released = 0
+        if left:
+            try:
+                with self.db.transaction() as session:
+                    released = release_claims(
+                        session,
+                        left,
+                        now=self.clock.now(),
+                        uncount={c.delivery_id for c in left if c.delivery_id in self._counted},
+                    )
+            except Exception as exc:
+                # The database is away: these claims wait for their leases, as after a crash.
+                log.warning("delivery worker: could not give back %d claims: %s", len(left), exc)
+            self._let_go(left)
+        cut = cut_requests_in_flight()
+        log.info("delivery worker stopping: %d claims given back, %d LMS requests cut", released, cut)
+        return released
 
     def deliver_claimed(self, claim: Claim) -> str | None:
         """Deliver one claimed row through its adapter and record the outcome. Returns the new status."""
@@ -183,28 +248,48 @@ class DeliveryWorker:
         grades of the same batch, and sent together. Returns each delivery's new status (None: claim lost)."""
         if claimed_at is None:
             claimed_at = self.clock.monotonic()  # the claims were just taken (callers that can pass the time before)
+        self._hold(claims)
+        try:
+            return self._deliver_held(claims, claimed_at)
+        finally:
+            self._let_go(claims)
+
+    def _deliver_held(self, claims: list[Claim], claimed_at: float) -> dict[str, str | None]:
         statuses: dict[str, str | None] = {}
-        # Claims whose first request went out (their attempt is counted then, see LeaseKeeper).
-        counted: set[str] = set()
+        # Claims whose first request went out (their attempt is counted then, see LeaseKeeper); worker-wide, so
+        # a stop knows which of the claims it gives back had their attempt counted.
+        counted = self._counted
+        if self.stopping.is_set():
+            return self._release(claims)
         batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
-        # Outcomes of single deliveries, recorded together at the end of the round (one transaction).
-        sent: list[tuple[Claim, DeliveryWork, Any]] = []
+        # Claims not sent because the worker is stopping: given back at once, not left to their leases.
+        unsent: list[Claim] = []
         for claim, work in self._load(claims, statuses):
+            if self.stopping.is_set():
+                unsent.append(claim)
+                continue
             adapter_cls = self.adapters.get(work.adapter)
             key = None
             if work.operation == "replace" and adapter_cls is not None:
                 key = adapter_cls.batch_key(work.destination)
             if key is None:
-                status = self._deliver_one(claim, work, adapter_cls, sent, claimed_at, counted)
-                if status is not None:
-                    statuses[claim.delivery_id] = status
+                statuses[claim.delivery_id] = self._deliver_one(claim, work, adapter_cls, claimed_at, counted)
             else:
                 batches.setdefault((work.lms_connection_id, key), []).append((claim, work))
-        if sent:
-            statuses.update(self._record_batch([(c, w) for c, w, _ in sent], [o for _, _, o in sent], counted))
         for (connection_id, key), group in batches.items():
+            if self.stopping.is_set():
+                unsent.extend(claim for claim, _ in group)
+                continue
             statuses.update(self._deliver_batch(connection_id, key, group, claimed_at, counted))
+        if unsent:
+            statuses.update(self._release(unsent))
         return statuses
+
+    def _release(self, claims: list[Claim]) -> dict[str, str | None]:
+        with self.db.transaction() as session:
+            release_claims(session, claims, now=self.clock.now())
+        log.info("delivery worker stopping: %d claims given back unsent", len(claims))
+        return {claim.delivery_id: DeliveryStatus.PENDING for claim in claims}
 
     def _load(self, claims: list[Claim], statuses: dict[str, str | None]) -> list[tuple[Claim, DeliveryWork]]:
         """The claims' work, read together; a claim whose destination was removed fails with the reason."""
@@ -236,17 +321,15 @@ class DeliveryWorker:
         claim: Claim,
         work: DeliveryWork,
         adapter_cls: type[LmsAdapter] | None,
-        sent: list[tuple[Claim, DeliveryWork, Any]],
         claimed_at: float,
         counted: set[str],
     ) -> str | None:
-        """Send one delivery. Its outcome goes to `sent`, to be recorded with the round's others, and None is
-        returned; a delivery that looks up its destination under the placement's lease is recorded at once
-        (what it learned serves the next delivery) and its status returned."""
+        """Send one delivery and record its outcome at once, so a stop or a crash right after never sends again
+        what the LMS stored. A delivery that looks up its destination does so under the placement's lease."""
         discovering = adapter_cls is not None and adapter_cls.needs_discovery(work.destination.data)
         if not discovering:
-            sent.append((claim, work, self._send(claim, work, adapter_cls, claimed_at, counted)))
-            return None
+            outcome = self._send(claim, work, adapter_cls, claimed_at, counted)
+            return self._record_batch([(claim, work)], [outcome], counted)[claim.delivery_id]
         with self.db.transaction() as session:
             now = self.clock.now()
             if not take_discovery_lease(session, work.destination.placement_id, now=now):
@@ -327,46 +410,46 @@ class DeliveryWorker:
             error = exc if isinstance(exc, DeliveryError) else self._adapter_bug("batch", group[0][1].adapter, exc)
             return self._record_batch(group, [error] * len(group), counted)
         room = adapter.max_batch - len(group)
-        if room > 0:
-            # Fill the request: more due grades of the same connection and section, claimed the usual way.
-            with self.db.transaction() as session:
-                more = claim_due_deliveries(
-                    session,
-                    limit=room,
-                    lease_seconds=self.settings.lease_seconds,
-                    max_attempts=self.settings.max_attempts,
-                    now=self.clock.now(),
-                    district_id=self.district_id,
-                    lms_connection_id=connection_id,
-                    section_id=key,
-                )
-            statuses: dict[str, str | None] = {}
-            strays: list[tuple[Claim, DeliveryWork, Any]] = []
-            for claim, work in self._load(more, statuses):
-                if adapter_cls.batch_key(work.destination) == key:
-                    group.append((claim, work))
-                    claims.append(claim)
-                else:
-                    strays.append((claim, work, self._send(claim, work, adapter_cls, claimed_at, counted)))
-            if strays:
-                strays_done = [(c, w) for c, w, _ in strays]
-                statuses.update(self._record_batch(strays_done, [o for _, _, o in strays], counted))
-        else:
-            statuses = {}
-        outcomes: list[DeliveryReceipt | DeliveryError | None]
+        statuses: dict[str, str | None] = {}
+        more: list[Claim] = []
         try:
-            outcomes = list(adapter.deliver_batch([(work.grade, work.destination) for _, work in group]))
-            if len(outcomes) != len(group):
-                raise RuntimeError(f"deliver_batch answered {len(outcomes)} outcomes for {len(group)} grades")
-        except ClaimLost as exc:
-            log.warning("batch of %d for %s: not sent, %s", len(group), key, exc)
-            outcomes = [None] * len(group)
-        except DeliveryError as exc:
-            outcomes = [exc] * len(group)
-        except Exception as exc:
-            outcomes = [self._adapter_bug("batch", group[0][1].adapter, exc)] * len(group)
-        statuses.update(self._record_batch(group, outcomes, counted))
-        return statuses
+            if room > 0 and not self.stopping.is_set():
+                # Fill the request: more due grades of the same connection and section, claimed the usual way.
+                with self.db.transaction() as session:
+                    more = claim_due_deliveries(
+                        session,
+                        limit=room,
+                        lease_seconds=self.settings.lease_seconds,
+                        max_attempts=self.settings.max_attempts,
+                        now=self.clock.now(),
+                        district_id=self.district_id,
+                        lms_connection_id=connection_id,
+                        section_id=key,
+                    )
+                self._hold(more)
+                for claim, work in self._load(more, statuses):
+                    if adapter_cls.batch_key(work.destination) == key:
+                        group.append((claim, work))
+                        claims.append(claim)
+                    else:
+                        outcome = self._send(claim, work, adapter_cls, claimed_at, counted)
+                        statuses.update(self._record_batch([(claim, work)], [outcome], counted))
+            outcomes: list[DeliveryReceipt | DeliveryError | None]
+            try:
+                outcomes = list(adapter.deliver_batch([(work.grade, work.destination) for _, work in group]))
+                if len(outcomes) != len(group):
+                    raise RuntimeError(f"deliver_batch answered {len(outcomes)} outcomes for {len(group)} grades")
+            except ClaimLost as exc:
+                log.warning("batch of %d for %s: not sent, %s", len(group), key, exc)
+                outcomes = [None] * len(group)
+            except DeliveryError as exc:
+                outcomes = [exc] * len(group)
+            except Exception as exc:
+                outcomes = [self._adapter_bug("batch", group[0][1].adapter, exc)] * len(group)
+            statuses.update(self._record_batch(group, outcomes, counted))
+            return statuses
+        finally:
+            self._let_go(more)  # the batch's own claims are let go by deliver_claims
 
     def _record_batch(
         self, group: list[tuple[Claim, DeliveryWork]], outcomes: list[Any], counted: set[str]
@@ -442,17 +525,6 @@ class DeliveryWorker:
                 return total
         return total
 
-    def purge_if_due(self) -> None:
-        """Housekeeping at most once an hour per worker, between delivery rounds."""
-        now = self.clock.monotonic()
-        if self._last_purge is not None and now - self._last_purge < PURGE_INTERVAL_SECONDS:
-            return
-        self._last_purge = now
-        from gateway.services.maintenance import purge_expired
-
-        with self.db.transaction() as session:
-            purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds, now=self.clock.now())
-
     def heartbeat_if_due(self) -> None:
         """Record that this worker is alive, at most once per `heartbeat_seconds`."""
         now = self.clock.monotonic()
@@ -471,6 +543,17 @@ class DeliveryWorker:
                 log.warning("delivery worker: heartbeat not recorded: %s", exc)
             stop.wait(self.settings.heartbeat_seconds)
 
+    def purge_if_due(self) -> None:
+        """Housekeeping at most once an hour per worker, between delivery rounds."""
+        now = self.clock.monotonic()
+        if self._last_purge is not None and now - self._last_purge < PURGE_INTERVAL_SECONDS:
+            return
+        self._last_purge = now
+        from gateway.services.maintenance import purge_expired
+
+        with self.db.transaction() as session:
+            purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds, now=self.clock.now())
+
     def run_forever(self, stop: threading.Event) -> None:
         """Deliver until `stop`: up to `worker_threads` connections at once, each connection's claims on one
         thread, so a slow or hanging LMS holds only its own thread (and each request ends at its deadline)."""
@@ -478,33 +561,38 @@ class DeliveryWorker:
         log.info("delivery worker started (%d connections at once)", threads)
         busy: set[str | None] = set()
         busy_lock = threading.Lock()
-        with ThreadPoolExecutor(threads, thread_name_prefix="passback-deliver") as pool:
-            while not stop.is_set():
-                try:
-                    self.heartbeat_if_due()
-                    self.purge_if_due()
-                except Exception:
-                    log.exception("delivery worker: heartbeat or housekeeping failed")
-                try:
-                    started = self._dispatch(pool, threads, busy, busy_lock)
-                except Exception as exc:
-                    started = 0
-                    trouble = database_trouble(exc)
-                    if trouble is None:
-                        log.exception("delivery worker: claim round failed")
-                    else:
-                        # A restart, failover or lock: keep the worker alive, say so in one line, and back off.
-                        log.warning("delivery worker: database %s, trying again: %s", trouble.value, exc)
-                        stop.wait(DATABASE_OUTAGE_PAUSE_SECONDS)
-                if started == 0:
-                    # A finished connection wakes the loop too, so its next claims go out at once.
-                    self.wakeup.wait(self.settings.worker_poll_seconds)
-                    self.wakeup.clear()
+        pool = DaemonThreads("passback-deliver")
+        while not stop.is_set() and not self.stopping.is_set():
+            try:
+                self.heartbeat_if_due()
+                self.purge_if_due()
+            except Exception:
+                log.exception("delivery worker: heartbeat or housekeeping failed")
+            try:
+                started = self._dispatch(pool, threads, busy, busy_lock)
+            except Exception as exc:
+                started = 0
+                trouble = database_trouble(exc)
+                if trouble is None:
+                    log.exception("delivery worker: claim round failed")
+                else:
+                    # A restart, failover or lock: keep the worker alive, say so in one line, and back off.
+                    log.warning("delivery worker: database %s, trying again: %s", trouble.value, exc)
+                    stop.wait(DATABASE_OUTAGE_PAUSE_SECONDS)
+            if started == 0:
+                # A finished connection wakes the loop too, so its next claims go out at once.
+                self.wakeup.wait(self.settings.worker_poll_seconds)
+                self.wakeup.clear()
+        # Stopped (a signal, the process exiting): the sends in flight get the grace period, the rest goes back.
+        self.request_stop()
+        log.info(
+            "delivery worker stopping: claiming nothing more; sends in flight have %g s to finish (Ctrl-C again: none)",
+            self.settings.stop_grace(),
+        )
+        self.finish_stop()
         log.info("delivery worker stopped")
 
-    def _dispatch(
-        self, pool: ThreadPoolExecutor, threads: int, busy: set[str | None], busy_lock: threading.Lock
-    ) -> int:
+    def _dispatch(self, pool: DaemonThreads, threads: int, busy: set[str | None], busy_lock: threading.Lock) -> int:
         """Claim the due work of connections no thread is working on (one connection per free thread) and
         hand each connection's claims to a thread. Returns how many connections were started."""
         with busy_lock:
@@ -524,7 +612,7 @@ class DeliveryWorker:
             )
         started = 0
         for connection_id in candidates:
-            if started >= free:
+            if started >= free or self.stopping.is_set():
                 break
             # Before the claim: its leases start inside the claim's transaction, not when it commits.
             claimed_at = self.clock.monotonic()
@@ -556,6 +644,35 @@ class DeliveryWorker:
             self.wakeup.set()
 
 
+def on_stop_signals(first: Callable[[], None], again: Callable[[], None]) -> None:
+    """SIGTERM or SIGINT (Ctrl-C): `first` on the first one (a graceful stop), `again` on any later one (stop
+    at once). Installed by the main thread of `gateway run` and `gateway worker`."""
+    received: list[int] = []
+
+    def handle(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            first()
+        else:
+            again()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+class DaemonThreads:
+    """Each connection's round on a daemon thread of its own: a process that stops is never held by an LMS
+    request in flight (a stop gives its claim back; a ThreadPoolExecutor's threads are joined at exit)."""
+
+    def __init__(self, name_prefix: str) -> None:
+        self.name_prefix = name_prefix
+        self._count = 0
+
+    def submit(self, target: Callable[..., Any], *args: Any) -> None:
+        self._count += 1
+        threading.Thread(target=target, args=args, name=f"{self.name_prefix}-{self._count}", daemon=True).start()
+
+
 class EmbeddedWorker:
     """The delivery worker as a daemon thread inside the web process (the default, embedded mode)."""
 
@@ -568,11 +685,23 @@ class EmbeddedWorker:
 
     def start(self) -> None:
         self.thread.start()
+        # A process that exits (gunicorn's worker shutdown, the end of a script) stops it gracefully: its claims
+        # are given back rather than left to their leases. The delivery threads are daemons, so this runs.
+        atexit.register(self.stop)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self) -> None:
+        """Stop gracefully: claim nothing more, give the sends in flight the grace period, give back the rest
+        (a second call returns at once)."""
+        atexit.unregister(self.stop)
         self.stop_event.set()
-        self.worker.wakeup.set()
-        self.thread.join(timeout)
+        self.worker.request_stop()
+        if self.thread.ident is not None:
+            # The thread ends within the grace period plus one short transaction.
+            self.thread.join(self.worker.settings.stop_grace() + 5.0)
+
+    def stop_at_once(self) -> None:
+        """A second Ctrl-C: do not wait for the sends in flight; give every claim back now."""
+        self.worker.request_stop(at_once=True)
 
     def nudge(self) -> None:
         """Look for due deliveries now rather than at the next poll (called after a grade is accepted)."""

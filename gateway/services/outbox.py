@@ -217,6 +217,47 @@ def defer_claim(session: Session, claim: Claim, seconds: float, *, now: datetime
     )
 
 
+def release_claims(
+    session: Session, claims: list[Claim], *, now: datetime | None = None, uncount: Collection[str] = ()
+) -> int:
+    """Give back claims a stopping worker will not finish: due again at once, lease cleared, no attempt spent.
+    A claim counts its attempt when its first request goes out (LeaseKeeper): one never sent spent none, and
+    the attempt of one whose request the stop cut (`uncount`) is taken back, since the stop, not the LMS, ended
+    it. Only rows still held under the claim's token are touched, so a delivery already recorded, or taken by
+    another worker, is left alone. Returns how many."""
+    now = now or utcnow()
+    cut = list(uncount)
+    by_token: dict[str, list[str]] = {}
+    for claim in claims:
+        by_token.setdefault(claim.claim_token, []).append(claim.delivery_id)
+    released = 0
+    for token, delivery_ids in by_token.items():
+        result = session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id.in_(delivery_ids),
+                Delivery.claim_token == token,
+                Delivery.status == DeliveryStatus.DELIVERING,
+            )
+            .values(
+                # A delivery that failed before waits as retrying (its last error kept), a fresh one as pending.
+                status=case((Delivery.last_error.is_(None), DeliveryStatus.PENDING), else_=DeliveryStatus.RETRYING),
+                attempts=case(
+                    (Delivery.id.in_(cut) & (Delivery.attempts > 0), Delivery.attempts - 1), else_=Delivery.attempts
+                )
+                if cut
+                else Delivery.attempts,
+                next_attempt_at=now,
+                claim_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        released += result.rowcount  # type: ignore[attr-defined]
+    return released
+
+
 def claimed_row(session: Session, claim: Claim) -> Delivery | None:
     """The claimed delivery if the claim is still ours, locked: between this read and the caller's write another
     worker must not take the row over."""
