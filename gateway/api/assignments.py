@@ -37,8 +37,7 @@ ASSIGNMENT_ID = {"assignment_id": AssignmentIdSchema().fields["id"]}
 def get_catalog() -> Response:
     principal = current_principal()
     query = load_query()
-    # End the request's transaction first: a pull waits on the app, which may call back into /v1/me.
-    db.session().commit()
+    db.session().commit()  # end the request's transaction: a pull waits on the app, which may call /v1/me
     view = catalog_view(
         current_services().database,
         current_services().http,
