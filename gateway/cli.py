@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import click
 from flask import Flask
@@ -17,6 +17,10 @@ from adapters.base import DeliveryError
 from gateway import create_app
 from gateway.composition import Services, services_of
 from gateway.services.errors import ServiceError
+from gateway.services.unit_of_work import UnitOfWork
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _app() -> Flask:
@@ -31,6 +35,12 @@ def _services(app: Flask) -> Services:
 def _session(app: Flask) -> Iterator[Session]:
     with app.app_context(), services_of(app).database.transaction() as session:
         yield session
+
+
+def _call(app: Flask, service: Callable[Concatenate[UnitOfWork, P], R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run one service in a unit of work of its own (the service commits; the unit's nudges then wake delivery)."""
+    with app.app_context():
+        return service(services_of(app).unit_of_work(), *args, **kwargs)
 
 
 def _emit(as_json: bool, data: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> None:
@@ -94,12 +104,10 @@ def district() -> None:
 @click.argument("name")
 @json_option
 def district_create(name: str, as_json: bool) -> None:
-    from gateway.services.directory import create_district
+    from gateway.services.operator_actions import create_district
 
     try:
-        with _session(_app()) as session:
-            row = create_district(session, name)
-            data = {"id": row.id, "name": row.name}
+        data = _call(_app(), create_district, name)
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"district {d['id']} ({d['name']})")
@@ -117,17 +125,10 @@ def app_group() -> None:
 @json_option
 def app_create(name: str, redirect_uri: str, catalog_url: str | None, as_json: bool) -> None:
     """Register an app; prints its client id and secret once."""
-    from gateway.services.directory import create_app_partner
+    from gateway.services.operator_actions import create_app
 
     try:
-        with _session(_app()) as session:
-            created = create_app_partner(session, name, redirect_uri, catalog_url)
-            data = {
-                "id": created.app.id,
-                "name": created.app.name,
-                "client_id": created.app.client_id,
-                "client_secret": created.client_secret,
-            }
+        data = _call(_app(), create_app, name, redirect_uri, catalog_url)
     except ServiceError as exc:
         _fail(exc)
     _emit(
@@ -146,12 +147,10 @@ def app_create(name: str, redirect_uri: str, catalog_url: str | None, as_json: b
 @json_option
 def app_authorize(app_ref: str, district_id: str, as_json: bool) -> None:
     """Authorize APP in DISTRICT and print a district-app token (shown once)."""
-    from gateway.services.directory import authorize_app
+    from gateway.services.operator_actions import authorize_app
 
     try:
-        with _session(_app()) as session:
-            issued = authorize_app(session, app_ref, district_id)
-            data = {"token_id": issued.token.id, "token": issued.raw, "scopes": issued.token.scopes}
+        data = _call(_app(), authorize_app, app_ref, district_id)
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"district-app token (shown once): {d['token']}\ntoken id: {d['token_id']}")
@@ -167,12 +166,10 @@ def token() -> None:
 @json_option
 def token_revoke(token_ref: str, as_json: bool) -> None:
     """Revoke a token, given the token itself or its id."""
-    from gateway.services.directory import revoke_token
+    from gateway.services.operator_actions import revoke_token
 
     try:
-        with _session(_app()) as session:
-            row = revoke_token(session, token_ref)
-            data = {"token_id": row.id, "revoked_at": row.revoked_at}
+        data = _call(_app(), revoke_token, token_ref)
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"token {d['token_id']} revoked")
@@ -194,13 +191,10 @@ def user() -> None:
 @click.option("--sis-id", default=None, help="The student information system's id (LIS person sourcedId).")
 @json_option
 def user_add(district_id: str, name: str, email: str | None, role: str, sis_id: str | None, as_json: bool) -> None:
-    from gateway.services.directory import create_user
+    from gateway.services.operator_actions import add_user
 
     try:
-        with _session(_app()) as session:
-            row = create_user(session, district_id, name=name, email=email, role=role)
-            row.sis_id = sis_id
-            data = {"id": row.id, "name": row.name, "role": row.role}
+        data = _call(_app(), add_user, district_id, name=name, email=email, role=role, sis_id=sis_id)
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"user {d['id']} ({d['name'] or d['role']})")
@@ -259,14 +253,12 @@ def lms_add(
     district_id: str, name: str, adapter: str, pairs: tuple[str, ...], settings_json: str | None, as_json: bool
 ) -> None:
     """Add an LMS connection; its settings (secrets included) are stored encrypted."""
-    from gateway.services.lms import add_lms_connection
+    from gateway.services.operator_actions import add_lms_connection
 
     settings = _parse_settings(pairs, settings_json)
     app = _app()
     try:
-        with _session(app) as session:
-            row = add_lms_connection(session, _services(app).box, district_id, name, adapter, settings)
-            data = {"id": row.id, "name": row.name, "adapter": row.adapter}
+        data = _call(app, add_lms_connection, _services(app).box, district_id, name, adapter, settings)
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"LMS connection {d['id']} ({d['name']}, adapter {d['adapter']})")
@@ -280,14 +272,12 @@ def lms_add(
 @json_option
 def lms_set(district_id: str, lms_ref: str, pairs: tuple[str, ...], settings_json: str | None, as_json: bool) -> None:
     """Change settings of an LMS connection (e.g. allowed_hosts=lms.example.edu); the rest are kept."""
-    from gateway.services.lms import update_lms_settings
+    from gateway.services.operator_actions import change_lms_settings
 
     changes = _parse_settings(pairs, settings_json)
     app = _app()
     try:
-        with _session(app) as session:
-            row = update_lms_settings(session, _services(app).box, district_id, lms_ref, changes)
-            data = {"id": row.id, "name": row.name, "changed": sorted(changes)}
+        data = _call(app, change_lms_settings, _services(app).box, district_id, lms_ref, changes)
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"LMS connection {d['id']} ({d['name']}): changed {', '.join(d['changed'])}")
@@ -339,26 +329,22 @@ def lms_limits(
     district_id: str, lms_ref: str, rate: float | None, concurrency: int | None, use_default: bool, as_json: bool
 ) -> None:
     """Show or set one LMS connection's request rate and concurrency (shared by every worker)."""
-    from gateway.services.lms import get_connection
+    from gateway.services.operator_actions import set_lms_limits
 
     app = _app()
     settings = app.config["PASSBACK"]
     try:
-        with _session(app) as session:
-            connection = get_connection(session, district_id, lms_ref)
-            if use_default:
-                connection.rate_limit = connection.concurrency_limit = None
-            if rate is not None:
-                connection.rate_limit = rate
-            if concurrency is not None:
-                connection.concurrency_limit = concurrency
-            data = {
-                "lms": connection.name,
-                "rate": connection.rate_limit or settings.connection_rate,
-                "concurrency": connection.concurrency_limit or settings.connection_concurrency,
-                "own_rate": connection.rate_limit is not None,
-                "own_concurrency": connection.concurrency_limit is not None,
-            }
+        data = _call(
+            app,
+            set_lms_limits,
+            district_id,
+            lms_ref,
+            rate=rate,
+            concurrency=concurrency,
+            use_default=use_default,
+            default_rate=settings.connection_rate,
+            default_concurrency=settings.connection_concurrency,
+        )
     except ServiceError as exc:
         _fail(exc)
     _emit(
@@ -422,18 +408,17 @@ def placement_add(
     if lms_assignment:
         destination["assignment_id"] = lms_assignment
     try:
-        app = _app()
-        with app.app_context():
-            data = place_assignment(
-                _services(app).unit_of_work(),
-                district_id,
-                lms_ref,
-                app_ref,
-                assignment,
-                course,
-                section_id=section,
-                destination=destination,
-            )
+        data = _call(
+            _app(),
+            place_assignment,
+            district_id,
+            lms_ref,
+            app_ref,
+            assignment,
+            course,
+            section_id=section,
+            destination=destination,
+        )
     except ServiceError as exc:
         _fail(exc)
     _emit(as_json, data, lambda d: f"placement {d['id']}: {d['assignment']} in course {d['course']}")
@@ -460,15 +445,10 @@ def placement_approve(
     district_id: str, lms_ref: str, app_ref: str, section: str, lms_assignment: str | None, as_json: bool
 ) -> None:
     """Let an app place grades (POST /v1/placements) into this LMS assignment, or every assignment of the section."""
-    from gateway.services.approvals import approve_column
-    from gateway.services.directory import get_app
+    from gateway.services.operator_actions import approve_column
 
     try:
-        with _session(_app()) as session:
-            app_id = get_app(session, app_ref).id
-            row, created = approve_column(session, district_id, lms_ref, app_id, section, lms_assignment, "cli")
-            data: dict[str, Any] = {"id": row.id, "app": app_id, "section": section, "lmsAssignment": lms_assignment}
-            data["created"] = created
+        data = _call(_app(), approve_column, district_id, lms_ref, app_ref, section, lms_assignment)
     except ServiceError as exc:
         _fail(exc)
     column = f"assignment {lms_assignment}" if lms_assignment else "every assignment"
@@ -482,16 +462,13 @@ def placement_revoke(
     district_id: str, lms_ref: str, app_ref: str, section: str, lms_assignment: str | None, as_json: bool
 ) -> None:
     """Withdraw an approval; placements already made stay (new ones into the column are refused)."""
-    from gateway.services.approvals import revoke_column
-    from gateway.services.directory import get_app
+    from gateway.services.operator_actions import revoke_column
 
     try:
-        with _session(_app()) as session:
-            app_id = get_app(session, app_ref).id
-            removed = revoke_column(session, district_id, lms_ref, app_id, section, lms_assignment)
+        data = _call(_app(), revoke_column, district_id, lms_ref, app_ref, section, lms_assignment)
     except ServiceError as exc:
         _fail(exc)
-    _emit(as_json, {"removed": removed}, lambda d: f"{d['removed']} approval(s) withdrawn")
+    _emit(as_json, data, lambda d: f"{d['removed']} approval(s) withdrawn")
 
 
 @placement.command("approvals")
@@ -500,25 +477,15 @@ def placement_revoke(
 @json_option
 def placement_approvals(district_id: str, lms_ref: str | None, as_json: bool) -> None:
     """The LMS columns each app may place grades into."""
-    from gateway.services.approvals import list_approvals
+    from gateway.services.operator_actions import list_approvals
 
     try:
-        with _session(_app()) as session:
-            rows = [
-                {
-                    "lms": a.lms_connection_id,
-                    "app": a.app_id,
-                    "section": a.section_id,
-                    "lmsAssignment": a.lms_assignment_id,
-                    "approvedBy": a.approved_by,
-                }
-                for a in list_approvals(session, district_id, lms_ref)
-            ]
+        data = _call(_app(), list_approvals, district_id, lms_ref)
     except ServiceError as exc:
         _fail(exc)
     _emit(
         as_json,
-        {"approvals": rows},
+        data,
         lambda d: (
             "\n".join(
                 f"app {a['app']}: section {a['section']}, {a['lmsAssignment'] or 'all'} ({a['approvedBy']})"
@@ -541,18 +508,12 @@ def staff() -> None:
 @json_option
 def staff_create(district_id: str, email: str, set_password: bool, as_json: bool) -> None:
     """Create a staff account: with a password typed now, or with a one-time setup link (valid 24 hours)."""
-    from gateway.services.staff import create_staff
+    from gateway.services.operator_actions import create_staff
 
     password = click.prompt("Password", hide_input=True, confirmation_prompt=True) if set_password else None
     app = _app()
     try:
-        with _session(app) as session:
-            created = create_staff(session, district_id, email, password)
-            data: dict[str, Any] = {"id": created.staff.id, "email": created.staff.email}
-            if created.setup_token:
-                base = app.config["PASSBACK"].public_url.rstrip("/")
-                # After "#": a browser never sends it, so no access log or proxy records the token.
-                data["setup_link"] = f"{base}/dashboard/setup#{created.setup_token}"
+        data = _call(app, create_staff, district_id, email, password, public_url=app.config["PASSBACK"].public_url)
     except ServiceError as exc:
         _fail(exc)
     _emit(
@@ -574,12 +535,10 @@ def keys() -> None:
 @json_option
 def keys_rotate(as_json: bool) -> None:
     """Create a new current signing key; the old one stays published as previous until the next rotation."""
-    from gateway.services.keys import published_jwks, rotate_keys
+    from gateway.services.operator_actions import rotate_signing_keys
 
     app = _app()
-    with _session(app) as session:
-        key = rotate_keys(session, _services(app).box)
-        data = {"kid": key.kid, "published": [k["kid"] for k in published_jwks(session)["keys"]]}
+    data = _call(app, rotate_signing_keys, _services(app).box)
     _emit(as_json, data, lambda d: f"current key {d['kid']}; published: {', '.join(d['published'])}")
 
 
@@ -611,12 +570,11 @@ def _demo_banner(demo: Any, public_url: str) -> str:
 @json_option
 def demo_command(public_url: str | None, as_json: bool) -> None:
     """Seed the sandbox district (once) and print a fresh app token and a curl line."""
-    from gateway.services.demo import seed_demo
+    from gateway.services.operator_actions import seed_sandbox_district
 
     app = _app()
     url = (public_url or app.config["PASSBACK"].public_url).rstrip("/")
-    with _session(app) as session:
-        demo = seed_demo(session, _services(app).box, url)
+    demo = _call(app, seed_sandbox_district, _services(app).box, url)
     data = {
         "district_id": demo.district_id,
         "app_id": demo.app_id,
@@ -632,12 +590,10 @@ def demo_command(public_url: str | None, as_json: bool) -> None:
 @json_option
 def purge_command(as_json: bool) -> None:
     """Delete expired one-time records (nonces, launch states, codes, pickers, idempotency keys)."""
-    from gateway.services.maintenance import purge_expired
+    from gateway.services.operator_actions import purge_expired
 
     app = _app()
-    with _session(app) as session:
-        purged = purge_expired(session, idempotency_ttl_seconds=app.config["PASSBACK"].idempotency_ttl_seconds)
-    data = dict(vars(purged))
+    data = _call(app, purge_expired, idempotency_ttl_seconds=app.config["PASSBACK"].idempotency_ttl_seconds)
     _emit(as_json, data, lambda d: ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in d.items()) + " purged")
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from gateway.api.common import json_object, load
 from gateway.errors import error_response
-from gateway.extensions import current_services, db
+from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.models import LmsConnection
 from gateway.services import sandbox_lms
 from gateway.services.errors import NotFound, Unauthenticated
@@ -46,38 +46,34 @@ def health(gradebook: str) -> Response:
 @sandbox_lms_bp.put("/courses/<course_id>/items/<item_id>/scores/<student_id>")
 def put_score(gradebook: str, course_id: str, item_id: str, student_id: str) -> Response:
     _authorize(gradebook)
-    session = db.session()
-    fault = sandbox_lms.take_fault(session, gradebook)
-    if fault is not None:
-        session.commit()
-        response = error_response(fault.status, "injected_fault", fault.message)
-        if fault.retry_after is not None:
-            response.headers["Retry-After"] = str(fault.retry_after)
+    written = sandbox_lms.put_score(
+        request_unit_of_work(),
+        gradebook,
+        course_id,
+        item_id,
+        student_id,
+        lambda: load(SandboxScoreSchema(), json_object()),
+    )
+    if isinstance(written, sandbox_lms.InjectedFault):
+        response = error_response(written.status, "injected_fault", written.message)
+        if written.retry_after is not None:
+            response.headers["Retry-After"] = str(written.retry_after)
         return response
-    score = load(SandboxScoreSchema(), json_object())
-    entry = sandbox_lms.store_score(session, gradebook, course_id, item_id, student_id, score)
-    payload = {"entry": SandboxEntrySchema().dump(entry)}
-    session.commit()
-    return jsonify(payload)
+    return jsonify({"entry": SandboxEntrySchema().dump(written)})
 
 
 @sandbox_lms_bp.delete("/courses/<course_id>/items/<item_id>/scores/<student_id>")
 def delete_score(gradebook: str, course_id: str, item_id: str, student_id: str) -> Response:
     _authorize(gradebook)
-    session = db.session()
-    removed = sandbox_lms.delete_score(session, gradebook, course_id, item_id, student_id)
-    session.commit()
+    removed = sandbox_lms.remove_score(request_unit_of_work(), gradebook, course_id, item_id, student_id)
     return jsonify({"removed": removed})
 
 
 @sandbox_lms_bp.get("/gradebook")
 def get_gradebook(gradebook: str) -> Response:
     _authorize(gradebook)
-    session = db.session()
-    entries = sandbox_lms.gradebook_entries(session, gradebook, request.args.get("course"))
-    payload = {"entries": SandboxEntrySchema(many=True).dump(entries)}
-    session.commit()
-    return jsonify(payload)
+    entries = sandbox_lms.gradebook_entries(db.session(), gradebook, request.args.get("course"))
+    return jsonify({"entries": SandboxEntrySchema(many=True).dump(entries)})
 
 
 @sandbox_lms_bp.post("/faults")
@@ -85,8 +81,5 @@ def post_fault(gradebook: str) -> Response:
     """Rehearse failures: the next `fail_next` score writes answer `status` (optionally with Retry-After)."""
     _authorize(gradebook)
     data = load(SandboxFaultSchema(), json_object())
-    session = db.session()
-    fault = sandbox_lms.set_fault(session, gradebook, **data)
-    payload = {"fail_next": fault.remaining, "status": fault.status, "retry_after": fault.retry_after}
-    session.commit()
-    return jsonify(payload)
+    fault = sandbox_lms.inject_fault(request_unit_of_work(), gradebook, **data)
+    return jsonify({"fail_next": fault.remaining, "status": fault.status, "retry_after": fault.retry_after})

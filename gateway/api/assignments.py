@@ -7,14 +7,9 @@ from flask import Response, current_app, jsonify
 from gateway.api import api
 from gateway.api.common import current_principal, load, load_body, load_query
 from gateway.contract import Reply, operation
-from gateway.extensions import current_services, db
+from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.models import TokenKind
-from gateway.services.catalog import (
-    archive_assignment,
-    catalog_view,
-    require_catalog_writer,
-    upsert_assignments,
-)
+from gateway.services.catalog import archive, catalog_view, require_catalog_writer, save_assignments
 from schemas.assignments import (
     AssignmentFieldsSchema,
     AssignmentIdSchema,
@@ -42,8 +37,7 @@ ASSIGNMENT_ID = {"assignment_id": AssignmentIdSchema().fields["id"]}
 def get_catalog() -> Response:
     principal = current_principal()
     query = load_query()
-    # End the request's transaction first: a pull waits on the app, which may call back into /v1/me.
-    db.session().commit()
+    db.session().commit()  # end the request's transaction: a pull waits on the app, which may call /v1/me
     view = catalog_view(
         current_services().database,
         current_services().http,
@@ -69,11 +63,8 @@ def bulk_upsert() -> Response:
     principal = current_principal()
     require_catalog_writer(principal)
     data = load_body()
-    session = db.session()
-    result = upsert_assignments(session, principal.app_id, data["assignments"])
-    payload = BulkResultSchema().dump(result)
-    session.commit()
-    return jsonify(payload)
+    result = save_assignments(request_unit_of_work(), principal.app_id, data["assignments"])
+    return jsonify(BulkResultSchema().dump(result))
 
 
 @api.put("/assignments/<assignment_id>")
@@ -91,11 +82,8 @@ def put_assignment(assignment_id: str) -> Response:
     require_catalog_writer(principal)
     load(AssignmentIdSchema(), {"id": assignment_id})
     data = load_body()
-    session = db.session()
-    result = upsert_assignments(session, principal.app_id, [{**data, "id": assignment_id}])
-    payload = AssignmentSchema().dump(result.assignments[0])
-    session.commit()
-    response = jsonify(payload)
+    result = save_assignments(request_unit_of_work(), principal.app_id, [{**data, "id": assignment_id}])
+    response = jsonify(AssignmentSchema().dump(result.assignments[0]))
     response.status_code = 201 if result.created else 200
     return response
 
@@ -113,7 +101,4 @@ def delete_assignment(assignment_id: str) -> Response:
     principal = current_principal()
     require_catalog_writer(principal)
     load(AssignmentIdSchema(), {"id": assignment_id})
-    session = db.session()
-    payload = AssignmentSchema().dump(archive_assignment(session, principal.app_id, assignment_id))
-    session.commit()
-    return jsonify(payload)
+    return jsonify(AssignmentSchema().dump(archive(request_unit_of_work(), principal.app_id, assignment_id)))

@@ -174,7 +174,7 @@ def get_grade_status(grade_id: str) -> Response:
     session = db.session()
     grade = get_grade(session, principal, grade_id)
     payload = grade_response.dump(grade_views(session, [grade])[0])
-    session.commit()
+    session.commit()  # keeps authenticate's last-used touch of the token (teardown rolls back)
     return jsonify(payload)
 
 
@@ -229,5 +229,5 @@ def list_grade_statuses() -> Response:
     payload = GradeListResponseSchema().dump(
         {"grades": grade_views(session, page.grades), "next_cursor": page.next_cursor}
     )
-    session.commit()
+    session.commit()  # keeps authenticate's last-used touch of the token (teardown rolls back)
     return jsonify(payload)

@@ -20,7 +20,7 @@ from schemas.me import MeSchema
 )
 def get_me() -> Response:
     principal = current_principal()
-    db.session().commit()
+    db.session().commit()  # keeps authenticate's last-used touch of the token (teardown rolls back)
     payload = MeSchema().dump(
         {
             "type": principal.me_type,

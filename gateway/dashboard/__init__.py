@@ -34,6 +34,7 @@ from gateway.services import (
     dashboard_overview,
     dashboard_sandbox,
     staff_actions,
+    staff_sign_in,
 )
 from gateway.services import staff as staff_service
 from gateway.services.errors import InvalidInput, ServiceError
@@ -68,17 +69,17 @@ def current_staff() -> StaffUser | None:
     if not isinstance(raw, str) or not raw:
         return None
     settings = current_app.config["PASSBACK"]
-    database = db.session()
     try:
-        staff = staff_service.resume_session(
-            database, raw, lifetime_seconds=settings.staff_session_seconds, idle_seconds=settings.staff_idle_seconds
+        staff = staff_sign_in.resume(
+            request_unit_of_work(),
+            raw,
+            lifetime_seconds=settings.staff_session_seconds,
+            idle_seconds=settings.staff_idle_seconds,
         )
     except staff_service.SessionExpired as exc:
-        database.commit()
         session.clear()
         flash(exc.message)
         return None
-    database.commit()
     if staff is None:
         session.clear()
         return None
@@ -96,14 +97,14 @@ def staff_required(view: Callable[..., Response]) -> Callable[..., Response]:
     return wrapped
 
 
-def _start_session(staff: StaffUser) -> None:
-    """Called after the sign-in's transaction: a new session row, and a fresh cookie holding only its token."""
-    database = db.session()
-    previous = session.get("sid")
-    if isinstance(previous, str) and previous:
-        staff_service.end_session(database, previous)  # the browser's earlier session, replaced below
-    raw = staff_service.start_session(database, staff)
-    database.commit()
+def _cookie_session() -> str | None:
+    """The token of the browser's current staff session, if it has one (replaced at sign-in)."""
+    raw = session.get("sid")
+    return raw if isinstance(raw, str) and raw else None
+
+
+def _start_session(raw: str) -> None:
+    """A fresh cookie holding only the new session's token."""
     session.clear()  # a new session id at sign-in: no fixation
     session.permanent = True
     session["sid"] = raw
@@ -129,20 +130,17 @@ def login() -> Response:
         return _page("dashboard/login.html")
     email = request.form.get("email", "")[:320]
     address = request.remote_addr or "unknown"
-    database = db.session()
     try:
-        staff_service.check_address(database, address)
-        staff = staff_service.sign_in(database, email, request.form.get("password", "")[:1000])
-    except staff_service.TooManyAttempts as exc:
-        database.rollback()
-        return _page("dashboard/login.html", http_status=exc.status, error=exc.message, email=email)
+        raw = staff_sign_in.sign_in(
+            request_unit_of_work(),
+            email,
+            request.form.get("password", "")[:1000],
+            address=address,
+            replaced_token=_cookie_session(),
+        )
     except ServiceError as exc:
-        staff_service.record_failure(database, address)
-        database.commit()  # keep the failed-attempt counts
         return _page("dashboard/login.html", http_status=exc.status, error=exc.message, email=email)
-    staff_service.audit(database, staff, "signed in")
-    database.commit()
-    _start_session(staff)
+    _start_session(raw)
     return redirect(_dashboard_path(request.args.get("next"), url_for("dashboard.overview")))  # type: ignore[return-value]
 
 
@@ -153,25 +151,21 @@ def setup() -> Response:
     if request.method == "GET":
         return _page("dashboard/login.html", setup=True)
     token = request.form.get("token", "").strip()[:200]
-    database = db.session()
     try:
-        staff = staff_service.complete_setup(database, token, request.form.get("password", "")[:1000])
+        raw = staff_sign_in.complete_setup(
+            request_unit_of_work(), token, request.form.get("password", "")[:1000], replaced_token=_cookie_session()
+        )
     except ServiceError as exc:
-        database.rollback()
         return _page("dashboard/login.html", http_status=exc.status, setup=True, error=exc.message, token=token)
-    staff_service.audit(database, staff, "set password")
-    database.commit()
-    _start_session(staff)
+    _start_session(raw)
     return redirect(url_for("dashboard.overview"))  # type: ignore[return-value]
 
 
 @dashboard_bp.post("/logout")
 def logout() -> Response:
-    raw = session.get("sid")
-    if isinstance(raw, str) and raw:
-        database = db.session()
-        staff_service.end_session(database, raw)
-        database.commit()
+    raw = _cookie_session()
+    if raw is not None:
+        staff_sign_in.sign_out(request_unit_of_work(), raw)
     session.clear()
     return redirect(url_for("dashboard.login"))  # type: ignore[return-value]
 
@@ -247,7 +241,7 @@ def delivery_csv(staff: StaffUser) -> Response:
         sent = 0
         while True:
             rows, after = dashboard_deliveries.csv_chunk(database, district_id, status=status, after=after)
-            database.commit()
+            database.commit()  # a read: ends this chunk's transaction
             writer.writerows(rows[: dashboard_deliveries.CSV_MAX_ROWS - sent])
             sent += len(rows)
             yield buffer.getvalue()
@@ -301,14 +295,11 @@ def pause_or_resume(staff: StaffUser, connection_id: str, action: str) -> Respon
 @staff_required
 def probe(staff: StaffUser, connection_id: str) -> Response:
     """Ask the LMS whether it accepts the connection's credentials ("key works"), before any grade is sent."""
-    database = db.session()
-    connection = _found(
-        lambda: dashboard_connections.set_paused(database, staff.district_id, connection_id, paused=None)
+    name, report = _found(
+        lambda: staff_actions.check_connection(
+            request_unit_of_work(), current_services().probe_connection, staff, connection_id
+        )
     )
-    name = connection.name
-    database.commit()  # no transaction stays open while the LMS is called
-    report = current_services().probe_connection(staff.district_id, connection_id)
-    staff_actions.record_probe(request_unit_of_work(), staff, name, ok=report.ok)
     flash(f"{name}: {'works' if report.ok else 'does not work'}. {report.message}")
     return redirect(url_for("dashboard.connection_list") + f"#c-{connection_id}")  # type: ignore[return-value]
 
@@ -333,7 +324,6 @@ def mappings(staff: StaffUser, connection_id: str) -> Response:
             entries = [{**entry, "lms": connection.id} for entry in dashboard_connections.parse_mapping_lines(text)]
             result = staff_actions.map_assignments(request_unit_of_work(), staff, connection.name, app_id, entries)
         except ServiceError as exc:
-            database.rollback()
             error = exc
         else:
             flash(f"{result.created} mappings added, {result.existing} already there.")

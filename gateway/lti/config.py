@@ -64,5 +64,4 @@ def config(connection_id: str) -> Response:
     )
     if connection is None:
         raise NotFound("no LTI 1.3 connection with this id")
-    db.session().commit()
     return jsonify(tool_configuration(current_app.config["PASSBACK"].public_url))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Response, current_app, render_template, request
 
-from gateway.extensions import current_services, db
+from gateway.extensions import current_services, request_unit_of_work
 from gateway.lti import lti_bp
 from gateway.lti.launch import error_page, launch_url
 from gateway.security_headers import allow_form_action, allow_framing_by, origin_of
-from gateway.services import deep_linking
+from gateway.services import deep_linking, launches
 from gateway.services.errors import InvalidInput, ServiceError
 
 
@@ -38,25 +38,20 @@ def picker(picker_id: str) -> Response:
 
 @lti_bp.post("/picker/<picker_id>")
 def pick(picker_id: str) -> Response:
-    session = db.session()
     try:
-        return_url, token = deep_linking.respond(
-            session,
+        answer = launches.answer_picker(
+            request_unit_of_work(),
             current_services().box,
             picker_id,
             request.form.getlist("assignment"),
             launch_url(),
         )
     except InvalidInput as exc:
-        session.rollback()
         return _picker_page(picker_id, "", error=exc.message, status=422)
     except ServiceError as exc:
-        session.rollback()
         return error_page(exc.status, "The assignment picker is closed", exc.message)
-    session.commit()
-    origins = deep_linking.platform_origins(session, current_services().box, picker_id)
-    allow_framing_by(origins)
+    allow_framing_by(answer.origins)
     # The platform's hosts too: Chrome checks form-action on the redirects that follow the post.
-    allow_form_action(origin_of(return_url), *origins)
-    html = render_template("lti/post_to_platform.html", return_url=return_url, jwt=token)
+    allow_form_action(origin_of(answer.return_url), *answer.origins)
+    html = render_template("lti/post_to_platform.html", return_url=answer.return_url, jwt=answer.token)
     return Response(html, content_type="text/html; charset=utf-8")

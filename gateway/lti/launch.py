@@ -9,7 +9,7 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from gateway.errors import database_trouble_answer
-from gateway.extensions import current_services, db, request_unit_of_work
+from gateway.extensions import current_services, request_unit_of_work
 from gateway.lti import lti_bp
 from gateway.security_headers import ANY_FRAMER, allow_framing_by
 from gateway.services import launches, lti13_launch
@@ -42,14 +42,11 @@ def launch_url() -> str:
 def login() -> Response:
     """OIDC third-party initiated login: remember state and nonce, send the browser to the platform."""
     params = {k: v for k, v in request.values.items() if isinstance(v, str)}
-    session = db.session()
     try:
-        target = lti13_launch.begin_login(session, current_services().box, params, launch_url())
+        target = launches.begin_login(request_unit_of_work(), current_services().box, params, launch_url())
     except ServiceError as exc:
-        session.rollback()
         log.warning("LTI login refused: %s (iss=%r)", exc.message, params.get("iss"))
         return error_page(exc.status, "This launch could not start", exc.message)
-    session.commit()
     return redirect(target, code=302)  # type: ignore[return-value]
 
 

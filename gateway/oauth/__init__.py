@@ -18,7 +18,7 @@ from sqlalchemy import select
 from gateway.composition import services_of
 from gateway.contract import CACHE_CONTROL, FORM, JSON, Reply, operation
 from gateway.crypto import generate_token, hash_token
-from gateway.extensions import current_services
+from gateway.extensions import current_services, request_unit_of_work
 from gateway.models import App, AuthorizationCode, User
 from gateway.services import signin
 from schemas.base import load_strict_json
@@ -143,7 +143,6 @@ def init_oauth(app: Flask) -> None:
 def tokens() -> Response:
     """Exchange a sign-in code for a user token; errors follow RFC 6749 §5.2."""
     server: AuthorizationServer = current_services().oauth_server
-    session = _session()
     if request.is_json:
         # Clever's partners often send JSON; authlib reads form fields, so present the JSON as a form.
         try:
@@ -154,10 +153,10 @@ def tokens() -> Response:
             request.form = request.parameter_storage_class(  # type: ignore[misc,assignment]
                 {k: str(v) for k, v in body.items() if isinstance(v, str | int)}
             )
-    response = server.create_token_response()
-    if response.status_code == 200 or g.get("passback_code_reused"):
-        session.commit()
-    else:
-        session.rollback()
+    response: Response = signin.exchange_code(
+        request_unit_of_work(),
+        server.create_token_response,
+        lambda answer: answer.status_code == 200 or bool(g.get("passback_code_reused")),
+    )
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -18,6 +18,7 @@ from gateway.models import DEFAULT_SCORE_MAXIMUM, App, Assignment, CatalogSnapsh
 from gateway.services.auth import Principal
 from gateway.services.directory import issue_token
 from gateway.services.errors import NotFound, ServiceError
+from gateway.services.unit_of_work import UnitOfWork
 from schemas.assignments import AssignmentEntrySchema
 from schemas.base import load_strict_json
 
@@ -72,6 +73,22 @@ def upsert_assignments(
         result.assignments.append(assignment)
     session.flush()
     return result
+
+
+def save_assignments(uow: UnitOfWork, app_id: str, entries: Iterable[Mapping[str, Any]]) -> UpsertResult:
+    """The app pushes assignments (POST /v1/assignments, PUT /v1/assignments/{id}): all of them, or none."""
+    with uow:
+        result = upsert_assignments(uow.session, app_id, entries)
+        uow.commit()
+        return result
+
+
+def archive(uow: UnitOfWork, app_id: str, external_id: str) -> Assignment:
+    """The app archives an assignment (DELETE /v1/assignments/{id})."""
+    with uow:
+        assignment = archive_assignment(uow.session, app_id, external_id)
+        uow.commit()
+        return assignment
 
 
 def require_catalog_writer(principal: Principal) -> None:

@@ -3,7 +3,7 @@ then wake delivery for the grades the launch released (they waited for it) or ro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.crypto import SecretBox
@@ -21,6 +21,34 @@ class LaunchOutcome:
     sign_in_url: str | None = None
     picker_id: str | None = None
     summary: str = ""
+
+
+@dataclass(frozen=True)
+class PickerAnswer:
+    """The deep linking response to post to the platform, and the origins that may frame and receive it."""
+
+    return_url: str
+    token: str
+    origins: list[str]
+
+
+def begin_login(uow: UnitOfWork, box: SecretBox, params: Mapping[str, str], launch_url: str) -> str:
+    """OIDC third-party initiated login: remember state and nonce; returns the platform URL to send the browser."""
+    with uow:
+        target = lti13_launch.begin_login(uow.session, box, params, launch_url)
+        uow.commit()
+        return target
+
+
+def answer_picker(
+    uow: UnitOfWork, box: SecretBox, picker_id: str, choices: Iterable[str], launch_url: str
+) -> PickerAnswer:
+    """The teacher's picks become the signed deep linking response; the picker is spent with it."""
+    with uow:
+        return_url, token = deep_linking.respond(uow.session, box, picker_id, choices, launch_url)
+        origins = deep_linking.platform_origins(uow.session, box, picker_id)
+        uow.commit()
+        return PickerAnswer(return_url, token, origins)
 
 
 def launch_lti13(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from gateway.models import SandboxFault, SandboxGradebookEntry, utcnow
 from gateway.services.errors import Conflict
+from gateway.services.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -107,3 +109,48 @@ def delete_score(session: Session, gradebook: str, course_id: str, item_id: str,
         )
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def put_score(
+    uow: UnitOfWork,
+    gradebook: str,
+    course_id: str,
+    item_id: str,
+    student_id: str,
+    read_score: Callable[[], dict[str, Any]],
+) -> InjectedFault | SandboxGradebookEntry:
+    """A score write: an injected fault, when one is left, answers instead (the body is then not read, as an
+    unavailable LMS would not); else the score read by `read_score` is stored."""
+    with uow:
+        fault = take_fault(uow.session, gradebook)
+        if fault is not None:
+            uow.commit()
+            return fault
+        entry = store_score(uow.session, gradebook, course_id, item_id, student_id, read_score())
+        uow.commit()
+        return entry
+
+
+def remove_score(uow: UnitOfWork, gradebook: str, course_id: str, item_id: str, student_id: str) -> bool:
+    with uow:
+        removed = delete_score(uow.session, gradebook, course_id, item_id, student_id)
+        uow.commit()
+        return removed
+
+
+def inject_fault(
+    uow: UnitOfWork,
+    gradebook: str,
+    *,
+    fail_next: int,
+    status: int = 503,
+    retry_after: int | None = None,
+    message: str | None = None,
+) -> SandboxFault:
+    """The next `fail_next` score writes answer `status`; returns the fault as stored."""
+    with uow:
+        fault = set_fault(
+            uow.session, gradebook, fail_next=fail_next, status=status, retry_after=retry_after, message=message
+        )
+        uow.commit()
+        return fault

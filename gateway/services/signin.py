@@ -3,7 +3,9 @@ exchanged at POST /oauth/tokens for a user token (the flow Clever's Instant Logi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import select, update
@@ -12,6 +14,7 @@ from sqlalchemy.orm import Session
 from gateway.crypto import generate_token, hash_token
 from gateway.models import ApiToken, App, AuthorizationCode, TokenKind, utcnow
 from gateway.services.directory import IssuedToken, issue_token
+from gateway.services.unit_of_work import UnitOfWork
 
 CODE_SECONDS = 60
 USER_TOKEN_SECONDS = 8 * 3600
@@ -102,3 +105,17 @@ def revoke_if_reused(session: Session, raw: str, app_id: str, *, now: datetime |
             .values(revoked_at=now)
         )
     return True
+
+
+Answer = TypeVar("Answer")
+
+
+def exchange_code(uow: UnitOfWork, answer: Callable[[], Answer], keep: Callable[[Answer], bool]) -> Answer:
+    """The token endpoint in one unit of work. authlib drives the exchange (`answer`), and its callbacks find the
+    code, redeem it and store the token on the unit's session (the request's); the unit commits only when `keep`
+    says so: the exchange succeeded, or a reused code revoked what it had bought."""
+    with uow:
+        result = answer()
+        if keep(result):
+            uow.commit()
+        return result

@@ -3,9 +3,10 @@ together, and deliveries it queued again go out once committed."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from adapters.base import HealthReport
 from gateway.models import LmsConnection, StaffUser
 from gateway.services import dashboard_connections
 from gateway.services.lms import PlacementsResult, place_assignments
@@ -73,3 +74,16 @@ def record_probe(uow: UnitOfWork, staff: StaffUser, connection_name: str, *, ok:
     with uow:
         audit(uow.session, staff, "checked the connection", connection_name, ok=ok)
         uow.commit()
+
+
+def check_connection(
+    uow: UnitOfWork, probe: Callable[[str, str], HealthReport], staff: StaffUser, connection_id: str
+) -> tuple[str, HealthReport]:
+    """Ask the LMS whether it accepts the connection's credentials (`probe`: district id, connection id), with
+    no transaction open while it is called; the check is audited. Returns the connection's name and the report."""
+    with uow:
+        name = dashboard_connections.set_paused(uow.session, staff.district_id, connection_id, paused=None).name
+        uow.commit()  # no transaction stays open while the LMS is called
+    report = probe(staff.district_id, connection_id)
+    record_probe(uow, staff, name, ok=report.ok)
+    return name, report

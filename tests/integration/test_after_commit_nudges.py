@@ -8,19 +8,22 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from flask import Flask
+from sqlalchemy import update
 
 from gateway.cli import main
 from gateway.composition import services_of
-from gateway.models import LmsConnection, LmsIdentity, Placement
+from gateway.models import Delivery, LmsConnection, LmsIdentity, Placement, utcnow
 from gateway.services.directory import create_user, enroll
 from gateway.services.lms import add_placement
 from gateway.tasks import QUEUE, flush_dispatchers
 from gateway.worker import DeliveryWorker, EmbeddedWorker
+from schemas.statuses import DeliveryStatus
 from tests.conftest import TEST_ENCRYPTION_KEY
 from tests.factories import World
 from tests.integration.test_lti11 import KEY, Lti11, lti11  # noqa: F401  (the fixture)
@@ -202,3 +205,26 @@ def test_roster_sync_that_releases_a_grade_asks_celery_to_drain_the_connection(
 
     assert synced["released"] == 1
     assert repr([ags.connection_id]) in drains_of(broker), enqueued(broker)
+
+
+def test_lms_set_makes_retrying_deliveries_due_and_asks_celery_to_drain_the_connection(
+    world: World, app: Flask, database_url: str, broker: Any
+) -> None:
+    posted = world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": 0.5})
+    assert posted.status_code == 202, posted.text
+    with world.session() as session:
+        # As after a refused host: retrying, next look an hour away.
+        session.execute(
+            update(Delivery)
+            .where(Delivery.lms_connection_id == world.connection_id)
+            .values(status=DeliveryStatus.RETRYING, next_attempt_at=utcnow() + timedelta(hours=1))
+        )
+    broker.flushdb()
+
+    changed = cli(
+        app, database_url, "lms", "set", "--district", world.district_id, "--lms", world.connection_id,
+        "--setting", f"secret={world.sandbox_secret}",
+    )  # fmt: skip
+
+    assert changed["changed"] == ["secret"]
+    assert repr([world.connection_id]) in drains_of(broker), enqueued(broker)
