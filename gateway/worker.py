@@ -168,8 +168,14 @@ class DeliveryWorker:
         return self.adapter_factory.context()
 
     def claim(
-        self, limit: int | None = None, *, lms_connection_id: str | None = None, without_connection: bool = False
+        self,
+        limit: int | None = None,
+        *,
+        lms_connection_id: str | None = None,
+        without_connection: bool = False,
+        section_id: str | None = None,
     ) -> list[Claim]:
+        """Claim due deliveries (held by this worker until recorded or given back)."""
         with self.db.transaction() as session:
             claims = claim_due_deliveries(
                 session,
@@ -180,6 +186,7 @@ class DeliveryWorker:
                 district_id=self.district_id,
                 lms_connection_id=lms_connection_id,
                 without_connection=without_connection,
+                section_id=section_id,
             )
         self._hold(claims)
         return claims
@@ -415,18 +422,7 @@ class DeliveryWorker:
         try:
             if room > 0 and not self.stopping.is_set():
                 # Fill the request: more due grades of the same connection and section, claimed the usual way.
-                with self.db.transaction() as session:
-                    more = claim_due_deliveries(
-                        session,
-                        limit=room,
-                        lease_seconds=self.settings.lease_seconds,
-                        max_attempts=self.settings.max_attempts,
-                        now=self.clock.now(),
-                        district_id=self.district_id,
-                        lms_connection_id=connection_id,
-                        section_id=key,
-                    )
-                self._hold(more)
+                more = self.claim(room, lms_connection_id=connection_id, section_id=key)
                 for claim, work in self._load(more, statuses):
                     if adapter_cls.batch_key(work.destination) == key:
                         group.append((claim, work))
