@@ -31,6 +31,7 @@ from gateway.services.heartbeats import record_heartbeat, worker_name
 from gateway.services.outbox import (
     Claim,
     claim_due_deliveries,
+    count_first_attempts,
     defer_claim,
     due_connections,
     fail_orphaned_claim,
@@ -52,6 +53,8 @@ log = logging.getLogger("passback.worker")
 PURGE_INTERVAL_SECONDS = 3600
 # How long the loop waits after the database was unreachable (a restart or failover takes seconds).
 DATABASE_OUTAGE_PAUSE_SECONDS = 2.0
+# After a stop cuts the requests still running, how long their rounds get to record what was answered before.
+ROUND_WIND_DOWN_SECONDS = 1.0
 
 
 class ClaimLost(Exception):
@@ -88,7 +91,16 @@ class LeaseKeeper:
 
     def __call__(self) -> None:
         starting = {claim.delivery_id for claim in self.claims} - self.counted
-        if not starting and self.clock.monotonic() - self.checked < self.lease_seconds / 3:
+        fresh = self.clock.monotonic() - self.checked < self.lease_seconds / 3
+        if not starting and fresh:
+            return
+        if fresh:
+            # Leases still fresh: only count the first attempts (a cheap update, not the full check).
+            with self.db.transaction() as session:
+                if not count_first_attempts(session, [c for c in self.claims if c.delivery_id in starting]):
+                    # Raised inside the transaction: nothing is counted for a send that does not happen.
+                    raise ClaimLost(f"a claim of {len(self.claims)} was lost before sending")
+            self.counted |= starting
             return
         with self.db.transaction() as session:
             confirmed, _ = reconfirm_claims(
@@ -218,13 +230,12 @@ class DeliveryWorker:
         recorded, then give every claim still held back to due and cut the requests still running, whose
         answers would now be recorded nowhere. Returns how many claims were given back."""
         deadline = time.monotonic() + self.settings.stop_grace()
+        self._wait_for_rounds(deadline)
+        # Requests still running are cut: their rounds then record what was answered before and let go.
+        cut = cut_requests_in_flight()
+        if cut:
+            self._wait_for_rounds(time.monotonic() + ROUND_WIND_DOWN_SECONDS)
         with self._held_changed:
-            while self._held and not self.hurry.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # Short waits: a second Ctrl-C (hurry) is seen at once.
-                self._held_changed.wait(min(remaining, 0.1))
             left = list(self._held.values())
         released = 0
         if left:
@@ -240,7 +251,6 @@ class DeliveryWorker:
                 # The database is away: these claims wait for their leases, as after a crash.
                 log.warning("delivery worker: could not give back %d claims: %s", len(left), exc)
             self._let_go(left)
-        cut = cut_requests_in_flight()
         log.info("delivery worker stopping: %d claims given back, %d LMS requests cut", released, cut)
         return released
 
@@ -269,6 +279,9 @@ class DeliveryWorker:
         if self.stopping.is_set():
             return self._release(claims)
         batches: dict[tuple[str, str], list[tuple[Claim, DeliveryWork]]] = {}
+        # Outcomes of single deliveries, recorded together when the round ends or the worker stops (one
+        # transaction for the round rather than one per grade: the stop records them before giving the rest back).
+        sent: list[tuple[Claim, DeliveryWork, Any]] = []
         # Claims not sent because the worker is stopping: given back at once, not left to their leases.
         unsent: list[Claim] = []
         for claim, work in self._load(claims, statuses):
@@ -280,9 +293,17 @@ class DeliveryWorker:
             if work.operation == "replace" and adapter_cls is not None:
                 key = adapter_cls.batch_key(work.destination)
             if key is None:
-                statuses[claim.delivery_id] = self._deliver_one(claim, work, adapter_cls, claimed_at, counted)
+                status = self._deliver_one(claim, work, adapter_cls, sent, claimed_at, counted)
+                if status is not None:
+                    statuses[claim.delivery_id] = status
             else:
                 batches.setdefault((work.lms_connection_id, key), []).append((claim, work))
+        if sent and self.stopping.is_set():
+            # A send the stop cut (or that would be retried anyway) goes back as due, its attempt not spent.
+            unsent.extend(c for c, _, o in sent if o is None or isinstance(o, RetryableDeliveryError))
+            sent = [(c, w, o) for c, w, o in sent if o is not None and not isinstance(o, RetryableDeliveryError)]
+        if sent:
+            statuses.update(self._record_batch([(c, w) for c, w, _ in sent], [o for _, _, o in sent], counted))
         for (connection_id, key), group in batches.items():
             if self.stopping.is_set():
                 unsent.extend(claim for claim, _ in group)
@@ -292,9 +313,20 @@ class DeliveryWorker:
             statuses.update(self._release(unsent))
         return statuses
 
+    def _wait_for_rounds(self, deadline: float) -> None:
+        """Until `deadline` (real time) or a second Ctrl-C, wait for the rounds in flight to record and let go."""
+        with self._held_changed:
+            while self._held and not self.hurry.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                # Short waits: a second Ctrl-C (hurry) is seen at once.
+                self._held_changed.wait(min(remaining, 0.1))
+
     def _release(self, claims: list[Claim]) -> dict[str, str | None]:
+        uncount = {claim.delivery_id for claim in claims if claim.delivery_id in self._counted}
         with self.db.transaction() as session:
-            release_claims(session, claims, now=self.clock.now())
+            release_claims(session, claims, now=self.clock.now(), uncount=uncount)
         log.info("delivery worker stopping: %d claims given back unsent", len(claims))
         return {claim.delivery_id: DeliveryStatus.PENDING for claim in claims}
 
@@ -328,15 +360,17 @@ class DeliveryWorker:
         claim: Claim,
         work: DeliveryWork,
         adapter_cls: type[LmsAdapter] | None,
+        sent: list[tuple[Claim, DeliveryWork, Any]],
         claimed_at: float,
         counted: set[str],
     ) -> str | None:
-        """Send one delivery and record its outcome at once, so a stop or a crash right after never sends again
-        what the LMS stored. A delivery that looks up its destination does so under the placement's lease."""
+        """Send one delivery. Its outcome goes to `sent`, recorded with the round's others, and None is returned;
+        a delivery that looks up its destination under the placement's lease is recorded at once (what it
+        learned serves the next delivery) and its status returned."""
         discovering = adapter_cls is not None and adapter_cls.needs_discovery(work.destination.data)
         if not discovering:
-            outcome = self._send(claim, work, adapter_cls, claimed_at, counted)
-            return self._record_batch([(claim, work)], [outcome], counted)[claim.delivery_id]
+            sent.append((claim, work, self._send(claim, work, adapter_cls, claimed_at, counted)))
+            return None
         with self.db.transaction() as session:
             now = self.clock.now()
             if not take_discovery_lease(session, work.destination.placement_id, now=now):
