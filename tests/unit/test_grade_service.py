@@ -13,6 +13,7 @@ from gateway.models import Assignment, Delivery, DeliveryStatus, GradeRevision, 
 from gateway.services.auth import authenticate
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import (
+    StudentKeyInvalid,
     authorize_app,
     create_app_partner,
     create_district,
@@ -20,7 +21,7 @@ from gateway.services.directory import (
     enroll,
     issue_token,
 )
-from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound
+from gateway.services.errors import Conflict, Forbidden, NotFound
 from gateway.services.grades import accept_grade, normalize
 from gateway.services.lms import add_lms_connection, add_placement
 from gateway.services.routing import route_waiting_grades
@@ -103,9 +104,9 @@ def test_user_token_rules(app: Flask, setup: dict[str, str]) -> None:
 
 
 def test_district_app_token_needs_a_known_user_and_assignment(app: Flask, setup: dict[str, str]) -> None:
-    with pytest.raises(InvalidInput) as missing:
+    with pytest.raises(StudentKeyInvalid) as missing:
         _accept(app, setup["token"], {"assignmentID": "q", "percentage": 1})
-    assert missing.value.fields == {"userID": ["Required with a district-app token."]}
+    assert set(missing.value.fields or {}) == {"userID", "sisID", "email", "lmsUserID"}
     with pytest.raises(NotFound) as no_user:
         _accept(app, setup["token"], {"assignmentID": "q", "userID": "nobody", "percentage": 1})
     assert no_user.value.code == "user_not_found"
