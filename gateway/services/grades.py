@@ -30,7 +30,7 @@ from gateway.models import (
 )
 from gateway.services.auth import Principal
 from gateway.services.directory import resolve_student, student_key_of, students_named
-from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
+from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import ROUTE_COLUMNS, Route, receives, route_revision, schedule_deletions
 from schemas.statuses import PROGRESS_ORDER
 

@@ -129,9 +129,7 @@ def test_an_email_two_users_share_is_409_listing_no_one(keyed: World) -> None:
     ],
     ids=["none", "userID-and-sisID", "sisID-and-email", "lmsUserID-alone", "lms-alone"],
 )
-def test_not_exactly_one_key_is_400_naming_the_fields(
-    keyed: World, body_key: dict[str, str], fields: set[str]
-) -> None:
+def test_not_exactly_one_key_is_400_naming_the_fields(keyed: World, body_key: dict[str, str], fields: set[str]) -> None:
     response = keyed.post_grade(grade(body_key))
     error = assert_error(response, 400, "student_key_invalid")
     assert set(error["fields"]) == fields
