@@ -326,7 +326,7 @@ def student_key_of(data: Mapping[str, Any]) -> StudentKey | None:
     return StudentKey(name, str(data[name]), str(data["lms"]) if name == "lmsUserID" else None)
 
 
-def students_named(district_id: str, key: StudentKey) -> Select[tuple[str]]:
+def students_named(district_id: str, key: StudentKey) -> Select[str]:
     """The ids of the users of a district a key names: one indexed lookup (users by district and sis_id or
     email; identities by connection and subject). Emails match exactly as stored."""
     if key.field == "userID":
