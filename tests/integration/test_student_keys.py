@@ -70,7 +70,7 @@ def test_each_key_resolves_to_the_student(keyed: World, worker: DeliveryWorker, 
     assert stored_grades(keyed) == [ada]
     assert worker.run_until_idle() == 1
     [entry] = keyed.gradebook()
-    assert entry["studentID"] == ada
+    assert entry["studentID"] == ADA_LMS_ID  # the sandbox names Ada by the id it linked her to
 
 
 def test_user_id_is_echoed_as_the_key(keyed: World) -> None:
