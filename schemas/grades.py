@@ -222,8 +222,9 @@ class GradeResponseSchema(Schema):
         StudentKeySchema,
         attribute="student_key",
         metadata={
-            "description": "Answers to posting only: the key the app named the student by, as posted "
-            '(e.g. `{"sisID": "S-1001"}`); `{"userID": …}` when a user token left it out.'
+            "description": 'The key the app named the student by, as posted (e.g. `{"sisID": "S-1001"}`): in '
+            "an answer to posting, this post's key; in a read, the key the current revision was posted with. "
+            '`{"userID": …}` when a user token left the key out, and for grades stored before keys were recorded.'
         },
     )
     percentage = fields.Float(allow_none=True)

@@ -80,6 +80,7 @@ class GradeRecord:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
+    student_key: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> GradeRecord:
@@ -150,6 +151,7 @@ def accept_grade(
             "revision": 1,
             "created_at": now,
             "updated_at": now,
+            "student_key": echo,
             **_grade_values(data, normalized, given_timestamp or now),
         }
         if _inserted(session, record):
@@ -173,7 +175,7 @@ def accept_grade(
             },
             code="stale_grade",
         )
-    values.update(revision=grade.revision + 1, updated_at=now, deleted_at=None)
+    values.update(revision=grade.revision + 1, updated_at=now, deleted_at=None, student_key=echo)
     session.execute(_UPDATE_GRADE, {"grade_pk": grade.id, **values})
     updated = replace(grade, **values)
     revision_id = _add_revision(session, updated, principal, now)
@@ -297,6 +299,7 @@ def _add_revision(session: Session, grade: GradeRecord, principal: Principal, no
             "timestamp": grade.timestamp,
             "token_id": principal.token_id,
             "received_at": now,
+            "student_key": grade.student_key,
         },
     )
     return revision_id
@@ -415,6 +418,8 @@ def grade_view(
         "id": grade.id,
         "assignment_external_id": assignment_external_id,
         "user_id": grade.user_id,
+        # Grades stored before keys were recorded were all posted by userID.
+        "student_key": grade.student_key or {"userID": grade.user_id},
         "percentage": grade.percentage,
         "input_score_given": grade.score_given if grade.input_form == "score" else None,
         "input_score_maximum": grade.score_maximum if grade.input_form == "score" else None,

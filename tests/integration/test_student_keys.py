@@ -9,7 +9,7 @@ import requests
 from sqlalchemy import func, select
 
 from gateway.composition import services_of
-from gateway.models import Grade, LmsConnection, User
+from gateway.models import Grade, GradeRevision, LmsConnection, User
 from gateway.services.directory import create_user, enroll, link_identity
 from gateway.worker import DeliveryWorker
 from tests.assertions import assert_error
@@ -71,6 +71,20 @@ def test_each_key_resolves_to_the_student(keyed: World, worker: DeliveryWorker, 
     assert worker.run_until_idle() == 1
     [entry] = keyed.gradebook()
     assert entry["studentID"] == ADA_LMS_ID  # the sandbox names Ada by the id it linked her to
+
+
+def test_reads_carry_the_key_the_current_revision_was_posted_with(keyed: World) -> None:
+    first = keyed.post_grade(grade({"sisID": ADA_SIS}, percentage=0.5)).json()
+    assert keyed.get(f"/v1/grades/{first['id']}").json() == first
+    second = keyed.post_grade(grade({"lmsUserID": ADA_LMS_ID, "lms": "Sandbox"}, percentage=0.6)).json()
+    assert (second["id"], second["revision"]) == (first["id"], 2)
+    read = keyed.get(f"/v1/grades/{first['id']}").json()
+    assert read["studentKey"] == {"lmsUserID": ADA_LMS_ID, "lms": "Sandbox"}
+    [listed] = keyed.get("/v1/grades").json()["grades"]
+    assert listed["studentKey"] == read["studentKey"] and listed["userID"] == keyed.students[0]
+    with keyed.session() as session:
+        keys = session.scalars(select(GradeRevision.student_key).order_by(GradeRevision.revision)).all()
+    assert keys == [{"sisID": ADA_SIS}, {"lmsUserID": ADA_LMS_ID, "lms": "Sandbox"}]
 
 
 def test_user_id_is_echoed_as_the_key(keyed: World) -> None:

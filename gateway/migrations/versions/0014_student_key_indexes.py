@@ -1,4 +1,5 @@
-"""users and lms_identities: indexes for addressing a student by sisID, email or an LMS's user id
+"""student keys: indexes for addressing a student by sisID, email or an LMS's user id; the key each grade
+revision was posted with
 
 Revision ID: 0014
 Revises: 0013
@@ -7,6 +8,7 @@ Create Date: 2026-12-07 14:00:00
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
@@ -24,9 +26,18 @@ def upgrade() -> None:
         batch_op.create_index("ix_users_district_email", ["district_id", "email"], unique=False)
     with op.batch_alter_table("lms_identities", schema=None) as batch_op:
         batch_op.create_index("ix_lms_identities_connection_subject", ["lms_connection_id", "subject"], unique=False)
+    # Grades stored before this revision keep NULL: the answers show them as addressed by userID.
+    with op.batch_alter_table("grades", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("student_key", sa.JSON(), nullable=True))
+    with op.batch_alter_table("grade_revisions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("student_key", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("grade_revisions", schema=None) as batch_op:
+        batch_op.drop_column("student_key")
+    with op.batch_alter_table("grades", schema=None) as batch_op:
+        batch_op.drop_column("student_key")
     with op.batch_alter_table("lms_identities", schema=None) as batch_op:
         batch_op.drop_index("ix_lms_identities_connection_subject")
     with op.batch_alter_table("users", schema=None) as batch_op:
