@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from gateway.composition import services_of
 from gateway.models import Assignment, Delivery, DeliveryStatus, GradeRevision, LmsConnection, TokenKind, User
@@ -173,3 +173,35 @@ def test_grades_routed_once_a_student_is_enrolled_carry_the_callers_now(app: Fla
         (DeliveryStatus.SUPERSEDED, placed, enrolled, None),
         (DeliveryStatus.PENDING, enrolled, enrolled, enrolled),
     ]
+
+
+def test_a_student_key_costs_one_query_and_user_id_none(app: Flask, setup: dict[str, str]) -> None:
+    """The hot path's statement count: posting by userID is what it was; by sisID, one lookup more."""
+    with services_of(app).database.transaction() as session:
+        student = session.get(User, setup["student"])
+        assert student is not None
+        student.sis_id = "S-1"
+    engine = services_of(app).database.engine
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    def statements_for(data: dict[str, object]) -> list[str]:
+        statements.clear()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            with services_of(app).database.transaction() as session:
+                principal = authenticate(session, setup["token"])
+                statements.clear()
+                accept_grade(session, principal, data)
+                return list(statements)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+
+    statements_for({"assignmentID": "q", "userID": setup["student"], "percentage": 0.5})
+    # Both measured posts are second revisions: the same path but for how the student is named.
+    by_user_id = statements_for({"assignmentID": "q", "userID": setup["student"], "percentage": 0.6})
+    by_sis_id = statements_for({"assignmentID": "q", "sisID": "S-1", "percentage": 0.7})
+    assert len(by_sis_id) == len(by_user_id) + 1
+    assert not any("sis_id" in s for s in by_user_id)
