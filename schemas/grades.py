@@ -19,6 +19,15 @@ GRADING_PROGRESS = ("FullyGraded", "Pending", "PendingManual", "Failed", "NotRea
 MAX_CONTEXT_BYTES = 4096
 MAX_CONTEXT_DEPTH = 20
 MAX_COMMENT_CHARS = 10_000
+STUDENT_KEY_RULE = (
+    "Name the student by exactly one of userID, sisID, email, or lmsUserID with lms, resolved in the token's "
+    "district (400 for none or two; 404 unknown; 409 when it names two users). A user token may name only its own "
+    "user, by any key, or leave the key out."
+)
+STUDENT_KEY_FILTER_RULE = (
+    "At most one of userID, sisID, email, or lmsUserID with lms (400 for two). A key that names no one gives an "
+    "empty page; an email two users share matches both."
+)
 
 
 class JsonBoolean(fields.Boolean):
@@ -53,9 +62,27 @@ class GradeRequestSchema(StrictSchema):
     assignmentID = fields.String(
         required=True, validate=validate.Regexp(ASSIGNMENT_ID_PATTERN, error=ASSIGNMENT_ID_RULE)
     )
+    # The student keys: exactly one with a district-app token (see STUDENT_KEY_RULE); a user token may leave
+    # them out. Exclusivity is checked by the service, which answers 400 naming the fields.
     userID = fields.String(
         validate=validate.Length(min=1, max=64),
-        metadata={"description": "The student; required with a district-app token, the token's user otherwise."},
+        metadata={"description": f"The student's Passback id. {STUDENT_KEY_RULE}"},
+    )
+    sisID = fields.String(
+        validate=validate.Length(min=1, max=255),
+        metadata={"description": f"The student's id in the district's student information system. {STUDENT_KEY_RULE}"},
+    )
+    email = fields.String(
+        validate=validate.Length(min=1, max=320),
+        metadata={"description": f"The student's email, matched exactly as Passback stores it. {STUDENT_KEY_RULE}"},
+    )
+    lmsUserID = fields.String(
+        validate=validate.Length(min=1, max=255),
+        metadata={"description": f"The student's user id in the LMS named by `lms`. {STUDENT_KEY_RULE}"},
+    )
+    lms = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "With lmsUserID, and only with it: the LMS connection's id or name."},
     )
     # The bounds are checked below, with a hint for a percent sent as 80; the metadata documents them.
     percentage = JsonNumber(metadata={"description": "A fraction in 0..1 (0.8 means 80%).", "minimum": 0, "maximum": 1})
@@ -177,10 +204,29 @@ class DeliveryStatusSchema(Schema):
     updatedAt = UtcDateTime(attribute="updated_at")
 
 
+class StudentKeySchema(Schema):
+    """The one key the app named the student by, echoed as posted."""
+
+    userID = fields.String()
+    sisID = fields.String()
+    email = fields.String()
+    lmsUserID = fields.String()
+    lms = fields.String()
+
+
 class GradeResponseSchema(Schema):
     id = fields.String()
     assignmentID = fields.String(attribute="assignment_external_id")
-    userID = fields.String(attribute="user_id")
+    userID = fields.String(attribute="user_id", metadata={"description": "The student's Passback id, resolved."})
+    studentKey = fields.Nested(
+        StudentKeySchema,
+        attribute="student_key",
+        metadata={
+            "description": 'The key the app named the student by, as posted (e.g. `{"sisID": "S-1001"}`): in '
+            "an answer to posting, this post's key; in a read, the key the current revision was posted with. "
+            '`{"userID": …}` when a user token left the key out, and for grades stored before keys were recorded.'
+        },
+    )
     percentage = fields.Float(allow_none=True)
     scoreGiven = fields.Float(attribute="input_score_given", allow_none=True)
     scoreMaximum = fields.Float(attribute="input_score_maximum", allow_none=True)
@@ -201,7 +247,16 @@ class GradeResponseSchema(Schema):
 
 class GradeListQuerySchema(StrictSchema):
     assignmentID = fields.String(validate=validate.Regexp(ASSIGNMENT_ID_PATTERN, error=ASSIGNMENT_ID_RULE))
-    userID = fields.String(validate=validate.Length(min=1, max=64))
+    userID = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": STUDENT_KEY_FILTER_RULE})
+    sisID = fields.String(validate=validate.Length(min=1, max=255), metadata={"description": STUDENT_KEY_FILTER_RULE})
+    email = fields.String(validate=validate.Length(min=1, max=320), metadata={"description": STUDENT_KEY_FILTER_RULE})
+    lmsUserID = fields.String(
+        validate=validate.Length(min=1, max=255), metadata={"description": STUDENT_KEY_FILTER_RULE}
+    )
+    lms = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "With lmsUserID, and only with it: the LMS connection's id or name."},
+    )
     status = fields.String(validate=validate.OneOf([s.value for s in LISTED_STATUSES]))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.String(validate=validate.Length(max=200))
@@ -243,6 +298,10 @@ class BulkGradeResultSchema(Schema):
     id = fields.String(metadata={"description": "The grade's id (accepted entries)."})
     revision = fields.Integer()
     changed = fields.Boolean(metadata={"description": "False when an identical grade was already stored."})
+    userID = fields.String(metadata={"description": "The student's Passback id, resolved (accepted entries)."})
+    studentKey = fields.Nested(
+        StudentKeySchema, metadata={"description": "The key the entry named the student by (accepted entries)."}
+    )
     error = fields.Dict(keys=fields.String(), values=fields.Raw(), metadata={"description": "Refused entries."})
 
 

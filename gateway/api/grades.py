@@ -82,6 +82,8 @@ def post_grades() -> Response:
                     "id": grade.id,
                     "revision": grade.revision,
                     "changed": outcome.accepted.changed,
+                    "userID": grade.user_id,
+                    "studentKey": outcome.accepted.student_key,
                 }
             )
         else:
@@ -108,11 +110,23 @@ def post_grades() -> Response:
         headers=(LOCATION, IDEMPOTENT_REPLAYED),
     ),
     errors=(
-        403,
-        404,
+        Reply(
+            400,
+            "Malformed JSON, a body that is not a JSON object, or not exactly one student key (code "
+            "`student_key_invalid`; `fields` names them).",
+            ErrorSchema,
+        ),
+        Reply(403, "The token may not do this (a missing scope; a user token naming another student).", ErrorSchema),
+        Reply(
+            404,
+            "The student key names no user in this district (code `user_not_found`, `fields` names the key), the "
+            "`lms` no connection (`lms_connection_not_found`), or the assignment is not in the catalog.",
+            ErrorSchema,
+        ),
         Reply(
             409,
-            "A grade with a later or equal timestamp is stored, or the Idempotency-Key was used for another request.",
+            "A grade with a later or equal timestamp is stored, the Idempotency-Key was used for another request, "
+            "or the student key names more than one user (code `student_key_ambiguous`: send userID).",
             ErrorSchema,
         ),
     ),
@@ -219,7 +233,10 @@ def read_grade_from_lms(grade_id: str) -> Response:
     summary="Grades of this app in this district, oldest first, filtered, cursor-paged",
     query=GradeListQuerySchema,
     replies=Reply(200, "A page of grades; `nextCursor` fetches the next one.", GradeListResponseSchema),
-    errors=(403,),
+    errors=(
+        Reply(400, "Two student keys, or lms without lmsUserID (code `student_key_invalid`).", ErrorSchema),
+        403,
+    ),
 )
 def list_grade_statuses() -> Response:
     principal = current_principal()

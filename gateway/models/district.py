@@ -84,14 +84,19 @@ class User(Base):
     """A Passback user: a stable id in one district, with the LMS identities that map to it."""
 
     __tablename__ = "users"
+    # Apps address students by sisID or email within one district (gateway/services/directory.py): one index seek.
+    __table_args__ = (
+        Index("ix_users_district_sis_id", "district_id", "sis_id"),
+        Index("ix_users_district_email", "district_id", "email"),
+    )
 
     id: Mapped[str] = id_column()
     district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(20), default=UserRole.STUDENT)
     name: Mapped[str] = mapped_column(String(200), default="")
-    email: Mapped[str | None] = mapped_column(String(320), default=None, index=True)
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
     # The student information system's id (LIS person sourcedId), for roster matching.
-    sis_id: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
+    sis_id: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = created_column()
 
 
@@ -99,7 +104,11 @@ class LmsIdentity(Base):
     """How one LMS names a Passback user: (issuer, subject) is unique within a district."""
 
     __tablename__ = "lms_identities"
-    __table_args__ = (UniqueConstraint("district_id", "issuer", "subject"),)
+    __table_args__ = (
+        UniqueConstraint("district_id", "issuer", "subject"),
+        # An app addresses a student by the id one connection knows them by (lmsUserID with lms).
+        Index("ix_lms_identities_connection_subject", "lms_connection_id", "subject"),
+    )
 
     id: Mapped[str] = id_column()
     district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))

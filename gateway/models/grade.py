@@ -46,6 +46,8 @@ class Grade(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set by DELETE /v1/grades/{id}: the grade is cleared in the LMSs that support it; a new post revives it.
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The student key the current revision was posted with ({"sisID": "…"}); NULL before migration 0014.
+    student_key: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class GradeRevision(Base):
@@ -71,6 +73,8 @@ class GradeRevision(Base):
     timestamp: Mapped[datetime] = mapped_column()
     token_id: Mapped[str | None] = mapped_column(String(24), default=None)
     received_at: Mapped[datetime] = created_column()
+    # The student key this revision was posted with, as the app sent it.
+    student_key: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 # Statuses a newer revision replaces; a delivery in flight ("delivering") finishes on its own.

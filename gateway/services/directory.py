@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,8 @@ from gateway.models import (
     UserRole,
     utcnow,
 )
-from gateway.services.errors import Conflict, InvalidInput, NotFound
+from gateway.services.auth import Principal
+from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import release_awaiting_launch, route_waiting_grades
 
 T = TypeVar("T")
@@ -275,3 +276,138 @@ def get_or_create(session: Session, find: Callable[[], T | None], make: Callable
             raise
         return found
     return made
+
+
+# --- addressing students by what an app knows --------------------------------------------------------------
+
+# The keys an app may name a student by, in the order error messages list them; `lms` goes with lmsUserID.
+STUDENT_KEYS = ("userID", "sisID", "email", "lmsUserID")
+ONE_KEY_RULE = "Send exactly one of userID, sisID, email, or lmsUserID with lms."
+
+
+class StudentKeyInvalid(ServiceError):
+    """None, or more than one, student key where exactly one is needed (or lms without lmsUserID)."""
+
+    status = 400
+    code = "student_key_invalid"
+
+
+@dataclass(frozen=True)
+class StudentKey:
+    """One way to name a student: `field` is one of STUDENT_KEYS; `lms` (a connection id or name) goes with
+    lmsUserID only."""
+
+    field: str
+    value: str
+    lms: str | None = None
+
+    def echo(self) -> dict[str, str]:
+        """The key as the app posted it, for `studentKey` in answers."""
+        return {self.field: self.value, **({"lms": self.lms} if self.lms is not None else {})}
+
+    def describe(self) -> str:
+        return f"{self.field} {self.value!r}" + (f" on LMS {self.lms!r}" if self.lms is not None else "")
+
+
+def student_key_of(data: Mapping[str, Any]) -> StudentKey | None:
+    """The one student key in a loaded body or query, or None. StudentKeyInvalid (400) names the fields when
+    two are sent, or lms and lmsUserID are not sent together."""
+    sent = [name for name in STUDENT_KEYS if data.get(name) is not None]
+    if ("lms" in data) != ("lmsUserID" in data):
+        missing, other = ("lms", "lmsUserID") if "lmsUserID" in data else ("lmsUserID", "lms")
+        raise StudentKeyInvalid(f"{missing} is required with {other}", fields={missing: [f"Required with {other}."]})
+    if len(sent) > 1:
+        raise StudentKeyInvalid(
+            f"send one student key, not {', '.join(sent)}", fields={name: [ONE_KEY_RULE] for name in sent}
+        )
+    if not sent:
+        return None
+    name = sent[0]
+    return StudentKey(name, str(data[name]), str(data["lms"]) if name == "lmsUserID" else None)
+
+
+def students_named(district_id: str, key: StudentKey) -> Select[str]:
+    """The ids of the users of a district a key names: one indexed lookup (users by district and sis_id or
+    email; identities by connection and subject). Emails match exactly as stored."""
+    if key.field == "userID":
+        return select(User.id).where(User.district_id == district_id, User.id == key.value)
+    if key.field == "sisID":
+        return select(User.id).where(User.district_id == district_id, User.sis_id == key.value)
+    if key.field == "email":
+        return select(User.id).where(User.district_id == district_id, User.email == key.value)
+    return (
+        select(LmsIdentity.user_id)
+        .join(LmsConnection, LmsConnection.id == LmsIdentity.lms_connection_id)
+        .where(
+            LmsConnection.district_id == district_id,
+            or_(LmsConnection.id == key.lms, LmsConnection.name == key.lms),
+            LmsIdentity.district_id == district_id,
+            LmsIdentity.subject == key.value,
+        )
+    )
+
+
+def resolve_student(session: Session, principal: Principal, key: StudentKey | None) -> str:
+    """The id of the one student `key` names in the caller's district.
+
+    A district-app token must send a key; a userID is taken as sent (the grade's own lookup checks it, so that
+    path costs no extra query) and any other key costs one indexed query. A user token names only its own user:
+    no key, or any key that names it; any other key is 403, whether it names another user or nobody, so a
+    student cannot probe who exists. Raises StudentKeyInvalid (400), Forbidden (403), NotFound (404, naming the
+    key) or Conflict (409: the key names more than one user; nothing about them is listed)."""
+    if principal.kind != TokenKind.DISTRICT_APP:
+        assert principal.user_id is not None
+        if key is None:
+            return principal.user_id
+        if key.field == "userID":
+            names_self = key.value == principal.user_id
+        else:
+            own = students_named(principal.district_id, key).where(_user_id_column(key) == principal.user_id)
+            names_self = session.execute(own.limit(1)).first() is not None
+        if not names_self:
+            raise Forbidden(
+                f"{key.field} does not name the signed-in user of this token",
+                fields={key.field: ["Must name the token's user, or be left out."]},
+                code="user_mismatch",
+            )
+        return principal.user_id
+    if key is None:
+        raise StudentKeyInvalid(
+            "a student key is required with a district-app token",
+            fields={name: [ONE_KEY_RULE] for name in STUDENT_KEYS},
+        )
+    if key.field == "userID":
+        return key.value
+    found = list(session.scalars(students_named(principal.district_id, key).limit(2)))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise Conflict(
+            f"{key.field} names more than one user in this district: send userID instead",
+            fields={key.field: ["Names more than one user in this district; send userID instead."]},
+            code="student_key_ambiguous",
+        )
+    if key.lms is not None and not _connection_known(session, principal.district_id, key.lms):
+        raise NotFound(
+            f"no LMS connection {key.lms!r} in this district",
+            fields={"lms": ["No LMS connection with this id or name in this district."]},
+            code="lms_connection_not_found",
+        )
+    raise NotFound(
+        f"no user with {key.describe()} in this district",
+        fields={key.field: [f"No user with this {key.field} in this district."]},
+        code="user_not_found",
+    )
+
+
+def _user_id_column(key: StudentKey) -> Any:
+    return LmsIdentity.user_id if key.field == "lmsUserID" else User.id
+
+
+def _connection_known(session: Session, district_id: str, lms: str) -> bool:
+    found = session.scalar(
+        select(LmsConnection.id).where(
+            LmsConnection.district_id == district_id, or_(LmsConnection.id == lms, LmsConnection.name == lms)
+        )
+    )
+    return found is not None

@@ -29,7 +29,8 @@ from gateway.models import (
     utcnow,
 )
 from gateway.services.auth import Principal
-from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
+from gateway.services.directory import resolve_student, student_key_of, students_named
+from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 from gateway.services.routing import ROUTE_COLUMNS, Route, receives, route_revision, schedule_deletions
 from schemas.statuses import PROGRESS_ORDER
 
@@ -79,6 +80,7 @@ class GradeRecord:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
+    student_key: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> GradeRecord:
@@ -93,6 +95,8 @@ class AcceptedGrade:
     # False when an identical grade was already stored: nothing changed, no delivery was added.
     changed: bool
     deliveries: list[tuple[Delivery, Route | None]] = field(default_factory=list)
+    # The student key the app posted with (`{"sisID": "…"}`), echoed in the answer as `studentKey`.
+    student_key: dict[str, str] = field(default_factory=dict)
 
 
 def _to_naive_utc(value: datetime) -> datetime:
@@ -110,22 +114,10 @@ def accept_grade(
     """
     principal.require_scope("grades:write")
     now = now or utcnow()
-    user_id = data.get("userID")
-    if principal.kind == TokenKind.DISTRICT_APP:
-        if user_id is None:
-            raise InvalidInput(
-                "userID is required with a district-app token",
-                fields={"userID": ["Required with a district-app token."]},
-            )
-    else:
-        if user_id is not None and user_id != principal.user_id:
-            raise Forbidden(
-                "userID does not match the signed-in user of this token",
-                fields={"userID": ["Must match the token's user, or be left out."]},
-                code="user_mismatch",
-            )
-        user_id = principal.user_id
-    assert user_id is not None
+    key = student_key_of(data)
+    # A userID costs no query here (the lookup below checks it); sisID, email and lmsUserID one indexed query.
+    user_id = resolve_student(session, principal, key)
+    echo = key.echo() if key is not None else {"userID": user_id}
     external_id = data["assignmentID"]
     known_user, assignment_id, score_maximum, routes = _lookup(session, principal, user_id, external_id)
     if known_user is None:
@@ -159,13 +151,14 @@ def accept_grade(
             "revision": 1,
             "created_at": now,
             "updated_at": now,
+            "student_key": echo,
             **_grade_values(data, normalized, given_timestamp or now),
         }
         if _inserted(session, record):
             grade = GradeRecord(**record)
             revision_id = _add_revision(session, grade, principal, now)
             deliveries = route_revision(session, grade, revision_id, first_revision=True, routes=routes, now=now)
-            return AcceptedGrade(grade, external_id, True, deliveries)
+            return AcceptedGrade(grade, external_id, True, deliveries, echo)
         # Another request created the same grade between our read and insert: continue as an update.
         grade = _locked_grade(session, principal, assignment_id, user_id)
         assert grade is not None
@@ -173,7 +166,7 @@ def accept_grade(
     # The default timestamp is taken only now, under the row lock: two posts without one cannot conflict.
     values = _grade_values(data, normalized, given_timestamp or utcnow())
     if grade.deleted_at is None and all(getattr(grade, k) == v for k, v in values.items() if k != "timestamp"):
-        return AcceptedGrade(grade, external_id, False)
+        return AcceptedGrade(grade, external_id, False, student_key=echo)
     if values["timestamp"] <= grade.timestamp:
         raise Conflict(
             "a grade with a later or equal timestamp is already stored",
@@ -182,12 +175,12 @@ def accept_grade(
             },
             code="stale_grade",
         )
-    values.update(revision=grade.revision + 1, updated_at=now, deleted_at=None)
+    values.update(revision=grade.revision + 1, updated_at=now, deleted_at=None, student_key=echo)
     session.execute(_UPDATE_GRADE, {"grade_pk": grade.id, **values})
     updated = replace(grade, **values)
     revision_id = _add_revision(session, updated, principal, now)
     return AcceptedGrade(
-        updated, external_id, True, route_revision(session, updated, revision_id, routes=routes, now=now)
+        updated, external_id, True, route_revision(session, updated, revision_id, routes=routes, now=now), echo
     )
 
 
@@ -306,6 +299,7 @@ def _add_revision(session: Session, grade: GradeRecord, principal: Principal, no
             "timestamp": grade.timestamp,
             "token_id": principal.token_id,
             "received_at": now,
+            "student_key": grade.student_key,
         },
     )
     return revision_id
@@ -363,8 +357,13 @@ def list_grades(session: Session, principal: Principal, query: Mapping[str, Any]
         stmt = stmt.join(Assignment, Assignment.id == Grade.assignment_id).where(
             Assignment.external_id == query["assignmentID"]
         )
-    if "userID" in query:
-        stmt = stmt.where(Grade.user_id == query["userID"])
+    key = student_key_of(query)
+    if key is not None and key.field == "userID":
+        stmt = stmt.where(Grade.user_id == key.value)
+    elif key is not None:
+        # Filtering names no one in particular: a key that names nobody gives an empty page, an email two users
+        # share gives both users' grades, and a user token sees only its own grades whatever it filters by.
+        stmt = stmt.where(Grade.user_id.in_(students_named(principal.district_id, key).scalar_subquery()))
     if "status" in query:
         current = (
             select(Delivery.grade_id)
@@ -419,6 +418,8 @@ def grade_view(
         "id": grade.id,
         "assignment_external_id": assignment_external_id,
         "user_id": grade.user_id,
+        # Grades stored before keys were recorded were all posted by userID.
+        "student_key": grade.student_key or {"userID": grade.user_id},
         "percentage": grade.percentage,
         "input_score_given": grade.score_given if grade.input_form == "score" else None,
         "input_score_maximum": grade.score_maximum if grade.input_form == "score" else None,
@@ -441,9 +442,11 @@ def grade_view(
 def accepted_view(session: Session, accepted: AcceptedGrade) -> dict[str, Any]:
     """The answer to POST /v1/grade, from the rows just written (no read back) unless nothing changed."""
     if not accepted.changed:
-        return grade_views(session, [accepted.grade])[0]
-    deliveries = [_delivery_view(delivery, route) for delivery, route in accepted.deliveries]
-    return grade_view(accepted.grade, accepted.assignment_external_id, deliveries)
+        view = grade_views(session, [accepted.grade])[0]
+    else:
+        deliveries = [_delivery_view(delivery, route) for delivery, route in accepted.deliveries]
+        view = grade_view(accepted.grade, accepted.assignment_external_id, deliveries)
+    return {**view, "student_key": accepted.student_key}
 
 
 def grade_views(session: Session, grades: Sequence[Grade | GradeRecord]) -> list[dict[str, Any]]:

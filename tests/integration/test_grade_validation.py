@@ -70,7 +70,6 @@ FIELD_CASES = [
         id="assignmentId-near-miss",
     ),
     pytest.param({"userID": DROP, "userId": "x"}, ["userId"], "did you mean 'userID'", id="userId-near-miss"),
-    pytest.param({"userID": DROP}, ["userID"], None, id="userID-missing-with-app-token"),
     pytest.param({"timestamp": "2026-01-05T09:00:00"}, ["timestamp"], "offset", id="timestamp-without-offset"),
     pytest.param({"timestamp": "last tuesday"}, ["timestamp"], None, id="timestamp-garbage"),
     pytest.param({"timestamp": in_an_hour}, ["timestamp"], "future", id="timestamp-hour-ahead"),

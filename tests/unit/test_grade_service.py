@@ -6,13 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from gateway.composition import services_of
 from gateway.models import Assignment, Delivery, DeliveryStatus, GradeRevision, LmsConnection, TokenKind, User
 from gateway.services.auth import authenticate
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import (
+    StudentKeyInvalid,
     authorize_app,
     create_app_partner,
     create_district,
@@ -20,7 +21,7 @@ from gateway.services.directory import (
     enroll,
     issue_token,
 )
-from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound
+from gateway.services.errors import Conflict, Forbidden, NotFound
 from gateway.services.grades import accept_grade, normalize
 from gateway.services.lms import add_lms_connection, add_placement
 from gateway.services.routing import route_waiting_grades
@@ -103,9 +104,9 @@ def test_user_token_rules(app: Flask, setup: dict[str, str]) -> None:
 
 
 def test_district_app_token_needs_a_known_user_and_assignment(app: Flask, setup: dict[str, str]) -> None:
-    with pytest.raises(InvalidInput) as missing:
+    with pytest.raises(StudentKeyInvalid) as missing:
         _accept(app, setup["token"], {"assignmentID": "q", "percentage": 1})
-    assert missing.value.fields == {"userID": ["Required with a district-app token."]}
+    assert set(missing.value.fields or {}) == {"userID", "sisID", "email", "lmsUserID"}
     with pytest.raises(NotFound) as no_user:
         _accept(app, setup["token"], {"assignmentID": "q", "userID": "nobody", "percentage": 1})
     assert no_user.value.code == "user_not_found"
@@ -172,3 +173,35 @@ def test_grades_routed_once_a_student_is_enrolled_carry_the_callers_now(app: Fla
         (DeliveryStatus.SUPERSEDED, placed, enrolled, None),
         (DeliveryStatus.PENDING, enrolled, enrolled, enrolled),
     ]
+
+
+def test_a_student_key_costs_one_query_and_user_id_none(app: Flask, setup: dict[str, str]) -> None:
+    """The hot path's statement count: posting by userID is what it was; by sisID, one lookup more."""
+    with services_of(app).database.transaction() as session:
+        student = session.get(User, setup["student"])
+        assert student is not None
+        student.sis_id = "S-1"
+    engine = services_of(app).database.engine
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    def statements_for(data: dict[str, object]) -> list[str]:
+        statements.clear()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            with services_of(app).database.transaction() as session:
+                principal = authenticate(session, setup["token"])
+                statements.clear()
+                accept_grade(session, principal, data)
+                return list(statements)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+
+    statements_for({"assignmentID": "q", "userID": setup["student"], "percentage": 0.5})
+    # Both measured posts are second revisions: the same path but for how the student is named.
+    by_user_id = statements_for({"assignmentID": "q", "userID": setup["student"], "percentage": 0.6})
+    by_sis_id = statements_for({"assignmentID": "q", "sisID": "S-1", "percentage": 0.7})
+    assert len(by_sis_id) == len(by_user_id) + 1
+    assert not any("sis_id" in s for s in by_user_id)
