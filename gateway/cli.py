@@ -555,7 +555,7 @@ def _demo_banner(demo: DemoDistrict, public_url: str, token_file: str) -> str:
     elif token_file:
         token_note = f"new; kept in {token_file} for the next runs"
     else:
-        token_note = "shown once; a new one is issued each run unless GATEWAY_DEMO_TOKEN_FILE is set"
+        token_note = "shown once; a new one is issued each run unless GATEWAY_DEMO_TOKEN_FILE is set"  # noqa: S105
     students = ", ".join(f"{s.name} (sisID {s.sis_id}, userID {s.user_id})" for s in demo.students)
     return "\n".join(
         [
@@ -590,9 +590,7 @@ def _read_demo_token_file(path: Path) -> KeptCredentials:
     if not isinstance(data, dict):
         return KeptCredentials()
     token, secret = data.get("token"), data.get("client_secret")
-    return KeptCredentials(
-        token if isinstance(token, str) else None, secret if isinstance(secret, str) else None
-    )
+    return KeptCredentials(token if isinstance(token, str) else None, secret if isinstance(secret, str) else None)
 
 
 def _write_demo_token_file(path: Path, demo: DemoDistrict) -> None:

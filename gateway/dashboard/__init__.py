@@ -420,7 +420,8 @@ def sandbox_faults(staff: StaffUser, connection_id: str) -> Response:
     try:
         form = SandboxFaultFormSchema().load({k: v for k, v in request.form.items() if v != "" and k != "csrf_token"})
     except ValidationError as exc:
-        problems = "; ".join(f"{name}: {' '.join(map(str, rules))}" for name, rules in exc.normalized_messages().items())
+        messages = exc.normalized_messages().items()
+        problems = "; ".join(f"{name}: {' '.join(map(str, rules))}" for name, rules in messages)
         flash(f"No fault set. {problems}")
         return _back_to_sandbox(connection_id)
     hang = (form["hang_seconds"] or 60) if form["kind"] == "hang" else None

@@ -238,7 +238,12 @@ def sandbox_connection(session: Session, gradebook: str, district_id: str | None
 
 
 def launchable_placement(
-    session: Session, connection: LmsConnection, assignment_id: str, *, app: str | None = None, course: str | None = None
+    session: Session,
+    connection: LmsConnection,
+    assignment_id: str,
+    *,
+    app: str | None = None,
+    course: str | None = None,
 ) -> Placement:
     """The placement in this sandbox of the app's assignment `assignment_id` (an assignmentID), among the apps
     authorized in the district; `app` (id or client id) and `course` settle a choice, as LTI's custom parameters do."""
@@ -277,7 +282,9 @@ def launchable_placement(
     return found[0]
 
 
-def launch_student(session: Session, box: SecretBox, connection: LmsConnection, user_id: str, placement: Placement) -> SimulatedLaunch:
+def launch_student(
+    session: Session, box: SecretBox, connection: LmsConnection, user_id: str, placement: Placement
+) -> SimulatedLaunch:
     """What an LMS launch does for the student: enroll them in the placement's course (routing their waiting grades
     there), then sign them into the app: a single-use code for the app's redirect URI."""
     user = session.scalar(select(User).where(User.id == user_id, User.district_id == connection.district_id))

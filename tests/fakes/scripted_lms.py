@@ -6,10 +6,10 @@
     {"scoreGiven", "scoreMaximum", "comment", "timestamp", "activityProgress", "gradingProgress"}
 
 answers 200 {"entry": {...}} and stores the score, unless a scripted step says otherwise; GET on the same path
-answers 200 {"entry": {...}} or {"entry": null}; DELETE forgets it and answers 200 {"removed": true|false}. Every request is
-recorded (method, path, headers, body) before anything else happens, and protocol mistakes of the client (a
-wrong bearer secret, a body that is not JSON, a missing field) are answered as a strict LMS would and listed
-in `problems`, so a test can assert the gateway spoke the protocol correctly.
+answers 200 {"entry": {...}} or {"entry": null}; DELETE forgets it and answers 200 {"removed": true|false}.
+Every request is recorded (method, path, headers, body) before anything else happens, and protocol mistakes of
+the client (a wrong bearer secret, a body that is not JSON, a missing field) are answered as a strict LMS would
+and listed in `problems`, so a test can assert the gateway spoke the protocol correctly.
 
 Score writes consume scripted steps in order, one per request; once the script is empty, writes are stored:
 
