@@ -68,7 +68,9 @@ def _raise_for(response: requests.Response) -> None:
 class Passback:
     """The app-facing API (`/v1`) with one bearer token: a district-app token, or a student's sign-in token."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 10.0, session: requests.Session | None = None):
+    def __init__(
+        self, base_url: str, token: str, *, timeout: float = 10.0, session: requests.Session | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.http = session or requests.Session()

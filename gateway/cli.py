@@ -603,7 +603,8 @@ def _write_demo_token_file(path: Path, demo: DemoDistrict) -> None:
         "client_secret": demo.client_secret,
     }
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary.unlink(missing_ok=True)  # a leftover would keep its own mode: create afresh, with 0600
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2)
     os.replace(temporary, path)

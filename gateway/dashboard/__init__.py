@@ -403,7 +403,7 @@ def sandbox_launch(staff: StaffUser, connection_id: str) -> Response:
             staff,
             connection_id,
             request.form.get("student", ""),
-            request.form.get("placement", ""),
+            request.form.get("assignment", ""),
         )
     )
     return redirect(launched.redirect_url, 303)  # type: ignore[return-value]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.models import (
@@ -30,14 +30,15 @@ LAUNCH_CHOICES = 500
 
 @dataclass(frozen=True)
 class LaunchChoice:
-    """A placement of an authorized app's assignment in the sandbox, which a simulated launch opens."""
+    """An authorized app's assignment placed in the sandbox, which a simulated launch opens (in the student's
+    course, where it is placed in several)."""
 
-    placement_id: str
+    catalog_id: str
     assignment_id: str
     assignment_name: str
-    course_id: str
     app_name: str
     redirect_uri: str
+    courses: int
 
 
 @dataclass
@@ -109,8 +110,15 @@ def _students(session: Session, district_id: str, connection_id: str) -> list[tu
 
 def _placements(session: Session, district_id: str, connection_id: str) -> list[LaunchChoice]:
     rows = session.execute(
-        select(Placement.id, Assignment.external_id, Assignment.name, Placement.course_id, App.name, App.redirect_uri)
-        .join(Assignment, Assignment.id == Placement.assignment_id)
+        select(
+            Assignment.id,
+            Assignment.external_id,
+            Assignment.name,
+            App.name,
+            App.redirect_uri,
+            func.count(func.distinct(Placement.course_id)),
+        )
+        .join(Placement, Placement.assignment_id == Assignment.id)
         .join(App, App.id == Assignment.app_id)
         .join(DistrictApp, (DistrictApp.app_id == App.id) & (DistrictApp.district_id == district_id))
         .where(
@@ -119,7 +127,8 @@ def _placements(session: Session, district_id: str, connection_id: str) -> list[
             DistrictApp.revoked_at.is_(None),
             Assignment.archived.is_(False),
         )
-        .order_by(App.name, Assignment.name, Placement.course_id, Placement.id)
+        .group_by(Assignment.id, Assignment.external_id, Assignment.name, App.name, App.redirect_uri)
+        .order_by(App.name, Assignment.name, Assignment.id)
         .limit(LAUNCH_CHOICES)
     ).all()
     return [LaunchChoice(*row) for row in rows]

@@ -16,6 +16,7 @@ from gateway.models import (
     App,
     Assignment,
     DistrictApp,
+    Enrollment,
     LmsConnection,
     Placement,
     SandboxFault,
@@ -237,36 +238,34 @@ def sandbox_connection(session: Session, gradebook: str, district_id: str | None
     return connection
 
 
-def launchable_placement(
+def placements_in_sandbox(
     session: Session,
     connection: LmsConnection,
-    assignment_id: str,
     *,
+    assignment_id: str | None = None,
+    catalog_id: str | None = None,
     app: str | None = None,
-    course: str | None = None,
-) -> Placement:
-    """The placement in this sandbox of the app's assignment `assignment_id` (an assignmentID), among the apps
-    authorized in the district; `app` (id or client id) and `course` settle a choice, as LTI's custom parameters do."""
-    rows = session.execute(
+) -> list[Placement]:
+    """The placements in this sandbox of an authorized app's assignment, named by its assignmentID (with `app`, an
+    id or client id, when apps share it) or by its catalog row's id (the dashboard's form), oldest first."""
+    query = (
         select(Placement, App)
         .join(Assignment, Assignment.id == Placement.assignment_id)
         .join(App, App.id == Assignment.app_id)
         .join(DistrictApp, (DistrictApp.app_id == App.id) & (DistrictApp.district_id == connection.district_id))
-        .where(
-            Placement.lms_connection_id == connection.id,
-            Assignment.external_id == assignment_id,
-            DistrictApp.revoked_at.is_(None),
-        )
+        .where(Placement.lms_connection_id == connection.id, DistrictApp.revoked_at.is_(None))
         .order_by(Placement.created_at, Placement.id)
-    ).all()
+    )
+    if assignment_id is not None:
+        query = query.where(Assignment.external_id == assignment_id)
+    if catalog_id is not None:
+        query = query.where(Assignment.id == catalog_id)
     found = [
-        placement
-        for placement, owner in rows
-        if (app is None or app in (owner.id, owner.client_id)) and (course is None or placement.course_id == course)
+        placement for placement, owner in session.execute(query) if app is None or app in (owner.id, owner.client_id)
     ]
     if not found:
         raise NotFound(
-            f"no assignment {assignment_id!r} of an authorized app is placed in this sandbox LMS",
+            f"no assignment {assignment_id or catalog_id!r} of an authorized app is placed in this sandbox LMS",
             fields={"assignmentID": ["Not placed in this sandbox LMS."]},
         )
     if len({p.assignment_id for p in found}) > 1:
@@ -274,12 +273,36 @@ def launchable_placement(
             f"several apps have an assignment {assignment_id!r} here: name the app by its client id",
             fields={"app": ["Required: several apps have this assignmentID."]},
         )
-    if len({p.course_id for p in found}) > 1:
-        raise Conflict(
-            f"assignment {assignment_id!r} is placed in several courses here: name the course",
-            fields={"courseID": ["Required: the assignment is placed in several courses."]},
+    return found
+
+
+def placement_for_student(
+    session: Session, connection: LmsConnection, user_id: str, placements: list[Placement], course: str | None = None
+) -> Placement:
+    """Which of an assignment's placements the student's launch opens: the one in `course` when named, else the one
+    course it is placed in, else the one of those the student is enrolled in (their link, as in a real LMS)."""
+    if course is not None:
+        placements = [p for p in placements if p.course_id == course]
+        if not placements:
+            raise NotFound("the assignment is not placed in this course", fields={"courseID": ["Not placed here."]})
+    courses = {p.course_id for p in placements}
+    if len(courses) > 1:
+        enrolled = set(
+            session.scalars(
+                select(Enrollment.course_id).where(
+                    Enrollment.lms_connection_id == connection.id,
+                    Enrollment.user_id == user_id,
+                    Enrollment.course_id.in_(courses),
+                )
+            )
         )
-    return found[0]
+        if len(enrolled) != 1:
+            raise Conflict(
+                "the assignment is placed in several courses here: name the course",
+                fields={"courseID": ["Required: the assignment is placed in several courses."]},
+            )
+        placements = [p for p in placements if p.course_id in enrolled]
+    return placements[0]
 
 
 def launch_student(
@@ -332,7 +355,8 @@ def launch(
     with uow:
         connection = sandbox_connection(uow.session, gradebook)
         user_id = find_student(uow.session, connection.district_id, student)
-        placement = launchable_placement(uow.session, connection, assignment_id, app=app, course=course)
+        placements = placements_in_sandbox(uow.session, connection, assignment_id=assignment_id, app=app)
+        placement = placement_for_student(uow.session, connection, user_id, placements, course)
         launched = launch_student(uow.session, box, connection, user_id, placement)
         uow.nudge_if(launched.routed)
         uow.commit()

@@ -6,13 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
-
 from adapters.base import HealthReport
 from gateway.crypto import SecretBox
-from gateway.models import LmsConnection, Placement, SandboxFault, StaffUser
+from gateway.models import LmsConnection, SandboxFault, StaffUser
 from gateway.services import dashboard_connections, sandbox_lms
-from gateway.services.errors import NotFound
 from gateway.services.lms import PlacementsResult, place_assignments
 from gateway.services.staff import audit
 from gateway.services.staff_retries import retry_delivery, retry_failed
@@ -94,17 +91,15 @@ def check_connection(
 
 
 def launch_in_sandbox(
-    uow: UnitOfWork, box: SecretBox, staff: StaffUser, connection_id: str, user_id: str, placement_id: str
+    uow: UnitOfWork, box: SecretBox, staff: StaffUser, connection_id: str, user_id: str, catalog_id: str
 ) -> sandbox_lms.SimulatedLaunch:
-    """Staff try the sign-in as a student would: a simulated launch of one of the district's sandbox placements
-    (never another LMS's: a real LMS's launches come from the LMS). Audited; grades it routed go out."""
+    """Staff try the sign-in as a student would: a simulated launch of an assignment (its catalog row's id) placed in
+    one of the district's sandbox LMSs (never another LMS: a real LMS's launches come from the LMS). Audited; grades
+    it routed go out."""
     with uow:
         connection = sandbox_lms.sandbox_connection(uow.session, connection_id, staff.district_id)
-        placement = uow.session.scalar(
-            select(Placement).where(Placement.id == placement_id, Placement.lms_connection_id == connection.id)
-        )
-        if placement is None:
-            raise NotFound("no such assignment in this sandbox LMS")
+        placements = sandbox_lms.placements_in_sandbox(uow.session, connection, catalog_id=catalog_id)
+        placement = sandbox_lms.placement_for_student(uow.session, connection, user_id, placements)
         launched = sandbox_lms.launch_student(uow.session, box, connection, user_id, placement)
         audit(
             uow.session,

@@ -21,8 +21,9 @@ from sqlalchemy import select
 from gateway.cli import main
 from gateway.composition import services_of
 from gateway.crypto import hash_token
-from gateway.models import ApiToken, App, User
-from gateway.services.directory import create_user
+from gateway.models import ApiToken, App, LmsConnection, User
+from gateway.services.directory import create_user, enroll
+from gateway.services.lms import add_placement
 from gateway.worker import DeliveryWorker
 from tests.conftest import TEST_ENCRYPTION_KEY, LiveServer
 from tests.factories import World, build_world
@@ -228,6 +229,28 @@ def test_a_sandbox_launch_enrolls_the_student_and_routes_their_waiting_grade(
     assert [(e["studentID"], e["scoreGiven"]) for e in world.gradebook()] == [(carol, 5.0)]
 
 
+def test_a_launch_opens_the_assignment_in_the_students_course(world: World) -> None:
+    with world.session() as session:
+        connection = session.get(LmsConnection, world.connection_id)
+        add_placement(session, world.district_id, world.connection_id, world.app_id, "quiz-1", "course-102")
+        carol = create_user(session, world.district_id, name="Carol")
+        enroll(session, connection, "course-102", carol)
+        dave = create_user(session, world.district_id, name="Dave")
+        carol_id, dave_id = carol.id, dave.id
+    launched = sandbox_launch(world, {"userID": carol_id, "assignmentID": "quiz-1"})
+    assert launched.json()["courseID"] == "course-102", launched.text
+    assert sandbox_launch(world, {"userID": world.students[0], "assignmentID": "quiz-1"}).json()["courseID"] == (
+        "course-101"
+    )
+    unsettled = sandbox_launch(world, {"userID": dave_id, "assignmentID": "quiz-1"})
+    assert unsettled.status_code == 409 and unsettled.json()["error"]["fields"] == {
+        "courseID": ["Required: the assignment is placed in several courses."]
+    }
+    named = sandbox_launch(world, {"userID": dave_id, "assignmentID": "quiz-1", "courseID": "course-101"})
+    assert named.json()["courseID"] == "course-101", "and the launch enrolled Dave there"
+    assert sandbox_launch(world, {"userID": dave_id, "assignmentID": "quiz-1"}).json()["courseID"] == "course-101"
+
+
 def test_sandbox_launches_are_refused_with_the_reason(
     world: World, live_server: LiveServer, http: requests.Session
 ) -> None:
@@ -260,9 +283,9 @@ def test_staff_launch_a_student_from_the_sandbox_page(
     page = browser.get(world.url("/dashboard/sandbox"))
     assert page.status_code == 200
     assert "form-action 'self' https://quiz.example;" in page.headers["Content-Security-Policy"]
-    placement = re.search(r'<option value="([0-9a-f]+)">Quiz 1 \(quiz-1\)', page.text).group(1)
+    assignment = re.search(r'<option value="([0-9a-f]+)">Quiz 1 \(quiz-1\) · Quiz App<', page.text).group(1)
     launch_url = world.url(f"/dashboard/sandbox/{world.connection_id}/launch")
-    form = {"student": world.students[1], "placement": placement}
+    form = {"student": world.students[1], "assignment": assignment}
     assert browser.post(launch_url, data=form, allow_redirects=False).status_code == 400, "CSRF token required"
 
     launched = browser.post(launch_url, data={**form, "csrf_token": csrf(page)}, allow_redirects=False)
@@ -279,7 +302,7 @@ def test_staff_launch_a_student_from_the_sandbox_page(
     token_field = {"csrf_token": csrf(outsider.get(other.url("/dashboard/sandbox")))}
     for connection, body in [
         (world.connection_id, form),
-        (other.connection_id, {"student": world.students[1], "placement": placement}),
+        (other.connection_id, {"student": world.students[1], "assignment": assignment}),
     ]:
         refused = outsider.post(
             world.url(f"/dashboard/sandbox/{connection}/launch"), data={**body, **token_field}, allow_redirects=False
