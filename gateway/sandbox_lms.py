@@ -18,7 +18,7 @@ from gateway.errors import error_response
 from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.models import LmsConnection
 from gateway.services import sandbox_lms
-from gateway.services.directory import StudentKeyInvalid, student_key_of
+from gateway.services.directory import student_key_of
 from gateway.services.errors import NotFound, Unauthenticated
 from gateway.services.lms import connection_settings
 from schemas.sandbox import (
@@ -115,17 +115,11 @@ def post_launch(gradebook: str) -> Response:
     next, the app's redirect URI with a sign-in `code` and `state=assignment:{assignmentID}`."""
     _authorize(gradebook)
     data = load(SandboxLaunchSchema(), json_object())
-    key = student_key_of(data)
-    if key is None:
-        raise StudentKeyInvalid(
-            "name the student by one of userID, sisID or email",
-            fields={name: ["Send exactly one of userID, sisID or email."] for name in ("userID", "sisID", "email")},
-        )
     launched = sandbox_lms.launch(
         request_unit_of_work(),
         current_services().box,
         gradebook,
-        key,
+        student_key_of(data),
         data["assignmentID"],
         app=data["app"],
         course=data["courseID"],

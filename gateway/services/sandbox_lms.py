@@ -25,7 +25,7 @@ from gateway.models import (
     utcnow,
 )
 from gateway.services import signin
-from gateway.services.directory import StudentKey, enroll_user, students_named
+from gateway.services.directory import StudentKey, StudentKeyInvalid, enroll_user, students_named
 from gateway.services.errors import Conflict, NotFound
 from gateway.services.unit_of_work import UnitOfWork
 
@@ -344,14 +344,19 @@ def launch(
     uow: UnitOfWork,
     box: SecretBox,
     gradebook: str,
-    student: StudentKey,
+    student: StudentKey | None,
     assignment_id: str,
     *,
     app: str | None = None,
     course: str | None = None,
 ) -> SimulatedLaunch:
-    """A launch the sandbox LMS itself starts (its API, for scripts): the student and the assignment as an LMS
-    names them; grades the enrollment routed go out once committed."""
+    """A launch the sandbox LMS itself starts (its API, for scripts): the student (exactly one key: userID, sisID
+    or email) and the assignment as an LMS names them; grades the enrollment routed go out once committed."""
+    if student is None:
+        raise StudentKeyInvalid(
+            "name the student by one of userID, sisID or email",
+            fields={name: ["Send exactly one of userID, sisID or email."] for name in ("userID", "sisID", "email")},
+        )
     with uow:
         connection = sandbox_connection(uow.session, gradebook)
         user_id = find_student(uow.session, connection.district_id, student)
