@@ -33,7 +33,7 @@ install: $(VENV)/.installed-run ## Create .venv and install Passback
 
 install-test: $(VENV)/.installed-test ## Create .venv and install Passback with test extras
 
-run: install ## Migrate, seed the sandbox district, serve on 127.0.0.1:8000 with the embedded worker
+run: install ## Migrate, seed the sandbox district, serve on 127.0.0.1:8000 with the embedded worker (GATEWAY_DEMO_TOKEN_FILE keeps the demo token)
 	$(BIN)/gateway run --host 127.0.0.1 --port 8000
 
 test: install-test $(CHROMIUM) ## Run the whole suite (SQLite; also PostgreSQL when GATEWAY_TEST_DATABASE_URL is set)

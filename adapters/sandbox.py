@@ -8,6 +8,7 @@ It speaks a deliberately small protocol so app developers can try the whole flow
     {"scoreGiven", "scoreMaximum", "comment", "timestamp", "activityProgress", "gradingProgress"}
 
 It answers 200 with the stored entry, or an error status (faults can be injected to rehearse failures).
+GET on the same path answers 200 {"entry": {...}} or {"entry": null} (read-back); DELETE removes the entry.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SandboxAdapter(LmsAdapter):
     settings_schema: ClassVar[type[Schema]] = SandboxSettingsSchema
     secret_settings: ClassVar[frozenset[str]] = frozenset({"secret"})
     needs_lms_identity: ClassVar[bool] = False
+    supports_read: ClassVar[bool] = True
     supports_delete: ClassVar[bool] = True
     # One operator-chosen base URL, no allowed_hosts: the sandbox is a local test LMS.
     url_policed: ClassVar[bool] = False
@@ -83,6 +85,26 @@ class SandboxAdapter(LmsAdapter):
             summary=f"stored {grade.score_given:g}/{grade.score_maximum:g} in sandbox gradebook",
             details={"entry": answer["entry"]},
         )
+
+    def read_result(self, destination: Destination) -> float | None:
+        """The fraction the sandbox gradebook holds for the student on the item now (a teacher's change included);
+        None when it holds no score."""
+        response = self.http.request("GET", self._score_url(destination, None), headers=self._headers())
+        answer = json_or_none(response)
+        classify(self.answer_table, response, detail=str(answer["error"]) if answer and "error" in answer else None)
+        if answer is None or "entry" not in answer:
+            raise PermanentDeliveryError(
+                "sandbox LMS answered 2xx without an entry", response.status_code, response.text[:500]
+            )
+        entry = answer["entry"]
+        if entry is None:
+            return None
+        try:
+            return float(entry["scoreGiven"]) / float(entry["scoreMaximum"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise PermanentDeliveryError(
+                f"sandbox LMS answered an entry without a usable score: {exc}", response.status_code
+            ) from exc
 
     def delete_result(self, destination: Destination) -> DeliveryReceipt:
         """Remove the student's entry from the sandbox gradebook (deleting twice is fine)."""

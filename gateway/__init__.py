@@ -53,11 +53,12 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     from gateway.lti.lti11 import lti11_bp
     from gateway.oauth import init_oauth, oauth_bp
     from gateway.openapi import openapi_bp
-    from gateway.sandbox_lms import sandbox_lms_bp
+    from gateway.sandbox_lms import demo_bp, sandbox_lms_bp
 
     app.register_blueprint(api)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(sandbox_lms_bp)
+    app.register_blueprint(demo_bp)
     app.register_blueprint(lti_bp)
     app.register_blueprint(lti11_bp)
     app.register_blueprint(oauth_bp)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import click
@@ -16,6 +18,7 @@ from sqlalchemy.orm import Session
 from adapters.base import DeliveryError
 from gateway import create_app
 from gateway.composition import Services, services_of
+from gateway.services.demo import DemoDistrict, KeptCredentials
 from gateway.services.errors import ServiceError
 from gateway.services.unit_of_work import UnitOfWork
 
@@ -545,17 +548,27 @@ def keys_rotate(as_json: bool) -> None:
 # --- demo, worker, server ---------------------------------------------------------------------------------
 
 
-def _demo_banner(demo: Any, public_url: str) -> str:
-    body = json.dumps({"assignmentID": demo.assignment_id, "userID": demo.student_ids[0], "percentage": 0.8})
+def _demo_banner(demo: DemoDistrict, public_url: str, token_file: str) -> str:
+    body = json.dumps({"assignmentID": demo.assignment_id, "sisID": demo.students[0].sis_id, "percentage": 0.8})
+    if demo.token_kept:
+        token_note = f"kept from {token_file}"
+    elif token_file:
+        token_note = f"new; kept in {token_file} for the next runs"
+    else:
+        token_note = "shown once; a new one is issued each run unless GATEWAY_DEMO_TOKEN_FILE is set"  # noqa: S105
+    students = ", ".join(f"{s.name} (sisID {s.sis_id}, userID {s.user_id})" for s in demo.students)
     return "\n".join(
         [
             "",
             "Passback sandbox district" + (" created" if demo.created else "") + f": {demo.district_id}",
-            f"  app token (shown once; a new one is issued each run): {demo.token}",
-            f"  students: {', '.join(demo.student_ids)}",
-            f"  sandbox gradebook: {public_url}/sandbox-lms/{demo.connection_id}/gradebook",
-            f"  staff dashboard: {public_url}/dashboard/ (an account: .venv/bin/gateway staff create "
-            f"--district {demo.district_id} --email you@example.com)",
+            f"  app token ({token_note}): {demo.token}",
+            f"  students: {students}",
+            f"  demo app sign-in: client id {demo.client_id}, client secret {demo.client_secret}, "
+            f"redirect URI {demo.redirect_uri}",
+            f"  sandbox LMS: {demo.sandbox_url} (bearer secret {demo.sandbox_secret})",
+            f"  sandbox page (launch a student, inject faults, the gradebook): {public_url}/dashboard/sandbox "
+            f"(an account: .venv/bin/gateway staff create --district {demo.district_id} --email you@example.com)",
+            "  all of it as JSON: .venv/bin/gateway demo --json",
             "",
             "Post a grade:",
             f"  curl -sS -X POST {public_url}/v1/grade -H 'Authorization: Bearer {demo.token}' "
@@ -565,25 +578,72 @@ def _demo_banner(demo: Any, public_url: str) -> str:
     )
 
 
-@main.command("demo")
-@click.option("--public-url", default=None, help="Where this Passback is reachable (default GATEWAY_PUBLIC_URL).")
-@json_option
-def demo_command(public_url: str | None, as_json: bool) -> None:
-    """Seed the sandbox district (once) and print a fresh app token and a curl line."""
-    from gateway.services.operator_actions import seed_sandbox_district
+def _read_demo_token_file(path: Path) -> KeptCredentials:
+    """What an earlier run kept; nothing when the file is missing or unreadable (new credentials replace it)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return KeptCredentials()
+    except (OSError, ValueError) as exc:
+        click.echo(f"warning: {path} is not readable ({exc}); new demo credentials replace it", err=True)
+        return KeptCredentials()
+    if not isinstance(data, dict):
+        return KeptCredentials()
+    token, secret = data.get("token"), data.get("client_secret")
+    return KeptCredentials(token if isinstance(token, str) else None, secret if isinstance(secret, str) else None)
 
-    app = _app()
-    url = (public_url or app.config["PASSBACK"].public_url).rstrip("/")
-    demo = _call(app, seed_sandbox_district, _services(app).box, url)
+
+def _write_demo_token_file(path: Path, demo: DemoDistrict) -> None:
+    """Replace the file at once (a reader never sees half of it), created with mode 0600: it holds secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "district_id": demo.district_id,
-        "app_id": demo.app_id,
         "token": demo.token,
-        "student_ids": demo.student_ids,
-        "assignment_id": demo.assignment_id,
-        "lms_connection_id": demo.connection_id,
+        "client_id": demo.client_id,
+        "client_secret": demo.client_secret,
     }
-    _emit(as_json, data, lambda _d: _demo_banner(demo, url))
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)  # a leftover would keep its own mode: create afresh, with 0600
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(temporary, path)
+
+
+def _seed_demo(app: Flask, public_url: str, redirect_uri: str | None = None) -> DemoDistrict:
+    """Seed the sandbox district, keeping the credentials of GATEWAY_DEMO_TOKEN_FILE while they are still good."""
+    from gateway.services.operator_actions import seed_sandbox_district
+
+    path = Path(app.config["PASSBACK"].demo_token_file) if app.config["PASSBACK"].demo_token_file else None
+    kept = _read_demo_token_file(path) if path else None
+    demo = _call(app, seed_sandbox_district, _services(app).box, public_url, kept=kept, redirect_uri=redirect_uri)
+    if path is not None:
+        if not (demo.token_kept and demo.client_secret_kept):
+            _write_demo_token_file(path, demo)
+        elif path.stat().st_mode & 0o077:
+            path.chmod(0o600)  # the file holds secrets: readable by its owner only
+    return demo
+
+
+@main.command("demo")
+@click.option("--public-url", default=None, help="Where this Passback is reachable (default GATEWAY_PUBLIC_URL).")
+@click.option(
+    "--redirect-uri",
+    default=None,
+    help="Send the demo app's sign-ins to this URL (your app's callback); default Passback's own /demo/callback page.",
+)
+@json_option
+def demo_command(public_url: str | None, redirect_uri: str | None, as_json: bool) -> None:
+    """Seed the sandbox district (once) and print what an app needs: the app token, the demo app's client id,
+    secret and redirect URI, the sandbox LMS's URL and secret, the students. With GATEWAY_DEMO_TOKEN_FILE the token
+    and secret are kept across runs; without it new ones are issued (the old token is revoked)."""
+    app = _app()
+    url = (public_url or app.config["PASSBACK"].public_url).rstrip("/")
+    try:
+        demo = _seed_demo(app, url, redirect_uri)
+    except ServiceError as exc:
+        _fail(exc)
+    _emit(as_json, demo.as_json(url), lambda _d: _demo_banner(demo, url, app.config["PASSBACK"].demo_token_file))
 
 
 @main.command("purge")
@@ -696,22 +756,19 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
     from gateway import start_embedded_worker
     from gateway.config import Settings
     from gateway.migrate import upgrade
-    from gateway.services.demo import seed_demo
     from gateway.worker import on_stop_signals
 
     settings = Settings.from_env()
     settings.require_encryption_keys()  # before touching the database
     upgrade(settings.database_url)
     public_url = settings.public_url.rstrip("/")
-    if "GATEWAY_PUBLIC_URL" not in __import__("os").environ:
+    if "GATEWAY_PUBLIC_URL" not in os.environ:
         public_url = f"http://{host}:{port}"
         settings.public_url = public_url
     app = create_app(settings)
     _warn_connections_without_hosts(app)
     if not no_demo:
-        with _session(app) as session:
-            demo = seed_demo(session, _services(app).box, public_url)
-        click.echo(_demo_banner(demo, public_url))
+        click.echo(_demo_banner(_seed_demo(app, public_url), public_url, settings.demo_token_file))
     embedded = start_embedded_worker(app) if settings.embedded_worker and not settings.broker_url else None
 
     def _stop_serving() -> None:

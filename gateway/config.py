@@ -86,6 +86,9 @@ class Settings:
     # A staff dashboard session ends this long after sign-in, however busy, and after this long unused.
     staff_session_seconds: int = 8 * 3600
     staff_idle_seconds: int = 3600
+    # Where `gateway run`/`gateway demo` keep the demo token and the demo app's client secret (mode 0600), so a
+    # restart keeps them instead of issuing new ones; empty: new ones each run (the database keeps only hashes).
+    demo_token_file: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def request_deadline(self) -> float:

@@ -212,13 +212,13 @@ def delete_grade_everywhere(grade_id: str) -> Response:
 @operation(
     "getGradeLms",
     tag="grades",
-    summary="What each LMS that received the grade holds now (LTI 1.1 readResult; others say they cannot)",
+    summary="What each LMS that received the grade holds now (LTI 1.1 readResult, the sandbox; others say they cannot)",
     path=GRADE_ID,
     replies=Reply(200, "One value, or the reason it could not be read, per LMS.", LmsValuesSchema),
     errors=(403,),
 )
 def read_grade_from_lms(grade_id: str) -> Response:
-    """What each LMS that received the grade holds now (LTI 1.1 readResult; others say they cannot)."""
+    """What each LMS that received the grade holds now (LTI 1.1 readResult, the sandbox; others say they cannot)."""
     principal = current_principal()
     db.session().commit()  # the LMS calls below must not hold a transaction open
     services = current_services()

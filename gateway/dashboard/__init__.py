@@ -22,10 +22,12 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from marshmallow import ValidationError
 from werkzeug.exceptions import NotFound
 
 from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.models import StaffUser
+from gateway.security_headers import allow_form_action, origin_of
 from gateway.services import (
     dashboard_connections,
     dashboard_counts,
@@ -38,6 +40,7 @@ from gateway.services import (
 )
 from gateway.services import staff as staff_service
 from gateway.services.errors import InvalidInput, ServiceError
+from schemas.sandbox import FAULT_KINDS, SandboxFaultFormSchema
 from schemas.statuses import DeliveryStatus
 
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -370,14 +373,71 @@ def _bulk_retry(
 @dashboard_bp.get("/sandbox")
 @staff_required
 def sandbox_gradebook(staff: StaffUser) -> Response:
-    """The sandbox LMS's gradebook, as the simulated LMS holds it, one sandbox connection at a time."""
+    """The sandbox LMS's gradebook, as the simulated LMS holds it, one sandbox connection at a time; forms to
+    launch a student into an app and to inject faults."""
     page = _page_number()
     data = _found(
         lambda: dashboard_sandbox.sandbox_gradebook(
             db.session(), staff.district_id, connection_id=request.args.get("connection") or None, page=page
         )
     )
+    # The launch form's answer redirects to an app's redirect URI: the browser follows it only where form-action
+    # allows (Chromium checks the redirect too).
+    allow_form_action(*sorted({origin_of(p.redirect_uri) for p in data.placements}))
     return _page("dashboard/sandbox.html", staff=staff, data=data, page=page)
+
+
+def _back_to_sandbox(connection_id: str) -> Response:
+    return redirect(url_for("dashboard.sandbox_gradebook", connection=connection_id), 303)  # type: ignore[return-value]
+
+
+@dashboard_bp.post("/sandbox/<connection_id>/launch")
+@staff_required
+def sandbox_launch(staff: StaffUser, connection_id: str) -> Response:
+    """Sign a student into an app as their launch from the sandbox LMS would: off to the app's redirect URI with
+    a code and state=assignment:{id}."""
+    launched = _found(
+        lambda: staff_actions.launch_in_sandbox(
+            request_unit_of_work(),
+            current_services().box,
+            staff,
+            connection_id,
+            request.form.get("student", ""),
+            request.form.get("assignment", ""),
+        )
+    )
+    return redirect(launched.redirect_url, 303)  # type: ignore[return-value]
+
+
+@dashboard_bp.post("/sandbox/<connection_id>/faults")
+@staff_required
+def sandbox_faults(staff: StaffUser, connection_id: str) -> Response:
+    """The sandbox LMS fails its next score writes as chosen (or, with clear, no more)."""
+    if request.form.get("clear"):
+        _found(lambda: staff_actions.set_sandbox_faults(request_unit_of_work(), staff, connection_id, fail_next=0))
+        flash("Faults cleared: the sandbox LMS stores every write again.")
+        return _back_to_sandbox(connection_id)
+    try:
+        form = SandboxFaultFormSchema().load({k: v for k, v in request.form.items() if v != "" and k != "csrf_token"})
+    except ValidationError as exc:
+        messages = exc.normalized_messages().items()
+        problems = "; ".join(f"{name}: {' '.join(map(str, rules))}" for name, rules in messages)
+        flash(f"No fault set. {problems}")
+        return _back_to_sandbox(connection_id)
+    hang = (form["hang_seconds"] or 60) if form["kind"] == "hang" else None
+    _found(
+        lambda: staff_actions.set_sandbox_faults(
+            request_unit_of_work(),
+            staff,
+            connection_id,
+            fail_next=form["count"],
+            status=FAULT_KINDS[form["kind"]],
+            retry_after=form["retry_after"] if form["kind"] == "429" else None,
+            hang_seconds=hang,
+        )
+    )
+    flash("Faults injected.")
+    return _back_to_sandbox(connection_id)
 
 
 def _drill(staff: StaffUser, level: str, **context: Any) -> Response:

@@ -31,7 +31,8 @@ class SandboxGradebookEntry(Base):
 
 
 class SandboxFault(Base):
-    """Make the sandbox LMS answer the next `remaining` grade writes with `status` (e.g. 503)."""
+    """Make the sandbox LMS answer the next `remaining` grade writes with `status` (e.g. 503), after holding each
+    one `hang_seconds` when set (an LMS that hangs: the gateway's request deadline cuts it first)."""
 
     __tablename__ = "sandbox_faults"
 
@@ -40,3 +41,4 @@ class SandboxFault(Base):
     status: Mapped[int] = mapped_column(Integer, default=503)
     message: Mapped[str] = mapped_column(Text, default="sandbox LMS is unavailable (injected fault)")
     retry_after: Mapped[int | None] = mapped_column(Integer, default=None)
+    hang_seconds: Mapped[int | None] = mapped_column(Integer, default=None)

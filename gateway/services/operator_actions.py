@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.crypto import SecretBox
 from gateway.services import approvals, directory, keys, lms, maintenance, staff
-from gateway.services.demo import DemoDistrict, seed_demo
+from gateway.services.demo import DemoDistrict, KeptCredentials, seed_demo
 from gateway.services.unit_of_work import UnitOfWork
 
 
@@ -176,10 +176,18 @@ def rotate_signing_keys(uow: UnitOfWork, box: SecretBox) -> dict[str, Any]:
         return data
 
 
-def seed_sandbox_district(uow: UnitOfWork, box: SecretBox, public_url: str) -> DemoDistrict:
-    """The sandbox district, created once, with a fresh app token each call."""
+def seed_sandbox_district(
+    uow: UnitOfWork,
+    box: SecretBox,
+    public_url: str,
+    *,
+    kept: KeptCredentials | None = None,
+    redirect_uri: str | None = None,
+) -> DemoDistrict:
+    """The sandbox district, created once; the demo token and client secret of `kept` are kept while still good,
+    else new ones are issued."""
     with uow:
-        demo = seed_demo(uow.session, box, public_url)
+        demo = seed_demo(uow.session, box, public_url, kept=kept, redirect_uri=redirect_uri)
         uow.commit()
         return demo
 

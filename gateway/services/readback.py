@@ -1,4 +1,4 @@
-"""Reading back what each LMS holds for a grade (LTI 1.1 readResult), for the status API and staff."""
+"""Reading back what each LMS holds for a grade (LTI 1.1 readResult, the sandbox's score), for the API and staff."""
 
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from adapters.base import HealthReport
-from gateway.models import LmsConnection, StaffUser
-from gateway.services import dashboard_connections
+from gateway.crypto import SecretBox
+from gateway.models import LmsConnection, SandboxFault, StaffUser
+from gateway.services import dashboard_connections, sandbox_lms
 from gateway.services.lms import PlacementsResult, place_assignments
 from gateway.services.staff import audit
 from gateway.services.staff_retries import retry_delivery, retry_failed
@@ -87,3 +88,58 @@ def check_connection(
     report = probe(staff.district_id, connection_id)
     record_probe(uow, staff, name, ok=report.ok)
     return name, report
+
+
+def launch_in_sandbox(
+    uow: UnitOfWork, box: SecretBox, staff: StaffUser, connection_id: str, user_id: str, catalog_id: str
+) -> sandbox_lms.SimulatedLaunch:
+    """Staff try the sign-in as a student would: a simulated launch of an assignment (its catalog row's id) placed in
+    one of the district's sandbox LMSs (never another LMS: a real LMS's launches come from the LMS). Audited; grades
+    it routed go out."""
+    with uow:
+        connection = sandbox_lms.sandbox_connection(uow.session, connection_id, staff.district_id)
+        placements = sandbox_lms.placements_in_sandbox(uow.session, connection, catalog_id=catalog_id)
+        placement = sandbox_lms.placement_for_student(uow.session, connection, user_id, placements)
+        launched = sandbox_lms.launch_student(uow.session, box, connection, user_id, placement)
+        audit(
+            uow.session,
+            staff,
+            "started a sandbox launch",
+            connection.name,
+            student=launched.user_id,
+            assignment=launched.assignment_id,
+            app=launched.app_name,
+        )
+        uow.nudge_if(launched.routed)
+        uow.commit()
+        return launched
+
+
+def set_sandbox_faults(
+    uow: UnitOfWork,
+    staff: StaffUser,
+    connection_id: str,
+    *,
+    fail_next: int,
+    status: int = 503,
+    retry_after: int | None = None,
+    hang_seconds: int | None = None,
+) -> SandboxFault:
+    """Make one of the district's sandbox LMSs fail its next `fail_next` score writes (0: clear); audited."""
+    with uow:
+        connection = sandbox_lms.sandbox_connection(uow.session, connection_id, staff.district_id)
+        fault = sandbox_lms.set_fault(
+            uow.session,
+            connection.id,
+            fail_next=fail_next,
+            status=status,
+            retry_after=retry_after,
+            hang_seconds=hang_seconds,
+        )
+        if fail_next:
+            details = {"count": fail_next, "status": status, "retry_after": retry_after, "hang_seconds": hang_seconds}
+            audit(uow.session, staff, "injected sandbox faults", connection.name, **details)
+        else:
+            audit(uow.session, staff, "cleared sandbox faults", connection.name)
+        uow.commit()
+        return fault

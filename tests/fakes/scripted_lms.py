@@ -5,11 +5,11 @@
     Content-Type: application/json
     {"scoreGiven", "scoreMaximum", "comment", "timestamp", "activityProgress", "gradingProgress"}
 
-answers 200 {"entry": {...}} and stores the score, unless a scripted step says otherwise; DELETE on the same
-path forgets it and answers 200 {"removed": true|false}. Every request is
-recorded (method, path, headers, body) before anything else happens, and protocol mistakes of the client (a
-wrong bearer secret, a body that is not JSON, a missing field) are answered as a strict LMS would and listed
-in `problems`, so a test can assert the gateway spoke the protocol correctly.
+answers 200 {"entry": {...}} and stores the score, unless a scripted step says otherwise; GET on the same path
+answers 200 {"entry": {...}} or {"entry": null}; DELETE forgets it and answers 200 {"removed": true|false}.
+Every request is recorded (method, path, headers, body) before anything else happens, and protocol mistakes of
+the client (a wrong bearer secret, a body that is not JSON, a missing field) are answered as a strict LMS would
+and listed in `problems`, so a test can assert the gateway spoke the protocol correctly.
 
 Score writes consume scripted steps in order, one per request; once the script is empty, writes are stored:
 
@@ -368,6 +368,12 @@ class _Handler(BaseHTTPRequestHandler):
                 entries = [e.as_entry() for e in sorted(lms.gradebook.values(), key=lambda e: e.key)]
             request.outcome = "answered 200"
             self._send_json(200, {"entries": entries})
+        elif request.student_id is not None:
+            with lms._lock:
+                stored = lms.gradebook.get((request.course_id or "", request.item_id or "", request.student_id))
+                entry = stored.as_entry() if stored else None
+            request.outcome = "answered 200"
+            self._send_json(200, {"entry": entry})
         else:
             request.outcome = "answered 404"
             self._send_json(404, {"error": "no such resource"})
