@@ -60,29 +60,48 @@ class Route:
     has_launch_data: bool = True
 
     @property
-    def waits_for_launch(self) -> bool:
+    def waiting_for(self) -> str | None:
+        """What a grade sent this way waits for: WAITS_FOR_IDENTITY (the LMS's id for the student, which their
+        launch or a roster sync supplies), WAITS_FOR_LAUNCH (the student's own launch of this link), or None:
+        it can be sent now."""
         adapter = REGISTRY.get(self.adapter)
         if adapter is None:
-            return False
+            return None
         if adapter.needs_lms_identity and not self.has_identity:
-            return True
-        return adapter.needs_launch_data and not self.has_launch_data
+            return WAITS_FOR_IDENTITY
+        if adapter.needs_launch_data and not self.has_launch_data:
+            return WAITS_FOR_LAUNCH
+        return None
+
+    @property
+    def waits_for_launch(self) -> bool:
+        return self.waiting_for is not None
 
 
-ROUTE_COLUMNS = (
-    Placement.id,
-    Placement.lms_connection_id,
-    Placement.course_id,
-    Placement.section_id,
-    LmsConnection.name,
-    LmsConnection.adapter,
-    exists()
-    .where(LmsIdentity.user_id == bindparam("user_id"), LmsIdentity.lms_connection_id == Placement.lms_connection_id)
-    .label("has_identity"),
-    exists()
-    .where(LaunchDestination.user_id == bindparam("user_id"), LaunchDestination.placement_id == Placement.id)
-    .label("has_launch_data"),
-)
+WAITS_FOR_IDENTITY = "lms_identity"
+WAITS_FOR_LAUNCH = "launch"
+
+
+def route_columns(user_id: Any) -> tuple[Any, ...]:
+    """A Route's columns for the placement in the query and the user `user_id` names (a bind parameter, or a
+    column when many users' routes are read at once)."""
+    return (
+        Placement.id,
+        Placement.lms_connection_id,
+        Placement.course_id,
+        Placement.section_id,
+        LmsConnection.name,
+        LmsConnection.adapter,
+        exists()
+        .where(LmsIdentity.user_id == user_id, LmsIdentity.lms_connection_id == Placement.lms_connection_id)
+        .label("has_identity"),
+        exists()
+        .where(LaunchDestination.user_id == user_id, LaunchDestination.placement_id == Placement.id)
+        .label("has_launch_data"),
+    )
+
+
+ROUTE_COLUMNS = route_columns(bindparam("user_id"))
 LAUNCHED_ANOTHER_LINK = "not sent: the student opened another link of this assignment, and their grade goes there"
 AWAITING_LAUNCH_REASON = (
     "waiting for the student to open the link once in the LMS (or a roster sync), so that the LMS's id for "
