@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, exists, func, or_, select, tuple_, union
+from sqlalchemy import CompoundSelect, Select, exists, func, or_, select, tuple_, union
 from sqlalchemy.orm import Session, aliased
 
 from gateway.models import (
@@ -469,7 +469,7 @@ def list_placements(session: Session, principal: Principal, query: Mapping[str, 
     since = updated_since(query)
     if since is not None:
         # A placement changed when it did (its link, title, line item) or when one of its deliveries moved on.
-        changed = union(
+        changed: CompoundSelect[str | None] = union(
             select(Placement.id).where(Placement.district_id == district_id, Placement.updated_at >= since),
             select(Delivery.placement_id).where(
                 Delivery.district_id == district_id,

@@ -11,13 +11,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple, Unpack
 
 from sqlalchemy import Select, tuple_
 
 from gateway.services.errors import InvalidInput
 
 T = TypeVar("T")
+Columns = TypeVarTuple("Columns")
 DEFAULT_LIMIT = 50
 _ROW_ID = re.compile(r"[0-9a-f]{24}")
 
@@ -45,7 +46,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInput("cursor is not valid", fields={"cursor": ["Not a cursor this API gave out."]}) from exc
 
 
-def after_cursor(stmt: Select[Any], order: tuple[Any, Any], query: Mapping[str, Any]) -> Select[Any]:
+def after_cursor(
+    stmt: Select[Unpack[Columns]], order: tuple[Any, Any], query: Mapping[str, Any]
+) -> Select[Unpack[Columns]]:
     """`stmt` ordered by `order` (a time column and a unique id column), from just after the query's cursor, with
     one row more than the query's limit, so that `page_of` can tell whether another page follows."""
     if "cursor" in query:
