@@ -71,7 +71,12 @@ class UserListResponseSchema(Schema):
 
 
 class CourseListQuerySchema(PagedQuerySchema):
-    pass
+    # Each course's coverage reads every (placement, member) route of it: 100 courses bound a request's work.
+    limit = fields.Integer(
+        load_default=50,
+        validate=validate.Range(min=1, max=100),
+        metadata={"description": "At most 100: each course's coverage is worked out for the page."},
+    )
 
 
 class CoverageSchema(Schema):

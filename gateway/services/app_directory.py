@@ -34,7 +34,7 @@ from gateway.services.auth import Principal
 from gateway.services.dashboard_counts import add_count, tallies, zero_counts
 from gateway.services.errors import Forbidden, NotFound
 from gateway.services.paging import Page, after_cursor, page_of, updated_since
-from gateway.services.routing import WAITS_FOR_IDENTITY, WAITS_FOR_LAUNCH, Route, receives, route_columns
+from gateway.services.routing import WAITS_FOR_IDENTITY, WAITS_FOR_LAUNCH, receives, route_flags, waiting_for
 from schemas.directory import Readiness
 
 ROSTER_SCOPE = "roster:read"
@@ -207,14 +207,21 @@ def _readiness(
 ) -> dict[CourseKey, dict[str, Member]]:
     """For each enrolled user of these courses: what a grade posted now on any of the app's assignments placed
     there would do. It is routing's own answer, not a second rule: the same `receives` condition picks the links a
-    student's grade goes to, and the same Route says whether each waits. A user is deliverable when none of
-    their routes waits; otherwise waiting for the LMS's id for them (a roster match or their launch supplies it)
-    counts before waiting for their own launch of a link (LTI 1.1's sourcedid)."""
+    student's grade goes to, and the same flags and `waiting_for` say whether each waits. A user is deliverable
+    when none of their routes waits; otherwise waiting for the LMS's id for them (a roster match or their launch
+    supplies it) counts before waiting for their own launch of a link (LTI 1.1's sourcedid)."""
     if not courses:
         return {}
     member = aliased(Enrollment)  # routing's conditions use Enrollment itself; an alias keeps them uncorrelated
     stmt = (
-        select(member.lms_connection_id, member.course_id, member.user_id, member.role, *route_columns(member.user_id))
+        select(
+            member.lms_connection_id,
+            member.course_id,
+            member.user_id,
+            member.role,
+            LmsConnection.adapter,
+            *route_flags(member.user_id),
+        )
         .select_from(Placement)
         .join(LmsConnection, LmsConnection.id == Placement.lms_connection_id)
         .join(Assignment, Assignment.id == Placement.assignment_id)
@@ -229,12 +236,14 @@ def _readiness(
             tuple_(Placement.lms_connection_id, Placement.course_id).in_(list(courses)),
             receives(member.user_id),
         )
+        # One row per user and kind of route, not per placement: a course's placements mostly share the answer.
+        .distinct()
     )
     if user_ids is not None:
         stmt = stmt.where(member.user_id.in_(list(user_ids)))
     found: dict[CourseKey, dict[str, Member]] = {course: {} for course in courses}
-    for connection_id, course_id, user_id, role, *route in session.execute(stmt):
-        readiness = _READINESS_OF_WAIT[Route(*route).waiting_for]
+    for connection_id, course_id, user_id, role, adapter, has_identity, has_launch_data in session.execute(stmt):
+        readiness = _READINESS_OF_WAIT[waiting_for(adapter, has_identity, has_launch_data)]
         users = found[(connection_id, course_id)]
         known = users.get(user_id)
         if known is None or _WAIT_ORDER[readiness] > _WAIT_ORDER[known.readiness]:

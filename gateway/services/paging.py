@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar, TypeVarTuple, Unpack
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from sqlalchemy import Select, tuple_
 
@@ -47,8 +47,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def after_cursor(
-    stmt: Select[Unpack[Columns]], order: tuple[Any, Any], query: Mapping[str, Any]
-) -> Select[Unpack[Columns]]:
+    stmt: Select[*Columns], order: tuple[Any, Any], query: Mapping[str, Any]
+) -> Select[*Columns]:
     """`stmt` ordered by `order` (a time column and a unique id column), from just after the query's cursor, with
     one row more than the query's limit, so that `page_of` can tell whether another page follows."""
     if "cursor" in query:

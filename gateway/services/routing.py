@@ -60,38 +60,32 @@ class Route:
     has_launch_data: bool = True
 
     @property
-    def waiting_for(self) -> str | None:
-        """What a grade sent this way waits for: WAITS_FOR_IDENTITY (the LMS's id for the student, which their
-        launch or a roster sync supplies), WAITS_FOR_LAUNCH (the student's own launch of this link), or None:
-        it can be sent now."""
-        adapter = REGISTRY.get(self.adapter)
-        if adapter is None:
-            return None
-        if adapter.needs_lms_identity and not self.has_identity:
-            return WAITS_FOR_IDENTITY
-        if adapter.needs_launch_data and not self.has_launch_data:
-            return WAITS_FOR_LAUNCH
-        return None
-
-    @property
     def waits_for_launch(self) -> bool:
-        return self.waiting_for is not None
+        return waiting_for(self.adapter, self.has_identity, self.has_launch_data) is not None
 
 
 WAITS_FOR_IDENTITY = "lms_identity"
 WAITS_FOR_LAUNCH = "launch"
 
 
-def route_columns(user_id: Any) -> tuple[Any, ...]:
-    """A Route's columns for the placement in the query and the user `user_id` names (a bind parameter, or a
-    column when many users' routes are read at once)."""
+def waiting_for(adapter_name: str, has_identity: bool, has_launch_data: bool) -> str | None:
+    """What a grade sent through this adapter to a student waits for: WAITS_FOR_IDENTITY (the LMS's id for the
+    student, which their launch or a roster sync supplies), WAITS_FOR_LAUNCH (the student's own launch of the
+    link), or None: it can be sent now. `has_identity` and `has_launch_data` are ROUTE_FLAGS' answers."""
+    adapter = REGISTRY.get(adapter_name)
+    if adapter is None:
+        return None
+    if adapter.needs_lms_identity and not has_identity:
+        return WAITS_FOR_IDENTITY
+    if adapter.needs_launch_data and not has_launch_data:
+        return WAITS_FOR_LAUNCH
+    return None
+
+
+def route_flags(user_id: Any) -> tuple[Any, Any]:
+    """Whether the placement's LMS has a name for the user, and whether the user launched the placement's link:
+    `user_id` is a bind parameter, or a column when many users' routes are read at once."""
     return (
-        Placement.id,
-        Placement.lms_connection_id,
-        Placement.course_id,
-        Placement.section_id,
-        LmsConnection.name,
-        LmsConnection.adapter,
         exists()
         .where(LmsIdentity.user_id == user_id, LmsIdentity.lms_connection_id == Placement.lms_connection_id)
         .label("has_identity"),
@@ -101,7 +95,15 @@ def route_columns(user_id: Any) -> tuple[Any, ...]:
     )
 
 
-ROUTE_COLUMNS = route_columns(bindparam("user_id"))
+ROUTE_COLUMNS = (
+    Placement.id,
+    Placement.lms_connection_id,
+    Placement.course_id,
+    Placement.section_id,
+    LmsConnection.name,
+    LmsConnection.adapter,
+    *route_flags(bindparam("user_id")),
+)
 LAUNCHED_ANOTHER_LINK = "not sent: the student opened another link of this assignment, and their grade goes there"
 AWAITING_LAUNCH_REASON = (
     "waiting for the student to open the link once in the LMS (or a roster sync), so that the LMS's id for "

@@ -292,6 +292,7 @@ def test_courses_where_the_app_is_placed_with_coverage(district: District) -> No
         MOODLE_COURSE,
     ]
     assert_error(district.get("/v1/courses", cursor="x"), 422, "invalid_input", "cursor")
+    assert_error(district.get("/v1/courses", limit="101"), 422, "invalid_input", "limit")
     assert_error(district.get("/v1/courses", role="student"), 422, "invalid_input", "role")
 
 
