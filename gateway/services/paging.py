@@ -46,9 +46,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInput("cursor is not valid", fields={"cursor": ["Not a cursor this API gave out."]}) from exc
 
 
-def after_cursor(
-    stmt: Select[*Columns], order: tuple[Any, Any], query: Mapping[str, Any]
-) -> Select[*Columns]:
+def after_cursor(stmt: Select[*Columns], order: tuple[Any, Any], query: Mapping[str, Any]) -> Select[*Columns]:
     """`stmt` ordered by `order` (a time column and a unique id column), from just after the query's cursor, with
     one row more than the query's limit, so that `page_of` can tell whether another page follows."""
     if "cursor" in query:
