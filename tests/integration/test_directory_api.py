@@ -24,6 +24,7 @@ from gateway.services.directory import (
     issue_token,
     link_identity,
 )
+from gateway.services.discovery_lease import release_discovery_lease, take_discovery_lease
 from gateway.services.lms import add_lms_connection, add_placement
 from gateway.services.lti13_launch import record_link_launch
 from gateway.worker import DeliveryWorker
@@ -479,6 +480,13 @@ def test_placement_health_counts_deliveries_and_updated_since(district: District
     assert moodle["deliveries"]["awaiting_launch"] == 1
 
     mark = utcnow()
+    with world.session() as session:
+        placement = session.scalar(select(Placement).where(Placement.course_id == MOODLE_COURSE))
+        assert placement is not None
+        # A worker's line-item discovery lease is bookkeeping: taking and releasing it changes nothing an app sees.
+        assert take_discovery_lease(session, placement.id)
+        release_discovery_lease(session, placement.id)
+    assert placements_of(district, updatedSince=since(mark)) == []
     with world.session() as session:
         placement = session.scalar(select(Placement).where(Placement.course_id == MOODLE_COURSE))
         assert placement is not None
