@@ -33,6 +33,7 @@ TAGS: Mapping[str, str] = {
     "grades": "Post grades and follow each one's delivery to the LMS.",
     "assignments": "The app's assignment catalog, in Clever's shape.",
     "placements": "Where catalog assignments live in each LMS (courses, sections).",
+    "directory": "What the district shares with the app: its users, courses and enrollments.",
     "auth": "Who a token is, and the token exchange of the app sign-in.",
 }
 

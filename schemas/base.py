@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 UNKNOWN_FIELD = "Unknown field."
 
@@ -105,3 +105,43 @@ class UtcDateTime(fields.DateTime):
         if value is None:
             return None
         return f"{value.replace(tzinfo=None).isoformat(timespec='microseconds')}Z"
+
+
+class QueryDateTime(fields.AwareDateTime):
+    """An ISO 8601 date-time with a UTC offset, in a query string: a `+01:00` sent unencoded arrives as ` 01:00`
+    (a `+` in a query string is a space), and is read as the offset it was."""
+
+    default_error_messages = {
+        "invalid": "Must be an ISO 8601 date-time, e.g. 2026-11-23T10:00:00Z.",
+        "invalid_awareness": "Must include a UTC offset, e.g. 2026-11-23T10:00:00Z or +01:00 (sent as %2B01:00).",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="iso", **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and len(value) > 6 and value[-6] == " " and value[-3] == ":":
+            value = f"{value[:-6]}+{value[-5:]}"
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def updated_since_field(what_changes: str) -> QueryDateTime:
+    """`updatedSince` of a list; `what_changes` says what counts as a change of its rows."""
+    return QueryDateTime(
+        metadata={
+            "description": "Only what changed at or after this instant (ISO 8601 with an offset). "
+            f"{what_changes} To sync: remember when a full pass began and send that time next time; what changed "
+            "during a pass comes again, nothing is missed. Deletions are not reported: read everything now and then."
+        }
+    )
+
+
+class PagedQuerySchema(StrictSchema):
+    """The paging parameters of every list: oldest first, `limit` rows, from after `cursor` (a list's
+    `nextCursor`)."""
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    cursor = fields.String(
+        validate=validate.Length(max=200),
+        metadata={"description": "The `nextCursor` of the page before, to read the next one."},
+    )

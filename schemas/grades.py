@@ -9,7 +9,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
-from schemas.base import JsonNumber, StrictSchema, UtcDateTime
+from schemas.base import JsonNumber, PagedQuerySchema, StrictSchema, UtcDateTime, updated_since_field
 from schemas.statuses import LISTED_STATUSES, DeliveryStatus
 
 ASSIGNMENT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -245,7 +245,7 @@ class GradeResponseSchema(Schema):
     deliveries = fields.List(fields.Nested(DeliveryStatusSchema))
 
 
-class GradeListQuerySchema(StrictSchema):
+class GradeListQuerySchema(PagedQuerySchema):
     assignmentID = fields.String(validate=validate.Regexp(ASSIGNMENT_ID_PATTERN, error=ASSIGNMENT_ID_RULE))
     userID = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": STUDENT_KEY_FILTER_RULE})
     sisID = fields.String(validate=validate.Length(min=1, max=255), metadata={"description": STUDENT_KEY_FILTER_RULE})
@@ -258,8 +258,10 @@ class GradeListQuerySchema(StrictSchema):
         metadata={"description": "With lmsUserID, and only with it: the LMS connection's id or name."},
     )
     status = fields.String(validate=validate.OneOf([s.value for s in LISTED_STATUSES]))
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    cursor = fields.String(validate=validate.Length(max=200))
+    updatedSince = updated_since_field(
+        "A grade counts as changed when a revision or a deletion was stored, or when one of its deliveries changed "
+        "status."
+    )
 
 
 class GradeListResponseSchema(Schema):

@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from gateway.models.base import Base, created_column, id_column
+from gateway.models.base import Base, created_column, id_column, utcnow
 
 
 class District(Base):
@@ -88,6 +88,9 @@ class User(Base):
     __table_args__ = (
         Index("ix_users_district_sis_id", "district_id", "sis_id"),
         Index("ix_users_district_email", "district_id", "email"),
+        # GET /v1/users pages a district's users oldest first, and `updatedSince` finds the recently changed ones.
+        Index("ix_users_district_created", "district_id", "created_at", "id"),
+        Index("ix_users_district_updated", "district_id", "updated_at"),
     )
 
     id: Mapped[str] = id_column()
@@ -98,6 +101,8 @@ class User(Base):
     # The student information system's id (LIS person sourcedId), for roster matching.
     sis_id: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = created_column()
+    # Any change of the row's own columns (a launch refreshing the name, an operator setting the SIS id).
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class LmsIdentity(Base):
@@ -108,6 +113,8 @@ class LmsIdentity(Base):
         UniqueConstraint("district_id", "issuer", "subject"),
         # An app addresses a student by the id one connection knows them by (lmsUserID with lms).
         Index("ix_lms_identities_connection_subject", "lms_connection_id", "subject"),
+        # `updatedSince` on GET /v1/users: users who got an LMS identity since.
+        Index("ix_lms_identities_district_created", "district_id", "created_at"),
     )
 
     id: Mapped[str] = id_column()
@@ -128,6 +135,8 @@ class Enrollment(Base):
     __table_args__ = (
         UniqueConstraint("lms_connection_id", "course_id", "user_id"),
         Index("ix_enrollments_user", "district_id", "user_id"),
+        # `updatedSince` on GET /v1/users: users enrolled (so shown to an app) since.
+        Index("ix_enrollments_district_updated", "district_id", "updated_at"),
     )
 
     id: Mapped[str] = id_column()
@@ -138,3 +147,4 @@ class Enrollment(Base):
     role: Mapped[str] = mapped_column(String(20), default=UserRole.STUDENT)
     source: Mapped[str] = mapped_column(String(20), default="manual")
     created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

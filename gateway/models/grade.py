@@ -20,6 +20,8 @@ class Grade(Base):
     __table_args__ = (
         UniqueConstraint("district_id", "app_id", "assignment_id", "user_id"),
         Index("ix_grades_district_created", "district_id", "created_at", "id"),
+        # `updatedSince` on GET /v1/grades.
+        Index("ix_grades_district_updated", "district_id", "updated_at"),
     )
 
     id: Mapped[str] = id_column()

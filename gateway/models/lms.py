@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from gateway.models.base import Base, created_column, id_column
+from gateway.models.base import Base, created_column, id_column, utcnow
 
 
 class LmsConnection(Base):
@@ -59,6 +59,8 @@ class Placement(Base):
             postgresql_where=UNLINKED,
         ),
         Index("ix_placements_assignment", "district_id", "assignment_id"),
+        # `updatedSince` on GET /v1/placements.
+        Index("ix_placements_district_updated", "district_id", "updated_at"),
     )
 
     id: Mapped[str] = id_column()
@@ -75,6 +77,9 @@ class Placement(Base):
     # concurrent deliveries cannot create two line items.
     discovery_lease_until: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = created_column()
+    # A change of where the placement points (its link, title, section or destination); the discovery lease
+    # above is a worker's bookkeeping and leaves it alone (gateway/services/discovery_lease.py).
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     lms_connection: Mapped[LmsConnection] = relationship(lazy="joined", innerjoin=True)
 

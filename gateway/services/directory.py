@@ -32,7 +32,7 @@ from gateway.services.routing import release_awaiting_launch, route_waiting_grad
 
 T = TypeVar("T")
 
-DISTRICT_APP_SCOPES = "grades:write grades:read assignments:read assignments:write"
+DISTRICT_APP_SCOPES = "grades:write grades:read assignments:read assignments:write roster:read"
 
 
 def create_district(session: Session, name: str) -> District:

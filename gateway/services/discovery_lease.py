@@ -22,7 +22,8 @@ def take_discovery_lease(session: Session, placement_id: str, *, now: datetime |
             Placement.id == placement_id,
             or_(Placement.discovery_lease_until.is_(None), Placement.discovery_lease_until < now),
         )
-        .values(discovery_lease_until=now + timedelta(seconds=DISCOVERY_LEASE_SECONDS))
+        # The lease is bookkeeping, not a change an app sees: updated_at keeps its value (no onupdate).
+        .values(discovery_lease_until=now + timedelta(seconds=DISCOVERY_LEASE_SECONDS), updated_at=Placement.updated_at)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -32,6 +33,6 @@ def release_discovery_lease(session: Session, placement_id: str) -> None:
     session.execute(
         update(Placement)
         .where(Placement.id == placement_id)
-        .values(discovery_lease_until=None)
+        .values(discovery_lease_until=None, updated_at=Placement.updated_at)
         .execution_options(synchronize_session=False)
     )

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, select, tuple_
+from sqlalchemy import Row, Table, bindparam, select, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -31,6 +27,7 @@ from gateway.models import (
 from gateway.services.auth import Principal
 from gateway.services.directory import resolve_student, student_key_of, students_named
 from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
+from gateway.services.paging import after_cursor, page_of, updated_since
 from gateway.services.routing import ROUTE_COLUMNS, Route, receives, route_revision, schedule_deletions
 from schemas.statuses import PROGRESS_ORDER
 
@@ -328,25 +325,6 @@ class GradePage:
     next_cursor: str | None
 
 
-_GRADE_ID = re.compile(r"[0-9a-f]{24}")
-
-
-def _encode_cursor(grade: Grade) -> str:
-    raw = json.dumps([grade.created_at.isoformat(), grade.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, grade_id = json.loads(raw)
-        if not isinstance(created, str) or not isinstance(grade_id, str) or not _GRADE_ID.fullmatch(grade_id):
-            raise ValueError("not a cursor")
-        return datetime.fromisoformat(created).replace(tzinfo=None), grade_id
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidInput("cursor is not valid", fields={"cursor": ["Not a cursor this API gave out."]}) from exc
-
-
 def list_grades(session: Session, principal: Principal, query: Mapping[str, Any]) -> GradePage:
     """Grades of the caller's district and app, oldest first, filtered, paged by an opaque cursor."""
     principal.require_scope("grades:read")
@@ -376,13 +354,23 @@ def list_grades(session: Session, principal: Principal, query: Mapping[str, Any]
             )
         )
         stmt = stmt.where(current.exists())
-    if "cursor" in query:
-        created, grade_id = _decode_cursor(query["cursor"])
-        stmt = stmt.where(tuple_(Grade.created_at, Grade.id) > tuple_(created, grade_id))
-    limit = int(query.get("limit", 50))
-    rows = list(session.scalars(stmt.order_by(Grade.created_at, Grade.id).limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return GradePage(rows[:limit], next_cursor)
+    since = updated_since(query)
+    if since is not None:
+        # A grade changed when a new revision or a deletion was stored, or when one of its deliveries moved on
+        # (a status the answer shows): each side is one index range (grades, deliveries by district and time).
+        stmt = stmt.where(
+            Grade.id.in_(
+                union(
+                    select(Grade.id).where(Grade.district_id == principal.district_id, Grade.updated_at >= since),
+                    select(Delivery.grade_id).where(
+                        Delivery.district_id == principal.district_id, Delivery.updated_at >= since
+                    ),
+                )
+            )
+        )
+    rows = list(session.scalars(after_cursor(stmt, (Grade.created_at, Grade.id), query)))
+    page = page_of(rows, query, lambda grade: (grade.created_at, grade.id))
+    return GradePage(page.items, page.next_cursor)
 
 
 def _delivery_view(delivery: Delivery, route: Route | None) -> dict[str, Any]:

@@ -61,12 +61,38 @@ class Route:
 
     @property
     def waits_for_launch(self) -> bool:
-        adapter = REGISTRY.get(self.adapter)
-        if adapter is None:
-            return False
-        if adapter.needs_lms_identity and not self.has_identity:
-            return True
-        return adapter.needs_launch_data and not self.has_launch_data
+        return waiting_for(self.adapter, self.has_identity, self.has_launch_data) is not None
+
+
+WAITS_FOR_IDENTITY = "lms_identity"
+WAITS_FOR_LAUNCH = "launch"
+
+
+def waiting_for(adapter_name: str, has_identity: bool, has_launch_data: bool) -> str | None:
+    """What a grade sent through this adapter to a student waits for: WAITS_FOR_IDENTITY (the LMS's id for the
+    student, which their launch or a roster sync supplies), WAITS_FOR_LAUNCH (the student's own launch of the
+    link), or None: it can be sent now. `has_identity` and `has_launch_data` are ROUTE_FLAGS' answers."""
+    adapter = REGISTRY.get(adapter_name)
+    if adapter is None:
+        return None
+    if adapter.needs_lms_identity and not has_identity:
+        return WAITS_FOR_IDENTITY
+    if adapter.needs_launch_data and not has_launch_data:
+        return WAITS_FOR_LAUNCH
+    return None
+
+
+def route_flags(user_id: Any) -> tuple[Any, Any]:
+    """Whether the placement's LMS has a name for the user, and whether the user launched the placement's link:
+    `user_id` is a bind parameter, or a column when many users' routes are read at once."""
+    return (
+        exists()
+        .where(LmsIdentity.user_id == user_id, LmsIdentity.lms_connection_id == Placement.lms_connection_id)
+        .label("has_identity"),
+        exists()
+        .where(LaunchDestination.user_id == user_id, LaunchDestination.placement_id == Placement.id)
+        .label("has_launch_data"),
+    )
 
 
 ROUTE_COLUMNS = (
@@ -76,12 +102,7 @@ ROUTE_COLUMNS = (
     Placement.section_id,
     LmsConnection.name,
     LmsConnection.adapter,
-    exists()
-    .where(LmsIdentity.user_id == bindparam("user_id"), LmsIdentity.lms_connection_id == Placement.lms_connection_id)
-    .label("has_identity"),
-    exists()
-    .where(LaunchDestination.user_id == bindparam("user_id"), LaunchDestination.placement_id == Placement.id)
-    .label("has_launch_data"),
+    *route_flags(bindparam("user_id")),
 )
 LAUNCHED_ANOTHER_LINK = "not sent: the student opened another link of this assignment, and their grade goes there"
 AWAITING_LAUNCH_REASON = (

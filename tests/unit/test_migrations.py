@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -101,6 +102,58 @@ def test_0008_marks_lti13_launches_recorded_before_it_as_of_unknown_link(databas
             marked = dict(conn.execute(text("SELECT id, link_unknown FROM launch_destinations")).all())
         engine.dispose()
         assert marked == {"l11": False, "l13": True}
+
+
+def test_0015_dates_existing_rows_by_creation_and_lets_full_district_tokens_read_the_roster(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Rows from before 0015 changed last when they were created; district-app tokens issued with the full scope set
+    gain roster:read, a catalog pull's me:read token does not, and the downgrade takes it back."""
+    full = "grades:write grades:read assignments:read assignments:write"
+    with scratch_database(database_url, tmp_path, "mig0015") as url:
+        upgrade(url, "0014")
+        _run(
+            url,
+            "INSERT INTO districts (id, name, created_at) VALUES ('d1', 'D', '2026-01-01 00:00:00');"
+            "INSERT INTO lms_connections (id, district_id, name, adapter, settings_encrypted, paused, created_at) "
+            "VALUES ('c1', 'd1', 'Sandbox', 'sandbox', 'x', false, '2026-01-01 00:00:00');"
+            "INSERT INTO apps (id, name, client_id, client_secret_hash, redirect_uri, created_at) VALUES "
+            "('a1', 'App', 'cid-1', 'h', 'https://app.example/cb', '2026-01-01 00:00:00');"
+            "INSERT INTO assignments (id, app_id, external_id, name, standards, score_maximum, archived, source, "
+            "created_at, updated_at) VALUES ('as1', 'a1', 'quiz-1', 'Quiz 1', '[]', 10, false, 'api', "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00');"
+            "INSERT INTO users (id, district_id, role, name, created_at) VALUES "
+            "('u1', 'd1', 'student', 'A', '2026-01-01 00:00:00');"
+            "INSERT INTO enrollments (id, district_id, lms_connection_id, course_id, user_id, role, source, "
+            "created_at) VALUES ('e1', 'd1', 'c1', 'course-1', 'u1', 'student', 'manual', '2026-01-01 00:00:00');"
+            "INSERT INTO placements (id, district_id, lms_connection_id, assignment_id, course_id, destination, "
+            "created_at) VALUES ('p1', 'd1', 'c1', 'as1', 'course-1', '{}', '2026-01-01 00:00:00');"
+            "INSERT INTO api_tokens (id, token_hash, kind, district_id, app_id, scopes, label, created_at) VALUES "
+            "('t1', 'h1', 'district_app', 'd1', 'a1', 'grades:write grades:read assignments:read "
+            "assignments:write', '', '2026-01-01 00:00:00'),"
+            "('t2', 'h2', 'district_app', 'd1', 'a1', 'me:read', 'catalog pull', '2026-01-01 00:00:00'),"
+            "('t3', 'h3', 'user', 'd1', 'a1', 'grades:write grades:read assignments:read', '', '2026-01-01 00:00:00')",
+        )
+        upgrade(url, "0015")
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            dated = [
+                conn.execute(text(f"SELECT updated_at = created_at FROM {table}")).scalar_one()  # noqa: S608
+                for table in ("users", "enrollments", "placements")
+            ]
+            scopes = dict(conn.execute(text("SELECT id, scopes FROM api_tokens")).all())
+        engine.dispose()
+        assert dated == [True, True, True]
+        assert scopes == {
+            "t1": f"{full} roster:read",
+            "t2": "me:read",
+            "t3": "grades:write grades:read assignments:read",
+        }
+        command.downgrade(alembic_config(url), "0014")
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT scopes FROM api_tokens WHERE id = 't1'")).scalar_one() == full
+        engine.dispose()
 
 
 @contextmanager
