@@ -25,6 +25,7 @@ from gateway.clock import SYSTEM_CLOCK
 from gateway.composition import services_of
 from gateway.contract import API_PREFIX, contract_of
 from gateway.services.errors import ServiceError
+from gateway.throttle import ROUNDING
 from schemas.base import load_strict_json
 
 log = logging.getLogger("passback.rate_limits")
@@ -84,6 +85,11 @@ def caller_key() -> str:
     return "address:" + (request.remote_addr or "unknown")
 
 
+def _whole_seconds(seconds: float) -> int:
+    """Rounded up, but float rounding (19.999… s for a unit refilled in 20 s) adds no second."""
+    return max(0, math.ceil(seconds - ROUNDING))
+
+
 def _check_quota() -> None:
     services = services_of(current_app)
     settings = services.settings
@@ -96,11 +102,11 @@ def _check_quota() -> None:
     epoch = None if clock is SYSTEM_CLOCK else clock.now().replace(tzinfo=UTC).timestamp()
     key = caller_key()
     taken = services.quotas.take(key, rate, limit, monotonic=clock.monotonic(), epoch=epoch)
-    retry_after = None if taken.allowed else max(1, math.ceil(taken.wait))
+    retry_after = None if taken.allowed else max(1, _whole_seconds(taken.wait))
     g.quota = Quota(
         limit=limit,
-        remaining=max(0, math.floor(taken.tokens)),
-        reset_seconds=math.ceil((limit - taken.tokens) / rate),
+        remaining=max(0, math.floor(taken.tokens + ROUNDING)),
+        reset_seconds=_whole_seconds((limit - taken.tokens) / rate),
         retry_after_seconds=retry_after,
     )
     if retry_after is not None:

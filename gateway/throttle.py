@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("passback.throttle")
+# A unit that is back but for float rounding (20 s at 3 a minute) counts as back (the Lua below and the
+# RateLimit-Remaining header use the same tolerance).
+ROUNDING = 1e-6
 # The local quota buckets are swept of full ones (the same as no bucket) once every this many takes.
 _SWEEP_EVERY = 4096
 
@@ -35,8 +38,8 @@ class Take:
 def _take(tokens: float, at: float, now: float, rate: float, burst: int) -> Take:
     """The token-bucket rule both limiters apply (Redis's in Lua, below); `Take.tokens` is what the bucket keeps."""
     tokens = min(float(burst), tokens + max(0.0, now - at) * rate)
-    if tokens >= 1:
-        return Take(True, tokens - 1, 0.0)
+    if tokens >= 1 - ROUNDING:
+        return Take(True, max(0.0, tokens - 1), 0.0)
     return Take(False, tokens, (1 - tokens) / rate)
 
 
@@ -179,15 +182,16 @@ local at = tonumber(b[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 local allowed = 0
 local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
+if tokens >= 1 - 1e-6 then
+  tokens = math.max(0, tokens - 1)
   allowed = 1
 else
   wait = (1 - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+-- tostring keeps 14 digits, which on an epoch time is a tenth of a millisecond: keep them all.
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'at', string.format('%.17g', now))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return {allowed, tostring(tokens), tostring(wait)}
+return {allowed, string.format('%.17g', tokens), string.format('%.17g', wait)}
 """
 
 

@@ -201,17 +201,33 @@ def answer_once(
         if stored is not None:
             uow.commit()
             return Answered(stored, replayed=True)
-        answer = respond(uow)
+        try:
+            answer = respond(uow)
+        except IntegrityError:
+            # The work collided with a concurrent request's: if that one had this key, its answer is this one's.
+            replay = _winners_answer(uow, box, principal, keyed)
+            if replay is None:
+                raise
+            return replay
         if answer.worth_keeping():
             store_answer(uow.session, box, principal, keyed, answer)
         try:
             uow.commit()
         except IntegrityError:
             # A concurrent request with the same key committed first: its work stands, this one's is undone.
-            uow.rollback()
-            stored = find_answer(uow.session, box, principal, keyed)
-            if stored is None:
+            replay = _winners_answer(uow, box, principal, keyed)
+            if replay is None:
                 raise
-            uow.commit()
-            return Answered(stored, replayed=True)
+            return replay
         return Answered(answer, replayed=False)
+
+
+def _winners_answer(uow: UnitOfWork, box: SecretBox, principal: Principal, keyed: KeyedRequest) -> Answered | None:
+    """After a unique-constraint collision: roll this request's work back, and answer with what a concurrent
+    request with the same key stored, if it did."""
+    uow.rollback()
+    stored = find_answer(uow.session, box, principal, keyed)
+    if stored is None:
+        return None
+    uow.commit()
+    return Answered(stored, replayed=True)
