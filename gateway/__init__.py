@@ -69,7 +69,6 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     init_request_ids(app)  # first of the before_request hooks: every answer, even a refusal, carries the id
     init_rate_limits(app)  # before any work: a refused request changes nothing
     register_input_guard(app)  # before the views: unstorable text reaches no view
-    install_operation_conventions(app)  # Idempotency-Key and body limits from each view's @operation
     # CSRF tokens on every dashboard form; the machine-to-machine endpoints authenticate otherwise (bearer
     # tokens, signed LTI messages, client credentials) and are exempt.
     csrf = CSRFProtect(app)
@@ -90,6 +89,8 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
         return readiness.as_json(), 200 if readiness.ready else 503
 
     logging.getLogger("passback").setLevel(logging.INFO)
+    # Last, once every view is registered: Idempotency-Key and body limits from each view's @operation.
+    install_operation_conventions(app)
     return app
 
 

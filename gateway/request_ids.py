@@ -67,8 +67,11 @@ def _add_to_error_body(response: Response, rid: str) -> None:
     project's own shape has it already (gateway/errors.error_response)."""
     if response.is_streamed or response.direct_passthrough or (response.content_length or 0) > _MAX_REWRITTEN_BODY:
         return
+    data = response.get_data()
+    if b'"requestId"' in data:
+        return
     try:
-        body = json.loads(response.get_data())
+        body = json.loads(data)
     except ValueError:
         return
     if not isinstance(body, dict) or "error" not in body:
