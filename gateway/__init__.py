@@ -48,11 +48,14 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     from gateway.api import api
     from gateway.dashboard import dashboard_bp
     from gateway.errors import register_error_handlers
+    from gateway.idempotency_keys import install_operation_conventions
     from gateway.input_guard import register_input_guard
     from gateway.lti import lti_bp
     from gateway.lti.lti11 import lti11_bp
     from gateway.oauth import init_oauth, oauth_bp
     from gateway.openapi import openapi_bp
+    from gateway.rate_limits import init_rate_limits
+    from gateway.request_ids import init_request_ids
     from gateway.sandbox_lms import demo_bp, sandbox_lms_bp
 
     app.register_blueprint(api)
@@ -64,7 +67,9 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     app.register_blueprint(oauth_bp)
     init_oauth(app)
     app.register_blueprint(dashboard_bp)
-    register_input_guard(app)  # first of the before_request hooks: unstorable text reaches no view
+    init_request_ids(app)  # first of the before_request hooks: every answer, even a refusal, carries the id
+    init_rate_limits(app)  # before any work: a refused request changes nothing
+    register_input_guard(app)  # before the views: unstorable text reaches no view
     # CSRF tokens on every dashboard form; the machine-to-machine endpoints authenticate otherwise (bearer
     # tokens, signed LTI messages, client credentials) and are exempt.
     csrf = CSRFProtect(app)
@@ -85,6 +90,8 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
         return readiness.as_json(), 200 if readiness.ready else 503
 
     logging.getLogger("passback").setLevel(logging.INFO)
+    # Last, once every view is registered: Idempotency-Key and body limits from each view's @operation.
+    install_operation_conventions(app)
     return app
 
 

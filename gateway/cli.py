@@ -73,7 +73,12 @@ class _Main(click.Group):
 @click.group(cls=_Main)
 def main() -> None:
     """Passback: the grade passback gateway."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.request_ids import RequestIdLogFilter, install_log_record_factory
+
+    install_log_record_factory()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdLogFilter())
 
 
 # --- database ----------------------------------------------------------------------------------------------

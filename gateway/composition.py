@@ -23,7 +23,7 @@ from gateway.services.adapter_factory import AdapterFactory
 from gateway.services.heartbeats import Readiness, check_readiness
 from gateway.services.lms import probe_connection
 from gateway.services.unit_of_work import UnitOfWork
-from gateway.throttle import Limiter, make_limiter
+from gateway.throttle import Limiter, QuotaLimiter, make_limiter
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -75,6 +75,11 @@ class Services:
         """Per-connection request rates and pauses: in this process, or in Redis when a broker is configured."""
         return make_limiter(self.settings.broker_url)
 
+    @cached_property
+    def quotas(self) -> QuotaLimiter:
+        """API request quotas (gateway/rate_limits.py): shared through Redis when the broker is Redis."""
+        return QuotaLimiter(self.settings.broker_url)
+
     @property
     def platform_keys(self) -> PlatformKeys:
         """LTI platforms' public keys, fetched and cached for the life of the process."""
@@ -88,10 +93,11 @@ class Services:
     def platform_keys(self, keys: PlatformKeys) -> None:
         self._platform_keys = keys
 
-    def unit_of_work(self, session: Session | None = None) -> UnitOfWork:
-        """A unit of work on `session` (a request's scoped session, borrowed), or on a session of its own."""
+    def unit_of_work(self, session: Session | None = None, *, within: UnitOfWork | None = None) -> UnitOfWork:
+        """A unit of work on `session` (a request's scoped session, borrowed), or on a session of its own;
+        `within` makes it part of that unit's transaction."""
         if session is not None:
-            return UnitOfWork(session, self.nudger)
+            return UnitOfWork(session, self.nudger, within=within)
         assert self.database.sessionmaker is not None
         return UnitOfWork(self.database.sessionmaker(), self.nudger, close=True)
 

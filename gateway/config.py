@@ -77,6 +77,12 @@ class Settings:
     # After a 429 or a rate-limit 403 without Retry-After, nobody sends to that connection for this long.
     connection_pause_seconds: float = 10.0
     idempotency_ttl_seconds: float = 86400.0
+    # Per bearer token (or app client id, or client address without either), on every operation of the API
+    # document (/v1 and /oauth/tokens; not LTI, the dashboard or the sandbox LMS): a token bucket holding
+    # api_rate_limit requests, refilled over api_rate_window_seconds. Shared through Redis when the broker is
+    # Redis, else counted by each process. 0 switches the limit off.
+    api_rate_limit: int = 6000
+    api_rate_window_seconds: float = 60.0
     catalog_cache_seconds: float = 300.0
     token_touch_seconds: float = 60.0
     max_body_bytes: int = 64 * 1024
@@ -114,6 +120,10 @@ class Settings:
             raise ValueError("GATEWAY_STOP_GRACE_SECONDS must be a number of seconds >= 0")
         if self.worker_threads < 1:
             raise ValueError("GATEWAY_WORKER_THREADS must be at least 1")
+        if self.api_rate_limit < 0:
+            raise ValueError("GATEWAY_API_RATE_LIMIT must be a number of requests >= 0 (0: no limit)")
+        if self.api_rate_window_seconds <= 0:
+            raise ValueError("GATEWAY_API_RATE_WINDOW_SECONDS must be a number of seconds > 0")
 
     def beat_schedule_path(self) -> str:
         """Where celery beat keeps its schedule state (beside the instance's other files)."""

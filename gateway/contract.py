@@ -61,10 +61,34 @@ WWW_AUTHENTICATE = Header("WWW-Authenticate", 'The scheme to authenticate with: 
 CACHE_CONTROL = Header("Cache-Control", "`no-store`: never cache a token answer.")
 IDEMPOTENCY_KEY = Header(
     "Idempotency-Key",
-    "1 to 255 printable characters. The same key with the same request within the retention window replays the "
-    "first answer (with `Idempotent-Replayed: true`); the same key with another request answers 409.",
+    "1 to 255 printable characters, unique per request you mean (a UUID). The same key with the same request "
+    "within 24 hours replays the first successful answer (with `Idempotent-Replayed: true`) and does nothing "
+    "again; the same key with another request answers 409 (`idempotency_key_reused`). A key belongs to the "
+    "token's district and app (and user, for a user token).",
     max_length=255,
 )
+REQUEST_ID = Header(
+    "X-Request-Id",
+    "Identifies the request in Passback's logs and in every error body (`requestId`): the one the request sent "
+    "(1 to 128 visible ASCII characters), else one Passback made.",
+    max_length=128,
+)
+RATE_LIMIT_LIMIT = Header(
+    "RateLimit-Limit", "Requests this token may make in a full window (GATEWAY_API_RATE_LIMIT).", type="integer"
+)
+RATE_LIMIT_REMAINING = Header("RateLimit-Remaining", "Requests left to this token right now.", type="integer")
+RATE_LIMIT_RESET = Header(
+    "RateLimit-Reset", "Seconds until this token's requests are back to RateLimit-Limit.", type="integer"
+)
+# On every answer of every operation (gateway/openapi.py adds them), errors included.
+EVERY_ANSWER_HEADERS = (REQUEST_ID, RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET)
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+API_PREFIX = "/v1/"
+
+
+def takes_idempotency_key(method: str, path: str) -> bool:
+    """Every POST, PUT, PATCH and DELETE of /v1 honours an Idempotency-Key (gateway/idempotency_keys.py)."""
+    return method.upper() in MUTATING_METHODS and path.startswith(API_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -95,6 +119,13 @@ ERRORS: Mapping[int, Reply] = {
             "`fields` names each one.",
             ErrorSchema,
         ),
+        Reply(
+            429,
+            "Too many requests with this token (code `rate_limited`): nothing was done; send it again after "
+            "Retry-After.",
+            ErrorSchema,
+            (RETRY_AFTER,),
+        ),
         Reply(502, "The app's catalog URL could not be fetched and no earlier copy is held.", ErrorSchema),
         Reply(
             503,
@@ -124,6 +155,8 @@ class Operation:
     headers: tuple[Header, ...] = ()
     security: tuple[tuple[str, ...], ...] = BEARER
     description: str | None = None
+    max_body_bytes: int | None = None
+    idempotency_in_view: bool = False
 
 
 def operation(
@@ -140,18 +173,24 @@ def operation(
     errors: Iterable[int | Reply] = (),
     security: tuple[tuple[str, ...], ...] = BEARER,
     description: str | None = None,
+    max_body_bytes: int | None = None,
+    idempotency_in_view: bool = False,
 ) -> Callable[[View], View]:
     """Declare a view's contract. `errors` lists the statuses particular to this operation (an int takes the
     meaning in ERRORS, a Reply brings its own); these follow from the rest and are added for you:
-    401 when it takes a bearer token; 422 (a query or body field, or unstorable text) and 503 (database busy
-    or unreachable) always; 404 with a path parameter (unstorable text in the path names nothing); with a body 413, and
-    400 and 415 too when the body is JSON only."""
+    401 when it takes a bearer token; 422 (a query or body field, or unstorable text), 429 (rate limited) and
+    503 (database busy or unreachable) always; 404 with a path parameter (unstorable text in the path names
+    nothing); with a body 413, and 400 and 415 too when the body is JSON only.
+
+    `max_body_bytes` raises the body limit (GATEWAY_MAX_BODY_BYTES) for this operation. `idempotency_in_view`
+    says the view stores its Idempotency-Key answer itself (POST /v1/grade, in the grade's own transaction);
+    every other mutating /v1 operation gets it from gateway/idempotency_keys.py without code of its own."""
     if not OPERATION_ID.match(operation_id):
         raise ValueError(f"operationId {operation_id!r} does not follow the rule in gateway/contract.py")
     if tag not in TAGS:
         raise ValueError(f"tag {tag!r} is not one of {sorted(TAGS)}")
     media_types = tuple(body_media_types)
-    implied: list[int] = [422, 503]
+    implied: list[int] = [422, 429, 503]
     if security == BEARER:
         implied.append(401)
     if path:
@@ -175,6 +214,8 @@ def operation(
         headers=tuple(headers),
         security=security,
         description=description,
+        max_body_bytes=max_body_bytes,
+        idempotency_in_view=idempotency_in_view,
     )
 
     def attach(view: View) -> View:

@@ -1,4 +1,4 @@
-"""One JSON error shape for every error: {"error": {"code", "message", "fields"?}}."""
+"""One JSON error shape for every error: {"error": {"code", "message", "fields"?, "requestId"}}."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from gateway.db import DatabaseTrouble, database_trouble
+from gateway.request_ids import request_id
 from gateway.services.errors import ServiceError
 
 log = logging.getLogger("passback.http")
@@ -50,6 +51,9 @@ def error_response(status: int, code: str, message: str, fields: dict[str, Any] 
     body: dict[str, Any] = {"code": code, "message": message}
     if fields:
         body["fields"] = fields
+    rid = request_id()
+    if rid is not None:
+        body["requestId"] = rid
     response = jsonify({"error": body})
     response.status_code = status
     if status == 401:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g, has_request_context
 from sqlalchemy.orm import Session
 
 from gateway.composition import Services, services_of
@@ -18,11 +18,13 @@ def current_services() -> Services:
 
 
 def request_unit_of_work() -> UnitOfWork:
-    """A unit of work on this request's session (removed when the request ends), nudging this app's workers."""
+    """A unit of work on this request's session (removed when the request ends), nudging this app's workers.
+    In a request with an Idempotency-Key it is part of the request's own unit (gateway/idempotency_keys.py),
+    which commits the work together with the stored answer."""
     services = current_services()
     assert services.database.session is not None
     session: Session = services.database.session()
-    return services.unit_of_work(session)
+    return services.unit_of_work(session, within=g.get("idempotent_unit") if has_request_context() else None)
 
 
 class _CurrentDatabase:

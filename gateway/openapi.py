@@ -7,6 +7,7 @@ Only what is generic lives here: info, security schemes, tags, and the marshmall
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from apispec import APISpec
@@ -19,8 +20,20 @@ from werkzeug.exceptions import NotFound
 from werkzeug.routing import Rule
 
 from gateway.composition import services_of
-from gateway.contract import TAGS, Header, Operation, Reply, contract_of
+from gateway.contract import (
+    EVERY_ANSWER_HEADERS,
+    IDEMPOTENCY_KEY,
+    IDEMPOTENT_REPLAYED,
+    REQUEST_ID,
+    TAGS,
+    Header,
+    Operation,
+    Reply,
+    contract_of,
+    takes_idempotency_key,
+)
 from schemas.base import JsonNumber
+from schemas.errors import ErrorSchema
 
 openapi_bp = Blueprint("openapi", __name__)
 
@@ -103,7 +116,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
         if contract is None:
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            spec.path(path=openapi_path(rule), operations={method.lower(): _operation(contract, rule, converter)})
+            path = openapi_path(rule)
+            spec.path(path=path, operations={method.lower(): _operation(contract, method, rule, converter)})
     return spec.to_dict()
 
 
@@ -112,7 +126,35 @@ def openapi_path(rule: Rule) -> str:
     return _RULE_ARGUMENT.sub(lambda m: "{" + m["name"] + "}", rule.rule)
 
 
-def _operation(contract: Operation, rule: Rule, converter: OpenAPIConverter) -> dict[str, Any]:
+def _with_conventions(contract: Operation, method: str, rule: Rule) -> Operation:
+    """The conventions every operation follows without declaring them: X-Request-Id; and for a mutating /v1
+    operation, Idempotency-Key, its replay header on each success and its 409."""
+    headers = [*contract.headers, REQUEST_ID]
+    if not takes_idempotency_key(method, rule.rule):
+        return replace(contract, headers=tuple(headers))
+    if IDEMPOTENCY_KEY not in headers:
+        headers.insert(0, IDEMPOTENCY_KEY)
+    replies = tuple(
+        reply if IDEMPOTENT_REPLAYED in reply.headers else replace(reply, headers=(*reply.headers, IDEMPOTENT_REPLAYED))
+        for reply in contract.replies
+    )
+    reused = "The Idempotency-Key was used with another request (code `idempotency_key_reused`)."
+    errors = {reply.status: reply for reply in contract.errors}
+    conflict = errors.get(409)
+    if conflict is None:
+        errors[409] = Reply(409, reused, ErrorSchema)
+    elif "Idempotency-Key" not in conflict.description:
+        errors[409] = replace(conflict, description=f"{conflict.description} Or: {reused[0].lower()}{reused[1:]}")
+    return replace(
+        contract,
+        headers=tuple(headers),
+        replies=replies,
+        errors=tuple(errors[status] for status in sorted(errors)),
+    )
+
+
+def _operation(contract: Operation, method: str, rule: Rule, converter: OpenAPIConverter) -> dict[str, Any]:
+    contract = _with_conventions(contract, method, rule)
     parameters: list[dict[str, Any]] = []
     for match in _RULE_ARGUMENT.finditer(rule.rule):
         name = match["name"]
@@ -153,11 +195,10 @@ def _response(reply: Reply) -> dict[str, Any]:
     response: dict[str, Any] = {"description": reply.description}
     if reply.schema is not None:
         response["content"] = {reply.media_type: {"schema": reply.schema}}
-    if reply.headers:
-        response["headers"] = {
-            header.name: {"description": header.description, "schema": _header_schema(header)}
-            for header in reply.headers
-        }
+    response["headers"] = {
+        header.name: {"description": header.description, "schema": _header_schema(header)}
+        for header in (*reply.headers, *EVERY_ANSWER_HEADERS)
+    }
     return response
 
 

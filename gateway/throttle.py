@@ -8,12 +8,39 @@ when the LMS answers 429, Canvas's 403 "Rate Limit Exceeded", or a low `X-Rate-L
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger("passback.throttle")
+# A unit that is back but for float rounding (20 s at 3 a minute) counts as back (the Lua below and the
+# RateLimit-Remaining header use the same tolerance).
+ROUNDING = 1e-6
+# The local quota buckets are swept of full ones (the same as no bucket) once every this many takes.
+_SWEEP_EVERY = 4096
+
+
+@dataclass(frozen=True)
+class Take:
+    """One request's take from a quota bucket: whether it may go, the units left after it, and (refused) the
+    seconds until one unit is back."""
+
+    allowed: bool
+    tokens: float
+    wait: float
+
+
+def _take(tokens: float, at: float, now: float, rate: float, burst: int) -> Take:
+    """The token-bucket rule both limiters apply (Redis's in Lua, below); `Take.tokens` is what the bucket keeps."""
+    tokens = min(float(burst), tokens + max(0.0, now - at) * rate)
+    if tokens >= 1 - ROUNDING:
+        return Take(True, max(0.0, tokens - 1), 0.0)
+    return Take(False, tokens, (1 - tokens) / rate)
 
 
 class LocalLimiter:
@@ -24,6 +51,23 @@ class LocalLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         self._paused: dict[str, float] = {}
         self._slots: dict[str, dict[str, float]] = {}
+        self._quotas: dict[str, tuple[float, float]] = {}  # key -> (tokens, at), apart from the LMS buckets
+        self._takes = 0
+
+    def take(self, key: str, rate: float, burst: int, now: float | None = None) -> Take:
+        """One unit of a quota (an API client's requests): taken when there is one, else refused and told when.
+        Unlike `acquire`, a refusal takes nothing. `now` is a monotonic time (tests pass their clock's)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, at = self._quotas.get(key, (float(burst), now))
+            taken = _take(tokens, at, now, rate, burst)
+            self._quotas[key] = (taken.tokens, now)
+            self._takes += 1
+            if self._takes % _SWEEP_EVERY == 0:
+                # A bucket that has refilled holds what a new one would: dropping it bounds the memory that
+                # many one-off keys (say, made-up tokens) would otherwise take.
+                self._quotas = {k: (t, a) for k, (t, a) in self._quotas.items() if t + (now - a) * rate < burst}
+            return taken
 
     def acquire(self, key: str, rate: float, burst: int) -> float:
         """Take one request's token. Returns 0 when the request may go now, else the seconds to wait first."""
@@ -119,18 +163,65 @@ return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
 """
 
 
+# A quota's token bucket (an API client's requests): like _ACQUIRE, but a refusal takes nothing, and the time is
+# the caller's when given (a test's clock) else Redis's own (web servers on several machines need not agree).
+# KEYS: bucket hash. ARGV: rate per second, burst, now ('' for Redis's). Returns {allowed, tokens, wait}.
+_TAKE = """
+local now
+if ARGV[3] ~= '' then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or burst
+local at = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= 1 - 1e-6 then
+  tokens = math.max(0, tokens - 1)
+  allowed = 1
+else
+  wait = (1 - tokens) / rate
+end
+-- tostring keeps 14 digits, which on an epoch time is a tenth of a millisecond: keep them all.
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'at', string.format('%.17g', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return {allowed, string.format('%.17g', tokens), string.format('%.17g', wait)}
+"""
+
+
 class RedisLimiter:
     """The same limits shared by every worker through Redis."""
 
-    def __init__(self, url: str, prefix: str = "passback:limits:") -> None:
+    def __init__(
+        self, url: str, prefix: str = "passback:limits:", *, timeout: float = 5.0, retries: bool = True
+    ) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        if not retries:  # a caller that cannot wait (a web request) needs its short timeout to be the whole wait
+            options["retry"] = Retry(NoBackoff(), 0)
+        self.redis = redis.Redis.from_url(url, **options)
         self.prefix = prefix
+        self._take = self.redis.register_script(_TAKE)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._pause = self.redis.register_script(_PAUSE)
         self._slot = self.redis.register_script(_SLOT)
         self._renew = self.redis.register_script(_RENEW)
+
+    def take(self, key: str, rate: float, burst: int, now: float | None = None) -> Take:
+        """As LocalLimiter.take, shared by every process; `now` is epoch seconds, None for Redis's clock."""
+        allowed, tokens, wait = self._take(
+            keys=[self.prefix + "quota:" + key], args=[rate, burst, "" if now is None else repr(now)]
+        )
+        return Take(int(allowed) == 1, float(tokens), float(wait))
 
     def acquire(self, key: str, rate: float, burst: int) -> float:
         wait = self._acquire(keys=[self.prefix + "bucket:" + key, self.prefix + "pause:" + key], args=[rate, burst])
@@ -171,6 +262,32 @@ def delivery_slot(limiter: Any, key: str, limit: int, ttl: float) -> Iterator[st
     finally:
         if token is not None:
             limiter.release_slot(key, token)
+
+
+class QuotaLimiter:
+    """API quotas: through Redis when the broker is Redis, else in this process. A request must not wait on a
+    hung or lost Redis (intake never waits on the broker): Redis gets a short timeout, and after a failure the
+    process counts on its own for `local_seconds` before it tries Redis again."""
+
+    def __init__(self, broker_url: str, *, timeout: float = 0.25, local_seconds: float = 10.0) -> None:
+        self.local = LocalLimiter()
+        self.shared = (
+            RedisLimiter(broker_url, "passback:api:", timeout=timeout, retries=False)
+            if broker_url.startswith(("redis://", "rediss://"))
+            else None
+        )
+        self.local_seconds = local_seconds
+        self._local_until = 0.0
+
+    def take(self, key: str, rate: float, burst: int, *, monotonic: float, epoch: float | None) -> Take:
+        """`monotonic` is the process's clock (the local count's); `epoch` the shared one's, None for Redis's."""
+        if self.shared is not None and time.monotonic() >= self._local_until:
+            try:
+                return self.shared.take(key, rate, burst, epoch)
+            except Exception as exc:  # any Redis trouble: count here rather than fail or hold the request
+                self._local_until = time.monotonic() + self.local_seconds
+                log.warning("API quotas counted in this process for %gs: Redis failed: %s", self.local_seconds, exc)
+        return self.local.take(key, rate, burst, monotonic)
 
 
 def make_limiter(broker_url: str) -> Limiter:

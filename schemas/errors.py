@@ -1,4 +1,4 @@
-"""The one error shape: {"error": {"code", "message", "fields"?}}."""
+"""The one error shape: {"error": {"code", "message", "fields"?, "requestId"}}."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ class ErrorBodySchema(Schema):
         keys=fields.String(),
         values=fields.Raw(),
         metadata={"description": "Per-field messages, naming each field and the rule it broke."},
+    )
+    request_id = fields.String(
+        data_key="requestId",
+        metadata={"description": "The answer's X-Request-Id: quote it when reporting the error."},
     )
 
 

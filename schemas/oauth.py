@@ -38,3 +38,7 @@ class OAuthErrorSchema(Schema):
         },
     )
     error_description = fields.String()
+    request_id = fields.String(
+        data_key="requestId",
+        metadata={"description": "The answer's X-Request-Id (a member RFC 6749 leaves to the server)."},
+    )

@@ -18,13 +18,15 @@ def strict_json(response: requests.Response) -> Any:
 
 
 def assert_error(response: requests.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The one error shape {"error": {"code", "message", "fields"?}}, with `field` named when given."""
+    """The one error shape {"error": {"code", "message", "fields"?, "requestId"}}, with `field` named when given
+    and `requestId` the answer's X-Request-Id."""
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     body = strict_json(response)
     assert set(body) == {"error"}, body
     error = body["error"]
-    assert set(error) <= {"code", "message", "fields"}, error
+    assert set(error) <= {"code", "message", "fields", "requestId"}, error
+    assert error["requestId"] == response.headers["X-Request-Id"], error
     assert isinstance(error["code"], str) and error["code"]
     assert isinstance(error["message"], str) and error["message"]
     if code is not None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app, jsonify, request, url_for
+from flask import Response, jsonify, request, url_for
 from marshmallow import fields
 
 from gateway.api import api
 from gateway.api.common import current_principal, json_object, load, load_body, load_query
-from gateway.contract import IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, LOCATION, Reply, operation
+from gateway.contract import IDEMPOTENT_REPLAYED, LOCATION, Reply, operation
 from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.services import grade_intake, idempotency
 from gateway.services.errors import InvalidInput, ServiceError
@@ -47,12 +47,12 @@ MAX_BULK_BODY_BYTES = 4 * 1024 * 1024
     description="The body may be up to 4 MiB. One bad entry refuses only itself: its result carries the status "
     "and error it would get alone, and the other entries are stored.",
     body=BulkGradeRequestSchema,
+    max_body_bytes=MAX_BULK_BODY_BYTES,
     replies=Reply(200, "One result per entry: 202 accepted, or the entry's own status and error.", bulk_response),
     errors=(403,),
 )
 def post_grades() -> Response:
     """Up to 1,000 grades in one request, each validated and stored on its own; 200 with a result per entry."""
-    request.max_content_length = max(MAX_BULK_BODY_BYTES, current_app.config["PASSBACK"].max_body_bytes)
     envelope: dict[str, Any] = {}
     input_error: ServiceError | None = None
     try:
@@ -102,7 +102,8 @@ def post_grades() -> Response:
     tag="grades",
     summary="Post a grade: percentage, or scoreGiven with scoreMaximum",
     body=grade_request,
-    headers=(IDEMPOTENCY_KEY,),
+    # The answer to an Idempotency-Key is stored with the grade, in its transaction (grade_intake.post_grade).
+    idempotency_in_view=True,
     replies=Reply(
         202,
         "Accepted and stored; delivery to each LMS follows. `Location` is the grade's status URL.",

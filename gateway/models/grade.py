@@ -132,17 +132,23 @@ class Delivery(Base):
 
 
 class IdempotencyRecord(Base):
-    """A remembered answer to a request that carried an Idempotency-Key, scoped to the district and app."""
+    """A remembered answer to a request that carried an Idempotency-Key, scoped to the district, the app and
+    (for a user token) the user."""
 
     __tablename__ = "idempotency_records"
-    __table_args__ = (UniqueConstraint("district_id", "app_id", "key"),)
+    __table_args__ = (UniqueConstraint("district_id", "app_id", "scope", "key"),)
 
     id: Mapped[str] = id_column()
     district_id: Mapped[str] = mapped_column(ForeignKey("districts.id", ondelete="CASCADE"))
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    # The user id of a user token's key, "" for the district-app token's.
+    scope: Mapped[str] = mapped_column(String(24), default="", server_default="")
     key: Mapped[str] = mapped_column(String(255))
     request_fingerprint: Mapped[str] = mapped_column(String(64))
     response_status: Mapped[int] = mapped_column(Integer)
-    response_body: Mapped[dict[str, Any]] = mapped_column()
+    # POST /v1/grade's answer (no secret in it), in the clear ...
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     response_location: Mapped[str | None] = mapped_column(Text, default=None)
+    # ... every other operation's, encrypted with the secret box (body and headers): some show a secret once.
+    response_sealed: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = created_column()

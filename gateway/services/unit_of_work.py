@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 from types import TracebackType
 from typing import Protocol
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 log = logging.getLogger("passback.unit_of_work")
 
@@ -36,25 +37,46 @@ class UnitOfWork:
     (or by an exception) rolls back and drops the registered effects.
 
     `close` says whether the unit owns the session (a CLI command, a worker) or borrows it (a request's scoped
-    session, removed at the end of the request)."""
+    session, removed at the end of the request).
 
-    def __init__(self, session: Session, nudger: Nudger = no_nudge, *, close: bool = False) -> None:
+    `within` makes this unit part of another's transaction (a request with an Idempotency-Key: its answer is
+    stored in the same transaction as its work). The block is then a savepoint: `commit` releases it and hands
+    the effects to the outer unit, which runs them after its own commit; a rollback undoes this unit's work
+    only."""
+
+    def __init__(
+        self,
+        session: Session,
+        nudger: Nudger = no_nudge,
+        *,
+        close: bool = False,
+        within: UnitOfWork | None = None,
+    ) -> None:
         self.session = session
         self.nudger = nudger
         self._close = close
+        self._within = within
+        self._savepoint: SessionTransaction | None = None
         self._effects: list[Effect] = []
         # Connections to wake after the commit; None in the set stands for "every connection".
         self._nudged: set[str | None] = set()
-        self._wake_registered = False
+        self._nudge_pending = False
 
     def __enter__(self) -> UnitOfWork:
+        if self._within is not None:
+            self._savepoint = self.session.begin_nested()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         try:
-            if exc_type is not None or self.session.in_transaction():
+            if self._within is not None:
+                self._drop_pending()
+                if self._savepoint is not None and self._savepoint.is_active:
+                    self._savepoint.rollback()
+                self._savepoint = None
+            elif exc_type is not None or self.session.in_transaction():
                 self.rollback()
         finally:
             if self._close:
@@ -66,9 +88,7 @@ class UnitOfWork:
 
     def nudge(self, connection_ids: Iterable[str | None] | None = None) -> None:
         """Wake delivery for these connections (None: all of them) once this unit's outbox rows are committed."""
-        if not self._wake_registered:
-            self.on_commit(self._wake)
-            self._wake_registered = True
+        self._nudge_pending = True
         if connection_ids is None:
             self._nudged.add(None)
         else:
@@ -81,8 +101,16 @@ class UnitOfWork:
         return changed
 
     def commit(self) -> None:
+        effects = self._take_effects()
+        if self._within is not None:
+            if self._savepoint is not None and self._savepoint.is_active:
+                self._savepoint.commit()
+                self._savepoint = self.session.begin_nested()  # what follows in the block is undone on its own
+            else:
+                self.session.flush()
+            self._within._effects.extend(effects)
+            return
         self.session.commit()
-        effects, self._effects = self._effects, []
         for effect in effects:
             try:
                 effect()
@@ -90,14 +118,27 @@ class UnitOfWork:
                 log.exception("an after-commit effect failed; the committed work stands")
 
     def rollback(self) -> None:
-        self._effects.clear()
-        self._nudged.clear()
-        self._wake_registered = False
+        self._drop_pending()
+        if self._within is not None:
+            if self._savepoint is not None and self._savepoint.is_active:
+                self._savepoint.rollback()
+                self._savepoint = self.session.begin_nested()
+            return
         self.session.rollback()
 
-    def _wake(self) -> None:
-        nudged, self._nudged = self._nudged, set()
-        self._wake_registered = False
-        if not nudged:
-            return
+    def _drop_pending(self) -> None:
+        self._effects.clear()
+        self._nudged.clear()
+        self._nudge_pending = False
+
+    def _take_effects(self) -> list[Effect]:
+        """The effects of what is being committed, the nudges folded into one wake-up at the end."""
+        effects, self._effects = self._effects, []
+        if self._nudge_pending:
+            nudged, self._nudged, self._nudge_pending = self._nudged, set(), False
+            if nudged:
+                effects.append(partial(self._wake, nudged))
+        return effects
+
+    def _wake(self, nudged: set[str | None]) -> None:
         self.nudger(None if None in nudged else {c for c in nudged if c is not None})

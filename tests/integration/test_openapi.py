@@ -18,6 +18,7 @@ import pytest
 from flask import Flask
 from openapi_spec_validator import validate
 
+from gateway import contract
 from gateway.openapi import build_spec, openapi_path
 from gateway.worker import DeliveryWorker
 from tests.conftest import LiveServer
@@ -169,9 +170,9 @@ def test_numbers_have_a_type_and_real_bounds(document: dict[str, Any]) -> None:
 
 def test_response_headers_and_errors_are_documented(document: dict[str, Any]) -> None:
     accepted = document["paths"]["/v1/grade"]["post"]["responses"]["202"]
-    assert set(accepted["headers"]) == {"Location", "Idempotent-Replayed"}
+    assert set(accepted["headers"]) == {"Location", "Idempotent-Replayed", *EVERY_ANSWER}
     parameters = document["paths"]["/v1/grade"]["post"]["parameters"]
-    assert [(p["in"], p["name"]) for p in parameters] == [("header", "Idempotency-Key")]
+    assert [(p["in"], p["name"]) for p in parameters] == [("header", "Idempotency-Key"), ("header", "X-Request-Id")]
     assert "Location" in document["paths"]["/v1/grades/{grade_id}"]["delete"]["responses"]["202"]["headers"]
     for method, path, operation in operations(document):
         responses = operation["responses"]
@@ -188,6 +189,67 @@ def test_response_headers_and_errors_are_documented(document: dict[str, Any]) ->
     assert token["responses"]["400"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/OAuthError"
     }
+
+
+# --- conventions every operation follows (gateway/openapi.py adds them; none is declared per view) ------------
+
+EVERY_ANSWER = {"X-Request-Id", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def assert_conventions(method: str, path: str, operation: dict[str, Any]) -> None:
+    """X-Request-Id and the rate-limit headers on every answer, the 429, and for a mutating /v1 operation the
+    Idempotency-Key with its replay header on each success and its 409."""
+    where = (method, path)
+    parameters = {(p["in"], p["name"]): p for p in operation.get("parameters", [])}
+    assert parameters[("header", "X-Request-Id")]["schema"] == {"type": "string", "minLength": 1, "maxLength": 128}
+    responses = operation["responses"]
+    assert "Retry-After" in responses["429"]["headers"], where
+    for status, response in responses.items():
+        assert set(response["headers"]) >= EVERY_ANSWER, (where, status)
+    keyed = method in MUTATING and path.startswith("/v1/")
+    assert (("header", "Idempotency-Key") in parameters) is keyed, where
+    if keyed:
+        assert parameters[("header", "Idempotency-Key")]["schema"]["maxLength"] == 255
+        for status, response in responses.items():
+            if status.startswith("2"):
+                assert "Idempotent-Replayed" in response["headers"], (where, status)
+        assert "Idempotency-Key" in responses["409"]["description"], where
+
+
+def test_every_operation_documents_request_ids_rate_limits_and_idempotency_keys(document: dict[str, Any]) -> None:
+    for method, path, operation in operations(document):
+        assert_conventions(method, path, operation)
+    error = document["components"]["schemas"]["ErrorBody"]["properties"]
+    assert error["requestId"]["type"] == "string"
+    assert document["components"]["schemas"]["OAuthError"]["properties"]["requestId"]["type"] == "string"
+    # An operation with a 409 of its own also names the key's.
+    placements = document["paths"]["/v1/placements"]["post"]["responses"]["409"]["description"]
+    assert placements.startswith("The assignment is placed") and "idempotency_key_reused" in placements
+
+
+def test_an_operation_added_later_gets_the_conventions_without_declaring_them(app: Flask) -> None:
+    @contract.operation(
+        "patchWidget", tag="grades", summary="A made-up operation", replies=contract.Reply(200, "Changed.")
+    )
+    def patch_widget(widget_id: str) -> str:
+        return widget_id
+
+    @contract.operation("listWidgets", tag="grades", summary="A made-up list", replies=contract.Reply(200, "Listed."))
+    def list_widgets() -> str:
+        return "[]"
+
+    app.add_url_rule("/v1/widgets/<widget_id>", "patch_widget", patch_widget, methods=["PATCH"])
+    app.add_url_rule("/v1/widgets", "list_widgets", list_widgets, methods=["GET"])
+    document = build_spec(app)
+
+    patch = document["paths"]["/v1/widgets/{widget_id}"]["patch"]
+    assert_conventions("PATCH", "/v1/widgets/{widget_id}", patch)
+    assert ("header", "Idempotency-Key") in {(p["in"], p["name"]) for p in patch["parameters"]}
+    assert {"200", "409", "429"} <= set(patch["responses"])
+    listed = document["paths"]["/v1/widgets"]["get"]
+    assert_conventions("GET", "/v1/widgets", listed)
+    assert "409" not in listed["responses"]
 
 
 # --- a generated client ------------------------------------------------------------------------------------

@@ -50,6 +50,18 @@ def test_a_burst_goes_at_once_then_requests_wait_their_turn(limiter: Any) -> Non
     assert limiter.acquire("moodle", 2.0, 3) == 0.0, "connections have their own buckets"
 
 
+def test_a_quota_refuses_without_taking_and_refills_on_the_callers_clock(limiter: Any) -> None:
+    """API quotas (gateway/rate_limits.py): the time is the caller's, so nothing here waits."""
+    now = 1_800_000_000.0
+    takes = [limiter.take("token-a", 0.5, 2, now) for _ in range(3)]
+    assert [(t.allowed, t.tokens) for t in takes] == [(True, 1.0), (True, 0.0), (False, 0.0)]
+    assert takes[2].wait == 2.0, "at half a unit a second, one unit is 2 s away"
+    assert not limiter.take("token-a", 0.5, 2, now + 1).allowed, "a refusal took nothing, but half a unit is not one"
+    assert limiter.take("token-a", 0.5, 2, now + 2).allowed
+    assert limiter.take("token-b", 0.5, 2, now).tokens == 1.0, "each key has its own bucket"
+    assert limiter.take("token-a", 0.5, 2, now + 3600).tokens == 1.0, "a bucket never holds more than its size"
+
+
 def test_a_pause_holds_everyone_back_and_is_never_shortened(limiter: Any) -> None:
     limiter.pause("canvas", 30)
     limiter.pause("canvas", 5)

@@ -1,14 +1,17 @@
 """The unit of work runs its after-commit effects only after a successful commit, never after a rollback, and
-folds the nudges of one unit into one wake-up."""
+folds the nudges of one unit into one wake-up; a unit within another is a savepoint whose work and effects
+commit with the outer unit."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.db import make_engine
 from gateway.services.unit_of_work import UnitOfWork
 
 
@@ -93,3 +96,73 @@ def test_a_failing_effect_does_not_undo_the_commit_or_stop_the_others(session: S
         uow.commit()
     assert ran == ["after"]
     assert rows(session) == 1
+
+
+# --- units within another (a request with an Idempotency-Key) -----------------------------------------------
+
+
+@pytest.fixture
+def request_session(tmp_path: Path) -> Iterator[Session]:
+    """SQLite as Passback configures it (gateway.db: BEGIN IMMEDIATE, so savepoints behave)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'uow.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE outbox (id INTEGER PRIMARY KEY)"))
+    with sessionmaker(bind=engine)() as session:
+        yield session
+    engine.dispose()
+
+
+def committed_rows(session: Session) -> int:
+    """Rows as another connection sees them: what is really committed."""
+    assert session.bind is not None
+    with session.bind.connect() as conn:  # type: ignore[union-attr]
+        return int(conn.execute(text("SELECT count(*) FROM outbox")).scalar() or 0)
+
+
+def test_a_unit_within_another_commits_and_wakes_only_with_the_outer_one(request_session: Session) -> None:
+    nudger = Recorder()
+    ran: list[str] = []
+    with UnitOfWork(request_session, nudger) as outer:
+        with UnitOfWork(request_session, nudger, within=outer) as inner:
+            inner.session.execute(text("INSERT INTO outbox (id) VALUES (1)"))
+            inner.on_commit(lambda: ran.append("effect"))
+            inner.nudge({"conn-1"})
+            inner.commit()
+        assert ran == [] and nudger.calls == [], "the inner commit only hands its effects on"
+        assert rows(request_session) == 1, "the outer unit sees the work"
+        outer.session.execute(text("INSERT INTO outbox (id) VALUES (2)"))  # the stored answer, say
+        outer.commit()
+    assert committed_rows(request_session) == 2
+    assert ran == ["effect"] and nudger.calls == [{"conn-1"}]
+
+
+def test_an_inner_rollback_undoes_its_own_work_only(request_session: Session) -> None:
+    nudger = Recorder()
+    with UnitOfWork(request_session, nudger) as outer:
+        with UnitOfWork(request_session, nudger, within=outer) as first:
+            first.session.execute(text("INSERT INTO outbox (id) VALUES (1)"))
+            first.nudge({"conn-1"})
+            first.commit()
+        with pytest.raises(RuntimeError), UnitOfWork(request_session, nudger, within=outer) as second:
+            second.session.execute(text("INSERT INTO outbox (id) VALUES (2)"))
+            second.nudge({"conn-2"})
+            raise RuntimeError("the second service failed")
+        with UnitOfWork(request_session, nudger, within=outer) as third:
+            third.session.execute(text("INSERT INTO outbox (id) VALUES (3)"))
+            third.commit()
+            third.session.execute(text("INSERT INTO outbox (id) VALUES (4)"))  # after its commit, never committed
+        outer.commit()
+    assert committed_rows(request_session) == 2
+    assert nudger.calls == [{"conn-1"}]
+
+
+def test_when_the_outer_unit_rolls_back_the_inner_units_work_and_effects_go_too(request_session: Session) -> None:
+    nudger = Recorder()
+    with pytest.raises(RuntimeError), UnitOfWork(request_session, nudger) as outer:
+        with UnitOfWork(request_session, nudger, within=outer) as inner:
+            inner.session.execute(text("INSERT INTO outbox (id) VALUES (1)"))
+            inner.nudge()
+            inner.commit()
+        raise RuntimeError("the view failed after its service committed")
+    assert committed_rows(request_session) == 0
+    assert nudger.calls == []
