@@ -93,7 +93,9 @@ class CoverageSchema(Schema):
 
 
 class CourseSchema(Schema):
-    id = fields.String(metadata={"description": "Passback's id for the course, for /v1/courses/{course_id}/enrollments."})
+    id = fields.String(
+        metadata={"description": "Passback's id for the course, for /v1/courses/{course_id}/enrollments."}
+    )
     lms = fields.String(attribute="lms_name", metadata={"description": "The LMS connection's name."})
     lmsConnectionID = fields.String(attribute="lms_connection_id")
     adapter = fields.String(metadata={"description": "How Passback talks to this LMS: lti13, lti11, schoology…"})

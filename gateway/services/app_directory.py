@@ -39,7 +39,7 @@ from schemas.directory import Readiness
 
 ROSTER_SCOPE = "roster:read"
 
-# What a grade posted now for an enrolled user would do, from what its route waits for (routing.Route).
+# What a grade posted now for an enrolled user would do, from what its route waits for (routing.waiting_for).
 _READINESS_OF_WAIT = {
     None: Readiness.DELIVERABLE,
     WAITS_FOR_IDENTITY: Readiness.AWAITING_ROSTER_MATCH,
