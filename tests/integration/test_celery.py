@@ -197,6 +197,11 @@ def test_a_killed_celery_worker_loses_no_grade(world: World, lms: ScriptedLms, s
 
     second = start_worker("second")  # type: ignore[operator]
     wait_for(world, grade_id, "delivered", second)
+    # The new worker claims the newer grade before retries, so it may be delivered while the dead worker's
+    # lease still runs: the old claim is taken back (and found outdated) only once that lease has expired.
+    deadline = time.monotonic() + 10 * LEASE_SECONDS
+    while statuses(world, grade_id)[0][0] == "delivering" and time.monotonic() < deadline:
+        time.sleep(0.1)
     # Exactly the final value is in the gradebook, stored once.
     [entry] = lms.gradebook.values()
     assert entry.score_given == 8.5 and entry.writes == 1, (statuses(world, grade_id), second.log())
