@@ -34,6 +34,7 @@ TAGS: Mapping[str, str] = {
     "assignments": "The app's assignment catalog, in Clever's shape.",
     "placements": "Where catalog assignments live in each LMS (courses, sections).",
     "auth": "Who a token is, and the token exchange of the app sign-in.",
+    "webhooks": "Endpoints that hear what happened to each grade, signed as Standard Webhooks says.",
 }
 
 # Security schemes (their definitions are in gateway/openapi.py): any one of an operation's entries suffices.
@@ -49,6 +50,7 @@ class Header:
     description: str
     type: str = "string"
     max_length: int | None = None
+    required: bool = False
 
 
 LOCATION = Header("Location", "The URL of the grade's status: GET it with the same token.")
@@ -75,6 +77,21 @@ class Reply:
     schema: SchemaRef | None = None
     headers: tuple[Header, ...] = ()
     media_type: str = JSON
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A request Passback sends, later, to a URL the operation registers (an OpenAPI 3.0 callback: a webhook)."""
+
+    name: str
+    # Where it goes, as an OpenAPI runtime expression, e.g. "{$request.body#/url}".
+    url: str
+    summary: str
+    body: SchemaRef
+    headers: tuple[Header, ...] = ()
+    # What the receiver is expected to answer: any 2xx, described here.
+    answer: str = "Received."
+    description: str | None = None
 
 
 # What each error status means for the API; an operation may replace one with its own Reply.
@@ -123,6 +140,7 @@ class Operation:
     headers: tuple[Header, ...] = ()
     security: tuple[tuple[str, ...], ...] = BEARER
     description: str | None = None
+    callbacks: tuple[Callback, ...] = ()
 
 
 def operation(
@@ -139,12 +157,14 @@ def operation(
     errors: Iterable[int | Reply] = (),
     security: tuple[tuple[str, ...], ...] = BEARER,
     description: str | None = None,
+    callbacks: Iterable[Callback] = (),
 ) -> Callable[[View], View]:
     """Declare a view's contract. `errors` lists the statuses particular to this operation (an int takes the
     meaning in ERRORS, a Reply brings its own); these follow from the rest and are added for you:
     401 when it takes a bearer token; 422 (a query or body field, or unstorable text) and 503 (database busy
     or unreachable) always; 404 with a path parameter (unstorable text in the path names nothing); with a body 413, and
-    400 and 415 too when the body is JSON only."""
+    400 and 415 too when the body is JSON only. `callbacks` are the requests Passback sends to a URL the
+    operation registers (webhooks)."""
     if not OPERATION_ID.match(operation_id):
         raise ValueError(f"operationId {operation_id!r} does not follow the rule in gateway/contract.py")
     if tag not in TAGS:
@@ -174,6 +194,7 @@ def operation(
         headers=tuple(headers),
         security=security,
         description=description,
+        callbacks=tuple(callbacks),
     )
 
     def attach(view: View) -> View:

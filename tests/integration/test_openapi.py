@@ -38,6 +38,12 @@ OPERATION_IDS = {
     ("GET", "/v1/me"): "getMe",
     ("POST", "/v1/placements"): "postPlacements",
     ("POST", "/oauth/tokens"): "postTokens",
+    ("POST", "/v1/webhooks"): "postWebhooks",
+    ("GET", "/v1/webhooks"): "listWebhooks",
+    ("GET", "/v1/webhooks/{webhook_id}"): "getWebhook",
+    ("PATCH", "/v1/webhooks/{webhook_id}"): "patchWebhook",
+    ("DELETE", "/v1/webhooks/{webhook_id}"): "deleteWebhook",
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): "postWebhookRotateSecret",
 }
 
 
@@ -119,7 +125,7 @@ def _query(document: dict[str, Any], path: str, name: str) -> dict[str, Any]:
 
 def test_tags_security_and_every_operation_says_who_may_call_it(document: dict[str, Any]) -> None:
     tags = [tag["name"] for tag in document["tags"]]
-    assert tags == ["grades", "assignments", "placements", "auth"]
+    assert tags == ["grades", "assignments", "placements", "auth", "webhooks"]
     assert document["components"]["securitySchemes"]["bearer"] == {
         "type": "http",
         "scheme": "bearer",
@@ -184,6 +190,25 @@ def test_response_headers_and_errors_are_documented(document: dict[str, Any]) ->
     assert token["responses"]["400"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/OAuthError"
     }
+
+
+def test_what_a_webhook_endpoint_receives_is_documented(document: dict[str, Any]) -> None:
+    callbacks = document["paths"]["/v1/webhooks"]["post"]["callbacks"]
+    sent = callbacks["gradeEvent"]["{$request.body#/url}"]["post"]
+    assert sent["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/WebhookEvent"}
+    headers = {p["name"]: p["required"] for p in sent["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id": True, "webhook-timestamp": True, "webhook-signature": True}
+    assert set(sent["responses"]) == {"2XX"}
+    schemas = document["components"]["schemas"]
+    event = schemas["WebhookEvent"]["properties"]
+    assert set(event) == {"type", "timestamp", "data"}
+    assert "grade.delivered" in event["type"]["enum"] and "grade.lms_changed" not in event["type"]["enum"]
+    data = schemas["WebhookGradeData"]["properties"]
+    assert {"gradeID", "revision", "assignmentID", "userID", "studentKey", "destination", "status", "reason"} <= set(
+        data
+    )
+    assert "secret" in schemas["WebhookWithSecret"]["properties"]
+    assert "secret" not in schemas["Webhook"]["properties"]
 
 
 # --- a generated client ------------------------------------------------------------------------------------
