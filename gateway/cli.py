@@ -637,20 +637,28 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
         argv += ["-Q", "passback", "--without-gossip", "--without-mingle"]
         if beat:
             argv += ["--beat", "--schedule", settings.beat_schedule_path()]
-        # Deliveries run in Celery's tasks; a thread of this process records its heartbeat for /readyz.
+        # Deliveries run in Celery's tasks; a thread of this process records its heartbeat for /readyz, and
+        # webhooks go out on threads of their own beside Celery's pool, so they never take a drain's place.
         stop_beating = threading.Event()
         celery_beats = _services(app).delivery_worker(role="celery")
         threading.Thread(
             target=celery_beats.beat_until, args=(stop_beating,), name="passback-heartbeat", daemon=True
         ).start()
+        webhooks = threading.Thread(
+            target=celery_beats.webhooks.run_forever, args=(stop_beating,), name="passback-webhooks", daemon=True
+        )
+        webhooks.start()
         try:
             _run_celery_worker(configure_celery(settings), argv)
         finally:
             stop_beating.set()
+            celery_beats.webhooks.request_stop()
+            webhooks.join(settings.stop_grace() + 5.0)
         return
     worker = _services(app).delivery_worker(district_id=district_id)
     if once:
         click.echo(f"{worker.run_until_idle()} deliveries attempted")
+        click.echo(f"{worker.webhooks.run_until_idle()} webhook messages attempted")
         return
     on_stop_signals(worker.request_stop, lambda: worker.request_stop(at_once=True))
     worker.run_forever(threading.Event())

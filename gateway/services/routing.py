@@ -25,6 +25,8 @@ from gateway.models import (
     new_id,
     utcnow,
 )
+from gateway.services.webhook_events import GRADE_DELETED, REPLACED_BY_NEWER, emit
+from schemas.webhooks import WebhookEvent
 
 
 class GradeKey(Protocol):
@@ -167,6 +169,7 @@ _SUPERSEDE = (
         next_attempt_at=None,
         updated_at=bindparam("superseded_at"),
     )
+    .returning(Delivery.id)
     .execution_options(synchronize_session=False)
 )
 
@@ -207,7 +210,10 @@ def route_revision(
     """
     now = now or utcnow()
     if not first_revision:
-        session.execute(_SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now})
+        superseded = session.execute(
+            _SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now}
+        ).scalars()
+        emit(session, WebhookEvent.SUPERSEDED, list(superseded), now=now, reason=REPLACED_BY_NEWER)
     if routes is None:
         routes = destinations_for(session, grade)
     if routes:
@@ -218,7 +224,17 @@ def route_revision(
         placeholder.update(status=DeliveryStatus.UNROUTABLE, last_error=_unroutable_reason(session, grade))
         rows, created = [placeholder], [(placeholder, None)]
     session.execute(_INSERT_DELIVERY, rows)
+    _emit_waiting(session, rows, now)
     return [(SimpleNamespace(**row), route) for row, route in created]
+
+
+def _emit_waiting(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
+    """The events of new deliveries that cannot go out yet (a grade that goes out as usual costs nothing here)."""
+    for status, event in (
+        (DeliveryStatus.AWAITING_LAUNCH, WebhookEvent.AWAITING_LAUNCH),
+        (DeliveryStatus.UNROUTABLE, WebhookEvent.UNROUTABLE),
+    ):
+        emit(session, event, [row["id"] for row in rows if row["status"] == status], now=now)
 
 
 _DELIVERY_COLUMNS = [c.name for c in Delivery.__table__.columns]
@@ -284,7 +300,9 @@ def route_waiting_grades(
             if delivery.status == DeliveryStatus.UNROUTABLE:
                 delivery.status = DeliveryStatus.SUPERSEDED
                 delivery.updated_at = now
-        session.execute(_INSERT_DELIVERY, [_delivery_row(grade, revision_id, r, now) for r in new])
+        rows = [_delivery_row(grade, revision_id, r, now) for r in new]
+        session.execute(_INSERT_DELIVERY, rows)
+        _emit_waiting(session, rows, now)
         created += len(new)
     return created
 
@@ -359,7 +377,7 @@ def retire_unlaunched_links(session: Session, user_id: str, launched: Placement,
         ~exists().where(LaunchDestination.placement_id == Placement.id, LaunchDestination.user_id == user_id),
     )
     now = now or utcnow()
-    result = session.execute(
+    retired = session.execute(
         update(Delivery)
         .where(
             Delivery.placement_id.in_(siblings),
@@ -373,9 +391,12 @@ def retire_unlaunched_links(session: Session, user_id: str, launched: Placement,
             next_attempt_at=None,
             updated_at=now,
         )
+        .returning(Delivery.id)
         .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    ).scalars()
+    ids = list(retired)
+    emit(session, WebhookEvent.SUPERSEDED, ids, now=now)
+    return len(ids)
 
 
 def schedule_deletions(session: Session, grade: Grade, now: datetime) -> int:
@@ -384,7 +405,10 @@ def schedule_deletions(session: Session, grade: Grade, now: datetime) -> int:
     revision_id = session.scalar(
         select(GradeRevision.id).where(GradeRevision.grade_id == grade.id, GradeRevision.revision == grade.revision)
     )
-    session.execute(_SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now})
+    superseded = session.execute(
+        _SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now}
+    ).scalars()
+    emit(session, WebhookEvent.SUPERSEDED, list(superseded), now=now, reason=GRADE_DELETED)
     reached = session.execute(
         select(Placement.id, Placement.lms_connection_id, LmsConnection.adapter)
         .join(Delivery, Delivery.placement_id == Placement.id)

@@ -14,7 +14,16 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from adapters.url_policy import DEFAULT_PORTS, HOST, PLAIN_HTTP, PRIVATE, SCHEME, UNRESOLVED_HTTP, UrlPolicy
+from adapters.url_policy import (
+    DEFAULT_PORTS,
+    HOST,
+    PLAIN_HTTP,
+    PRIVATE,
+    SCHEME,
+    UNRESOLVED_HTTP,
+    HostResolver,
+    UrlPolicy,
+)
 from gateway.crypto import SecretBox
 from gateway.models import TokenKind, WebhookEndpoint, WebhookMessage, WebhookSubscription, utcnow
 from gateway.services.auth import Principal
@@ -44,7 +53,7 @@ def require_webhook_owner(principal: Principal) -> None:
     principal.require_scope("grades:read")
 
 
-def url_policy(url: str, *, allow_private: bool) -> UrlPolicy:
+def url_policy(url: str, *, allow_private: bool, resolver: HostResolver | None = None) -> UrlPolicy:
     """The address rules an endpoint's URL follows, those of LMS URLs: its own host only (no redirects are
     followed), https to a public address; loopback and private addresses only where the operator allows them."""
     parts = urlsplit(url)
@@ -54,7 +63,7 @@ def url_policy(url: str, *, allow_private: bool) -> UrlPolicy:
         port = None
     host = (parts.hostname or "").lower().rstrip(".")
     registered = frozenset({(host, port)}) if host and port else frozenset()
-    return UrlPolicy(registered, allow_private=allow_private)
+    return UrlPolicy(registered, allow_private=allow_private, resolver=resolver or HostResolver())
 
 
 def refused_url(url: str, *, allow_private: bool) -> str | None:

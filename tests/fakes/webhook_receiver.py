@@ -4,6 +4,7 @@ against the secret(s) the test gives it.
 
     receiver.secrets = [created["secret"]]          # what POST /v1/webhooks answered
     receiver.script(Answer(503))                     # the next request is answered 503
+    receiver.default_status = 500                    # once the script is used up, answer 500 (default 204)
     [hang] = receiver.script(HangUp())               # the next request waits for hang.release()
     receiver.wait_for(3)                             # three requests arrived (verified or not)
     receiver.events()                                # the verified bodies, in the order they arrived
@@ -66,6 +67,7 @@ class WebhookReceiver:
         self.problems: list[str] = []
         # Every request is held (until release_all) instead of answered: an endpoint that never answers.
         self.hang_everything = hang_everything
+        self.default_status = 204
         self._steps: deque[Step] = deque()
         self._hangs: list[HangUp] = []
         self._everything = threading.Event()
@@ -136,7 +138,7 @@ class WebhookReceiver:
                 return self._steps.popleft()
         if self.hang_everything and not self._everything.is_set():
             return HangUp(released=self._everything)
-        return Answer()
+        return Answer(self.default_status)
 
     def _record(self, received: Received) -> None:
         with self._changed:
