@@ -8,7 +8,7 @@ from typing import Any
 
 from adapters.base import HealthReport
 from gateway.models import LmsConnection, StaffUser
-from gateway.services import dashboard_connections
+from gateway.services import dashboard_connections, webhooks
 from gateway.services.lms import PlacementsResult, place_assignments
 from gateway.services.staff import audit
 from gateway.services.staff_retries import retry_delivery, retry_failed
@@ -87,3 +87,13 @@ def check_connection(
     report = probe(staff.district_id, connection_id)
     record_probe(uow, staff, name, ok=report.ok)
     return name, report
+
+
+def set_webhook_disabled(uow: UnitOfWork, staff: StaffUser, endpoint_id: str, *, disabled: bool) -> str:
+    """Staff switch an app's webhook endpoint off (what waits for it is dropped) or on again; audited. Returns
+    its URL."""
+    with uow:
+        endpoint = webhooks.set_disabled_by_staff(uow.session, staff.district_id, endpoint_id, disabled=disabled)
+        audit(uow.session, staff, f"{'dis' if disabled else 'en'}abled a webhook endpoint", endpoint.url)
+        uow.commit()
+        return endpoint.url

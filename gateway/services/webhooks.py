@@ -25,7 +25,7 @@ from adapters.url_policy import (
     UrlPolicy,
 )
 from gateway.crypto import SecretBox
-from gateway.models import TokenKind, WebhookEndpoint, WebhookMessage, WebhookSubscription, utcnow
+from gateway.models import App, DistrictApp, TokenKind, WebhookEndpoint, WebhookMessage, WebhookSubscription, utcnow
 from gateway.services.auth import Principal
 from gateway.services.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.services.unit_of_work import UnitOfWork
@@ -351,15 +351,38 @@ def rotate_secret(
 # --- staff --------------------------------------------------------------------------------------------------
 
 
-def district_endpoints(session: Session, district_id: str, app_id: str | None = None) -> list[EndpointView]:
-    """Every endpoint of the district's apps (or of one app), failing ones first, for the dashboard."""
-    query = select(WebhookEndpoint).where(WebhookEndpoint.district_id == district_id)
+@dataclass(frozen=True)
+class StaffWebhooks:
+    """The dashboard's webhooks page: the district's endpoints (of one app, when `app_name` is set), failing
+    ones first, each with its app's name."""
+
+    rows: list[tuple[str, EndpointView]]
+    app_id: str | None = None
+    app_name: str | None = None
+
+
+def district_endpoints(session: Session, district_id: str, app_id: str | None = None) -> StaffWebhooks:
+    """Every endpoint of the district's apps (or of one of them), failing ones first, then oldest first."""
+    query = (
+        select(WebhookEndpoint, App.name)
+        .join(App, App.id == WebhookEndpoint.app_id)
+        .where(WebhookEndpoint.district_id == district_id)
+    )
+    app_name = None
     if app_id is not None:
+        app_name = session.scalar(
+            select(App.name)
+            .join(DistrictApp, DistrictApp.app_id == App.id)
+            .where(App.id == app_id, DistrictApp.district_id == district_id)
+        )
+        if app_name is None:
+            raise NotFound("no such app in this district")
         query = query.where(WebhookEndpoint.app_id == app_id)
-    endpoints = session.scalars(
+    found = session.execute(
         query.order_by(WebhookEndpoint.failing_since.is_(None), WebhookEndpoint.created_at, WebhookEndpoint.id)
     ).all()
-    return _views(session, endpoints)
+    views = _views(session, [endpoint for endpoint, _ in found])
+    return StaffWebhooks([(name, view) for (_, name), view in zip(found, views, strict=True)], app_id, app_name)
 
 
 def failing_count(session: Session, district_id: str) -> int:

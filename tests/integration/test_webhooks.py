@@ -4,6 +4,12 @@ that verifies it with the `standardwebhooks` package from PyPI (tests/fakes/webh
 
 - The endpoints' API: register (the secret once), list, read, change, disable, rotate the secret, remove;
   scoped to the district and the app, refused to user tokens, URLs by the rules LMS URLs follow.
+- Each event and what it says, written in the transaction of the change it reports, only to the endpoints of
+  the grade's district and app that subscribed to it.
+- Delivery: retried after the receiver fails (the injected clock, no sleeps), a grade's revisions in order,
+  given up on after a day (the endpoint marked failing), both secrets signing after a rotation, nothing to a
+  disabled endpoint, and a receiver that hangs holding only webhook threads, never an LMS delivery.
+- Staff see an app's endpoints and disable one (CSRF, audited), in their own district only.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from gateway.services.lms import add_lms_connection, add_placement
 from gateway.webhook_sender import WebhookSender
 from gateway.worker import DeliveryWorker
 from tests.assertions import assert_error
+from tests.conftest import LiveServer
 from tests.factories import World, build_world
 from tests.fakes.scripted_lms import Respond, ScriptedLms
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
+from tests.integration.test_dashboard import csrf, signed_in, staff_of
 from tests.integration.test_lti11 import FAKE_HOSTS as LTI11_HOSTS
 from tests.integration.test_lti11 import KEY as LTI11_KEY
 from tests.integration.test_lti11 import SECRET as LTI11_SECRET
@@ -571,3 +579,58 @@ def test_a_hanging_receiver_never_delays_lms_delivery(world: World, lms: Scripte
         assert len(hanging.requests) == threads, "the webhook side was still held the whole time"
         assert all(r.answered is None for r in hanging.requests)
         hanging.release_all()
+
+
+# --- staff ----------------------------------------------------------------------------------------------------
+
+
+def test_staff_see_a_failing_endpoint_and_disable_it_with_an_audited_form(
+    world: World, receiver: WebhookReceiver, live_server: LiveServer, http: requests.Session
+) -> None:
+    created = registered(world, receiver, ["grade.unroutable", "grade.delivered"])
+    receiver.default_status = 503
+    post(world, assignment="unplaced")
+    clock = ahead()
+    sender = sender_for(world, clock)
+    while hook(world, created)["failing"] is False:
+        sender.run_until_idle()
+        clock.advance(3 * 3600)
+    email = staff_of(world)
+    browser = signed_in(world, email)
+
+    overview = browser.get(world.url("/dashboard/"))
+    assert "1 webhook endpoint is failing" in overview.text
+    app_page = browser.get(world.url(f"/dashboard/apps/{world.app_id}")).text
+    assert f"/dashboard/webhooks?app={world.app_id}" in app_page
+    page = browser.get(world.url("/dashboard/webhooks"), params={"app": world.app_id})
+    assert page.status_code == 200
+    row = page.text[page.text.index(f'id="w-{created["id"]}"') :]
+    assert receiver.url in row and "grade.delivered, grade.unroutable" in row
+    assert "failing" in row and "the endpoint answered HTTP 503" in row
+
+    action = f"/dashboard/webhooks/{created['id']}/disable"
+    assert browser.post(world.url(action), data={}, allow_redirects=False).status_code == 400, "CSRF token needed"
+    disabled = browser.post(world.url(action), data={"csrf_token": csrf(page)}, allow_redirects=False)
+    assert disabled.status_code == 302
+
+    state = hook(world, created)
+    assert (state["disabled"], state["disabledBy"]) == (True, "staff")
+    audit = browser.get(world.url("/dashboard/audit")).text
+    assert "disabled a webhook endpoint" in audit and receiver.url in audit and email in audit
+    enable = world.http.patch(
+        world.url(f"/v1/webhooks/{created['id']}"), json={"disabled": False}, headers=world.headers()
+    )
+    assert_error(enable, 409, "webhook_disabled_by_staff")
+    before = len(receiver.requests)
+    post(world, assignment="unplaced", student=1)
+    sender.run_until_idle()
+    assert len(receiver.requests) == before, "a disabled endpoint receives nothing"
+
+    # Another district's staff cannot see or touch it.
+    other = build_world(world.app, live_server.url, http, district_name="Other District")
+    intruder = signed_in(other, staff_of(other, "intruder@other.example"))
+    listing = intruder.get(world.url("/dashboard/webhooks"))
+    assert receiver.url not in listing.text
+    enable_url = world.url(f"/dashboard/webhooks/{created['id']}/enable")
+    assert intruder.post(enable_url, data={"csrf_token": csrf(listing)}).status_code == 404
+    assert hook(world, created)["disabled"] is True
