@@ -589,11 +589,18 @@ def demo_command(public_url: str | None, as_json: bool) -> None:
 @main.command("purge")
 @json_option
 def purge_command(as_json: bool) -> None:
-    """Delete expired one-time records (nonces, launch states, codes, pickers, idempotency keys)."""
+    """Delete expired one-time records (nonces, launch states, codes, pickers, idempotency keys) and old webhook
+    messages."""
     from gateway.services.operator_actions import purge_expired
 
     app = _app()
-    data = _call(app, purge_expired, idempotency_ttl_seconds=app.config["PASSBACK"].idempotency_ttl_seconds)
+    settings = app.config["PASSBACK"]
+    data = _call(
+        app,
+        purge_expired,
+        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+        webhook_retention_seconds=settings.webhook_retention_seconds,
+    )
     _emit(as_json, data, lambda d: ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in d.items()) + " purged")
 
 
@@ -631,6 +638,8 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
     settings = app.config["PASSBACK"]
     _warn_connections_without_hosts(app)
     if settings.broker_url and not once:
+        from celery.signals import worker_shutting_down
+
         from gateway.tasks import configure_celery
 
         argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "INFO"]
@@ -648,6 +657,9 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
             target=celery_beats.webhooks.run_forever, args=(stop_beating,), name="passback-webhooks", daemon=True
         )
         webhooks.start()
+        # When Celery starts its shutdown (which cuts the process's requests in flight), send nothing more: a cut
+        # send is given back unspent rather than counted as the endpoint's failure.
+        worker_shutting_down.connect(lambda **_: celery_beats.webhooks.request_stop(), weak=False)
         try:
             _run_celery_worker(configure_celery(settings), argv)
         finally:

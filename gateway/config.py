@@ -92,6 +92,8 @@ class Settings:
     webhook_concurrency: int = 2
     # After a secret rotation the old secret signs too for this long, so receivers can switch over.
     webhook_secret_overlap_seconds: float = 86400.0
+    # Webhook messages delivered or given up on are dropped after this long.
+    webhook_retention_seconds: float = 30 * 86400.0
     # Loopback and private addresses (and http to them) as webhook URLs: tests and on-site apps only.
     webhook_allow_private_addresses: bool = False
     idempotency_ttl_seconds: float = 86400.0

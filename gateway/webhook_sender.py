@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from adapters.base import DeliveryError
 from adapters.http import BucketViews, HttpClient, Throttle, ThrottledHttpClient, body_excerpt, parse_retry_after
-from adapters.url_policy import HostResolver, PolicedHttpClient
+from adapters.url_policy import HostResolver, PolicedHttpClient, UrlAwaitingApproval, UrlRefused
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox
@@ -39,7 +39,7 @@ from gateway.services.webhook_outbox import (
     renew_claims,
     signed_headers,
 )
-from gateway.services.webhooks import url_policy
+from gateway.services.webhooks import refused_at_send, url_policy
 from gateway.throttle import Limiter, delivery_slot, make_limiter
 
 if TYPE_CHECKING:
@@ -189,6 +189,11 @@ class WebhookSender:
         headers = signed_headers(target.secrets, webhook_id, sent_at, item.body)
         try:
             response = client.request("POST", target.url, data=item.body, headers=headers, max_body=MAX_ANSWER_BYTES)
+        except (UrlRefused, UrlAwaitingApproval):
+            # The policy words its refusals for an LMS connection's settings; say it for an endpoint.
+            allow = self.settings.webhook_allow_private_addresses
+            reason = refused_at_send(target.url, allow_private=allow, resolver=self.resolver)
+            return Answer(False, error=f"not sent, the URL's address is refused: {reason}")
         except DeliveryError as exc:
             return Answer(
                 False, status=exc.lms_status, error=exc.message, retry_after=getattr(exc, "retry_after", None)

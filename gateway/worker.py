@@ -595,7 +595,12 @@ class DeliveryWorker:
         from gateway.services.maintenance import purge_expired
 
         with self.db.transaction() as session:
-            purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds, now=self.clock.now())
+            purge_expired(
+                session,
+                idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds,
+                webhook_retention_seconds=self.settings.webhook_retention_seconds,
+                now=self.clock.now(),
+            )
 
     def run_forever(self, stop: threading.Event) -> None:
         """Deliver until `stop`: up to `worker_threads` connections at once, each connection's claims on one

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from adapters.base import DeliveryError
 from adapters.url_policy import (
     DEFAULT_PORTS,
     HOST,
@@ -74,6 +75,15 @@ def refused_url(url: str, *, allow_private: bool) -> str | None:
         return "it names a loopback address; webhooks go to public addresses"
     found = url_policy(url, allow_private=allow_private).classify(url, resolve_dns=False)
     return None if found is None else REFUSALS.get(found[0], found[1])
+
+
+def refused_at_send(url: str, *, allow_private: bool, resolver: HostResolver | None = None) -> str:
+    """Why a send to this URL was refused (its host resolved now), in the words of webhook URLs."""
+    try:
+        found = url_policy(url, allow_private=allow_private, resolver=resolver).classify(url)
+    except DeliveryError as exc:  # the host name does not resolve
+        return exc.message
+    return "its address is refused" if found is None else REFUSALS.get(found[0], found[1])
 
 
 REFUSALS = {

@@ -549,6 +549,22 @@ def test_a_disabled_endpoint_receives_nothing(world: World, receiver: WebhookRec
         assert other.problems == []
 
 
+def test_the_address_rules_are_checked_again_at_each_send(world: World, receiver: WebhookReceiver) -> None:
+    created = registered(world, receiver)
+    world.app.config["PASSBACK"].webhook_allow_private_addresses = False  # as outside tests
+    post(world, assignment="unplaced")
+
+    sender_for(world).run_until_idle()
+
+    assert receiver.requests == []
+    [message] = messages(world)
+    assert message.status == "retrying"
+    assert message.last_error == "not sent, the URL's address is refused: it is a loopback, private or link-local " + (
+        "address; webhooks go to public addresses"
+    )
+    assert hook(world, created)["lastError"] == message.last_error
+
+
 def test_the_embedded_worker_sends_webhooks(world: World, receiver: WebhookReceiver) -> None:
     registered(world, receiver, ["grade.delivered"])
     start_embedded_worker(world.app)
