@@ -202,18 +202,22 @@ def route_revision(
     first_revision: bool = False,
     routes: list[Route] | None = None,
     now: datetime | None = None,
+    listening: bool = True,
 ) -> list[tuple[Any, Route | None]]:
-    """Write the outbox rows for a new revision, superseding undelivered rows of older revisions.
+    """Write the outbox rows for a new revision, superseding undelivered rows of older revisions, and the
+    webhook events of what it superseded or could not route.
 
     `routes` may be given when the caller already read them in this transaction; `now` is the unit of work's
-    clock (the caller's). Returns each new delivery with its route (None for the `unroutable` placeholder).
+    clock (the caller's); `listening=False` says the caller knows no webhook endpoint listens (no event is looked
+    for). Returns each new delivery with its route (None for the `unroutable` placeholder).
     """
     now = now or utcnow()
     if not first_revision:
         superseded = session.execute(
             _SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now}
         ).scalars()
-        emit(session, WebhookEvent.SUPERSEDED, list(superseded), now=now, reason=REPLACED_BY_NEWER)
+        if listening:
+            emit(session, WebhookEvent.SUPERSEDED, list(superseded), now=now, reason=REPLACED_BY_NEWER)
     if routes is None:
         routes = destinations_for(session, grade)
     if routes:
@@ -224,7 +228,8 @@ def route_revision(
         placeholder.update(status=DeliveryStatus.UNROUTABLE, last_error=_unroutable_reason(session, grade))
         rows, created = [placeholder], [(placeholder, None)]
     session.execute(_INSERT_DELIVERY, rows)
-    _emit_waiting(session, rows, now)
+    if listening:
+        _emit_waiting(session, rows, now)
     return [(SimpleNamespace(**row), route) for row, route in created]
 
 
