@@ -32,6 +32,7 @@ from gateway.services.webhook_outbox import (
     Target,
     claim_messages,
     due_endpoints,
+    give_up_on_old_messages,
     load_claimed,
     message_header_id,
     record_answers,
@@ -139,9 +140,12 @@ class WebhookSender:
         unsent: list[MessageClaim] = []
         checked = claimed_at
         pending = [item.claim for item in outgoing]
+        failed = False
         for item in outgoing:
             pending.remove(item.claim)
-            if self.stopping.is_set():
+            if self.stopping.is_set() or failed:
+                # Stopping; or the endpoint just failed, and the rest would most likely fail too: they wait
+                # (unspent) until its pause ends.
                 unsent.append(item.claim)
                 continue
             if self.clock.monotonic() - checked >= self.settings.lease_seconds / 3:
@@ -159,17 +163,20 @@ class WebhookSender:
                 unsent.append(item.claim)  # the stop cut it (or it would be retried anyway): due again, unspent
                 continue
             answers.append((item.claim, answer))
+            failed = not answer.ok
         with self.db.transaction() as session:
-            record_answers(
+            now = self.clock.now()
+            paused_until = record_answers(
                 session,
                 target.endpoint_id,
                 answers,
                 self.policy,
-                retry_seconds=self.settings.webhook_retry_seconds,
-                now=self.clock.now(),
+                now=now,
             )
             if unsent:
-                release_claims(session, unsent, now=self.clock.now())
+                release_claims(session, unsent, now=now, due_at=None if self.stopping.is_set() else paused_until)
+            if paused_until is not None:
+                give_up_on_old_messages(session, target.endpoint_id, self.settings.webhook_retry_seconds, now=now)
         for claim, answer in answers:
             log.info(
                 "webhook %s to endpoint %s: %s",

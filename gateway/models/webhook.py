@@ -36,6 +36,10 @@ class WebhookEndpoint(Base):
     disabled_at: Mapped[datetime | None] = mapped_column(default=None)
     # Set when a message was given up on after the retry window; cleared by the next message it takes.
     failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    # After a failed request nothing more is sent to the endpoint until this time (backoff per failure in a row),
+    # so an endpoint that is down costs one request per backoff, not one per waiting event.
+    failures_in_a_row: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    paused_until: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     last_failure_at: Mapped[datetime | None] = mapped_column(default=None)
     last_success_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -60,6 +60,14 @@ def _blocked() -> Exists:
     )
 
 
+def _open(now: datetime) -> ColumnElement[bool]:
+    """The endpoint takes requests now: enabled, and not paused after a failure."""
+    return and_(
+        WebhookEndpoint.disabled.is_(False),
+        or_(WebhookEndpoint.paused_until.is_(None), WebhookEndpoint.paused_until <= now),
+    )
+
+
 def due_endpoints(session: Session, *, limit: int, now: datetime, exclude: Collection[str] = ()) -> list[str]:
     """Enabled endpoints with messages to send now, the longest-waiting first, leaving out `exclude` (being
     served)."""
@@ -67,7 +75,7 @@ def due_endpoints(session: Session, *, limit: int, now: datetime, exclude: Colle
     query = (
         select(WebhookMessage.endpoint_id, first_due)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id)
-        .where(claimable(now), ~_blocked(), WebhookEndpoint.disabled.is_(False))
+        .where(claimable(now), ~_blocked(), _open(now))
         .group_by(WebhookMessage.endpoint_id)
         .order_by(first_due)
         .limit(limit)
@@ -93,11 +101,11 @@ def next_due(session: Session, *, now: datetime) -> datetime | None:
 def claim_messages(
     session: Session, endpoint_id: str, *, limit: int, lease_seconds: float, now: datetime
 ) -> list[MessageClaim]:
-    """Claim up to `limit` due messages of one enabled endpoint until the lease expires, oldest first. A message
-    is not claimed while an earlier message of the same grade to the same endpoint is still unsent (waiting,
-    retrying or in flight), so an endpoint hears a grade's events in the order they happened."""
+    """Claim up to `limit` due messages of one endpoint (enabled, not paused) until the lease expires, oldest
+    first. A message is not claimed while an earlier message of the same grade to the same endpoint is still
+    unsent (waiting, retrying or in flight), so an endpoint hears a grade's events in the order they happened."""
     blocked = _blocked()
-    enabled = exists().where(WebhookEndpoint.id == WebhookMessage.endpoint_id, WebhookEndpoint.disabled.is_(False))
+    enabled = exists().where(WebhookEndpoint.id == WebhookMessage.endpoint_id, _open(now))
     conditions = [WebhookMessage.endpoint_id == endpoint_id, claimable(now), ~blocked, enabled]
     candidates = session.scalars(
         select(WebhookMessage.seq)
@@ -191,8 +199,11 @@ def renew_claims(session: Session, claims: Sequence[MessageClaim], lease_seconds
     return held
 
 
-def release_claims(session: Session, claims: Sequence[MessageClaim], *, now: datetime) -> int:
-    """Give back claims a stopping worker will not send: due again at once, no attempt spent."""
+def release_claims(
+    session: Session, claims: Sequence[MessageClaim], *, now: datetime, due_at: datetime | None = None
+) -> int:
+    """Give back claims that were not sent (the worker is stopping, or the endpoint just failed): due again at
+    `due_at` (default: at once), no attempt spent."""
     released = 0
     by_token: dict[str, list[str]] = {}
     for claim in claims:
@@ -210,7 +221,7 @@ def release_claims(session: Session, claims: Sequence[MessageClaim], *, now: dat
                 status=case(
                     (WebhookMessage.last_error.is_(None), DeliveryStatus.PENDING), else_=DeliveryStatus.RETRYING
                 ),
-                next_attempt_at=now,
+                next_attempt_at=due_at or now,
                 claim_token=None,
                 lease_expires_at=None,
                 updated_at=now,
@@ -238,14 +249,20 @@ def record_answers(
     answers: Sequence[tuple[MessageClaim, Answer]],
     policy: RetryPolicy,
     *,
-    retry_seconds: float,
     now: datetime,
-) -> dict[str, str]:
-    """Record each claimed message's answer (claims no longer held are skipped): delivered, retrying after a
-    backoff, or failed once it has been retried for `retry_seconds` since it was written, which marks the
-    endpoint failing (a later delivery clears it). Returns each recorded message's new status."""
+) -> datetime | None:
+    """Record each claimed message's answer (claims no longer held are skipped): delivered, or retrying after its
+    backoff. The endpoint's health follows the last answer: a 2xx clears its failures and its failing mark; a
+    failure pauses the endpoint for a backoff that grows with its failures in a row (so one that is down gets a
+    request per pause, not one per waiting event; give_up_on_old_messages follows). Returns until when the
+    endpoint is paused (None: it is not)."""
     if not answers:
-        return {}
+        return None
+    # FOR NO KEY UPDATE: a delivery's transaction writing this endpoint's new messages (a foreign key's share
+    # lock) is never held up by it.
+    endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update={"key_share": True})
+    if endpoint is None:
+        return None
     rows = {
         m.id: m
         for m in session.scalars(
@@ -254,13 +271,12 @@ def record_answers(
             .with_for_update()
         )
     }
-    statuses: dict[str, str] = {}
-    last_error: str | None = None
-    gave_up = delivered = False
+    last: Answer | None = None
     for claim, answer in answers:
         message = rows.get(claim.message_id)
         if message is None or message.claim_token != claim.claim_token:
             continue  # the lease ran out and another worker has it (or the endpoint was removed)
+        last = answer
         message.attempts += 1
         message.claim_token = None
         message.lease_expires_at = None
@@ -271,33 +287,53 @@ def record_answers(
             message.delivered_at = now
             message.next_attempt_at = None
             message.last_error = None
-            delivered = True
         else:
-            error = _truncate(answer.error or "no answer")
-            message.last_error = error
-            last_error = error
-            if now - message.created_at >= timedelta(seconds=retry_seconds):
-                message.status = DeliveryStatus.FAILED
-                message.next_attempt_at = None
-                message.last_error = _truncate(f"gave up after {message.attempts} attempts: {error}")
-                gave_up = True
-            else:
-                message.status = DeliveryStatus.RETRYING
-                delay = policy.delay(message.attempts, answer.retry_after)
-                message.next_attempt_at = now + timedelta(seconds=delay)
-        statuses[message.id] = message.status
-    endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
-    if endpoint is not None and statuses:
-        if delivered:
-            endpoint.last_success_at = now
-            if not gave_up:
-                endpoint.failing_since = None
-        if last_error is not None:
-            endpoint.last_failure_at = now
-            endpoint.last_error = last_error
-        if gave_up and endpoint.failing_since is None:
-            endpoint.failing_since = now
-    return statuses
+            message.status = DeliveryStatus.RETRYING
+            message.last_error = _truncate(answer.error or "no answer")
+            message.next_attempt_at = now + timedelta(seconds=policy.delay(message.attempts, answer.retry_after))
+    if last is None:
+        return None
+    if last.ok:
+        endpoint.last_success_at = now
+        endpoint.failures_in_a_row = 0
+        endpoint.paused_until = None
+        endpoint.failing_since = None
+        return None
+    endpoint.last_failure_at = now
+    endpoint.last_error = _truncate(last.error or "no answer")
+    endpoint.failures_in_a_row += 1
+    endpoint.paused_until = now + timedelta(seconds=policy.delay(endpoint.failures_in_a_row, last.retry_after))
+    return endpoint.paused_until
+
+
+def give_up_on_old_messages(session: Session, endpoint_id: str, retry_seconds: float, *, now: datetime) -> int:
+    """The endpoint failed again (record_answers paused it): every message that has waited for it longer than the
+    retry window fails (the endpoint was tried on their behalf all that time), and the endpoint is marked failing
+    if any did. Call it after the round's unsent claims are given back. Returns how many."""
+    endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update={"key_share": True})
+    if endpoint is None:
+        return 0
+    result = session.execute(
+        update(WebhookMessage)
+        .where(
+            WebhookMessage.endpoint_id == endpoint.id,
+            WebhookMessage.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)),
+            WebhookMessage.created_at <= now - timedelta(seconds=retry_seconds),
+        )
+        .values(
+            status=DeliveryStatus.FAILED,
+            next_attempt_at=None,
+            updated_at=now,
+            last_error=_truncate(
+                f"gave up after a day of failures at the endpoint (its last error: {endpoint.last_error})"
+            ),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    given_up = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if given_up and endpoint.failing_since is None:
+        endpoint.failing_since = now
+    return given_up
 
 
 def _truncate(text: str) -> str:

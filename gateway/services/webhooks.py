@@ -183,7 +183,8 @@ def _owned(session: Session, principal: Principal, endpoint_id: str, *, lock: bo
         WebhookEndpoint.district_id == principal.district_id,
         WebhookEndpoint.app_id == principal.app_id,
     )
-    endpoint = session.scalar(query.with_for_update() if lock else query)
+    # FOR NO KEY UPDATE: deliveries writing this endpoint's messages meanwhile are not held up.
+    endpoint = session.scalar(query.with_for_update(key_share=True) if lock else query)
     if endpoint is None:
         raise NotFound(f"no webhook endpoint {endpoint_id!r}", code="webhook_not_found")
     return endpoint
@@ -417,7 +418,7 @@ def set_disabled_by_staff(
     endpoint = session.scalar(
         select(WebhookEndpoint)
         .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.district_id == district_id)
-        .with_for_update()
+        .with_for_update(key_share=True)
     )
     if endpoint is None:
         raise NotFound(f"no webhook endpoint {endpoint_id!r}", code="webhook_not_found")

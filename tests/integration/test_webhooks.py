@@ -27,7 +27,7 @@ from gateway import start_embedded_worker
 from gateway.clock import SYSTEM_CLOCK, Clock, FrozenClock
 from gateway.composition import services_of
 from gateway.crypto import hash_token
-from gateway.models import ApiToken, User, WebhookMessage
+from gateway.models import ApiToken, LmsConnection, User, WebhookMessage
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import authorize_app, create_app_partner, create_district, create_user, enroll
 from gateway.services.lms import add_lms_connection, add_placement
@@ -501,7 +501,8 @@ def test_an_endpoint_that_fails_for_a_day_is_marked_failing_and_staff_see_it(
 
     [message] = messages(world)
     assert message.delivered_at is None and message.attempts >= 24, "retried for at least a day"
-    assert message.last_error.startswith(f"gave up after {message.attempts} attempts: the endpoint answered HTTP 500")
+    assert message.last_error.startswith("gave up after a day of failures at the endpoint (its last error: the ")
+    assert "answered HTTP 500" in message.last_error
     state = hook(world, created)
     assert (state["failing"], state["failingSince"] is not None) == (True, True)
     assert state["lastError"].startswith("the endpoint answered HTTP 500")
@@ -510,6 +511,45 @@ def test_an_endpoint_that_fails_for_a_day_is_marked_failing_and_staff_see_it(
     post(world, assignment="unplaced", student=1)
     sender.run_until_idle()
     assert (hook(world, created)["failing"], types(receiver)) == (False, ["grade.unroutable"])
+
+
+def test_an_endpoint_that_is_down_gets_one_request_per_backoff_not_one_per_event(
+    world: World, receiver: WebhookReceiver
+) -> None:
+    created = registered(world, receiver, ["grade.unroutable"])
+    receiver.default_status = 503
+    with world.session() as session:
+        connection = session.get(LmsConnection, world.connection_id)
+        for n in range(8):
+            enroll(session, connection, "course-9", create_user(session, world.district_id, name=f"S{n}"))
+        students = list(session.scalars(select(User.id).where(User.district_id == world.district_id)))
+    for student in students:  # ten grades, ten events waiting for the endpoint
+        assert world.post_grade({"assignmentID": "unplaced", "userID": student, "percentage": 0.5}).status_code == 202
+    clock = ahead()
+    sender = sender_for(world, clock)
+
+    sender.run_until_idle()
+    assert len(receiver.requests) == 1, "the first refusal pauses the endpoint: the other events wait, unspent"
+    assert sorted(m.attempts for m in messages(world)) == [0] * 9 + [1]
+    clock.advance(4)  # still within the first pause (2.5 to 5 s)
+    sender.run_until_idle()
+    assert len(receiver.requests) <= 2
+
+    hours = 0
+    while not hook(world, created)["failing"]:
+        clock.advance(3600)
+        hours += 1
+        sender.run_until_idle()
+        assert hours <= 26, "given up on within a little over a day"
+    assert hours >= 24, "tried for at least a day"
+    assert {m.status for m in messages(world)} == {"failed"}, "every event that waited a day is given up on together"
+    assert len(receiver.requests) <= hours + 2, "about one request an hour, however many events wait"
+
+    receiver.default_status = 204  # back: the next event goes out once the endpoint's pause ends
+    post(world, assignment="unplaced")
+    clock.advance(3600)
+    sender.run_until_idle()
+    assert (types(receiver), hook(world, created)["failing"]) == (["grade.unroutable"], False)
 
 
 def test_after_a_rotation_both_secrets_sign_until_the_overlap_ends(world: World, receiver: WebhookReceiver) -> None:

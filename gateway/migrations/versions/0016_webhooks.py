@@ -30,6 +30,8 @@ def upgrade() -> None:
         sa.Column("disabled_by", sa.String(length=20), nullable=True),
         sa.Column("disabled_at", sa.DateTime(), nullable=True),
         sa.Column("failing_since", sa.DateTime(), nullable=True),
+        sa.Column("failures_in_a_row", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("paused_until", sa.DateTime(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("last_failure_at", sa.DateTime(), nullable=True),
         sa.Column("last_success_at", sa.DateTime(), nullable=True),
