@@ -76,7 +76,8 @@ class Settings:
     connection_burst: int = 10
     # After a 429 or a rate-limit 403 without Retry-After, nobody sends to that connection for this long.
     connection_pause_seconds: float = 10.0
-    # Webhooks to apps: sent on threads of their own (this many endpoints at once), never on the LMS's.
+    # Webhooks to apps: sent on threads of their own (this many endpoints at once), never on the LMS's; 0: not
+    # from this process (a `gateway worker --webhooks-only` process sends them).
     webhook_threads: int = 4
     webhook_batch_size: int = 20
     # One webhook request ends within this many seconds (never more than a third of the lease).
@@ -135,8 +136,8 @@ class Settings:
             raise ValueError("GATEWAY_STOP_GRACE_SECONDS must be a number of seconds >= 0")
         if self.worker_threads < 1:
             raise ValueError("GATEWAY_WORKER_THREADS must be at least 1")
-        if self.webhook_threads < 1:
-            raise ValueError("GATEWAY_WEBHOOK_THREADS must be at least 1")
+        if self.webhook_threads < 0:
+            raise ValueError("GATEWAY_WEBHOOK_THREADS must be 0 (no webhooks from this process) or more")
         if self.webhook_retry_seconds < 86400:
             raise ValueError("GATEWAY_WEBHOOK_RETRY_SECONDS must be at least 86400: an event is retried for a day")
 

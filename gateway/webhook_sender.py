@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from adapters.base import DeliveryError
@@ -33,7 +34,7 @@ from gateway.services.webhook_outbox import (
     claim_messages,
     due_endpoints,
     give_up_on_old_messages,
-    load_claimed,
+    load_target,
     message_header_id,
     record_answers,
     release_claims,
@@ -52,6 +53,9 @@ MAX_ANSWER_BYTES = 64 * 1024
 # A throttled endpoint waits at most this long in a thread before its message is retried later instead.
 MAX_THROTTLE_WAIT_SECONDS = 5.0
 DATABASE_OUTAGE_PAUSE_SECONDS = 2.0
+# While LMS delivery in the same process has work in hand, webhooks use at most this many threads: grades first,
+# and still two, so one slow endpoint cannot hold every webhook back.
+BUSY_LMS_THREADS = 2
 # A retryable DeliveryError carries no retry_after beyond what the throttle learnt; at most a day is honoured.
 RETRY_AFTER_MAX_SECONDS = 86400.0
 
@@ -88,6 +92,9 @@ class WebhookSender:
         self.hurry = threading.Event()
         self._held: dict[str, MessageClaim] = {}
         self._held_changed = threading.Condition()
+        # Whether LMS delivery in this process has work in hand: then webhooks take BUSY_LMS_THREADS threads at
+        # most, so the process's CPU goes to grades first (the delivery worker that runs this sender sets it).
+        self.lms_busy: Callable[[], bool] = lambda: False
 
     # --- one endpoint's round
 
@@ -102,16 +109,17 @@ class WebhookSender:
             claimed_at = self.clock.monotonic()
             with self.db.transaction() as session:
                 now = self.clock.now()
-                claims = claim_messages(
+                outgoing = claim_messages(
                     session,
                     endpoint_id,
                     limit=settings.webhook_batch_size,
                     lease_seconds=settings.lease_seconds,
                     now=now,
                 )
-                target, outgoing = load_claimed(session, self.box, endpoint_id, claims, now=now)
-            if not claims:
+                target = load_target(session, self.box, endpoint_id, now=now) if outgoing else None
+            if target is None:
                 return 0
+            claims = [item.claim for item in outgoing]
             self._hold(claims)
             try:
                 self._send(target, outgoing, claimed_at)
@@ -299,6 +307,7 @@ class WebhookSender:
         the claims of a stop to the caller (finish_stop, or the delivery worker's stop)."""
         from gateway.worker import DaemonThreads
 
+        # A process of webhooks alone (--webhooks-only) sends even where delivery workers are told to send none.
         threads = max(1, self.settings.webhook_threads)
         busy: set[str] = set()
         lock = threading.Lock()
@@ -328,7 +337,7 @@ class WebhookSender:
     def _dispatch(self, pool: DaemonThreads, threads: int, busy: set[str], lock: threading.Lock) -> int:
         with lock:
             taken = set(busy)
-        free = threads - len(taken)
+        free = (min(threads, BUSY_LMS_THREADS) if self.lms_busy() else threads) - len(taken)
         if free <= 0:
             return 0
         with self.db.transaction() as session:

@@ -166,6 +166,7 @@ class DeliveryWorker:
         self._last_purge: float | None = None
         # Webhooks to apps go out on threads of their own (run_forever starts them), never on the LMS's.
         self.webhooks = WebhookSender(db, box, settings, limiter=self.limiter, clock=clock)
+        self.webhooks.lms_busy = lambda: bool(self._held)
 
     @property
     def adapters(self) -> Mapping[str, type[LmsAdapter]]:
@@ -607,8 +608,10 @@ class DeliveryWorker:
         thread, so a slow or hanging LMS holds only its own thread (and each request ends at its deadline)."""
         threads = max(1, self.settings.worker_threads)
         log.info("delivery worker started (%d connections at once)", threads)
-        # Webhooks on their own loop and threads: a slow endpoint never takes a thread an LMS needs.
-        threading.Thread(target=self.webhooks.serve, args=(stop,), name="passback-webhooks", daemon=True).start()
+        # Webhooks on their own loop and threads: a slow endpoint never takes a thread an LMS needs (none here with
+        # GATEWAY_WEBHOOK_THREADS=0: a `gateway worker --webhooks-only` process sends them).
+        if self.settings.webhook_threads > 0:
+            threading.Thread(target=self.webhooks.serve, args=(stop,), name="passback-webhooks", daemon=True).start()
         busy: set[str | None] = set()
         busy_lock = threading.Lock()
         pool = DaemonThreads("passback-deliver")

@@ -97,7 +97,11 @@ def emit(
     rows = session.execute(_TARGETS, {"event": event.value, "delivery_ids": list(delivery_ids)}).all()
     if not rows:
         return 0
-    messages = [_message(event, row, now, reason) for row in rows]
+    # One body per delivery, whatever the number of endpoints that hear it.
+    bodies: dict[str, str] = {}
+    messages = [
+        _message(event, row, now, bodies.setdefault(row.delivery_id, _body(event, row, now, reason))) for row in rows
+    ]
     session.execute(_MESSAGES.insert(), messages)
     session.info[EMITTED_KEY] = emitted(session) + len(messages)
     return len(messages)
@@ -108,7 +112,7 @@ def emitted(session: Session) -> int:
     return int(session.info.get(EMITTED_KEY, 0))
 
 
-def _message(event: WebhookEvent, row: Any, now: datetime, reason: str | None) -> dict[str, Any]:
+def _body(event: WebhookEvent, row: Any, now: datetime, reason: str | None) -> str:
     data = {
         "grade_id": row.grade_id,
         "revision": row.revision,
@@ -129,11 +133,14 @@ def _message(event: WebhookEvent, row: Any, now: datetime, reason: str | None) -
         "reason": None if row.status == DeliveryStatus.DELIVERED else (reason or row.last_error),
         "lms_status": row.lms_status,
     }
-    body = json.dumps(
+    return json.dumps(
         _event_body.dump({"type": event.value, "timestamp": now, "data": data}),
         separators=(",", ":"),
         ensure_ascii=False,
     )
+
+
+def _message(event: WebhookEvent, row: Any, now: datetime, body: str) -> dict[str, Any]:
     message: dict[str, Any] = dict.fromkeys(_MESSAGE_COLUMNS)
     message.update(
         id=new_id(),

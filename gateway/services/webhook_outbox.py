@@ -16,8 +16,9 @@ import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Exists, and_, case, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Exists, Table, and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from gateway.crypto import SecretBox
@@ -30,12 +31,21 @@ LIMIT_KEY = "webhook:"
 MESSAGE_ID_PREFIX = "msg_"
 MAX_ERROR_CHARS = 2000
 UNSENT = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.DELIVERING)
+_MESSAGES = cast(Table, WebhookMessage.__table__)
 
 
 @dataclass(frozen=True)
 class MessageClaim:
     message_id: str
     claim_token: str
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A claimed message and the bytes to send (signed as they are)."""
+
+    claim: MessageClaim
+    body: bytes
 
 
 def claimable(now: datetime) -> ColumnElement[bool]:
@@ -69,20 +79,27 @@ def _open(now: datetime) -> ColumnElement[bool]:
 
 
 def due_endpoints(session: Session, *, limit: int, now: datetime, exclude: Collection[str] = ()) -> list[str]:
-    """Enabled endpoints with messages to send now, the longest-waiting first, leaving out `exclude` (being
-    served)."""
-    first_due = func.min(WebhookMessage.next_attempt_at)
+    """Endpoints (enabled, not paused) with messages to send now, leaving out `exclude` (being served), the one
+    that took a message least recently first. One index probe per endpoint, however many messages wait."""
+    due = exists().where(
+        WebhookMessage.endpoint_id == WebhookEndpoint.id,
+        WebhookMessage.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)),
+        WebhookMessage.next_attempt_at <= now,
+    )
+    lease_lost = exists().where(
+        WebhookMessage.endpoint_id == WebhookEndpoint.id,
+        WebhookMessage.status == DeliveryStatus.DELIVERING,
+        WebhookMessage.lease_expires_at < now,
+    )
     query = (
-        select(WebhookMessage.endpoint_id, first_due)
-        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id)
-        .where(claimable(now), ~_blocked(), _open(now))
-        .group_by(WebhookMessage.endpoint_id)
-        .order_by(first_due)
+        select(WebhookEndpoint.id)
+        .where(_open(now), or_(due, lease_lost))
+        .order_by(func.coalesce(WebhookEndpoint.last_success_at, WebhookEndpoint.created_at), WebhookEndpoint.id)
         .limit(limit)
     )
     if exclude:
-        query = query.where(WebhookMessage.endpoint_id.not_in(list(exclude)))
-    return [endpoint_id for endpoint_id, _ in session.execute(query).all()]
+        query = query.where(WebhookEndpoint.id.not_in(list(exclude)))
+    return list(session.scalars(query))
 
 
 def next_due(session: Session, *, now: datetime) -> datetime | None:
@@ -100,37 +117,35 @@ def next_due(session: Session, *, now: datetime) -> datetime | None:
 
 def claim_messages(
     session: Session, endpoint_id: str, *, limit: int, lease_seconds: float, now: datetime
-) -> list[MessageClaim]:
+) -> list[Outgoing]:
     """Claim up to `limit` due messages of one endpoint (enabled, not paused) until the lease expires, oldest
-    first. A message is not claimed while an earlier message of the same grade to the same endpoint is still
-    unsent (waiting, retrying or in flight), so an endpoint hears a grade's events in the order they happened."""
-    blocked = _blocked()
+    first, with their bodies. A message is not claimed while an earlier message of the same grade to the same
+    endpoint is still unsent (waiting, retrying or in flight), so an endpoint hears a grade's events in the order
+    they happened. One statement: an UPDATE of the rows a locking subquery picked, returning what is sent."""
     enabled = exists().where(WebhookEndpoint.id == WebhookMessage.endpoint_id, _open(now))
-    conditions = [WebhookMessage.endpoint_id == endpoint_id, claimable(now), ~blocked, enabled]
-    candidates = session.scalars(
+    picked = (
         select(WebhookMessage.seq)
-        .where(*conditions)
+        .where(WebhookMessage.endpoint_id == endpoint_id, claimable(now), ~_blocked(), enabled)
         .order_by(WebhookMessage.seq)
         .limit(limit)
         # PostgreSQL: pass over rows another worker is claiming; SQLite has one writer at a time.
         .with_for_update(skip_locked=True, of=WebhookMessage)
-    ).all()
-    if not candidates:
-        return []
+        .scalar_subquery()
+    )
     token = secrets.token_hex(16)
     won = session.execute(
         update(WebhookMessage)
-        .where(WebhookMessage.seq.in_(candidates), *conditions)
+        .where(WebhookMessage.seq.in_(picked))
         .values(
             status=DeliveryStatus.DELIVERING,
             claim_token=token,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             updated_at=now,
         )
-        .returning(WebhookMessage.seq, WebhookMessage.id)
+        .returning(WebhookMessage.seq, WebhookMessage.id, WebhookMessage.body)
         .execution_options(synchronize_session=False)
     ).all()
-    return [MessageClaim(message_id, token) for _, message_id in sorted(won)]
+    return [Outgoing(MessageClaim(message_id, token), body.encode()) for _, message_id, body in sorted(won)]
 
 
 @dataclass(frozen=True)
@@ -145,19 +160,11 @@ class Target:
     problem: str | None = None
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    claim: MessageClaim
-    body: bytes
-
-
-def load_claimed(
-    session: Session, box: SecretBox, endpoint_id: str, claims: Sequence[MessageClaim], *, now: datetime
-) -> tuple[Target, list[Outgoing]]:
-    """The endpoint's target and the claimed messages' bodies, in the claims' order."""
+def load_target(session: Session, box: SecretBox, endpoint_id: str, *, now: datetime) -> Target:
+    """Where the endpoint's messages go and the secrets that sign them (none: the endpoint was removed)."""
     endpoint = session.get(WebhookEndpoint, endpoint_id)
     if endpoint is None:
-        return Target(endpoint_id, "", ()), []
+        return Target(endpoint_id, "", ())
     problem = None
     signing: list[str] = []
     try:
@@ -167,13 +174,7 @@ def load_claimed(
             signing.append(box.decrypt_json(previous, "the webhook endpoint's previous secret"))
     except Exception as exc:  # SecretUndecryptable: the messages wait for the right key
         problem = str(exc)
-    bodies = dict(
-        session.execute(
-            select(WebhookMessage.id, WebhookMessage.body).where(WebhookMessage.id.in_([c.message_id for c in claims]))
-        ).all()
-    )
-    outgoing = [Outgoing(c, bodies[c.message_id].encode()) for c in claims if c.message_id in bodies]
-    return Target(endpoint.id, endpoint.url, tuple(signing), problem), outgoing
+    return Target(endpoint.id, endpoint.url, tuple(signing), problem)
 
 
 def renew_claims(session: Session, claims: Sequence[MessageClaim], lease_seconds: float, *, now: datetime) -> set[str]:
@@ -263,34 +264,53 @@ def record_answers(
     endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update={"key_share": True})
     if endpoint is None:
         return None
-    rows = {
-        m.id: m
-        for m in session.scalars(
-            select(WebhookMessage)
+    held = {
+        message_id: (attempts, token)
+        for message_id, attempts, token in session.execute(
+            select(WebhookMessage.id, WebhookMessage.attempts, WebhookMessage.claim_token)
             .where(WebhookMessage.id.in_([claim.message_id for claim, _ in answers]))
             .with_for_update()
         )
     }
     last: Answer | None = None
+    rows: list[dict[str, Any]] = []
     for claim, answer in answers:
-        message = rows.get(claim.message_id)
-        if message is None or message.claim_token != claim.claim_token:
+        attempts, token = held.get(claim.message_id, (0, None))
+        if token != claim.claim_token:
             continue  # the lease ran out and another worker has it (or the endpoint was removed)
         last = answer
-        message.attempts += 1
-        message.claim_token = None
-        message.lease_expires_at = None
-        message.updated_at = now
-        message.last_status = answer.status
-        if answer.ok:
-            message.status = DeliveryStatus.DELIVERED
-            message.delivered_at = now
-            message.next_attempt_at = None
-            message.last_error = None
-        else:
-            message.status = DeliveryStatus.RETRYING
-            message.last_error = _truncate(answer.error or "no answer")
-            message.next_attempt_at = now + timedelta(seconds=policy.delay(message.attempts, answer.retry_after))
+        attempts += 1
+        retry_at = None if answer.ok else now + timedelta(seconds=policy.delay(attempts, answer.retry_after))
+        rows.append(
+            {
+                "m_id": claim.message_id,
+                "m_token": token,
+                "m_status": DeliveryStatus.DELIVERED if answer.ok else DeliveryStatus.RETRYING,
+                "m_attempts": attempts,
+                "m_next": retry_at,
+                "m_error": None if answer.ok else _truncate(answer.error or "no answer"),
+                "m_http": answer.status,
+                "m_delivered": now if answer.ok else None,
+            }
+        )
+    if rows:
+        # One executemany for the round, like an LMS round's successes (outcomes.record_successes).
+        session.execute(
+            update(_MESSAGES)
+            .where(_MESSAGES.c.id == bindparam("m_id"), _MESSAGES.c.claim_token == bindparam("m_token"))
+            .values(
+                status=bindparam("m_status"),
+                attempts=bindparam("m_attempts"),
+                next_attempt_at=bindparam("m_next"),
+                last_error=bindparam("m_error"),
+                last_status=bindparam("m_http"),
+                delivered_at=bindparam("m_delivered"),
+                claim_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            ),
+            rows,
+        )
     if last is None:
         return None
     if last.ok:

@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 from sqlalchemy import select
 
 from gateway import start_embedded_worker
+from gateway.cli import main
 from gateway.clock import SYSTEM_CLOCK, Clock, FrozenClock
 from gateway.composition import services_of
 from gateway.crypto import hash_token
@@ -613,6 +615,23 @@ def test_the_embedded_worker_sends_webhooks(world: World, receiver: WebhookRecei
 
     assert receiver.wait_for(1), "the embedded worker's webhook sender posted the event"
     assert types(receiver) == ["grade.delivered"]
+
+
+def test_webhooks_can_go_out_from_a_process_of_their_own(
+    world: World, receiver: WebhookReceiver, runner: CliRunner
+) -> None:
+    registered(world, receiver)
+    post(world, assignment="unplaced")
+    allow = {"GATEWAY_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true"}
+
+    delivery_only = runner.invoke(main, ["worker", "--once"], env={**allow, "GATEWAY_WEBHOOK_THREADS": "0"})
+    assert delivery_only.exit_code == 0, delivery_only.output
+    assert "webhook" not in delivery_only.output and receiver.requests == []
+
+    webhooks_only = runner.invoke(main, ["worker", "--webhooks-only", "--once"], env=allow)
+    assert webhooks_only.exit_code == 0, webhooks_only.output
+    assert "1 webhook messages attempted" in webhooks_only.output
+    assert types(receiver) == ["grade.unroutable"]
 
 
 @pytest.mark.parametrize("settings_overrides", [HANGING], indirect=True)
