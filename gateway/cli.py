@@ -654,11 +654,18 @@ def demo_command(public_url: str | None, redirect_uri: str | None, as_json: bool
 @main.command("purge")
 @json_option
 def purge_command(as_json: bool) -> None:
-    """Delete expired one-time records (nonces, launch states, codes, pickers, idempotency keys)."""
+    """Delete expired one-time records (nonces, launch states, codes, pickers, idempotency keys) and old webhook
+    messages."""
     from gateway.services.operator_actions import purge_expired
 
     app = _app()
-    data = _call(app, purge_expired, idempotency_ttl_seconds=app.config["PASSBACK"].idempotency_ttl_seconds)
+    settings = app.config["PASSBACK"]
+    data = _call(
+        app,
+        purge_expired,
+        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+        webhook_retention_seconds=settings.webhook_retention_seconds,
+    )
     _emit(as_json, data, lambda d: ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in d.items()) + " purged")
 
 
@@ -684,7 +691,13 @@ def _warn_connections_without_hosts(app: Flask) -> None:
 @click.option("--district", "district_id", default=None, help="Only this district's deliveries (without a broker).")
 @click.option("--concurrency", default=8, show_default=True, help="Celery: deliveries in parallel in this process.")
 @click.option("--beat", is_flag=True, help="Celery: also run the periodic sweep here (one beat per installation).")
-def worker_command(once: bool, district_id: str | None, concurrency: int, beat: bool) -> None:
+@click.option(
+    "--webhooks-only",
+    is_flag=True,
+    help="Send webhooks to apps and nothing else (a process of their own; set GATEWAY_WEBHOOK_THREADS=0 on the "
+    "delivery workers).",
+)
+def worker_command(once: bool, district_id: str | None, concurrency: int, beat: bool, webhooks_only: bool) -> None:
     """Run delivery on its own: a Celery worker when GATEWAY_BROKER_URL is set, else the outbox polling worker
     (set GATEWAY_EMBEDDED_WORKER=false on the web servers). SIGTERM or Ctrl-C stops it gracefully (a second
     Ctrl-C at once)."""
@@ -694,28 +707,52 @@ def worker_command(once: bool, district_id: str | None, concurrency: int, beat: 
 
     app = _app()
     settings = app.config["PASSBACK"]
+    if webhooks_only:
+        sender = _services(app).delivery_worker().webhooks
+        if once:
+            click.echo(f"{sender.run_until_idle()} webhook messages attempted")
+            return
+        on_stop_signals(sender.request_stop, lambda: sender.request_stop(at_once=True))
+        sender.run_forever(threading.Event())
+        return
     _warn_connections_without_hosts(app)
     if settings.broker_url and not once:
+        from celery.signals import worker_shutting_down
+
         from gateway.tasks import configure_celery
 
         argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "INFO"]
         argv += ["-Q", "passback", "--without-gossip", "--without-mingle"]
         if beat:
             argv += ["--beat", "--schedule", settings.beat_schedule_path()]
-        # Deliveries run in Celery's tasks; a thread of this process records its heartbeat for /readyz.
+        # Deliveries run in Celery's tasks; a thread of this process records its heartbeat for /readyz, and
+        # webhooks go out on threads of their own beside Celery's pool, so they never take a drain's place.
         stop_beating = threading.Event()
         celery_beats = _services(app).delivery_worker(role="celery")
         threading.Thread(
             target=celery_beats.beat_until, args=(stop_beating,), name="passback-heartbeat", daemon=True
         ).start()
+        webhooks = threading.Thread(
+            target=celery_beats.webhooks.run_forever, args=(stop_beating,), name="passback-webhooks", daemon=True
+        )
+        if settings.webhook_threads > 0:
+            webhooks.start()
+        # When Celery starts its shutdown (which cuts the process's requests in flight), send nothing more: a cut
+        # send is given back unspent rather than counted as the endpoint's failure.
+        worker_shutting_down.connect(lambda **_: celery_beats.webhooks.request_stop(), weak=False)
         try:
             _run_celery_worker(configure_celery(settings), argv)
         finally:
             stop_beating.set()
+            celery_beats.webhooks.request_stop()
+            if webhooks.ident is not None:
+                webhooks.join(settings.stop_grace() + 5.0)
         return
     worker = _services(app).delivery_worker(district_id=district_id)
     if once:
         click.echo(f"{worker.run_until_idle()} deliveries attempted")
+        if settings.webhook_threads > 0:
+            click.echo(f"{worker.webhooks.run_until_idle()} webhook messages attempted")
         return
     on_stop_signals(worker.request_stop, lambda: worker.request_stop(at_once=True))
     worker.run_forever(threading.Event())

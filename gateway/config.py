@@ -76,6 +76,27 @@ class Settings:
     connection_burst: int = 10
     # After a 429 or a rate-limit 403 without Retry-After, nobody sends to that connection for this long.
     connection_pause_seconds: float = 10.0
+    # Webhooks to apps: sent on threads of their own (this many endpoints at once), never on the LMS's; 0: not
+    # from this process (a `gateway worker --webhooks-only` process sends them).
+    webhook_threads: int = 4
+    webhook_batch_size: int = 20
+    # One webhook request ends within this many seconds (never more than a third of the lease).
+    webhook_timeout_seconds: float = 15.0
+    # Backoff between attempts, and how long an event is retried before it is given up on and its endpoint
+    # marked failing (at least a day).
+    webhook_backoff_base_seconds: float = 5.0
+    webhook_backoff_max_seconds: float = 3600.0
+    webhook_retry_seconds: float = 86400.0
+    # Per endpoint, shared by all workers: requests a second, burst, requests at once.
+    webhook_rate: float = 10.0
+    webhook_burst: int = 10
+    webhook_concurrency: int = 2
+    # After a secret rotation the old secret signs too for this long, so receivers can switch over.
+    webhook_secret_overlap_seconds: float = 86400.0
+    # Webhook messages delivered or given up on are dropped after this long.
+    webhook_retention_seconds: float = 30 * 86400.0
+    # Loopback and private addresses (and http to them) as webhook URLs: tests and on-site apps only.
+    webhook_allow_private_addresses: bool = False
     idempotency_ttl_seconds: float = 86400.0
     # Per bearer token (or app client id, or client address without either), on every operation of the API
     # document (/v1 and /oauth/tokens; not LTI, the dashboard or the sandbox LMS): a token bucket holding
@@ -102,6 +123,10 @@ class Settings:
         lease (the worker re-checks its lease before a request once a third of it has passed)."""
         return min(self.http_request_deadline, self.lease_seconds / 3)
 
+    def webhook_deadline(self) -> float:
+        """The total time one webhook request may take: inside the lease, as an LMS request."""
+        return max(0.1, min(self.webhook_timeout_seconds, self.lease_seconds / 3))
+
     def stop_grace(self) -> float:
         """How long a stopping worker waits for its LMS requests in flight: the configured grace, never longer
         than a request may take (by then every request has ended anyway)."""
@@ -124,6 +149,10 @@ class Settings:
             raise ValueError("GATEWAY_API_RATE_LIMIT must be a number of requests >= 0 (0: no limit)")
         if self.api_rate_window_seconds <= 0:
             raise ValueError("GATEWAY_API_RATE_WINDOW_SECONDS must be a number of seconds > 0")
+        if self.webhook_threads < 0:
+            raise ValueError("GATEWAY_WEBHOOK_THREADS must be 0 (no webhooks from this process) or more")
+        if self.webhook_retry_seconds < 86400:
+            raise ValueError("GATEWAY_WEBHOOK_RETRY_SECONDS must be at least 86400: an event is retried for a day")
 
     def beat_schedule_path(self) -> str:
         """Where celery beat keeps its schedule state (beside the instance's other files)."""

@@ -35,6 +35,7 @@ TAGS: Mapping[str, str] = {
     "placements": "Where catalog assignments live in each LMS (courses, sections).",
     "directory": "What the district shares with the app: its users, courses and enrollments.",
     "auth": "Who a token is, and the token exchange of the app sign-in.",
+    "webhooks": "Endpoints that hear what happened to each grade, signed as Standard Webhooks says.",
 }
 
 # Security schemes (their definitions are in gateway/openapi.py): any one of an operation's entries suffices.
@@ -50,6 +51,7 @@ class Header:
     description: str
     type: str = "string"
     max_length: int | None = None
+    required: bool = False
 
 
 LOCATION = Header("Location", "The URL of the grade's status: GET it with the same token.")
@@ -100,6 +102,21 @@ class Reply:
     schema: SchemaRef | None = None
     headers: tuple[Header, ...] = ()
     media_type: str = JSON
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A request Passback sends, later, to a URL the operation registers (an OpenAPI 3.0 callback: a webhook)."""
+
+    name: str
+    # Where it goes, as an OpenAPI runtime expression, e.g. "{$request.body#/url}".
+    url: str
+    summary: str
+    body: SchemaRef
+    headers: tuple[Header, ...] = ()
+    # What the receiver is expected to answer: any 2xx, described here.
+    answer: str = "Received."
+    description: str | None = None
 
 
 # What each error status means for the API; an operation may replace one with its own Reply.
@@ -157,6 +174,7 @@ class Operation:
     description: str | None = None
     max_body_bytes: int | None = None
     idempotency_in_view: bool = False
+    callbacks: tuple[Callback, ...] = ()
 
 
 def operation(
@@ -175,6 +193,7 @@ def operation(
     description: str | None = None,
     max_body_bytes: int | None = None,
     idempotency_in_view: bool = False,
+    callbacks: Iterable[Callback] = (),
 ) -> Callable[[View], View]:
     """Declare a view's contract. `errors` lists the statuses particular to this operation (an int takes the
     meaning in ERRORS, a Reply brings its own); these follow from the rest and are added for you:
@@ -184,7 +203,8 @@ def operation(
 
     `max_body_bytes` raises the body limit (GATEWAY_MAX_BODY_BYTES) for this operation. `idempotency_in_view`
     says the view stores its Idempotency-Key answer itself (POST /v1/grade, in the grade's own transaction);
-    every other mutating /v1 operation gets it from gateway/idempotency_keys.py without code of its own."""
+    every other mutating /v1 operation gets it from gateway/idempotency_keys.py without code of its own. `callbacks` are the requests
+    Passback sends to a URL the operation registers (webhooks)."""
     if not OPERATION_ID.match(operation_id):
         raise ValueError(f"operationId {operation_id!r} does not follow the rule in gateway/contract.py")
     if tag not in TAGS:
@@ -216,6 +236,7 @@ def operation(
         description=description,
         max_body_bytes=max_body_bytes,
         idempotency_in_view=idempotency_in_view,
+        callbacks=tuple(callbacks),
     )
 
     def attach(view: View) -> View:

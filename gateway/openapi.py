@@ -26,6 +26,7 @@ from gateway.contract import (
     IDEMPOTENT_REPLAYED,
     REQUEST_ID,
     TAGS,
+    Callback,
     Header,
     Operation,
     Reply,
@@ -167,11 +168,7 @@ def _operation(contract: Operation, method: str, rule: Rule, converter: OpenAPIC
         parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
     if contract.query is not None:
         parameters.append({"in": "query", "schema": contract.query})
-    parameters += [
-        {"name": header.name, "in": "header", "required": False, "description": header.description}
-        | {"schema": _header_schema(header)}
-        for header in contract.headers
-    ]
+    parameters += [_header_parameter(header) for header in contract.headers]
     operation: dict[str, Any] = {
         "operationId": contract.operation_id,
         "tags": [contract.tag],
@@ -188,7 +185,33 @@ def _operation(contract: Operation, method: str, rule: Rule, converter: OpenAPIC
             "required": True,
             "content": {media_type: {"schema": contract.body} for media_type in contract.body_media_types},
         }
+    if contract.callbacks:
+        operation["callbacks"] = {callback.name: _callback(callback) for callback in contract.callbacks}
     return operation
+
+
+def _header_parameter(header: Header) -> dict[str, Any]:
+    return {
+        "name": header.name,
+        "in": "header",
+        "required": header.required,
+        "description": header.description,
+        "schema": _header_schema(header),
+    }
+
+
+def _callback(callback: Callback) -> dict[str, Any]:
+    """One callback's path item: the POST Passback sends, its headers and body, and what it expects back."""
+    request: dict[str, Any] = {
+        "summary": callback.summary,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": callback.body}}},
+        "responses": {"2XX": {"description": callback.answer}},
+    }
+    if callback.description:
+        request["description"] = callback.description
+    if callback.headers:
+        request["parameters"] = [_header_parameter(header) for header in callback.headers]
+    return {callback.url: {"post": request}}
 
 
 def _response(reply: Reply) -> dict[str, Any]:

@@ -46,7 +46,9 @@ from gateway.services.outcomes import (
     record_successes,
     touch_connection,
 )
+from gateway.services.webhook_events import emitted
 from gateway.throttle import Limiter
+from gateway.webhook_sender import WebhookSender
 from schemas.statuses import DeliveryStatus
 
 log = logging.getLogger("passback.worker")
@@ -162,6 +164,9 @@ class DeliveryWorker:
         self._counted: set[str] = set()
         self._held_changed = threading.Condition()
         self._last_purge: float | None = None
+        # Webhooks to apps go out on threads of their own (run_forever starts them), never on the LMS's.
+        self.webhooks = WebhookSender(db, box, settings, limiter=self.limiter, clock=clock)
+        self.webhooks.lms_busy = lambda: bool(self._held)
 
     @property
     def adapters(self) -> Mapping[str, type[LmsAdapter]]:
@@ -222,19 +227,24 @@ class DeliveryWorker:
         if at_once:
             self.hurry.set()
         self.wakeup.set()
+        self.webhooks.request_stop(at_once=at_once)
         with self._held_changed:
             self._held_changed.notify_all()
 
     def finish_stop(self) -> int:
         """After request_stop: wait (real time, up to the grace period) for the sends in flight to finish and be
         recorded, then give every claim still held back to due and cut the requests still running, whose
-        answers would now be recorded nowhere. Returns how many claims were given back."""
+        answers would now be recorded nowhere. Webhook sends in flight share the same grace period. Returns how
+        many delivery claims were given back."""
         deadline = time.monotonic() + self.settings.stop_grace()
         self._wait_for_rounds(deadline)
+        self.webhooks.wait_for_rounds(deadline)
         # Requests still running are cut: their rounds then record what was answered before and let go.
         cut = cut_requests_in_flight()
         if cut:
             self._wait_for_rounds(time.monotonic() + ROUND_WIND_DOWN_SECONDS)
+            self.webhooks.wait_for_rounds(time.monotonic() + ROUND_WIND_DOWN_SECONDS)
+        self.webhooks.release_held()
         with self._held_changed:
             left = list(self._held.values())
         released = 0
@@ -520,6 +530,10 @@ class DeliveryWorker:
                     touch_connection(session, connection_id, error=None, now=now, touches=self.success_touches)
                 if errors:
                     touch_connection(session, connection_id, error=errors[-1].message, now=now)
+            woken = emitted(session) > 0
+        if woken:
+            # The outcomes just committed wrote webhook messages: send them now, not at the next poll.
+            self.webhooks.wakeup.set()
         for (claim, work), outcome in zip(group, outcomes, strict=True):
             self._log(claim.delivery_id, work.adapter, statuses[claim.delivery_id], outcome)
         return statuses
@@ -582,13 +596,22 @@ class DeliveryWorker:
         from gateway.services.maintenance import purge_expired
 
         with self.db.transaction() as session:
-            purge_expired(session, idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds, now=self.clock.now())
+            purge_expired(
+                session,
+                idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds,
+                webhook_retention_seconds=self.settings.webhook_retention_seconds,
+                now=self.clock.now(),
+            )
 
     def run_forever(self, stop: threading.Event) -> None:
         """Deliver until `stop`: up to `worker_threads` connections at once, each connection's claims on one
         thread, so a slow or hanging LMS holds only its own thread (and each request ends at its deadline)."""
         threads = max(1, self.settings.worker_threads)
         log.info("delivery worker started (%d connections at once)", threads)
+        # Webhooks on their own loop and threads: a slow endpoint never takes a thread an LMS needs (none here with
+        # GATEWAY_WEBHOOK_THREADS=0: a `gateway worker --webhooks-only` process sends them).
+        if self.settings.webhook_threads > 0:
+            threading.Thread(target=self.webhooks.serve, args=(stop,), name="passback-webhooks", daemon=True).start()
         busy: set[str | None] = set()
         busy_lock = threading.Lock()
         pool = DaemonThreads("passback-deliver")
@@ -734,5 +757,7 @@ class EmbeddedWorker:
         self.worker.request_stop(at_once=True)
 
     def nudge(self) -> None:
-        """Look for due deliveries now rather than at the next poll (called after a grade is accepted)."""
+        """Look for due deliveries (and webhook messages) now rather than at the next poll (called after a grade
+        is accepted)."""
         self.worker.wakeup.set()
+        self.worker.webhooks.wakeup.set()

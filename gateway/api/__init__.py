@@ -5,4 +5,4 @@ from flask import Blueprint
 api = Blueprint("api", __name__, url_prefix="/v1")
 
 
-from gateway.api import assignments, directory, grades, me, placements  # noqa: E402,F401  (views register on the blueprint)
+from gateway.api import assignments, directory, grades, me, placements, webhooks  # noqa: E402,F401  (views register on the blueprint)

@@ -37,6 +37,7 @@ from gateway.services import (
     dashboard_sandbox,
     staff_actions,
     staff_sign_in,
+    webhooks,
 )
 from gateway.services import staff as staff_service
 from gateway.services.errors import InvalidInput, ServiceError
@@ -489,6 +490,29 @@ def placement_students(staff: StaffUser, placement_id: str) -> Response:
     page = _page_number()
     found = _found(lambda: dashboard_drilldown.student_rows(db.session(), staff.district_id, placement_id, page=page))
     return _drill(staff, "students", students=found, placement=found.placement, rows=found.rows, page=page)
+
+
+@dashboard_bp.get("/webhooks")
+@staff_required
+def webhook_list(staff: StaffUser) -> Response:
+    """The district's apps' webhook endpoints (or one app's): where they go, what they hear, whether failing."""
+    found = _found(lambda: webhooks.district_endpoints(db.session(), staff.district_id, request.args.get("app")))
+    return _page("dashboard/webhooks.html", staff=staff, found=found)
+
+
+@dashboard_bp.post("/webhooks/<endpoint_id>/<action>")
+@staff_required
+def disable_or_enable_webhook(staff: StaffUser, endpoint_id: str, action: str) -> Response:
+    if action not in ("disable", "enable"):
+        raise NotFound("no such action")
+    url = _found(
+        lambda: staff_actions.set_webhook_disabled(
+            request_unit_of_work(), staff, endpoint_id, disabled=action == "disable"
+        )
+    )
+    flash(f"Webhook endpoint {url} {action}d.")
+    back_to = _dashboard_path(request.form.get("next"), url_for("dashboard.webhook_list"))
+    return redirect(back_to)  # type: ignore[return-value]
 
 
 @dashboard_bp.get("/audit")

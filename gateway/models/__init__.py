@@ -33,6 +33,7 @@ from gateway.models.lti import (
 )
 from gateway.models.sandbox import SandboxFault, SandboxGradebookEntry
 from gateway.models.staff import AuditEntry, SignInFailure, StaffSession, StaffUser
+from gateway.models.webhook import WebhookEndpoint, WebhookMessage, WebhookSubscription
 from gateway.models.worker import WorkerHeartbeat
 
 __all__ = [
@@ -72,6 +73,9 @@ __all__ = [
     "UsedNonce",
     "User",
     "UserRole",
+    "WebhookEndpoint",
+    "WebhookMessage",
+    "WebhookSubscription",
     "WorkerHeartbeat",
     "new_id",
     "utcnow",

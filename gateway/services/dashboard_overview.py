@@ -21,6 +21,7 @@ from gateway.models import (
     utcnow,
 )
 from gateway.services.dashboard_counts import add_count, zero_counts
+from gateway.services.webhooks import failing_count
 
 UNDELIVERED = (
     DeliveryStatus.PENDING,
@@ -40,6 +41,8 @@ class Overview:
     by_app: list[tuple[str, dict[str, int]]]
     oldest_undelivered: timedelta | None
     daily: list[tuple[str, int, int]] = field(default_factory=list)
+    # Apps' webhook endpoints given up on after a day of failures (staff may disable them).
+    failing_webhooks: int = 0
 
 
 def overview(session: Session, district_id: str, *, now: datetime | None = None) -> Overview:
@@ -118,6 +121,7 @@ def overview(session: Session, district_id: str, *, now: datetime | None = None)
             (start.strftime("%a %d"), good, bad)
             for start, (good, bad) in zip(reversed(day_starts), per_day, strict=True)
         ],
+        failing_webhooks=failing_count(session, district_id),
     )
 
 

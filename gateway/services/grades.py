@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, select, union
+from sqlalchemy import Row, Table, bindparam, exists, select, tuple_, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,7 @@ from gateway.models import (
     Placement,
     TokenKind,
     User,
+    WebhookEndpoint,
     new_id,
     utcnow,
 )
@@ -116,7 +117,7 @@ def accept_grade(
     user_id = resolve_student(session, principal, key)
     echo = key.echo() if key is not None else {"userID": user_id}
     external_id = data["assignmentID"]
-    known_user, assignment_id, score_maximum, routes = _lookup(session, principal, user_id, external_id)
+    known_user, assignment_id, score_maximum, listening, routes = _lookup(session, principal, user_id, external_id)
     if known_user is None:
         raise NotFound(
             f"no user {user_id!r} in this district",
@@ -154,7 +155,9 @@ def accept_grade(
         if _inserted(session, record):
             grade = GradeRecord(**record)
             revision_id = _add_revision(session, grade, principal, now)
-            deliveries = route_revision(session, grade, revision_id, first_revision=True, routes=routes, now=now)
+            deliveries = route_revision(
+                session, grade, revision_id, first_revision=True, routes=routes, now=now, listening=listening
+            )
             return AcceptedGrade(grade, external_id, True, deliveries, echo)
         # Another request created the same grade between our read and insert: continue as an update.
         grade = _locked_grade(session, principal, assignment_id, user_id)
@@ -176,17 +179,24 @@ def accept_grade(
     session.execute(_UPDATE_GRADE, {"grade_pk": grade.id, **values})
     updated = replace(grade, **values)
     revision_id = _add_revision(session, updated, principal, now)
-    return AcceptedGrade(
-        updated, external_id, True, route_revision(session, updated, revision_id, routes=routes, now=now), echo
-    )
+    deliveries = route_revision(session, updated, revision_id, routes=routes, now=now, listening=listening)
+    return AcceptedGrade(updated, external_id, True, deliveries, echo)
 
 
 # The hot path's statements, built once with bind parameters (building them per request showed in the bench).
 _USER = select(User.id).where(User.id == bindparam("user_id"), User.district_id == bindparam("district_id"))
-# One round trip for the rest of what a grade needs: the user is in the district, the assignment exists, and
-# where the grade goes (one row per destination; one row of NULL destination columns when there is none).
+# Whether an enabled webhook endpoint of the app in the district may hear this grade's events: without one, routing
+# writes no event and asks nothing more.
+_LISTENING = exists().where(
+    WebhookEndpoint.district_id == bindparam("district_id"),
+    WebhookEndpoint.app_id == bindparam("app_id"),
+    WebhookEndpoint.disabled.is_(False),
+)
+# One round trip for the rest of what a grade needs: the user is in the district, the assignment exists, whether
+# a webhook endpoint listens, and where the grade goes (one row per destination; one row of NULL destination
+# columns when there is none).
 _LOOKUP = (
-    select(_USER.scalar_subquery(), Assignment.id, Assignment.score_maximum, *ROUTE_COLUMNS)
+    select(_USER.scalar_subquery(), Assignment.id, Assignment.score_maximum, _LISTENING, *ROUTE_COLUMNS)
     .select_from(Assignment)
     .outerjoin(
         Placement,
@@ -220,8 +230,9 @@ _INSERT_REVISION = cast(Table, GradeRevision.__table__).insert()
 
 def _lookup(
     session: Session, principal: Principal, user_id: str, external_id: str
-) -> tuple[str | None, str | None, float | None, list[Route]]:
-    """(user id if in the district, assignment id, its score maximum, the grade's routes) in one query."""
+) -> tuple[str | None, str | None, float | None, bool, list[Route]]:
+    """(user id if in the district, assignment id, its score maximum, whether a webhook endpoint listens, the
+    grade's routes) in one query."""
     params = {
         "user_id": user_id,
         "district_id": principal.district_id,
@@ -231,10 +242,10 @@ def _lookup(
     rows = session.execute(_LOOKUP, params).all()
     if not rows:
         # No such assignment: say whether the user is known too, so the user error keeps coming first.
-        return session.execute(_USER, params).scalar(), None, None, []
-    known_user, assignment_id, score_maximum = rows[0][0], rows[0][1], rows[0][2]
-    routes = [Route(*row[3:]) for row in rows if row[3] is not None]
-    return known_user, assignment_id, score_maximum, routes
+        return session.execute(_USER, params).scalar(), None, None, False, []
+    known_user, assignment_id, score_maximum, listening = rows[0][0], rows[0][1], rows[0][2], bool(rows[0][3])
+    routes = [Route(*row[4:]) for row in rows if row[4] is not None]
+    return known_user, assignment_id, score_maximum, listening, routes
 
 
 def _inserted(session: Session, record: dict[str, Any]) -> bool:

@@ -15,10 +15,14 @@ from gateway.models import (
     IdempotencyRecord,
     LaunchState,
     UsedNonce,
+    WebhookMessage,
     utcnow,
 )
+from schemas.statuses import DeliveryStatus
 
 CATALOG_PULL_LABEL = "catalog pull"
+# Webhook messages delivered or given up on are kept this long (for the app's and staff's questions), then dropped.
+WEBHOOK_RETENTION_SECONDS = 30 * 86400.0
 
 
 @dataclass
@@ -29,11 +33,19 @@ class Purged:
     pickers: int = 0
     idempotency_keys: int = 0
     pull_tokens: int = 0
+    webhook_messages: int = 0
 
 
-def purge_expired(session: Session, *, idempotency_ttl_seconds: float, now: datetime | None = None) -> Purged:
+def purge_expired(
+    session: Session,
+    *,
+    idempotency_ttl_seconds: float,
+    webhook_retention_seconds: float = WEBHOOK_RETENTION_SECONDS,
+    now: datetime | None = None,
+) -> Purged:
     """Delete used nonces, OIDC states, sign-in codes and pickers past their expiry, idempotency records past
-    their TTL, and expired catalog-pull tokens. Grades, deliveries and audit-worthy tokens are never touched."""
+    their TTL, expired catalog-pull tokens, and webhook messages delivered or given up on longer ago than their
+    retention. Grades, deliveries, messages still to send and audit-worthy tokens are never touched."""
     now = now or utcnow()
 
     def count(statement: object) -> int:
@@ -50,4 +62,10 @@ def purge_expired(session: Session, *, idempotency_ttl_seconds: float, now: date
             )
         ),
         pull_tokens=count(delete(ApiToken).where(ApiToken.label == CATALOG_PULL_LABEL, ApiToken.expires_at < now)),
+        webhook_messages=count(
+            delete(WebhookMessage).where(
+                WebhookMessage.status.in_((DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)),
+                WebhookMessage.updated_at < now - timedelta(seconds=webhook_retention_seconds),
+            )
+        ),
     )

@@ -192,8 +192,14 @@ def seed_sandbox_district(
         return demo
 
 
-def purge_expired(uow: UnitOfWork, *, idempotency_ttl_seconds: float) -> dict[str, Any]:
+def purge_expired(
+    uow: UnitOfWork, *, idempotency_ttl_seconds: float, webhook_retention_seconds: float
+) -> dict[str, Any]:
     with uow:
-        purged = maintenance.purge_expired(uow.session, idempotency_ttl_seconds=idempotency_ttl_seconds)
+        purged = maintenance.purge_expired(
+            uow.session,
+            idempotency_ttl_seconds=idempotency_ttl_seconds,
+            webhook_retention_seconds=webhook_retention_seconds,
+        )
         uow.commit()
         return dict(vars(purged))

@@ -16,6 +16,8 @@ from sqlalchemy import and_, case, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from gateway.models import Delivery, DeliveryStatus, Grade, GradeRevision, LmsConnection, Placement, utcnow
+from gateway.services.webhook_events import REPLACED_BY_NEWER, emit
+from schemas.webhooks import WebhookEvent
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def claim_due_deliveries(
 
 
 def _fail_exhausted_leases(session: Session, now: datetime, max_attempts: int) -> None:
-    session.execute(
+    failed = session.execute(
         update(Delivery)
         .where(
             Delivery.status == DeliveryStatus.DELIVERING,
@@ -140,8 +142,10 @@ def _fail_exhausted_leases(session: Session, now: datetime, max_attempts: int) -
             claim_token=None,
             updated_at=now,
         )
+        .returning(Delivery.id)
         .execution_options(synchronize_session=False)
-    )
+    ).scalars()
+    emit(session, WebhookEvent.FAILED, list(failed), now=now)
 
 
 def reconfirm_claims(
@@ -307,13 +311,14 @@ def supersede_claim(session: Session, claim: Claim, *, now: datetime | None = No
     delivery.claim_token = None
     delivery.lease_expires_at = None
     delivery.updated_at = now
+    emit(session, WebhookEvent.SUPERSEDED, [delivery.id], now=now, reason=REPLACED_BY_NEWER)
     return True
 
 
 def fail_orphaned_claim(session: Session, claim: Claim, *, now: datetime | None = None) -> bool:
     """A claimed delivery whose placement or connection was removed cannot be sent: fail it with the reason."""
     now = now or utcnow()
-    result = session.execute(
+    failed = session.execute(
         update(Delivery)
         .where(Delivery.id == claim.delivery_id, Delivery.claim_token == claim.claim_token)
         .values(
@@ -324,9 +329,12 @@ def fail_orphaned_claim(session: Session, claim: Claim, *, now: datetime | None 
             lease_expires_at=None,
             updated_at=now,
         )
+        .returning(Delivery.id)
         .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    ).scalars()
+    ids = list(failed)
+    emit(session, WebhookEvent.FAILED, ids, now=now)
+    return bool(ids)
 
 
 def newer_revision_id(session: Session, delivery: Delivery) -> str | None:

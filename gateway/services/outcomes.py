@@ -18,6 +18,8 @@ from adapters import DeliveryReceipt
 from adapters.base import AwaitingConfiguration, DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from gateway.models import Delivery, DeliveryStatus, LmsConnection, Placement, utcnow
 from gateway.services.outbox import Claim, claimed_row, newer_revision_id
+from gateway.services.webhook_events import REPLACED_BY_NEWER, emit
+from schemas.webhooks import WebhookEvent
 
 MAX_ERROR_CHARS = 2000
 SUCCESS_TOUCH_SECONDS = 5.0
@@ -124,6 +126,7 @@ def record_success(
             placement.destination = {**(placement.destination or {}), **receipt.destination_update}
     if touch:
         touch_connection(session, delivery.lms_connection_id, error=None, now=now)
+    emit(session, WebhookEvent.DELIVERED, [delivery.id], now=now)
     return True
 
 
@@ -180,7 +183,9 @@ def record_successes(
             ),
             rows,
         )
-    return {str(row["b_id"]) for row in rows}
+    delivered = {str(row["b_id"]) for row in rows}
+    emit(session, WebhookEvent.DELIVERED, [c.delivery_id for c, _ in receipts if c.delivery_id in delivered], now=now)
+    return delivered
 
 
 def record_failure(
@@ -207,6 +212,7 @@ def record_failure(
     delivery.updated_at = now
     delivery.lms_status = error.lms_status
     delivery.lms_response = _truncate(error.lms_body)
+    event: WebhookEvent | None = None
     newer = newer_revision_id(session, delivery)
     if newer is not None:
         # A newer revision arrived while this one was in flight: it carries the grade now; retrying this one
@@ -215,6 +221,7 @@ def record_failure(
         delivery.superseded_by = newer
         delivery.next_attempt_at = None
         delivery.last_error = _truncate(error.message)
+        event = WebhookEvent.SUPERSEDED
     elif isinstance(error, AwaitingConfiguration):
         # Nothing was sent and only a person can change the outcome (a setting, a key): wait without spending
         # the attempts (the one counted above).
@@ -227,13 +234,19 @@ def record_failure(
         delivery.status = DeliveryStatus.RETRYING
         delivery.next_attempt_at = now + timedelta(seconds=delay)
         delivery.last_error = _truncate(error.message)
+        # Once per delivery: its first attempt failed and it will be tried again.
+        event = WebhookEvent.RETRYING if delivery.attempts == 1 else None
     else:
         delivery.status = DeliveryStatus.FAILED
         delivery.next_attempt_at = None
         prefix = "" if isinstance(error, PermanentDeliveryError) else f"gave up after {delivery.attempts} attempts: "
         delivery.last_error = _truncate(prefix + error.message)
+        event = WebhookEvent.FAILED
     if touch:
         touch_connection(session, delivery.lms_connection_id, error=error.message, now=now)
+    if event is not None:
+        reason = REPLACED_BY_NEWER if event is WebhookEvent.SUPERSEDED else None
+        emit(session, event, [delivery.id], now=now, reason=reason)
     return delivery.status
 
 

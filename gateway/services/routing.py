@@ -25,6 +25,8 @@ from gateway.models import (
     new_id,
     utcnow,
 )
+from gateway.services.webhook_events import GRADE_DELETED, REPLACED_BY_NEWER, emit
+from schemas.webhooks import WebhookEvent
 
 
 class GradeKey(Protocol):
@@ -188,6 +190,7 @@ _SUPERSEDE = (
         next_attempt_at=None,
         updated_at=bindparam("superseded_at"),
     )
+    .returning(Delivery.id)
     .execution_options(synchronize_session=False)
 )
 
@@ -220,15 +223,22 @@ def route_revision(
     first_revision: bool = False,
     routes: list[Route] | None = None,
     now: datetime | None = None,
+    listening: bool = True,
 ) -> list[tuple[Any, Route | None]]:
-    """Write the outbox rows for a new revision, superseding undelivered rows of older revisions.
+    """Write the outbox rows for a new revision, superseding undelivered rows of older revisions, and the
+    webhook events of what it superseded or could not route.
 
     `routes` may be given when the caller already read them in this transaction; `now` is the unit of work's
-    clock (the caller's). Returns each new delivery with its route (None for the `unroutable` placeholder).
+    clock (the caller's); `listening=False` says the caller knows no webhook endpoint listens (no event is looked
+    for). Returns each new delivery with its route (None for the `unroutable` placeholder).
     """
     now = now or utcnow()
     if not first_revision:
-        session.execute(_SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now})
+        superseded = session.execute(
+            _SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now}
+        ).scalars()
+        if listening:
+            emit(session, WebhookEvent.SUPERSEDED, list(superseded), now=now, reason=REPLACED_BY_NEWER)
     if routes is None:
         routes = destinations_for(session, grade)
     if routes:
@@ -239,7 +249,18 @@ def route_revision(
         placeholder.update(status=DeliveryStatus.UNROUTABLE, last_error=_unroutable_reason(session, grade))
         rows, created = [placeholder], [(placeholder, None)]
     session.execute(_INSERT_DELIVERY, rows)
+    if listening:
+        _emit_waiting(session, rows, now)
     return [(SimpleNamespace(**row), route) for row, route in created]
+
+
+def _emit_waiting(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
+    """The events of new deliveries that cannot go out yet (a grade that goes out as usual costs nothing here)."""
+    for status, event in (
+        (DeliveryStatus.AWAITING_LAUNCH, WebhookEvent.AWAITING_LAUNCH),
+        (DeliveryStatus.UNROUTABLE, WebhookEvent.UNROUTABLE),
+    ):
+        emit(session, event, [row["id"] for row in rows if row["status"] == status], now=now)
 
 
 _DELIVERY_COLUMNS = [c.name for c in Delivery.__table__.columns]
@@ -305,7 +326,9 @@ def route_waiting_grades(
             if delivery.status == DeliveryStatus.UNROUTABLE:
                 delivery.status = DeliveryStatus.SUPERSEDED
                 delivery.updated_at = now
-        session.execute(_INSERT_DELIVERY, [_delivery_row(grade, revision_id, r, now) for r in new])
+        rows = [_delivery_row(grade, revision_id, r, now) for r in new]
+        session.execute(_INSERT_DELIVERY, rows)
+        _emit_waiting(session, rows, now)
         created += len(new)
     return created
 
@@ -380,7 +403,7 @@ def retire_unlaunched_links(session: Session, user_id: str, launched: Placement,
         ~exists().where(LaunchDestination.placement_id == Placement.id, LaunchDestination.user_id == user_id),
     )
     now = now or utcnow()
-    result = session.execute(
+    retired = session.execute(
         update(Delivery)
         .where(
             Delivery.placement_id.in_(siblings),
@@ -394,9 +417,12 @@ def retire_unlaunched_links(session: Session, user_id: str, launched: Placement,
             next_attempt_at=None,
             updated_at=now,
         )
+        .returning(Delivery.id)
         .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    ).scalars()
+    ids = list(retired)
+    emit(session, WebhookEvent.SUPERSEDED, ids, now=now)
+    return len(ids)
 
 
 def schedule_deletions(session: Session, grade: Grade, now: datetime) -> int:
@@ -405,7 +431,10 @@ def schedule_deletions(session: Session, grade: Grade, now: datetime) -> int:
     revision_id = session.scalar(
         select(GradeRevision.id).where(GradeRevision.grade_id == grade.id, GradeRevision.revision == grade.revision)
     )
-    session.execute(_SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now})
+    superseded = session.execute(
+        _SUPERSEDE, {"of_grade_id": grade.id, "new_revision_id": revision_id, "superseded_at": now}
+    ).scalars()
+    emit(session, WebhookEvent.SUPERSEDED, list(superseded), now=now, reason=GRADE_DELETED)
     reached = session.execute(
         select(Placement.id, Placement.lms_connection_id, LmsConnection.adapter)
         .join(Delivery, Delivery.placement_id == Placement.id)

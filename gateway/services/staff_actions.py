@@ -9,7 +9,7 @@ from typing import Any
 from adapters.base import HealthReport
 from gateway.crypto import SecretBox
 from gateway.models import LmsConnection, SandboxFault, StaffUser
-from gateway.services import dashboard_connections, sandbox_lms
+from gateway.services import dashboard_connections, sandbox_lms, webhooks
 from gateway.services.lms import PlacementsResult, place_assignments
 from gateway.services.staff import audit
 from gateway.services.staff_retries import retry_delivery, retry_failed
@@ -143,3 +143,13 @@ def set_sandbox_faults(
             audit(uow.session, staff, "cleared sandbox faults", connection.name)
         uow.commit()
         return fault
+
+
+def set_webhook_disabled(uow: UnitOfWork, staff: StaffUser, endpoint_id: str, *, disabled: bool) -> str:
+    """Staff switch an app's webhook endpoint off (what waits for it is dropped) or on again; audited. Returns
+    its URL."""
+    with uow:
+        endpoint = webhooks.set_disabled_by_staff(uow.session, staff.district_id, endpoint_id, disabled=disabled)
+        audit(uow.session, staff, f"{'dis' if disabled else 'en'}abled a webhook endpoint", endpoint.url)
+        uow.commit()
+        return endpoint.url

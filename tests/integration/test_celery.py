@@ -6,6 +6,7 @@ commits a grade. Skipped, with the reason, where no Redis answers.
 - A lost message (nothing published at all) only delays the grade: the sweep finds the due delivery.
 - A Celery worker killed with SIGKILL mid-delivery: a new worker delivers the grade once the lease expires,
   with its final value.
+- Webhooks go out from the Celery worker's process, on threads of its own beside the pool.
 - A retry goes out within a few seconds of its due time, with the sweep at its production interval (a finished
   drain used to hide its connection from the sweep for two sweep intervals: 30-45 s late).
 """
@@ -30,6 +31,7 @@ from gateway.models import Delivery, Grade, LmsConnection
 from gateway.services.directory import create_user, enroll
 from tests.factories import COURSE, World
 from tests.fakes.scripted_lms import Close, Hang, Respond, ScriptedLms
+from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.integration.test_worker_crash import worker_command, worker_env
 
 pytestmark = pytest.mark.slow
@@ -166,6 +168,32 @@ def test_a_posted_grade_is_delivered_by_a_celery_worker(world: World, lms: Scrip
     [entry] = lms.gradebook.values()
     assert entry.score_given == 7.0 and entry.writes == 1
     assert "passback.drain_connection" in worker.log()
+
+
+def test_a_celery_worker_sends_webhooks_beside_its_drains(world: World, lms: ScriptedLms, start_worker: object) -> None:
+    world.app.config["PASSBACK"].webhook_allow_private_addresses = True  # the receiver is on 127.0.0.1
+    with WebhookReceiver() as receiver:
+        created = world.http.post(
+            world.url("/v1/webhooks"),
+            json={"url": receiver.url, "events": ["grade.delivered"]},
+            headers=world.headers(),
+        )
+        assert created.status_code == 201, created.text
+        receiver.secrets.append(created.json()["secret"])
+        worker = start_worker(  # type: ignore[operator]
+            beat=False, environment={"GATEWAY_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true"}
+        )
+
+        grade_id = post(world, 0.7)
+
+        wait_for(world, grade_id, "delivered", worker)
+        assert receiver.wait_for(1, timeout=30), worker.log()
+        [event] = receiver.events()
+        assert (event["type"], event["data"]["gradeID"]) == ("grade.delivered", grade_id)
+        assert receiver.problems == []
+        worker.stop()
+        assert worker.process.returncode == 0, worker.log()
+        assert "webhook sender stopped" in worker.log()
 
 
 def test_a_lost_message_only_delays_the_grade(

@@ -43,6 +43,12 @@ OPERATION_IDS = {
     ("GET", "/v1/courses"): "listCourses",
     ("GET", "/v1/courses/{course_id}/enrollments"): "listCourseEnrollments",
     ("POST", "/oauth/tokens"): "postTokens",
+    ("POST", "/v1/webhooks"): "postWebhooks",
+    ("GET", "/v1/webhooks"): "listWebhooks",
+    ("GET", "/v1/webhooks/{webhook_id}"): "getWebhook",
+    ("PATCH", "/v1/webhooks/{webhook_id}"): "patchWebhook",
+    ("DELETE", "/v1/webhooks/{webhook_id}"): "deleteWebhook",
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): "postWebhookRotateSecret",
 }
 
 
@@ -124,7 +130,7 @@ def _query(document: dict[str, Any], path: str, name: str) -> dict[str, Any]:
 
 def test_tags_security_and_every_operation_says_who_may_call_it(document: dict[str, Any]) -> None:
     tags = [tag["name"] for tag in document["tags"]]
-    assert tags == ["grades", "assignments", "placements", "directory", "auth"]
+    assert tags == ["grades", "assignments", "placements", "directory", "auth", "webhooks"]
     assert document["components"]["securitySchemes"]["bearer"] == {
         "type": "http",
         "scheme": "bearer",
@@ -250,6 +256,25 @@ def test_an_operation_added_later_gets_the_conventions_without_declaring_them(ap
     listed = document["paths"]["/v1/widgets"]["get"]
     assert_conventions("GET", "/v1/widgets", listed)
     assert "409" not in listed["responses"]
+
+
+def test_what_a_webhook_endpoint_receives_is_documented(document: dict[str, Any]) -> None:
+    callbacks = document["paths"]["/v1/webhooks"]["post"]["callbacks"]
+    sent = callbacks["gradeEvent"]["{$request.body#/url}"]["post"]
+    assert sent["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/WebhookEvent"}
+    headers = {p["name"]: p["required"] for p in sent["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id": True, "webhook-timestamp": True, "webhook-signature": True}
+    assert set(sent["responses"]) == {"2XX"}
+    schemas = document["components"]["schemas"]
+    event = schemas["WebhookEvent"]["properties"]
+    assert set(event) == {"type", "timestamp", "data"}
+    assert "grade.delivered" in event["type"]["enum"] and "grade.lms_changed" not in event["type"]["enum"]
+    data = schemas["WebhookGradeData"]["properties"]
+    assert {"gradeID", "revision", "assignmentID", "userID", "studentKey", "destination", "status", "reason"} <= set(
+        data
+    )
+    assert "secret" in schemas["WebhookWithSecret"]["properties"]
+    assert "secret" not in schemas["Webhook"]["properties"]
 
 
 # --- a generated client ------------------------------------------------------------------------------------

@@ -9,7 +9,18 @@ from flask import Flask
 from sqlalchemy import event, func, select
 
 from gateway.composition import services_of
-from gateway.models import Assignment, Delivery, DeliveryStatus, GradeRevision, LmsConnection, TokenKind, User
+from gateway.models import (
+    Assignment,
+    Delivery,
+    DeliveryStatus,
+    GradeRevision,
+    LmsConnection,
+    TokenKind,
+    User,
+    WebhookEndpoint,
+    WebhookMessage,
+    WebhookSubscription,
+)
 from gateway.services.auth import authenticate
 from gateway.services.catalog import upsert_assignments
 from gateway.services.directory import (
@@ -205,3 +216,43 @@ def test_a_student_key_costs_one_query_and_user_id_none(app: Flask, setup: dict[
     by_sis_id = statements_for({"assignmentID": "q", "sisID": "S-1", "percentage": 0.7})
     assert len(by_sis_id) == len(by_user_id) + 1
     assert not any("sis_id" in s for s in by_user_id)
+
+
+def test_without_a_webhook_endpoint_posting_looks_for_no_event(app: Flask, setup: dict[str, str]) -> None:
+    """The intake path learns whether an endpoint listens in its one lookup query: without one, a revision that
+    supersedes another (an event, were anyone listening) costs no statement more than before webhooks."""
+    engine = services_of(app).database.engine
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    def statements_for(percentage: float) -> list[str]:
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            with services_of(app).database.transaction() as session:
+                principal = authenticate(session, setup["token"])
+                statements.clear()
+                accept_grade(
+                    session, principal, {"assignmentID": "q", "userID": setup["student"], "percentage": percentage}
+                )
+                return list(statements)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+
+    statements_for(0.5)
+    quiet = statements_for(0.6)  # supersedes the first, undelivered revision
+    assert not any("webhook_subscriptions" in s or "INSERT INTO webhook_messages" in s for s in quiet)
+
+    with services_of(app).database.transaction() as session:
+        principal = authenticate(session, setup["token"])
+        endpoint = WebhookEndpoint(
+            district_id=principal.district_id, app_id=principal.app_id, url="https://h.example/x", secret_encrypted="x"
+        )
+        session.add(endpoint)
+        session.flush()
+        session.add(WebhookSubscription(endpoint_id=endpoint.id, event="grade.superseded"))
+    heard = statements_for(0.7)
+    assert len(heard) == len(quiet) + 2, "the event's one query and its one insert"
+    with services_of(app).database.transaction() as session:
+        assert session.scalars(select(WebhookMessage.event)).all() == ["grade.superseded"]
