@@ -203,8 +203,8 @@ def operation(
 
     `max_body_bytes` raises the body limit (GATEWAY_MAX_BODY_BYTES) for this operation. `idempotency_in_view`
     says the view stores its Idempotency-Key answer itself (POST /v1/grade, in the grade's own transaction);
-    every other mutating /v1 operation gets it from gateway/idempotency_keys.py without code of its own. `callbacks` are the requests
-    Passback sends to a URL the operation registers (webhooks)."""
+    every other mutating /v1 operation gets it from gateway/idempotency_keys.py without code of its own.
+    `callbacks` are the requests Passback sends to a URL the operation registers (webhooks)."""
     if not OPERATION_ID.match(operation_id):
         raise ValueError(f"operationId {operation_id!r} does not follow the rule in gateway/contract.py")
     if tag not in TAGS:
