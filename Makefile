@@ -39,11 +39,12 @@ run: install ## Migrate, seed the sandbox district, serve on 127.0.0.1:8000 with
 test: install-test $(CHROMIUM) ## Run the whole suite (SQLite; also PostgreSQL when GATEWAY_TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest
 
-bench: install-test ## Benchmarks: intake vs a bare insert (C), Schoology batching, backfill (A), direct pylti1p3 (B), faults (D), Canvas 403 throughput
+bench: install-test ## Benchmarks: intake vs a bare insert (C), Schoology batching, backfill (A), direct pylti1p3 (B), faults (D), Canvas 403 throughput, webhook fan-out
 	$(BIN)/python -m bench.grade_throughput
 	$(BIN)/python -m bench.schoology_batching --json bench/results/schoology_batching.json
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.canvas_throttle --json bench/results/canvas_throttle.json
+	$(BIN)/python -m bench.webhook_fanout --json bench/results/webhook_fanout.json
 
 lint: install-test ## ruff (checks and formatting), mypy --strict on adapters/, schemas/ and gateway/services/, import-linter's layering contracts
 	$(BIN)/ruff check .

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.models.base import Base, created_column, id_column, new_id, utcnow
@@ -13,6 +13,8 @@ from schemas.statuses import DeliveryStatus
 
 # SQLite numbers rows itself only for an INTEGER primary key; PostgreSQL gets a 64-bit sequence.
 SEQUENCE_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+# Messages not yet delivered nor given up on: the ordering check's index holds only these.
+UNSENT = text("status IN ('pending', 'retrying', 'delivering')")
 
 
 class WebhookEndpoint(Base):
@@ -62,10 +64,20 @@ class WebhookMessage(Base):
 
     __tablename__ = "webhook_messages"
     __table_args__ = (
-        Index("ix_webhook_messages_due", "status", "next_attempt_at"),
-        Index("ix_webhook_messages_endpoint_due", "endpoint_id", "status", "next_attempt_at"),
-        # A grade's messages go to an endpoint in the order they were written.
-        Index("ix_webhook_messages_endpoint_grade", "endpoint_id", "grade_id", "seq"),
+        # An endpoint's messages by due time: only unsent ones have one, so claims and "which endpoints have work"
+        # read a range of it, however many sent messages are kept.
+        Index("ix_webhook_messages_endpoint_due", "endpoint_id", "next_attempt_at"),
+        # Whether an earlier message of the same grade to the same endpoint is unsent (it goes first).
+        Index(
+            "ix_webhook_messages_unsent_grade",
+            "endpoint_id",
+            "grade_id",
+            "seq",
+            sqlite_where=UNSENT,
+            postgresql_where=UNSENT,
+        ),
+        # Housekeeping: messages delivered or given up on long ago.
+        Index("ix_webhook_messages_status_updated", "status", "updated_at"),
     )
 
     # The order messages were written in: a grade's events reach an endpoint in this order.

@@ -18,7 +18,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Exists, Table, and_, bindparam, case, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from gateway.crypto import SecretBox
@@ -31,6 +44,14 @@ LIMIT_KEY = "webhook:"
 MESSAGE_ID_PREFIX = "msg_"
 MAX_ERROR_CHARS = 2000
 UNSENT = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING, DeliveryStatus.DELIVERING)
+
+
+def _unsent(column: Any) -> ColumnElement[bool]:
+    """`status IN ('pending', 'retrying', 'delivering')` written out, not bound: PostgreSQL then sees that the
+    partial indexes on unsent messages apply, in a prepared statement's generic plan too."""
+    return cast(ColumnElement[bool], column.in_([literal_column(f"'{status.value}'") for status in UNSENT]))
+
+
 _MESSAGES = cast(Table, WebhookMessage.__table__)
 
 
@@ -49,7 +70,8 @@ class Outgoing:
 
 
 def claimable(now: datetime) -> ColumnElement[bool]:
-    """Due (pending or retrying, its time reached), or claimed by a worker whose lease ran out."""
+    """Due (pending or retrying, its time reached), or claimed by a worker whose lease ran out. A message keeps
+    its due time while claimed, and has none once delivered or given up on."""
     return or_(
         and_(
             WebhookMessage.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)),
@@ -66,7 +88,7 @@ def _blocked() -> Exists:
         earlier.endpoint_id == WebhookMessage.endpoint_id,
         earlier.grade_id == WebhookMessage.grade_id,
         earlier.seq < WebhookMessage.seq,
-        earlier.status.in_(UNSENT),
+        _unsent(earlier.status),
     )
 
 
@@ -83,17 +105,12 @@ def due_endpoints(session: Session, *, limit: int, now: datetime, exclude: Colle
     that took a message least recently first. One index probe per endpoint, however many messages wait."""
     due = exists().where(
         WebhookMessage.endpoint_id == WebhookEndpoint.id,
-        WebhookMessage.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)),
         WebhookMessage.next_attempt_at <= now,
-    )
-    lease_lost = exists().where(
-        WebhookMessage.endpoint_id == WebhookEndpoint.id,
-        WebhookMessage.status == DeliveryStatus.DELIVERING,
-        WebhookMessage.lease_expires_at < now,
+        claimable(now),
     )
     query = (
         select(WebhookEndpoint.id)
-        .where(_open(now), or_(due, lease_lost))
+        .where(_open(now), due)
         .order_by(func.coalesce(WebhookEndpoint.last_success_at, WebhookEndpoint.created_at), WebhookEndpoint.id)
         .limit(limit)
     )
@@ -102,31 +119,28 @@ def due_endpoints(session: Session, *, limit: int, now: datetime, exclude: Colle
     return list(session.scalars(query))
 
 
-def next_due(session: Session, *, now: datetime) -> datetime | None:
-    """When the earliest message waiting out its backoff falls due (None: none waits)."""
-    return session.scalar(
-        select(func.min(WebhookMessage.next_attempt_at))
-        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id)
-        .where(
-            WebhookMessage.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)),
-            WebhookMessage.next_attempt_at > now,
-            WebhookEndpoint.disabled.is_(False),
-        )
-    )
-
-
 def claim_messages(
     session: Session, endpoint_id: str, *, limit: int, lease_seconds: float, now: datetime
 ) -> list[Outgoing]:
-    """Claim up to `limit` due messages of one endpoint (enabled, not paused) until the lease expires, oldest
-    first, with their bodies. A message is not claimed while an earlier message of the same grade to the same
+    """Claim up to `limit` due messages of one endpoint (enabled, not paused) until the lease expires, the longest
+    due first, with their bodies. A message is not claimed while an earlier message of the same grade to the same
     endpoint is still unsent (waiting, retrying or in flight), so an endpoint hears a grade's events in the order
     they happened. One statement: an UPDATE of the rows a locking subquery picked, returning what is sent."""
     enabled = exists().where(WebhookEndpoint.id == WebhookMessage.endpoint_id, _open(now))
     picked = (
         select(WebhookMessage.seq)
-        .where(WebhookMessage.endpoint_id == endpoint_id, claimable(now), ~_blocked(), enabled)
-        .order_by(WebhookMessage.seq)
+        .where(
+            WebhookMessage.endpoint_id == endpoint_id,
+            # Only unsent messages have a next attempt (a claimed one keeps the time it was due): the range of the
+            # (endpoint, next attempt) index, however many sent messages are kept.
+            WebhookMessage.next_attempt_at <= now,
+            claimable(now),
+            ~_blocked(),
+            enabled,
+        )
+        # Due time alone: the (endpoint, next attempt) index gives it without a sort; a grade's messages keep their
+        # order through the check above, not this one.
+        .order_by(WebhookMessage.next_attempt_at)
         .limit(limit)
         # PostgreSQL: pass over rows another worker is claiming; SQLite has one writer at a time.
         .with_for_update(skip_locked=True, of=WebhookMessage)

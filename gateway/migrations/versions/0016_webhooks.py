@@ -10,6 +10,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# Messages not yet delivered nor given up on (the ordering check's partial index).
+UNSENT = sa.text("status IN ('pending', 'retrying', 'delivering')")
+
 revision = "0016"
 down_revision = "0015"
 branch_labels = None
@@ -100,20 +103,24 @@ def upgrade() -> None:
         sa.UniqueConstraint("id", name=op.f("uq_webhook_messages_id")),
     )
     with op.batch_alter_table("webhook_messages", schema=None) as batch_op:
-        batch_op.create_index("ix_webhook_messages_due", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index("ix_webhook_messages_endpoint_due", ["endpoint_id", "next_attempt_at"], unique=False)
         batch_op.create_index(
-            "ix_webhook_messages_endpoint_due", ["endpoint_id", "status", "next_attempt_at"], unique=False
+            "ix_webhook_messages_unsent_grade",
+            ["endpoint_id", "grade_id", "seq"],
+            unique=False,
+            sqlite_where=UNSENT,
+            postgresql_where=UNSENT,
         )
-        batch_op.create_index("ix_webhook_messages_endpoint_grade", ["endpoint_id", "grade_id", "seq"], unique=False)
+        batch_op.create_index("ix_webhook_messages_status_updated", ["status", "updated_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_webhook_messages_district_id"), ["district_id"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("webhook_messages", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_webhook_messages_district_id"))
-        batch_op.drop_index("ix_webhook_messages_endpoint_grade")
+        batch_op.drop_index("ix_webhook_messages_status_updated")
+        batch_op.drop_index("ix_webhook_messages_unsent_grade")
         batch_op.drop_index("ix_webhook_messages_endpoint_due")
-        batch_op.drop_index("ix_webhook_messages_due")
     op.drop_table("webhook_messages")
     op.drop_table("webhook_subscriptions")
     with op.batch_alter_table("webhook_endpoints", schema=None) as batch_op:
