@@ -7,12 +7,16 @@ It does what an app integrating Passback does:
   (`POST /oauth/tokens`) and asks Passback who it is (`GET /v1/me`);
 - lets the signed-in student take a one-question quiz and posts the score with the student's own token;
 - posts scores from its own records by the student's SIS id, with the district-app token (`/` lists the roster);
-- reads each grade's status back (`GET /v1/grades/{id}` and what the LMS holds, `GET /v1/grades/{id}/lms`).
+- reads each grade's status back (`GET /v1/grades/{id}` and what the LMS holds, `GET /v1/grades/{id}/lms`);
+- with `--webhooks`, registers `/webhooks/passback` for Passback's events at start (removing it at exit), verifies
+  each request's signature with the `standardwebhooks` package (`pip install standardwebhooks`) and lists what it
+  heard at `/events`. Passback refuses webhook URLs on loopback or private addresses unless the operator allows
+  them: start the gateway with `GATEWAY_WEBHOOK_ALLOW_PRIVATE_ADDRESSES=1` for this.
 
 Run it against `make run`'s sandbox (README, "Develop against the sandbox"):
 
     .venv/bin/gateway demo --json --redirect-uri http://127.0.0.1:5001/callback > demo.json
-    .venv/bin/python examples/example_app.py --config demo.json --port 5001
+    .venv/bin/python examples/example_app.py --config demo.json --port 5001 [--webhooks]
 
 then launch a student from the dashboard's sandbox page, or open http://127.0.0.1:5001/.
 """
@@ -23,7 +27,9 @@ import argparse
 import html
 import json
 import secrets
+import signal
 import sys
+import threading
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.cookies import SimpleCookie
@@ -37,17 +43,31 @@ from passback_client import Passback, PassbackError, exchange_code
 QUIZ = ("What is 1/2 + 1/4?", ["3/4", "2/6", "1/8"], "3/4")
 
 
-def verify_webhook(body: bytes, headers: Mapping[str, str]) -> dict[str, Any] | None:
-    """The seam for Passback's webhooks: check the request's signature and answer the event, or None when it is
-    not Passback's. Passback signs webhooks as the Standard Webhooks specification says (headers `webhook-id`,
-    `webhook-timestamp`, `webhook-signature`; the endpoint's `whsec_…` secret); verify them with that project's
-    `standardwebhooks` package here, then act on the event in `on_grade_event`."""
-    raise NotImplementedError("webhook verification is not set up in this example yet")
+EVENTS = ["grade.delivered", "grade.failed", "grade.retrying", "grade.unroutable", "grade.lms_changed"]
 
 
-def on_grade_event(event: Mapping[str, Any]) -> None:
-    """What the app does when Passback says what happened to a grade (delivered, failed, …)."""
-    print(f"grade event: {json.dumps(event)}", flush=True)
+def verify_webhook(secret: str, body: bytes, headers: Mapping[str, str]) -> dict[str, Any] | None:
+    """Passback's webhook, checked: the event, or None when the request is not signed with the endpoint's secret
+    (or is older than five minutes, a replay). Passback signs as the Standard Webhooks specification says (headers
+    `webhook-id`, `webhook-timestamp`, `webhook-signature`), so that project's package verifies it."""
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    try:
+        return dict(Webhook(secret).verify(body, dict(headers)))
+    except WebhookVerificationError:
+        return None
+
+
+def on_grade_event(app: ExampleApp, event: Mapping[str, Any], webhook_id: str) -> None:
+    """What the app does when Passback says what happened to a grade: here, remember it (by its webhook-id, since
+    delivery is at least once and the same event may come twice) and print it."""
+    with app.lock:
+        if webhook_id in app.heard_ids:
+            return
+        app.heard_ids.add(webhook_id)
+        app.events.append(dict(event))
+    data = event["data"]
+    print(f"grade event: {event['type']} {data['gradeID']} r{data['revision']} {data['status']}", flush=True)
 
 
 class ExampleApp:
@@ -63,6 +83,24 @@ class ExampleApp:
         self.roster = [(s["sisID"], s["name"]) for s in config.get("students", []) if s.get("sisID")]
         self.district = Passback(self.base_url, str(config["token"]))
         self.sessions: dict[str, dict[str, str]] = {}
+        # Webhooks (--webhooks): the endpoint registered at start and its secret; what was heard, once each.
+        self.webhook: dict[str, Any] | None = None
+        self.events: list[dict[str, Any]] = []
+        self.heard_ids: set[str] = set()
+        self.lock = threading.Lock()
+
+    def register_webhooks(self, url: str) -> None:
+        try:
+            self.webhook = self.district.register_webhook(url, EVENTS)
+        except PassbackError as exc:
+            print(f"webhooks not registered: {exc}", file=sys.stderr, flush=True)
+            return
+        print(f"webhooks registered: {url} hears {', '.join(EVENTS)}", flush=True)
+
+    def remove_webhooks(self) -> None:
+        if self.webhook is not None:
+            self.district.remove_webhook(str(self.webhook["id"]))
+            self.webhook = None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -83,6 +121,8 @@ class Handler(BaseHTTPRequestHandler):
             self.quiz()
         elif url.path.startswith("/grades/"):
             self.grade_status(url.path.removeprefix("/grades/"))
+        elif url.path == "/events":
+            self.heard()
         else:
             self.page(HTTPStatus.NOT_FOUND, "Not found", "<p>No such page.</p>")
 
@@ -121,7 +161,12 @@ class Handler(BaseHTTPRequestHandler):
             "<p>Students sign in by opening the assignment in their LMS: launch one from Passback's sandbox page "
             "(dashboard → Sandbox gradebook → Launch).</p>"
             f"<h2>Roster</h2><table><tr><th>Student</th><th>SIS id</th><th>{esc(self.app.assignment_id)}</th></tr>"
-            f"{rows}</table>",
+            f"{rows}</table>"
+            + (
+                f'<p>Webhook events heard: {len(self.app.events)} (<a href="/events">/events</a>).</p>'
+                if self.app.webhook is not None
+                else ""
+            ),
         )
 
     def callback(self, query: Mapping[str, str]) -> None:
@@ -219,16 +264,21 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def webhook(self, body: bytes) -> None:
-        try:
-            event = verify_webhook(body, dict(self.headers.items()))
-        except NotImplementedError as exc:
-            self.send(HTTPStatus.NOT_IMPLEMENTED, str(exc).encode(), "text/plain")
+        if self.app.webhook is None:
+            self.send(HTTPStatus.NOT_FOUND, b"webhooks are not registered (start with --webhooks)", "text/plain")
             return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        event = verify_webhook(str(self.app.webhook["secret"]), body, headers)
         if event is None:
-            self.send(HTTPStatus.BAD_REQUEST, b"not signed by Passback", "text/plain")
+            self.send(HTTPStatus.UNAUTHORIZED, b"not signed by Passback", "text/plain")
             return
-        on_grade_event(event)
+        on_grade_event(self.app, event, headers["webhook-id"])
         self.send(HTTPStatus.NO_CONTENT, b"", "text/plain")
+
+    def heard(self) -> None:
+        with self.app.lock:
+            body = json.dumps({"events": self.app.events}).encode()
+        self.send(HTTPStatus.OK, body, "application/json")
 
     # --- plumbing
 
@@ -283,14 +333,23 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="What `gateway demo --json` printed.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", default=5001, type=int)
+    parser.add_argument("--webhooks", action="store_true", help="Register /webhooks/passback for Passback's events.")
     args = parser.parse_args(argv)
     app = ExampleApp(json.loads(args.config.read_text()))
     server = AppServer((args.host, args.port), app)
+    if args.webhooks:
+        app.register_webhooks(f"http://{args.host}:{server.server_port}/webhooks/passback")
+    # Stopped with Ctrl-C or SIGTERM alike: the endpoint is removed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     print(f"example app listening on http://{args.host}:{server.server_port}", flush=True)
     try:
         server.serve_forever()
@@ -298,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         server.server_close()
+        app.remove_webhooks()
     sys.exit(0)
 
 

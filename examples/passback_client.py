@@ -137,6 +137,15 @@ class Passback:
         """What each LMS that received the grade holds now: `[{"lmsConnection", "value", "error"}]`."""
         return list(self._call("GET", f"/v1/grades/{grade_id}/lms")["lms"])
 
+    def register_webhook(self, url: str, events: list[str]) -> dict[str, Any]:
+        """Register an endpoint (district-app token): answers `{"id", "url", "events", "secret", …}`; the `whsec_…`
+        secret is shown only here, so keep it to verify what the endpoint receives."""
+        return dict(self._call("POST", "/v1/webhooks", json={"url": url, "events": events}))
+
+    def remove_webhook(self, webhook_id: str) -> None:
+        response = self.http.delete(f"{self.base_url}/v1/webhooks/{webhook_id}", timeout=self.timeout)
+        _raise_for(response)
+
     def wait_for_delivery(self, grade_id: str, *, timeout: float = 30.0, every: float = 0.5) -> dict[str, Any]:
         """Poll the grade until Passback is done with it for now (delivered, failed, awaiting a launch …) or
         `timeout` passes; answers the last status read. (Webhooks tell an app the same without polling.)"""

@@ -27,14 +27,12 @@ class WebhookEvent(StrEnum):
     AWAITING_LAUNCH = "grade.awaiting_launch"
     UNROUTABLE = "grade.unroutable"
     SUPERSEDED = "grade.superseded"
-    # Accepted in subscriptions; not emitted yet (docs/webhooks.md says why).
+    # Written when a read-back finds the LMS holding another value than the one delivered.
     LMS_CHANGED = "grade.lms_changed"
 
 
 EVENT_NAMES = [event.value for event in WebhookEvent]
-EVENTS_RULE = (
-    "One or more of: " + ", ".join(EVENT_NAMES) + ". `grade.lms_changed` is accepted but not sent yet (see the README)."
-)
+EVENTS_RULE = "One or more of: " + ", ".join(EVENT_NAMES) + "."
 
 
 def _web_url(value: str) -> None:
@@ -166,11 +164,23 @@ class WebhookGradeDataSchema(Schema):
     lmsStatus = fields.Integer(
         attribute="lms_status", allow_none=True, metadata={"description": "The HTTP status the LMS answered, if any."}
     )
+    deliveredValue = fields.Float(
+        attribute="delivered_value",
+        metadata={"description": "grade.lms_changed only: the fraction (0 to 1) Passback delivered in this revision."},
+    )
+    lmsValue = fields.Float(
+        attribute="lms_value",
+        allow_none=True,
+        metadata={
+            "description": "grade.lms_changed only: the fraction the LMS was read to hold; null when it holds none "
+            "(the grade was cleared there)."
+        },
+    )
 
 
 class WebhookEventSchema(Schema):
     """The body of every webhook request (Standard Webhooks' payload structure: type, timestamp, data)."""
 
-    type = fields.String(metadata={"enum": [e.value for e in WebhookEvent if e is not WebhookEvent.LMS_CHANGED]})
+    type = fields.String(metadata={"enum": EVENT_NAMES})
     timestamp = UtcDateTime(metadata={"description": "When it happened (UTC)."})
     data = fields.Nested(WebhookGradeDataSchema)

@@ -223,7 +223,7 @@ def read_grade_from_lms(grade_id: str) -> Response:
     principal = current_principal()
     db.session().commit()  # the LMS calls below must not hold a transaction open
     services = current_services()
-    values = read_back(services.database, services.box, services.adapters, principal, grade_id)
+    values = read_back(services.database, services.box, services.adapters, services.clock, principal, grade_id)
     return jsonify(LmsValuesSchema().dump({"lms": values}))
 
 

@@ -9,7 +9,7 @@ indexed query per call (none on the intake path for a grade that goes out as usu
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -55,6 +55,7 @@ _TARGETS = (
         Delivery.lms_connection_id,
         GradeRevision.revision,
         GradeRevision.student_key,
+        GradeRevision.fraction,
         Grade.user_id,
         Assignment.external_id.label("assignment_external_id"),
         LmsConnection.name.label("lms_connection_name"),
@@ -88,10 +89,12 @@ def emit(
     *,
     now: datetime,
     reason: str | None = None,
+    lms_values: Mapping[str, float | None] | None = None,
 ) -> int:
     """Write `event` for each of these deliveries (as they stand now, in this transaction) to every endpoint
     that listens for it. `reason` replaces the delivery's last error as the event's reason (what Passback
-    decided, e.g. a newer revision replaced it). Returns how many messages were written."""
+    decided, e.g. a newer revision replaced it); `lms_values` (grade.lms_changed) is what each delivery's LMS
+    was read to hold. Returns how many messages were written."""
     if not delivery_ids:
         return 0
     rows = session.execute(_TARGETS, {"event": event.value, "delivery_ids": list(delivery_ids)}).all()
@@ -100,7 +103,8 @@ def emit(
     # One body per delivery, whatever the number of endpoints that hear it.
     bodies: dict[str, str] = {}
     messages = [
-        _message(event, row, now, bodies.setdefault(row.delivery_id, _body(event, row, now, reason))) for row in rows
+        _message(event, row, now, bodies.setdefault(row.delivery_id, _body(event, row, now, reason, lms_values)))
+        for row in rows
     ]
     session.execute(_MESSAGES.insert(), messages)
     session.info[EMITTED_KEY] = emitted(session) + len(messages)
@@ -112,8 +116,10 @@ def emitted(session: Session) -> int:
     return int(session.info.get(EMITTED_KEY, 0))
 
 
-def _body(event: WebhookEvent, row: Any, now: datetime, reason: str | None) -> str:
-    data = {
+def _body(
+    event: WebhookEvent, row: Any, now: datetime, reason: str | None, lms_values: Mapping[str, float | None] | None
+) -> str:
+    data: dict[str, Any] = {
         "grade_id": row.grade_id,
         "revision": row.revision,
         "assignment_external_id": row.assignment_external_id,
@@ -133,6 +139,10 @@ def _body(event: WebhookEvent, row: Any, now: datetime, reason: str | None) -> s
         "reason": None if row.status == DeliveryStatus.DELIVERED else (reason or row.last_error),
         "lms_status": row.lms_status,
     }
+    if event is WebhookEvent.LMS_CHANGED and lms_values is not None:
+        data["delivered_value"] = row.fraction
+        data["lms_value"] = lms_values.get(row.delivery_id)
+        data["reason"] = reason
     return json.dumps(
         _event_body.dump({"type": event.value, "timestamp": now, "data": data}),
         separators=(",", ":"),

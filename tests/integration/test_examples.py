@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ def _make_run_env(tmp_path: Path) -> dict[str, str]:
         {
             "GATEWAY_INSTANCE_DIR": str(tmp_path / "instance"),
             "GATEWAY_DEMO_TOKEN_FILE": str(tmp_path / "instance" / "demo-token.json"),
+            # The example app hears webhooks on 127.0.0.1, which the operator must allow (as the README says).
+            "GATEWAY_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "1",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -111,6 +114,16 @@ def _csrf(page: requests.Response) -> str:
     return found.group(1)
 
 
+def _heard(app_url: str, expected: int) -> list[dict[str, Any]]:
+    """The events the example app verified and kept, once it holds `expected` of them (or 30 s have passed)."""
+    deadline = time.monotonic() + 30
+    events: list[dict[str, Any]] = requests.get(app_url + "/events", timeout=10).json()["events"]
+    while len(events) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        events = requests.get(app_url + "/events", timeout=10).json()["events"]
+    return events
+
+
 def test_example_app_signs_a_student_in_posts_by_sis_id_and_reads_the_grades_back(tmp_path: Path) -> None:
     env = _make_run_env(tmp_path)
     app_port = _free_port()
@@ -138,8 +151,16 @@ def test_example_app_signs_a_student_in_posts_by_sis_id_and_reads_the_grades_bac
         config = tmp_path / "demo.json"
         config.write_text(demo_run.stdout)
         sandbox = {"Authorization": f"Bearer {demo['sandbox_secret']}"}
-        example = [sys.executable, str(EXAMPLES / "example_app.py"), "--config", str(config), "--port", str(app_port)]
-        with _process(example, env, tmp_path, "listening on"):
+        example = [
+            sys.executable,
+            str(EXAMPLES / "example_app.py"),
+            *("--config", str(config), "--port", str(app_port), "--webhooks"),
+        ]
+        district = {"Authorization": f"Bearer {demo['token']}"}
+        with _process(example, env, tmp_path, "listening on") as started:
+            assert "webhooks registered" in started, started
+            [endpoint] = requests.get(url + "/v1/webhooks", headers=district, timeout=10).json()["webhooks"]
+            assert endpoint["url"] == f"http://127.0.0.1:{app_port}/webhooks/passback"
             app_url = f"http://127.0.0.1:{app_port}"
             _wait_accepting(app_url + "/")
             browser = requests.Session()
@@ -179,15 +200,54 @@ def test_example_app_signs_a_student_in_posts_by_sis_id_and_reads_the_grades_bac
             assert alan["grade"]["studentKey"] == {"sisID": "S-1002"}
             assert [v["value"] for v in alan["lms"]] == [pytest.approx(0.7)]
 
-            # A form without the app's CSRF token is refused; the webhook seam says it is not set up yet.
+            # The app heard both deliveries by webhook, each verified with standardwebhooks against its secret.
+            heard = _heard(app_url, 2)
+            assert sorted((e["type"], e["data"]["gradeID"]) for e in heard) == sorted(
+                [("grade.delivered", own["grade"]["id"]), ("grade.delivered", alan["grade"]["id"])]
+            )
+            assert {e["data"]["gradeID"]: e["data"]["studentKey"] for e in heard}[alan["grade"]["id"]] == {
+                "sisID": "S-1002"
+            }
+
+            # A teacher lowers Alan's score in the sandbox gradebook; the app's status page reads it back, and
+            # the app hears that the LMS now holds another value.
+            alan_id = next(s["userID"] for s in demo["students"] if s["sisID"] == "S-1002")
+            score_url = (
+                f"{demo['sandbox_url']}/courses/{demo['course_id']}/items/{demo['assignment_id']}/scores/{alan_id}"
+            )
+            later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+            teacher = requests.put(
+                score_url, json={"scoreGiven": 6, "scoreMaximum": 10, "timestamp": later}, headers=sandbox, timeout=10
+            )
+            assert teacher.status_code == 200, teacher.text
+            assert [v["value"] for v in _until_settled(browser, by_sis.url)["lms"]] == [pytest.approx(0.6)]
+            changed = _heard(app_url, 3)[2:]
+            assert [(e["type"], e["data"]["lmsValue"], e["data"]["deliveredValue"]) for e in changed] == [
+                ("grade.lms_changed", pytest.approx(0.6), pytest.approx(0.7))
+            ]
+
+            # A form without the app's CSRF token is refused; so is a webhook request Passback did not sign.
             assert browser.post(app_url + "/roster/grade", data={"sis_id": "S-1002", "score": "1"}).status_code == 403
-            assert requests.post(app_url + "/webhooks/passback", data=b"{}", timeout=10).status_code == 501
+            forged = requests.post(
+                app_url + "/webhooks/passback",
+                data=json.dumps(heard[0]).encode(),
+                headers={
+                    "webhook-id": "msg_x",
+                    "webhook-timestamp": str(int(time.time())),
+                    "webhook-signature": "v1,AAAA",
+                },
+                timeout=10,
+            )
+            assert forged.status_code == 401
+            assert len(_heard(app_url, 3)) == 3
+
+        # Stopped, the example app removed its endpoint.
+        assert requests.get(url + "/v1/webhooks", headers=district, timeout=10).json()["webhooks"] == []
 
         # The sandbox gradebook holds both grades, as a teacher would see them.
         entries = requests.get(demo["sandbox_url"] + "/gradebook", headers=sandbox, timeout=10).json()["entries"]
         held = {(e["itemID"], e["studentID"]): (e["scoreGiven"], e["scoreMaximum"]) for e in entries}
-        alan_id = next(s["userID"] for s in demo["students"] if s["sisID"] == "S-1002")
-        assert held == {("fractions-quiz-1", ada["userID"]): (10.0, 10.0), ("fractions-quiz-1", alan_id): (7.0, 10.0)}
+        assert held == {("fractions-quiz-1", ada["userID"]): (10.0, 10.0), ("fractions-quiz-1", alan_id): (6.0, 10.0)}
 
     # Started again, make run keeps the token (and the app's secret) instead of revoking them.
     with make_run(tmp_path, env) as (url, banner):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -52,6 +52,7 @@ ALL_EVENTS = [
     "grade.awaiting_launch",
     "grade.unroutable",
     "grade.superseded",
+    "grade.lms_changed",
 ]
 
 
@@ -368,6 +369,54 @@ def test_a_replaced_revision_is_heard_superseded(world: World, receiver: Webhook
         ("grade.delivered", 2),
     ]
     assert "newer revision" in receiver.events()[0]["data"]["reason"]
+
+
+def test_a_read_back_that_finds_another_value_in_the_lms_is_heard_once(world: World, receiver: WebhookReceiver) -> None:
+    registered(world, receiver)
+    grade_id = post(world, percentage=0.8)
+    worker_for(world).run_until_idle()
+    read_url = f"/v1/grades/{grade_id}/lms"
+    assert world.get(read_url).json()["lms"][0]["value"] == 0.8
+    sender_for(world).run_until_idle()
+    assert [e["type"] for e in receiver.events()] == ["grade.delivered"], "the LMS holds what was sent: no change"
+
+    # A teacher overrides the grade in the gradebook (the sandbox LMS's own API, as its UI would).
+    score_url = world.url(
+        f"/sandbox-lms/{world.connection_id}/courses/course-101/items/quiz-1/scores/{world.students[0]}"
+    )
+    sandbox = {"Authorization": f"Bearer {world.sandbox_secret}"}
+    later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    put = world.http.put(score_url, json={"scoreGiven": 5, "scoreMaximum": 10, "timestamp": later}, headers=sandbox)
+    assert put.status_code == 200, put.text
+    for _ in range(2):  # reading the same value again is not a new change
+        assert world.get(read_url).json()["lms"][0]["value"] == 0.5
+    sender_for(world).run_until_idle()
+    changed = receiver.events()[1:]
+    assert [e["type"] for e in changed] == ["grade.lms_changed"]
+    data = changed[0]["data"]
+    assert (data["gradeID"], data["revision"], data["status"]) == (grade_id, 1, "delivered")
+    assert (data["deliveredValue"], data["lmsValue"]) == (0.8, 0.5)
+    assert "another value" in data["reason"]
+    assert "deliveredValue" not in receiver.events()[0]["data"], "only grade.lms_changed carries the values"
+
+    # The grade is cleared in the LMS: a change again, to no grade.
+    assert world.http.delete(score_url, headers=sandbox).json() == {"removed": True}
+    assert world.get(read_url).json()["lms"][0]["value"] is None
+    sender_for(world).run_until_idle()
+    assert [(e["type"], e["data"]["lmsValue"]) for e in receiver.events()[2:]] == [("grade.lms_changed", None)]
+
+
+def test_an_lms_change_is_heard_only_by_endpoints_that_subscribed(world: World, receiver: WebhookReceiver) -> None:
+    registered(world, receiver, ["grade.delivered"])
+    grade_id = post(world, percentage=0.8)
+    worker_for(world).run_until_idle()
+    score_url = world.url(
+        f"/sandbox-lms/{world.connection_id}/courses/course-101/items/quiz-1/scores/{world.students[0]}"
+    )
+    assert world.http.delete(score_url, headers={"Authorization": f"Bearer {world.sandbox_secret}"}).ok
+    assert world.get(f"/v1/grades/{grade_id}/lms").json()["lms"][0]["value"] is None
+    sender_for(world).run_until_idle()
+    assert [e["type"] for e in receiver.events()] == ["grade.delivered"]
 
 
 def test_an_endpoint_hears_only_the_events_it_subscribed_to(world: World, receiver: WebhookReceiver) -> None:
