@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench lint install install-test clean
+.PHONY: help run test bench lint lock install install-test clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -14,8 +14,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[server,postgres]'
+# The server install takes the locked versions, hashes checked (requirements.lock, made by `make lock`), then
+# Passback itself without resolving anything again.
+$(VENV)/.installed-run: pyproject.toml requirements.lock | $(BIN)/python
+	$(PIP) install --require-hashes -r requirements.lock
+	$(PIP) install --no-deps -e .
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
@@ -51,6 +54,15 @@ lint: install-test ## ruff (checks and formatting), mypy --strict on adapters/, 
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy adapters schemas gateway/services
 	$(BIN)/lint-imports --no-cache --no-logo
+
+UV_VERSION ?= 0.13.10
+lock: | $(BIN)/python ## Lock the server install (base, server, postgres, celery) with hashes into requirements.lock
+	$(PIP) install 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile pyproject.toml --extra server --extra postgres --extra celery --universal \
+	  --python-version 3.11 --generate-hashes --index-url https://pypi.org/simple --no-header --quiet -o requirements.lock.body
+	{ echo '# Passback: the server install, locked with hashes. Made by `make lock` (uv pip compile, pyproject.toml'; \
+	  echo '# extras server, postgres, celery); installed by `make run` and the Dockerfile with pip --require-hashes.'; \
+	  cat requirements.lock.body; } > requirements.lock && rm requirements.lock.body
 
 clean: ## Remove .venv, the local database and caches
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache .mypy_cache .import_linter_cache tests/artifacts
