@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Executable
 
 from gateway.crypto import SecretBox
 from gateway.models import AuditEntry, District, Enrollment, Grade, LmsConnection, LmsIdentity, User, new_id, utcnow
@@ -35,6 +34,8 @@ from gateway.services.unit_of_work import UnitOfWork
 T = TypeVar("T")
 # Keys per IN (…) list and rows per bulk statement: well under SQLite's and PostgreSQL's parameter limits.
 CHUNK = 500
+# Rows written from which a PostgreSQL import refreshes the tables' statistics after its commit.
+ANALYZE_AFTER = 1000
 STATUSES = ("created", "updated", "unchanged", "deleted", "skipped", "error")
 Progress = Callable[[int, int], None]  # (rows done, rows in all)
 
@@ -84,8 +85,19 @@ def import_roster(
                 },
             )
         )
+        if session.get_bind().dialect.name == "postgresql" and work.written >= ANALYZE_AFTER:
+            uow.on_commit(lambda: _analyze(session, work.tables_written))
         uow.commit()
     return report
+
+
+def _analyze(session: Session, tables: set[str]) -> None:
+    """Refresh the planner's statistics of the tables a large import grew: until autovacuum does (up to a minute
+    or more), PostgreSQL plans lookups by key as if the district were empty, and a re-import's chunked reads
+    fall back to scanning the district's rows once per key."""
+    for table in sorted(tables):
+        session.execute(text(f"ANALYZE {table}"))  # a fixed table name of ours, not input
+    session.commit()
 
 
 def find_district(session: Session, ref: str) -> District:
@@ -158,11 +170,17 @@ class _Import:
         self.refused: dict[str, Outcome] = {}  # a record's ref: why its user was not imported
         self.enrolled: set[str] = set()  # users given a new enrollment
         self.identified: set[str] = set()  # users given a new LMS identity
+        self.written = 0  # rows inserted, updated or deleted
+        self.tables_written: set[str] = set()
 
-    def _write(self, statement: Executable, rows: list[dict[str, Any]]) -> None:
-        """An ORM bulk INSERT, or UPDATE by primary key, in chunks."""
+    def _write(self, model: type[User | Enrollment | LmsIdentity], rows: list[dict[str, Any]], *, new: bool) -> None:
+        """An ORM bulk INSERT (`new`), or UPDATE by primary key, in chunks."""
+        statement = insert(model) if new else update(model)
         for start in range(0, len(rows), CHUNK):
             self.session.execute(statement, rows[start : start + CHUNK])
+        if rows:
+            self.written += len(rows)
+            self.tables_written.add(model.__tablename__)
 
     def advance(self, rows: int) -> None:
         self.done += rows
@@ -273,9 +291,9 @@ class _Import:
                     }
                 )
             outcomes.append(outcome("updated", f"{', '.join(changes)} changed", changes))
-        self._write(insert(User), inserts)
-        self._write(update(User), updates)
-        self._write(insert(LmsIdentity), identities)
+        self._write(User, inserts, new=True)
+        self._write(User, updates, new=False)
+        self._write(LmsIdentity, identities, new=True)
         self.identified.update(row["user_id"] for row in identities)
         self.advance(len(records))
         return outcomes
@@ -378,8 +396,9 @@ class _Import:
                 outcomes.append(outcome("unchanged"))
         for ids in _chunks(deletes):
             self.session.execute(delete(Enrollment).where(Enrollment.id.in_(ids)))
-        self._write(insert(Enrollment), inserts)
-        self._write(update(Enrollment), updates)
+        self.written += len(deletes)
+        self._write(Enrollment, inserts, new=True)
+        self._write(Enrollment, updates, new=False)
         self.advance(len(records))
         return outcomes
 

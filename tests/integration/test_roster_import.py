@@ -4,6 +4,7 @@ real database, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from gateway.cli import main
 from gateway.composition import services_of
-from gateway.models import AuditEntry, Enrollment, LmsIdentity, User
+from gateway.models import AuditEntry, Delivery, Enrollment, LmsIdentity, User
+from tests.factories import COURSE, World
 
 USERS = (
     # A byte order mark, CRLF line ends, an unknown column (grades), quoted fields with a comma and a quote.
@@ -54,9 +56,9 @@ def write_oneroster(directory: Path, **overrides: str) -> Path:
         "orgs.csv": ORGS,
         "manifest.csv": MANIFEST,
     }
-    files.update({f"{name}.csv": text for name, text in overrides.items()})
-    for name, text in files.items():
-        (directory / name).write_bytes(text.encode("utf-8"))
+    files.update({f"{name}.csv": content for name, content in overrides.items()})
+    for name, content in files.items():
+        (directory / name).write_bytes(content.encode("utf-8"))
     return directory
 
 
@@ -168,8 +170,8 @@ def test_oneroster_zip_with_class_codes_and_identifiers(
 ) -> None:
     archive = tmp_path / "export.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        for name, text in (("users", USERS), ("classes", CLASSES), ("enrollments", ENROLLMENTS), ("orgs", ORGS)):
-            zf.writestr(f"sis-export/{name}.csv", text)
+        for name, content in (("users", USERS), ("classes", CLASSES), ("enrollments", ENROLLMENTS), ("orgs", ORGS)):
+            zf.writestr(f"sis-export/{name}.csv", content)
     report = run_import(
         runner, "--district", district["id"], str(archive), "--course-id", "classCode", "--sis-id", "identifier"
     )
@@ -235,10 +237,10 @@ def test_bad_rows_are_reported_and_the_others_imported(
     saved, enrollments_saved = db_state(app, district["id"])
     assert set(saved) == {"u1", "u2", "t1"} and len(enrollments_saved) == 4
 
-    text = runner.invoke(main, ["roster", "import", "--district", district["id"], str(path)])
-    assert text.exit_code == 2
-    assert "users.csv:6 user u3 error: role: 'wizard' is not a OneRoster role" in text.output
-    assert "users: 3 unchanged, 1 skipped, 3 error" in text.output
+    printed = runner.invoke(main, ["roster", "import", "--district", district["id"], str(path)])
+    assert printed.exit_code == 2
+    assert "users.csv:6 user u3 error: role: 'wizard' is not a OneRoster role" in printed.output
+    assert "users: 3 unchanged, 1 skipped, 3 error" in printed.output
 
 
 def test_a_missing_column_or_file_changes_nothing(
@@ -254,8 +256,10 @@ def test_a_missing_column_or_file_changes_nothing(
 
     (path / "users.csv").write_text(USERS)
     (path / "enrollments.csv").unlink()
-    text = runner.invoke(main, ["roster", "import", "--district", district["id"], str(path)])
-    assert text.exit_code == 1 and "no enrollments.csv" in text.output and "nothing was imported" in text.output
+    printed = runner.invoke(main, ["roster", "import", "--district", district["id"], str(path)])
+    assert (
+        printed.exit_code == 1 and "no enrollments.csv" in printed.output and "nothing was imported" in printed.output
+    )
     assert db_state(app, district["id"]) == ({}, set())
 
 
@@ -351,3 +355,45 @@ def test_existing_user_without_sis_id_is_adopted_by_email(
     assert by_key(report, "user")["u1"]["changes"] == ["sisID", "name"]
     saved, _ = db_state(app, district["id"])
     assert saved["u1"][0] == launched and saved["u1"][1] == "Ada Lovelace"
+
+
+def test_enrolling_routes_grades_that_waited(runner: CliRunner, world: World, tmp_path: Path) -> None:
+    path = tmp_path / "roster.csv"
+    path.write_text("sis_id,email,name,role,course\nS-9,nina@school.example,Nina,student,\n")
+    run_import(runner, "--district", world.district_id, str(path))
+    posted = world.post_grade({"assignmentID": "quiz-1", "sisID": "S-9", "percentage": 0.5})
+    assert posted.status_code == 202, posted.text
+
+    def placed_deliveries() -> int:
+        with world.session() as session:
+            query = select(func.count()).where(
+                Delivery.grade_id == posted.json()["id"], Delivery.placement_id.is_not(None)
+            )
+            return int(session.scalar(query) or 0)
+
+    assert placed_deliveries() == 0  # not enrolled in the course where quiz-1 is placed
+    path.write_text(f"sis_id,email,name,role,course\nS-9,nina@school.example,Nina,student,{COURSE}\n")
+    report = run_import(runner, "--district", world.district_id, "--lms", "Sandbox", str(path))
+    assert report["summary"]["enrollments"]["created"] == 1 and report["deliveriesCreated"] == 1
+    assert placed_deliveries() == 1
+
+
+def test_a_large_import_refreshes_postgresql_statistics(
+    runner: CliRunner, app: Flask, district: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("planner statistics are PostgreSQL's")
+    database = services_of(app).database
+    with database.transaction() as session:
+        before = session.scalar(text("SELECT now()"))
+    path = tmp_path / "big.csv"
+    path.write_text("sis_id,email,name,role,course\n" + "".join(f"S-{n},,Student {n},student,\n" for n in range(1000)))
+    assert run_import(runner, "--district", district["id"], str(path))["summary"]["users"]["created"] == 1000
+    deadline = time.monotonic() + 5
+    while True:  # the statistics views may lag the ANALYZE by a moment
+        with database.transaction() as session:
+            analyzed = session.scalar(text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'users'"))
+        if (analyzed is not None and analyzed >= before) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert analyzed is not None and analyzed >= before
