@@ -12,9 +12,9 @@ import click
 
 from gateway.services.errors import ServiceError
 
-# Exit codes: 0 every row imported, skipped or unchanged; 1 nothing imported (a file or an option refused);
-# 2 imported, but some rows were refused (they are in the report).
-EXIT_ROW_ERRORS = 2
+# Exit codes: 0 no row refused; 1 nothing imported (a file, the district or the LMS refused); 2 click's usage
+# errors; 3 imported, but some rows were refused (they are in the report).
+EXIT_ROW_ERRORS = 3
 
 
 @click.group()
@@ -25,7 +25,7 @@ def roster() -> None:
 @roster.command("import")
 @click.option("--district", "district_ref", required=True, help="The district's id or name.")
 @click.option("--lms", "lms_ref", default=None, help="The LMS connection (id or name) to enroll into.")
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("path", type=click.Path(path_type=Path))  # the service says, in JSON too, when it is missing
 @click.option(
     "--format",
     "fmt",

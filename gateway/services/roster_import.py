@@ -76,7 +76,7 @@ def import_roster(
                 staff_id=None,
                 staff_email=f"operator:{operator}"[:320],
                 action="imported a roster",
-                target=path.name[:200],
+                target=path.resolve().name[:200],
                 details={
                     "format": roster.format,
                     "lms": connection.name if connection else None,
@@ -187,6 +187,12 @@ class _Import:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
+    def tick(self) -> None:
+        """One more row done: progress is told every CHUNK rows."""
+        self.done += 1
+        if self.progress is not None and self.done % CHUNK == 0:
+            self.progress(self.done, self.total)
+
     # --- users ---
 
     def _users_by_sis_id(self, sis_ids: Sequence[str]) -> dict[str, list[_Known]]:
@@ -218,6 +224,7 @@ class _Import:
         identities: list[dict[str, Any]] = []
         adopted: set[str] = set()
         for record in records:
+            self.tick()
 
             def outcome(
                 status: str, reason: str = "", changes: tuple[str, ...] = (), r: UserRecord = record
@@ -295,7 +302,7 @@ class _Import:
         self._write(User, updates, new=False)
         self._write(LmsIdentity, identities, new=True)
         self.identified.update(row["user_id"] for row in identities)
-        self.advance(len(records))
+        self.advance(0)
         return outcomes
 
     def _identities(self, subjects: Sequence[str]) -> dict[str, str]:
@@ -354,6 +361,7 @@ class _Import:
         updates: list[dict[str, Any]] = []
         deletes: list[str] = []
         for record in records:
+            self.tick()
 
             def outcome(
                 status: str, reason: str = "", changes: tuple[str, ...] = (), r: EnrollmentRecord = record
@@ -399,7 +407,7 @@ class _Import:
         self.written += len(deletes)
         self._write(Enrollment, inserts, new=True)
         self._write(Enrollment, updates, new=False)
-        self.advance(len(records))
+        self.advance(0)
         return outcomes
 
     def _enrollment_user(self, record: EnrollmentRecord, outside: dict[str, list[_Known]]) -> str | Outcome:

@@ -223,7 +223,7 @@ def test_bad_rows_are_reported_and_the_others_imported(
         ENROLLMENTS + "e5,,,c9,org1,u1,student,,,\r\ne6,,,c1,org1,u3,student,,,\r\ne7,,,c1,org1,u9,student,,,\r\n"
     )
     path = write_oneroster(tmp_path / "bad", users=users, enrollments=enrollments)
-    report = run_import(runner, "--district", district["id"], str(path), code=2)
+    report = run_import(runner, "--district", district["id"], str(path), code=3)
 
     rows = {(r["file"], r["line"]): r for r in report["rows"]}
     assert rows["users.csv", 6]["status"] == "error" and rows["users.csv", 6]["reason"].startswith("role: 'wizard'")
@@ -238,7 +238,7 @@ def test_bad_rows_are_reported_and_the_others_imported(
     assert set(saved) == {"u1", "u2", "t1"} and len(enrollments_saved) == 4
 
     printed = runner.invoke(main, ["roster", "import", "--district", district["id"], str(path)])
-    assert printed.exit_code == 2
+    assert printed.exit_code == 3
     assert "users.csv:6 user u3 error: role: 'wizard' is not a OneRoster role" in printed.output
     assert "users: 3 unchanged, 1 skipped, 3 error" in printed.output
 
@@ -315,7 +315,7 @@ def test_plain_csv_links_lms_ids_and_checks_repeated_users(
         "T-1,grace@school.example,Grace Hopper,teacher,math-7,\n"
         "S-3,,,pupil,math-7,\n"
     )
-    report = run_import(runner, "--district", district["id"], "--format", "csv", str(path), code=2)
+    report = run_import(runner, "--district", district["id"], "--format", "csv", str(path), code=3)
     assert report["format"] == "csv"
     assert report["summary"]["users"] == {
         "created": 3,
@@ -339,7 +339,7 @@ def test_plain_csv_links_lms_ids_and_checks_repeated_users(
         identities = [(i.subject, i.lms_connection_id) for i in session.scalars(select(LmsIdentity))]
     assert identities == [("canvas-11", district["lms"])]
 
-    again = run_import(runner, "--district", district["id"], str(path), code=2)
+    again = run_import(runner, "--district", district["id"], str(path), code=3)
     assert again["summary"]["users"]["unchanged"] == 3 and again["summary"]["enrollments"]["created"] == 0
 
 
@@ -397,3 +397,36 @@ def test_a_large_import_refreshes_postgresql_statistics(
             break
         time.sleep(0.1)
     assert analyzed is not None and analyzed >= before
+
+
+def test_several_connections_need_lms_and_a_missing_path_is_a_json_error(
+    runner: CliRunner, app: Flask, district: dict[str, str], tmp_path: Path
+) -> None:
+    added = runner.invoke(
+        main,
+        [
+            *("lms", "add", "--district", district["id"], "--name", "Schoology", "--adapter", "sandbox"),
+            *("--setting", "base_url=http://127.0.0.1:9/sandbox-lms/y", "--setting", "secret=0123456789abcdef0123"),
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    path = write_oneroster(tmp_path / "two")
+    refused = runner.invoke(main, ["roster", "import", "--district", district["id"], str(path), "--json"])
+    assert refused.exit_code == 1
+    assert json.loads(refused.output)["error"]["fields"] == {
+        "lms": ["Required when the district has several LMS connections."]
+    }
+    assert db_state(app, district["id"]) == ({}, set())
+
+    report = run_import(runner, "--district", district["id"], "--lms", "Schoology", str(path))
+    assert report["lms"]["name"] == "Schoology" and report["summary"]["enrollments"]["created"] == 4
+
+    missing = runner.invoke(
+        main, ["roster", "import", "--district", district["id"], str(tmp_path / "nope.zip"), "--json"]
+    )
+    assert missing.exit_code == 1
+    assert json.loads(missing.output)["error"] == {
+        "code": "roster_file_invalid",
+        "message": f"{tmp_path / 'nope.zip'} does not exist",
+        "fields": {"path": ["No such file or directory."]},
+    }
