@@ -825,5 +825,8 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
         embedded.stop()
 
 
+main.add_command(__import__("gateway.cli_roster", fromlist=["roster"]).roster)  # gateway roster import
+
+
 if __name__ == "__main__":
     main()

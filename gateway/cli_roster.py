@@ -1,0 +1,166 @@
+"""`gateway roster import`: a district's roster files in one call (gateway/services/roster_import.py)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway.services.errors import ServiceError
+
+# Exit codes: 0 no row refused; 1 nothing imported (a file, the district or the LMS refused); 2 click's usage
+# errors; 3 imported, but some rows were refused (they are in the report).
+EXIT_ROW_ERRORS = 3
+
+
+@click.group()
+def roster() -> None:
+    """Roster files: users and enrollments in bulk."""
+
+
+@roster.command("import")
+@click.option("--district", "district_ref", required=True, help="The district's id or name.")
+@click.option("--lms", "lms_ref", default=None, help="The LMS connection (id or name) to enroll into.")
+@click.argument("path", type=click.Path(path_type=Path))  # the service says, in JSON too, when it is missing
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["oneroster", "csv"]),
+    default=None,
+    help="oneroster: a directory or .zip of OneRoster 1.1 CSV; csv: one file sis_id,email,name,role,course"
+    "[,lms_user_id]. Default: by PATH (a directory or .zip is OneRoster).",
+)
+@click.option(
+    "--sis-id",
+    "sis_id",
+    type=click.Choice(["sourcedId", "identifier"]),
+    default="sourcedId",
+    show_default=True,
+    help="OneRoster: the users.csv column Passback's sisID is taken from.",
+)
+@click.option(
+    "--course-id",
+    "course_id",
+    type=click.Choice(["sourcedId", "classCode"]),
+    default="sourcedId",
+    show_default=True,
+    help="OneRoster: the classes.csv column that is the LMS's course id.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would change, and change nothing.")
+@click.option("--verbose", is_flag=True, help="Text: list every row, not only refused and skipped ones.")
+@click.option("--operator", default=None, help="Who runs the import, for the audit log [default: your login].")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def roster_import(
+    district_ref: str,
+    lms_ref: str | None,
+    path: Path,
+    fmt: str | None,
+    sis_id: str,
+    course_id: str,
+    dry_run: bool,
+    verbose: bool,
+    operator: str | None,
+    as_json: bool,
+) -> None:
+    """Import users and enrollments from PATH; re-importing the same files changes nothing."""
+    from gateway.cli import _app, _services
+    from gateway.services.roster_import import import_roster
+
+    app = _app()
+    services = _services(app)
+    with _Progress() as progress:
+        try:
+            with app.app_context():
+                report = import_roster(
+                    services.unit_of_work(),
+                    services.box,
+                    district_ref,
+                    path,
+                    lms_ref=lms_ref,
+                    fmt=fmt,  # type: ignore[arg-type]
+                    sis_id=sis_id,  # type: ignore[arg-type]
+                    course_id=course_id,  # type: ignore[arg-type]
+                    dry_run=dry_run,
+                    operator=operator or _login(),
+                    progress=progress,
+                )
+        except ServiceError as exc:
+            progress.close()
+            _refuse(exc, as_json)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(_text(report, verbose))
+    if report["errors"]:
+        sys.exit(EXIT_ROW_ERRORS)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (a container's bare uid)
+        return "unknown"
+
+
+def _refuse(exc: ServiceError, as_json: bool) -> None:
+    if as_json:
+        body = {"error": {"code": exc.code, "message": exc.message, "fields": exc.fields or {}}}
+        click.echo(json.dumps(body, indent=2))
+        sys.exit(1)
+    message = exc.message
+    if exc.fields:
+        message += "\n" + "\n".join(f"  {k}: {'; '.join(map(str, v))}" for k, v in exc.fields.items())
+    raise click.ClickException(message + "\nnothing was imported")
+
+
+class _Progress:
+    """A progress bar on stderr when it is a terminal; nothing otherwise (logs and pipes stay clean)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._tty = sys.stderr.isatty()
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._tty or total == 0:
+            return
+        if self._bar is None:
+            self._bar = click.progressbar(length=total, label="importing rows", file=sys.stderr)
+            self._bar.__enter__()
+        self._bar.update(done - self._bar.pos)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _text(report: dict[str, Any], verbose: bool) -> str:
+    lines = []
+    for row in report["rows"]:
+        if verbose or row["status"] in ("error", "skipped"):
+            reason = f": {row['reason']}" if row["reason"] else ""
+            lines.append(f"{row['file']}:{row['line']} {row['kind']} {row['key']} {row['status']}{reason}")
+    summary = report["summary"]
+    for kind in ("users", "enrollments"):
+        counts = ", ".join(f"{n} {status}" for status, n in summary[kind].items() if n)
+        lines.append(f"{kind}: {counts or 'none'}")
+    refused = summary["classes"]["error"] + summary["rows"]["error"]
+    if refused:
+        lines.append(f"other rows refused: {refused}")
+    lms = report["lms"]["name"] if report["lms"] else "no LMS connection"
+    lines.append(
+        f"district {report['district']['name']} ({report['district']['id']}), {lms}; "
+        f"{report['deliveriesCreated']} waiting grades routed"
+        + ("; dry run: nothing was changed" if report["dryRun"] else "")
+    )
+    return "\n".join(lines)
