@@ -825,7 +825,10 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
         embedded.stop()
 
 
-main.add_command(__import__("gateway.cli_roster", fromlist=["roster"]).roster)  # gateway roster import
+# Command groups kept in modules of their own; imported last, since they use this module's helpers.
+from gateway.cli_roster import roster  # noqa: E402
+
+main.add_command(roster)
 
 
 if __name__ == "__main__":
