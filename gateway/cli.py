@@ -825,5 +825,9 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
         embedded.stop()
 
 
+from gateway.cli_admin import register as _register_admin  # noqa: E402 - adds to the groups defined above
+
+_register_admin(main)
+
 if __name__ == "__main__":
     main()
