@@ -448,7 +448,9 @@ def staff_reset_password(
 ) -> None:
     """Replace a password (or let a disabled account back in): a one-time link (24 h) or a password typed now.
     Open sessions end and a lockout is lifted."""
-    password = click.prompt("New password", hide_input=True, confirmation_prompt=True) if set_password else None
+    password = (
+        click.prompt("New password", hide_input=True, confirmation_prompt=True, err=True) if set_password else None
+    )
     with _context() as app:
         public_url = app.config["PASSBACK"].public_url
     _run(
@@ -640,7 +642,13 @@ def placement_show(district_ref: str, placement_id: str, as_json: bool) -> None:
 @click.argument("placement_id", metavar="PLACEMENT")
 @click.option("--title", default=None)
 @click.option("--section", default=None, help="The LMS's section id.")
-@click.option("--destination-json", default=None, help="Adapter destination data (replaces it).")
+@click.option(
+    "--destination-json",
+    "destination",
+    default=None,
+    callback=lambda _ctx, _param, value: _json_object(value),
+    help="Adapter destination data as a JSON object (replaces it).",
+)
 @operator_option
 @json_option
 def placement_update(
@@ -648,12 +656,11 @@ def placement_update(
     placement_id: str,
     title: str | None,
     section: str | None,
-    destination_json: str | None,
+    destination: dict[str, Any] | None,
     operator_name: str,
     as_json: bool,
 ) -> None:
     """Change a placement's title, section or destination data."""
-    destination = _json_object(destination_json, "--destination-json")
     _run(
         as_json,
         lambda: _call(
@@ -669,7 +676,7 @@ def placement_update(
     )
 
 
-def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+def _json_object(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
@@ -677,7 +684,7 @@ def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint=option)
+        raise click.BadParameter("must be a JSON object", param_hint="--destination-json")
     return value
 
 

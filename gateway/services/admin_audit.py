@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.models import App, AuditEntry, District
+from gateway.models import App, AuditEntry, District, LmsConnection
 from gateway.services.errors import Conflict, InvalidInput, NotFound
+from gateway.services.lms import get_connection
 
 MAX_OPERATOR_NAME = 100
 
@@ -88,3 +89,13 @@ def find_app(session: Session, ref: str) -> App:
 def when(value: datetime | None) -> str | None:
     """A timestamp for an answer: ISO 8601, UTC as stored."""
     return value.isoformat() if value is not None else None
+
+
+def find_connection(session: Session, district_id: str, ref: str) -> LmsConnection:
+    """A connection of this district by id or name (lms.get_connection), the refusal naming the field."""
+    try:
+        return get_connection(session, district_id, ref)
+    except NotFound as exc:
+        raise NotFound(
+            exc.message, fields={"lms": ["No LMS connection with this id or name in this district."]}
+        ) from None

@@ -33,9 +33,8 @@ from gateway.models import (
     utcnow,
 )
 from gateway.services import directory, staff
-from gateway.services.admin_audit import Operator, find_app, find_district, record, when
+from gateway.services.admin_audit import Operator, find_app, find_connection, find_district, record, when
 from gateway.services.errors import Conflict, InvalidInput, NotFound
-from gateway.services.lms import get_connection
 from gateway.services.unit_of_work import UnitOfWork
 
 MAX_LIST = 1000
@@ -472,7 +471,7 @@ def list_enrollments(
         if user_id is not None:
             query = query.where(Enrollment.user_id == _user(uow.session, district.id, user_id).id)
         if lms_ref is not None:
-            query = query.where(Enrollment.lms_connection_id == get_connection(uow.session, district.id, lms_ref).id)
+            query = query.where(Enrollment.lms_connection_id == find_connection(uow.session, district.id, lms_ref).id)
         if course is not None:
             query = query.where(Enrollment.course_id == course)
         names = _connection_names(uow.session, district.id)
@@ -491,7 +490,7 @@ def unenroll(
     """Take a user out of an LMS course: new grades no longer route there (deliveries already made stay)."""
     with uow:
         district = find_district(uow.session, district_ref)
-        connection = get_connection(uow.session, district.id, lms_ref)
+        connection = find_connection(uow.session, district.id, lms_ref)
         user = _user(uow.session, district.id, user_id)
         result = uow.session.execute(
             delete(Enrollment).where(

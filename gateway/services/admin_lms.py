@@ -14,7 +14,7 @@ from adapters import REGISTRY
 from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.models import App, Assignment, Delivery, LmsConnection, Placement
 from gateway.services import dashboard_connections, lms
-from gateway.services.admin_audit import Operator, find_app, find_district, record, when
+from gateway.services.admin_audit import Operator, find_app, find_connection, find_district, record, when
 from gateway.services.errors import Conflict, InvalidInput, NotFound
 from gateway.services.unit_of_work import UnitOfWork
 
@@ -73,7 +73,7 @@ def list_connections(uow: UnitOfWork, district_ref: str) -> dict[str, Any]:
 def show_connection(uow: UnitOfWork, box: SecretBox, district_ref: str, lms_ref: str) -> dict[str, Any]:
     with uow:
         district = find_district(uow.session, district_ref)
-        connection = lms.get_connection(uow.session, district.id, lms_ref)
+        connection = find_connection(uow.session, district.id, lms_ref)
         adapter = REGISTRY.get(connection.adapter)
         data = {
             **_connection_row(uow.session, connection),
@@ -90,7 +90,7 @@ def rename_connection(
 ) -> dict[str, Any]:
     with uow:
         district = find_district(uow.session, district_ref)
-        connection = lms.get_connection(uow.session, district.id, lms_ref)
+        connection = find_connection(uow.session, district.id, lms_ref)
         new_name = (name or "").strip()
         if not new_name or len(new_name) > 200:
             raise InvalidInput("--name must be 1 to 200 characters", fields={"name": ["1 to 200 characters."]})
@@ -126,7 +126,7 @@ def rotate_secret(
     waiting to retry go at once. Neither the old nor the new value is part of the answer or the audit row."""
     with uow:
         district = find_district(uow.session, district_ref)
-        connection = lms.get_connection(uow.session, district.id, lms_ref)
+        connection = find_connection(uow.session, district.id, lms_ref)
         adapter = REGISTRY.get(connection.adapter)
         secret_keys = sorted(adapter.secret_settings) if adapter is not None else []
         if not secret_keys:
@@ -169,7 +169,7 @@ def set_disabled(
     accepted and wait in the outbox until it is enabled again."""
     with uow:
         district = find_district(uow.session, district_ref)
-        found = lms.get_connection(uow.session, district.id, lms_ref)
+        found = find_connection(uow.session, district.id, lms_ref)
         connection = dashboard_connections.set_paused(uow.session, district.id, found.id, disabled)
         record(uow.session, district.id, operator, f"{'pause' if disabled else 'resume'}d delivery", connection.name)
         if not disabled:
@@ -184,7 +184,7 @@ def remove_connection(uow: UnitOfWork, operator: Operator, district_ref: str, lm
     One with deliveries is refused: they are the record of what was sent; disable it instead."""
     with uow:
         district = find_district(uow.session, district_ref)
-        connection = lms.get_connection(uow.session, district.id, lms_ref)
+        connection = find_connection(uow.session, district.id, lms_ref)
         counts = _delivery_counts(uow.session, Delivery.lms_connection_id == connection.id)
         if counts:
             raise Conflict(
@@ -250,7 +250,7 @@ def list_placements(
         district = find_district(uow.session, district_ref)
         query = _placement_query(district.id)
         if lms_ref is not None:
-            query = query.where(Placement.lms_connection_id == lms.get_connection(uow.session, district.id, lms_ref).id)
+            query = query.where(Placement.lms_connection_id == find_connection(uow.session, district.id, lms_ref).id)
         if app_ref is not None:
             query = query.where(App.id == find_app(uow.session, app_ref).id)
         if assignment is not None:

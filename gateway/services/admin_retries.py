@@ -13,9 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.models import Assignment, Delivery, DeliveryStatus, Grade, GradeRevision
-from gateway.services.admin_audit import Operator, find_app, find_district, record
+from gateway.services.admin_audit import Operator, find_app, find_connection, find_district, record
 from gateway.services.errors import Conflict, InvalidInput, NotFound, ServiceError
-from gateway.services.lms import get_connection
 from gateway.services.outbox import newer_revision_id
 from gateway.services.staff_retries import retry_delivery
 from gateway.services.unit_of_work import UnitOfWork
@@ -109,7 +108,7 @@ def _plan(session: Session, district_id: str, selection: RetrySelection) -> list
         graded = select(Grade.id).where(Grade.district_id == district_id, Grade.assignment_id.in_(assignments))
         query = query.where(Delivery.grade_id.in_(graded))
     if selection.lms:
-        query = query.where(Delivery.lms_connection_id == get_connection(session, district_id, selection.lms).id)
+        query = query.where(Delivery.lms_connection_id == find_connection(session, district_id, selection.lms).id)
     return list(session.scalars(query.order_by(Delivery.created_at, Delivery.id)))
 
 
