@@ -51,6 +51,10 @@ def _emit(as_json: bool, data: dict[str, Any], text: Callable[[dict[str, Any]], 
 
 
 def _fail(exc: ServiceError) -> None:
+    if click.get_current_context().params.get("as_json"):  # the error shape of docs/cli.md, exit code 1
+        error = {"code": exc.code, "message": exc.message, **({"fields": exc.fields} if exc.fields else {})}
+        click.echo(json.dumps({"error": error}, indent=2, default=str))
+        raise click.exceptions.Exit(1)
     message = exc.message
     if exc.fields:
         message += "\n" + "\n".join(f"  {k}: {'; '.join(map(str, v))}" for k, v in exc.fields.items())

@@ -808,6 +808,8 @@ def _accept_names(group: click.Group) -> None:
             continue
         if isinstance(command, AdminCommand):
             continue
+        if type(command) is click.Command and any(p.name == "as_json" for p in command.params):
+            command.__class__ = AdminCommand  # only parse_args differs: its usage errors become JSON under --json
         for param in command.params:
             kind = _RESOLVED.get(param.name or "")
             if kind is not None and param.callback is None:
@@ -816,7 +818,7 @@ def _accept_names(group: click.Group) -> None:
 
 def register(main: click.Group) -> None:
     """Add the administration commands to gateway/cli.py's groups, and let its commands take district and app
-    names where they took ids."""
+    names where they took ids and answer usage errors as JSON under --json."""
     _accept_names(main)
     groups: dict[str, list[click.Command]] = {
         "district": [district_list, district_show, district_update, district_remove],

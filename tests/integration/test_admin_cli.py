@@ -423,3 +423,15 @@ def test_text_errors_and_usage_keep_click_exit_codes(runner: CliRunner, world: W
     assert usage.exit_code == 2 and "Missing option '--lms'" in usage.output
     with world.session() as session:
         assert session.scalar(select(ApiToken.id)) is not None
+
+
+def test_the_older_commands_answer_errors_as_json_too(runner: CliRunner, world: World) -> None:
+    unknown = refused(runner, "lms", "add", "--district", world.district_id, "--name", "X", "--adapter", "moodle")
+    assert unknown["code"] == "invalid_input" and "adapter" in unknown["fields"]
+    assert (
+        refused(runner, "user", "add", "--district", world.district_id, "--role", "admin", exit_code=2)["code"]
+        == "usage"
+    )
+    assert refused(runner, "token", "revoke", "no-such-token")["code"] == "not_found"
+    text = invoke(runner, "token", "revoke", "no-such-token")
+    assert text.exit_code == 1 and "no such token" in text.output and not text.stdout.startswith("{")
