@@ -20,7 +20,7 @@ from flask import Flask
 from gateway import create_app
 from gateway.composition import services_of
 from gateway.services import admin_directory, admin_lms
-from gateway.services.admin_audit import Operator
+from gateway.services.admin_audit import Operator, find_app, find_district
 from gateway.services.admin_retries import STATUSES, RetrySelection, retry_deliveries
 from gateway.services.errors import ServiceError
 from gateway.services.unit_of_work import UnitOfWork
@@ -782,8 +782,6 @@ def _retry_summary(d: dict[str, Any]) -> str:
 def _resolving(kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """A parameter callback turning a district's or app's name into its id, for the commands of gateway/cli.py
     whose services take ids; a value that names nothing is passed on, for the service to refuse as before."""
-    from gateway.services.admin_audit import find_app, find_district
-
     finder = find_district if kind == "district" else find_app
 
     def resolve(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

@@ -32,8 +32,8 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class RetrySelection:
-    """Which deliveries: at most one of delivery, grade, assignment (of `app` when two apps share the id) and
-    connection narrow the district's; `status` is failed (default), retrying ("retry now") or any."""
+    """Which deliveries: one delivery, or the district's narrowed by grade, assignment (of `app` when two apps share
+    the id) and connection together; `status` is failed (default), retrying ("retry now") or any."""
 
     delivery: str | None = None
     grade: str | None = None
@@ -63,6 +63,11 @@ def _plan(session: Session, district_id: str, selection: RetrySelection) -> list
     status = selection.status or ("any" if selection.delivery else "failed")
     if status not in STATUSES:
         raise InvalidInput(f"status must be one of {sorted(STATUSES)}", fields={"status": ["Unknown status."]})
+    if selection.delivery and (selection.grade or selection.assignment or selection.lms):
+        raise InvalidInput(
+            "--delivery names one delivery: leave out --grade, --assignment and --lms",
+            fields={"delivery": ["Not with grade, assignment or lms."]},
+        )
     if selection.delivery:
         delivery = session.scalar(
             select(Delivery).where(Delivery.id == selection.delivery, Delivery.district_id == district_id)

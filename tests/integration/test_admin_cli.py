@@ -387,6 +387,17 @@ def test_retry_of_one_delivery_and_its_refusals(runner: CliRunner, world: World,
     assert refused(runner, "retry", "--district", world.district_id, "--lms", "Nope")["fields"].keys() == {"lms"}
     assert refused(runner, "retry", "--district", world.district_id, "--status", "done", exit_code=2)["code"] == "usage"
     assert refused(runner, "retry", "--district", "No Such District")["code"] == "not_found"
+    both = refused(runner, "retry", "--district", world.district_id, "--delivery", delivery_id, "--lms", "Sandbox")
+    assert both["code"] == "invalid_input" and "delivery" in both["fields"]
+    assert refused(runner, "retry", "--district", world.district_id, "--app", "Quiz App")["fields"].keys() == {
+        "assignment"
+    }
+    with world.session() as session:
+        grade_id = session.get(Delivery, delivery_id).grade_id  # type: ignore[union-attr]
+    by_grade = ok(runner, "retry", "--district", world.district_id, "--grade", grade_id, "--dry-run")
+    assert by_grade["deliveries"] == [delivery_id]
+    assert refused(runner, "retry", "--district", other.district_id, "--grade", grade_id)["code"] == "not_found"
+    assert statuses(world)[delivery_id] == DeliveryStatus.FAILED, "refusals and dry runs change nothing"
 
     one = ok(runner, "retry", "--district", world.district_id, "--delivery", delivery_id, "--operator", "eve")
     assert one["retried"] == 1
