@@ -51,6 +51,10 @@ def _emit(as_json: bool, data: dict[str, Any], text: Callable[[dict[str, Any]], 
 
 
 def _fail(exc: ServiceError) -> None:
+    if click.get_current_context().params.get("as_json"):  # the error shape of docs/cli.md, exit code 1
+        error = {"code": exc.code, "message": exc.message, **({"fields": exc.fields} if exc.fields else {})}
+        click.echo(json.dumps({"error": error}, indent=2, default=str))
+        raise click.exceptions.Exit(1)
     message = exc.message
     if exc.fields:
         message += "\n" + "\n".join(f"  {k}: {'; '.join(map(str, v))}" for k, v in exc.fields.items())
@@ -825,11 +829,12 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
         embedded.stop()
 
 
-# Command groups kept in modules of their own; imported last, since they use this module's helpers.
+# Commands kept in modules of their own; imported last, since they use this module's helpers and groups.
+from gateway.cli_admin import register as _register_admin  # noqa: E402
 from gateway.cli_roster import roster  # noqa: E402
 
+_register_admin(main)
 main.add_command(roster)
-
 
 if __name__ == "__main__":
     main()

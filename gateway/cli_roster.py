@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 import click
 
+from gateway.cli_admin import operator_option
+from gateway.services.admin_audit import Operator
 from gateway.services.errors import ServiceError
 
 # Exit codes: 0 no row refused; 1 nothing imported (a file, the district or the LMS refused); 2 click's usage
@@ -52,7 +53,7 @@ def roster() -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Report what would change, and change nothing.")
 @click.option("--verbose", is_flag=True, help="Text: list every row, not only refused and skipped ones.")
-@click.option("--operator", default=None, help="Who runs the import, for the audit log [default: your login].")
+@operator_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def roster_import(
     district_ref: str,
@@ -63,7 +64,7 @@ def roster_import(
     course_id: str,
     dry_run: bool,
     verbose: bool,
-    operator: str | None,
+    operator_name: str,
     as_json: bool,
 ) -> None:
     """Import users and enrollments from PATH; re-importing the same files changes nothing."""
@@ -85,7 +86,7 @@ def roster_import(
                     sis_id=sis_id,  # type: ignore[arg-type]
                     course_id=course_id,  # type: ignore[arg-type]
                     dry_run=dry_run,
-                    operator=operator or _login(),
+                    operator=Operator(operator_name).name,
                     progress=progress,
                 )
         except ServiceError as exc:
@@ -97,13 +98,6 @@ def roster_import(
         click.echo(_text(report, verbose))
     if report["errors"]:
         sys.exit(EXIT_ROW_ERRORS)
-
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name and no passwd entry (a container's bare uid)
-        return "unknown"
 
 
 def _refuse(exc: ServiceError, as_json: bool) -> None:

@@ -74,7 +74,7 @@ def import_roster(
             AuditEntry(
                 district_id=district.id,
                 staff_id=None,
-                staff_email=f"operator:{operator}"[:320],
+                staff_email=f"cli:{operator}"[:320],
                 action="imported a roster",
                 target=path.resolve().name[:200],
                 details={

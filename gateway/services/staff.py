@@ -54,7 +54,7 @@ class CreatedStaff:
     setup_token: str | None
 
 
-def _check_password(password: str) -> None:
+def check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidInput(
             f"password must be at least {MIN_PASSWORD_LENGTH} characters",
@@ -76,7 +76,7 @@ def create_staff(
     staff = StaffUser(district_id=district_id, email=email)
     token = None
     if password is not None:
-        _check_password(password)
+        check_password(password)
         staff.password_hash = generate_password_hash(password)
     else:
         token = secrets.token_urlsafe(32)
@@ -177,7 +177,7 @@ def complete_setup(session: Session, token: str, password: str, *, now: datetime
     staff = session.scalar(select(StaffUser).where(StaffUser.setup_token_hash == hash_token(token)))
     if staff is None or staff.setup_expires_at is None or staff.setup_expires_at < now:
         raise SignInRefused("this link has expired or was already used: ask for a new one")
-    _check_password(password)
+    check_password(password)
     staff.password_hash = generate_password_hash(password)
     staff.setup_token_hash = None
     staff.setup_expires_at = None

@@ -160,7 +160,7 @@ def test_oneroster_directory_imports_and_reimport_changes_nothing(
     with services_of(app).database.transaction() as session:
         audits = list(session.scalars(select(AuditEntry).where(AuditEntry.district_id == district["id"])))
     assert [(a.staff_email, a.action, a.target) for a in audits] == [
-        ("operator:maria", "imported a roster", "oneroster")
+        ("cli:maria", "imported a roster", "oneroster")
     ] * 2
     assert audits[0].details["summary"]["users"]["created"] == 3
 
