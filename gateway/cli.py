@@ -517,22 +517,31 @@ def staff() -> None:
 @click.option("--district", "district_id", required=True)
 @click.option("--email", required=True)
 @click.option("--set-password", is_flag=True, help="Prompt for a password now instead of printing a one-time link.")
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "viewer"]),
+    default="admin",
+    show_default=True,
+    help="admin: acts on the dashboard (retry, pause, fix); viewer: looks only.",
+)
 @json_option
-def staff_create(district_id: str, email: str, set_password: bool, as_json: bool) -> None:
+def staff_create(district_id: str, email: str, set_password: bool, role: str, as_json: bool) -> None:
     """Create a staff account: with a password typed now, or with a one-time setup link (valid 24 hours)."""
     from gateway.services.operator_actions import create_staff
 
     password = click.prompt("Password", hide_input=True, confirmation_prompt=True) if set_password else None
     app = _app()
     try:
-        data = _call(app, create_staff, district_id, email, password, public_url=app.config["PASSBACK"].public_url)
+        data = _call(
+            app, create_staff, district_id, email, password, role=role, public_url=app.config["PASSBACK"].public_url
+        )
     except ServiceError as exc:
         _fail(exc)
     _emit(
         as_json,
         data,
         lambda d: (
-            f"staff {d['email']} created"
+            f"staff {d['email']} ({d['role']}) created"
             + (f"\none-time link to set the password (24 h): {d['setup_link']}" if "setup_link" in d else "")
         ),
     )

@@ -424,7 +424,7 @@ def staff_list(district_ref: str, as_json: bool) -> None:
     _run(
         as_json,
         lambda: _call(admin_directory.list_staff, district_ref),
-        lambda d: _table(d["staff"], ["id", "email", "status", "last_login_at"], "no staff accounts"),
+        lambda d: _table(d["staff"], ["id", "email", "role", "status", "last_login_at"], "no staff accounts"),
     )
 
 
@@ -481,6 +481,21 @@ def staff_disable(district_ref: str, staff_ref: str, operator_name: str, as_json
         as_json,
         lambda: _call(admin_directory.disable_staff, _operator(operator_name), district_ref, staff_ref),
         lambda d: f"staff {d['email']} disabled, {d['sessions_ended']} session(s) ended",
+    )
+
+
+@click.command("set-role", cls=AdminCommand)
+@district_option
+@click.argument("staff_ref", metavar="STAFF")
+@click.argument("role", metavar="ROLE", type=click.Choice(["admin", "viewer"]))
+@operator_option
+@json_option
+def staff_set_role(district_ref: str, staff_ref: str, role: str, operator_name: str, as_json: bool) -> None:
+    """Make an account a district admin (acts on the dashboard) or a viewer (looks only)."""
+    _run(
+        as_json,
+        lambda: _call(admin_directory.set_staff_role, _operator(operator_name), district_ref, staff_ref, role),
+        lambda d: f"staff {d['email']} is {'now' if d['changed'] else 'already'} {d['role']}",
     )
 
 
@@ -823,7 +838,7 @@ def register(main: click.Group) -> None:
         "app": [app_list, app_show, app_update, app_rotate_secret, app_deauthorize, app_remove],
         "token": [token_list, token_show],
         "user": [user_list, user_show, user_update, user_enrollments, user_unenroll],
-        "staff": [staff_list, staff_show, staff_reset_password, staff_disable],
+        "staff": [staff_list, staff_show, staff_reset_password, staff_disable, staff_set_role],
         "lms": [
             lms_list,
             lms_show,

@@ -15,6 +15,7 @@ from flask import (
     Response,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -25,6 +26,7 @@ from flask import (
 from marshmallow import ValidationError
 from werkzeug.exceptions import NotFound
 
+from gateway.errors import html_error_page
 from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.models import StaffUser
 from gateway.security_headers import allow_form_action, origin_of
@@ -67,8 +69,16 @@ def _page(template: str, http_status: int = 200, **context: Any) -> Response:
 
 
 def current_staff() -> StaffUser | None:
-    """The staff member of this request's server-side session. The cookie holds only the session's token; the
-    row it names keeps the sign-in time, last activity and whether it was signed out."""
+    """The staff member of this request's server-side session (looked up once per request)."""
+    if "passback_staff" not in g:
+        g.passback_staff = _resume_staff()
+    staff: StaffUser | None = g.passback_staff
+    return staff
+
+
+def _resume_staff() -> StaffUser | None:
+    """The cookie holds only the session's token; the row it names keeps the sign-in time, last activity and
+    whether it was signed out."""
     raw = session.get("sid")
     if not isinstance(raw, str) or not raw:
         return None
@@ -99,6 +109,22 @@ def staff_required(view: Callable[..., Response]) -> Callable[..., Response]:
         return view(staff, *args, **kwargs)
 
     return wrapped
+
+
+# Forms anyone may post: signing in, setting a password, signing out. Every other form acts, so admins only.
+_OPEN_FORMS = {"dashboard.login", "dashboard.setup", "dashboard.logout"}
+VIEWER_REFUSED = "Your account can look but not act: ask a district admin to do this, or to make you one."
+
+
+@dashboard_bp.before_request
+def _viewers_only_look() -> Response | None:
+    """A viewer's form post is refused (403) before any view runs: one rule for every form, present and future."""
+    if request.method in ("GET", "HEAD", "OPTIONS") or request.endpoint in _OPEN_FORMS:
+        return None
+    staff = current_staff()
+    if staff is not None and not staff.can_act:
+        return html_error_page(403, VIEWER_REFUSED)
+    return None  # not signed in: the view's staff_required sends them to sign in
 
 
 def _cookie_session() -> str | None:

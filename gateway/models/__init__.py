@@ -32,7 +32,7 @@ from gateway.models.lti import (
     UsedNonce,
 )
 from gateway.models.sandbox import SandboxFault, SandboxGradebookEntry
-from gateway.models.staff import AuditEntry, SignInFailure, StaffSession, StaffUser
+from gateway.models.staff import AuditEntry, SignInFailure, StaffRole, StaffSession, StaffUser
 from gateway.models.webhook import WebhookEndpoint, WebhookMessage, WebhookSubscription
 from gateway.models.worker import WorkerHeartbeat
 
@@ -65,6 +65,7 @@ __all__ = [
     "SandboxFault",
     "SandboxGradebookEntry",
     "SignInFailure",
+    "StaffRole",
     "StaffSession",
     "StaffUser",
     "TokenKind",

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.models.base import Base, created_column, id_column
+
+
+class StaffRole(StrEnum):
+    """What a staff member may do on the dashboard: admins act (retry, pause, fix, configure); viewers look."""
+
+    ADMIN = "admin"
+    VIEWER = "viewer"
 
 
 class StaffUser(Base):
@@ -26,6 +34,11 @@ class StaffUser(Base):
     locked_until: Mapped[datetime | None] = mapped_column(default=None)
     last_login_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = created_column()
+    role: Mapped[str] = mapped_column(String(20), default=StaffRole.ADMIN, server_default=StaffRole.ADMIN.value)
+
+    @property
+    def can_act(self) -> bool:
+        return self.role == StaffRole.ADMIN
 
 
 class StaffSession(Base):

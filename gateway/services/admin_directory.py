@@ -531,6 +531,7 @@ def _staff_row(member: StaffUser) -> dict[str, Any]:
         "id": member.id,
         "district": member.district_id,
         "email": member.email,
+        "role": member.role,
         "status": _staff_status(member),
         "last_login_at": when(member.last_login_at),
         "created_at": when(member.created_at),
@@ -641,5 +642,22 @@ def disable_staff(uow: UnitOfWork, operator: Operator, district_ref: str, staff_
         ended = _end_sessions(uow.session, member)
         record(uow.session, district.id, operator, "disabled a staff account", member.email)
         data = {**_staff_row(member), "sessions_ended": ended}
+        uow.commit()
+        return data
+
+
+def set_staff_role(
+    uow: UnitOfWork, operator: Operator, district_ref: str, staff_ref: str, role: str
+) -> dict[str, Any]:
+    """Make a staff member a district admin (acts) or a viewer (looks only); takes effect on their next page."""
+    with uow:
+        district = find_district(uow.session, district_ref)
+        member = _staff_member(uow.session, district.id, staff_ref)
+        new_role = staff.parse_role(role)
+        changed = member.role != new_role
+        if changed:
+            record(uow.session, district.id, operator, "changed a staff role", member.email, role=new_role.value)
+            member.role = new_role
+        data = {**_staff_row(member), "changed": changed}
         uow.commit()
         return data

@@ -155,12 +155,12 @@ def list_approvals(uow: UnitOfWork, district_id: str, lms_ref: str | None) -> di
 
 
 def create_staff(
-    uow: UnitOfWork, district_id: str, email: str, password: str | None, *, public_url: str
+    uow: UnitOfWork, district_id: str, email: str, password: str | None, *, role: str = "admin", public_url: str
 ) -> dict[str, Any]:
     """A staff account; without a password, the answer holds a one-time setup link (valid 24 hours)."""
     with uow:
-        created = staff.create_staff(uow.session, district_id, email, password)
-        data: dict[str, Any] = {"id": created.staff.id, "email": created.staff.email}
+        created = staff.create_staff(uow.session, district_id, email, password, role=role)
+        data: dict[str, Any] = {"id": created.staff.id, "email": created.staff.email, "role": created.staff.role}
         if created.setup_token:
             # After "#": a browser never sends it, so no access log or proxy records the token.
             data["setup_link"] = f"{public_url.rstrip('/')}/dashboard/setup#{created.setup_token}"

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from gateway.crypto import hash_token
-from gateway.models import AuditEntry, SignInFailure, StaffSession, StaffUser, utcnow
+from gateway.models import AuditEntry, SignInFailure, StaffRole, StaffSession, StaffUser, utcnow
 from gateway.services.directory import get_district
 from gateway.services.errors import Conflict, InvalidInput, ServiceError
 
@@ -63,17 +63,24 @@ def check_password(password: str) -> None:
 
 
 def create_staff(
-    session: Session, district_id: str, email: str, password: str | None = None, *, now: datetime | None = None
+    session: Session,
+    district_id: str,
+    email: str,
+    password: str | None = None,
+    *,
+    role: str = StaffRole.ADMIN,
+    now: datetime | None = None,
 ) -> CreatedStaff:
     """A staff member of one district. Without a password, a one-time setup token (24 h) is returned."""
     now = now or utcnow()
+    role = parse_role(role)
     get_district(session, district_id)
     email = email.strip().lower()
     if "@" not in email or len(email) > 320:
         raise InvalidInput("a valid email is required", fields={"email": ["Not an email address."]})
     if session.scalar(select(StaffUser.id).where(func.lower(StaffUser.email) == email)):
         raise Conflict(f"a staff account for {email} exists")
-    staff = StaffUser(district_id=district_id, email=email)
+    staff = StaffUser(district_id=district_id, email=email, role=role)
     token = None
     if password is not None:
         check_password(password)
@@ -85,6 +92,14 @@ def create_staff(
     session.add(staff)
     session.flush()
     return CreatedStaff(staff, token)
+
+
+def parse_role(role: str) -> StaffRole:
+    try:
+        return StaffRole(role)
+    except ValueError:
+        roles = ", ".join(r.value for r in StaffRole)
+        raise InvalidInput(f"role must be one of {roles}", fields={"role": [f"One of: {roles}."]}) from None
 
 
 def sign_in(session: Session, email: str, password: str, *, now: datetime | None = None) -> StaffUser:
