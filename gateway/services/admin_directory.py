@@ -646,9 +646,7 @@ def disable_staff(uow: UnitOfWork, operator: Operator, district_ref: str, staff_
         return data
 
 
-def set_staff_role(
-    uow: UnitOfWork, operator: Operator, district_ref: str, staff_ref: str, role: str
-) -> dict[str, Any]:
+def set_staff_role(uow: UnitOfWork, operator: Operator, district_ref: str, staff_ref: str, role: str) -> dict[str, Any]:
     """Make a staff member a district admin (acts) or a viewer (looks only); takes effect on their next page."""
     with uow:
         district = find_district(uow.session, district_ref)
