@@ -31,6 +31,7 @@ from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.models import StaffUser
 from gateway.security_headers import allow_form_action, origin_of
 from gateway.services import (
+    connection_settings,
     dashboard_connections,
     dashboard_counts,
     dashboard_deliveries,
@@ -330,8 +331,44 @@ def probe(staff: StaffUser, connection_id: str) -> Response:
             request_unit_of_work(), current_services().probe_connection, staff, connection_id
         )
     )
-    flash(f"{name}: {'works' if report.ok else 'does not work'}. {report.message}")
+    # Shown in the connection's own section, beside the button that asked (not at the top of the page).
+    flash(f"{name}: {'works' if report.ok else 'does not work'}. {report.message}", f"connection:{connection_id}")
     return redirect(url_for("dashboard.connection_list") + f"#c-{connection_id}")  # type: ignore[return-value]
+
+
+@dashboard_bp.route("/connections/<connection_id>/settings", methods=["GET", "POST"])
+@staff_required
+def connection_settings_page(staff: StaffUser, connection_id: str) -> Response:
+    """Rename a connection, change its settings, put in new credentials; errors on the same page, nothing saved."""
+    box = current_services().box
+    form: dict[str, str] = {}
+    error: ServiceError | None = None
+    if request.method == "POST":
+        form = {k: v[:10_000] for k, v in request.form.items() if k != "csrf_token"}
+        try:
+            _, changed = staff_actions.update_connection_settings(
+                request_unit_of_work(), box, staff, connection_id, form.get("name", ""), form
+            )
+        except ServiceError as exc:
+            error = exc
+        else:
+            said = f"changed: {', '.join(changed)}" if changed else "nothing changed"
+            flash(f"Settings saved ({said}).", f"connection:{connection_id}")
+            return redirect(url_for("dashboard.connection_list") + f"#c-{connection_id}")  # type: ignore[return-value]
+    connection, fields = _found(
+        lambda: connection_settings.settings_page(db.session(), box, staff.district_id, connection_id)
+    )
+    # A secret typed into a refused form is not sent back to the browser.
+    shown = {k: v for k, v in form.items() if k not in {f.name for f in fields if f.kind == "secret"}}
+    return _page(
+        "dashboard/connection_settings.html",
+        http_status=error.status if error else 200,
+        staff=staff,
+        connection=connection,
+        fields=fields,
+        form=shown,
+        error=error,
+    )
 
 
 @dashboard_bp.route("/connections/<connection_id>/mappings", methods=["GET", "POST"])

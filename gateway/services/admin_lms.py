@@ -91,22 +91,9 @@ def rename_connection(
     with uow:
         district = find_district(uow.session, district_ref)
         connection = find_connection(uow.session, district.id, lms_ref)
-        new_name = (name or "").strip()
-        if not new_name or len(new_name) > 200:
-            raise InvalidInput("--name must be 1 to 200 characters", fields={"name": ["1 to 200 characters."]})
-        taken = uow.session.scalar(
-            select(LmsConnection.id).where(
-                LmsConnection.district_id == district.id,
-                LmsConnection.name == new_name,
-                LmsConnection.id != connection.id,
-            )
-        )
-        if taken is not None:
-            raise Conflict(
-                f"district already has an LMS connection named {new_name!r}", fields={"name": ["Already used."]}
-            )
         old = connection.name
-        connection.name = new_name
+        lms.rename_connection(uow.session, connection, name or "")
+        new_name = connection.name
         record(uow.session, district.id, operator, "renamed an LMS connection", new_name, previous=old)
         data = {**_connection_row(uow.session, connection), "changed": ["name"]}
         uow.commit()

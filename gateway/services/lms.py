@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,16 +67,26 @@ def add_lms_connection(
 
 
 def update_lms_settings(
-    session: Session, box: SecretBox, district_id: str, connection_ref: str, changes: Mapping[str, Any]
+    session: Session,
+    box: SecretBox,
+    district_id: str,
+    connection_ref: str,
+    changes: Mapping[str, Any],
+    *,
+    removed: Collection[str] = (),
 ) -> LmsConnection:
-    """Change some settings of a connection (e.g. `allowed_hosts` after an upgrade); the whole result is validated
-    again by the adapter's schema, and a changed registration must not collide with another one."""
+    """Change some settings of a connection (e.g. `allowed_hosts` after an upgrade) and drop the optional ones in
+    `removed`; the whole result is validated again by the adapter's schema, and a changed registration must not
+    collide with another one."""
     connection = get_connection(session, district_id, connection_ref)
     adapter_cls = REGISTRY.get(connection.adapter)
     if adapter_cls is None:
         raise InvalidInput(f"no adapter named {connection.adapter!r} is installed")
+    merged = {**connection_settings(box, connection), **changes}
+    for name in removed:
+        merged.pop(name, None)
     try:
-        clean = adapter_cls.settings_schema().load({**connection_settings(box, connection), **changes})
+        clean = adapter_cls.settings_schema().load(merged)
     except ValidationError as exc:
         raise InvalidInput(
             f"invalid settings for adapter {connection.adapter!r}", fields=exc.normalized_messages()
@@ -116,6 +126,27 @@ def connections_without_hosts(session: Session, box: SecretBox) -> list[tuple[st
 
 def connection_settings(box: SecretBox, connection: LmsConnection) -> dict[str, Any]:
     return dict(box.decrypt_json(connection.settings_encrypted, f"the settings of LMS connection {connection.name!r}"))
+
+
+def rename_connection(session: Session, connection: LmsConnection, name: str) -> bool:
+    """Give the connection a new name, unique in its district. Returns whether it changed."""
+    new_name = name.strip()
+    if not new_name or len(new_name) > 200:
+        raise InvalidInput("the name must be 1 to 200 characters", fields={"name": ["1 to 200 characters."]})
+    taken = session.scalar(
+        select(LmsConnection.id).where(
+            LmsConnection.district_id == connection.district_id,
+            LmsConnection.name == new_name,
+            LmsConnection.id != connection.id,
+        )
+    )
+    if taken is not None:
+        raise Conflict(
+            f"the district already has an LMS connection named {new_name!r}", fields={"name": ["Already used."]}
+        )
+    changed = connection.name != new_name
+    connection.name = new_name
+    return changed
 
 
 def get_connection(session: Session, district_id: str, ref: str) -> LmsConnection:

@@ -9,7 +9,7 @@ from typing import Any
 from adapters.base import HealthReport
 from gateway.crypto import SecretBox
 from gateway.models import LmsConnection, SandboxFault, StaffUser
-from gateway.services import dashboard_connections, sandbox_lms, webhooks
+from gateway.services import connection_settings, dashboard_connections, lms, sandbox_lms, webhooks
 from gateway.services.lms import PlacementsResult, place_assignments
 from gateway.services.staff import audit
 from gateway.services.staff_retries import retry_delivery, retry_failed
@@ -50,6 +50,27 @@ def set_delivery_paused(uow: UnitOfWork, staff: StaffUser, connection_id: str, *
         audit(uow.session, staff, f"{'pause' if paused else 'resume'}d delivery", connection.name)
         uow.commit()
         return connection
+
+
+def update_connection_settings(
+    uow: UnitOfWork, box: SecretBox, staff: StaffUser, connection_id: str, name: str, form: Mapping[str, str]
+) -> tuple[LmsConnection, list[str]]:
+    """Staff rename a connection, change its settings or put in new credentials (the form's secret fields), all
+    validated together by the adapter's schema; retrying deliveries go at once. The audit row names the settings
+    that changed, never their values. Returns the connection and what changed."""
+    with uow:
+        connection = lms.get_connection(uow.session, staff.district_id, connection_id)
+        changes, removed = connection_settings.changes_from_form(box, connection, form)
+        changed = sorted([*changes, *removed])
+        if lms.rename_connection(uow.session, connection, name):
+            changed.insert(0, "name")
+        if changes or removed:
+            lms.update_lms_settings(uow.session, box, staff.district_id, connection.id, changes, removed=removed)
+        if changed:
+            audit(uow.session, staff, "changed LMS connection settings", connection.name, settings=changed)
+            uow.nudge({connection.id})
+        uow.commit()
+        return connection, changed
 
 
 def map_assignments(
