@@ -44,6 +44,7 @@ from gateway.services import (
 )
 from gateway.services import staff as staff_service
 from gateway.services.errors import InvalidInput, ServiceError
+from gateway.services.errors import NotFound as NotFoundError
 from schemas.sandbox import FAULT_KINDS, SandboxFaultFormSchema
 from schemas.statuses import DeliveryStatus
 
@@ -287,6 +288,31 @@ def delivery_csv(staff: StaffUser) -> Response:
         content_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+@dashboard_bp.post("/deliveries/<delivery_id>/enroll")
+@staff_required
+def enroll_for_delivery(staff: StaffUser, delivery_id: str) -> Response:
+    """The fix on a waiting delivery's page: enroll its student where the assignment is placed."""
+    try:
+        released, created = staff_actions.enroll_for_delivery(
+            request_unit_of_work(),
+            current_services().box,
+            staff,
+            delivery_id,
+            request.form.get("placement", "")[:64],
+            request.form.get("lms_user_id", "")[:1000],
+        )
+    except NotFoundError as exc:
+        raise NotFound(exc.message) from exc
+    except ServiceError as exc:
+        flash(f"Nothing was changed: {exc.message}.", f"delivery:{delivery_id}")
+    else:
+        flash(
+            f"Enrolled: {created} new deliveries, {released} released that waited for the LMS's id.",
+            f"delivery:{delivery_id}",
+        )
+    return redirect(url_for("dashboard.delivery", delivery_id=delivery_id) + "#fix")  # type: ignore[return-value]
 
 
 @dashboard_bp.get("/connections")

@@ -24,6 +24,7 @@ from gateway.models import (
     Placement,
     User,
 )
+from gateway.services.delivery_fixes import FIXABLE, DeliveryFix, fix_for
 from gateway.services.errors import NotFound
 
 PAGE_SIZE = 50
@@ -214,6 +215,8 @@ class DeliveryDetail:
     placement: Placement | None
     # The other deliveries of the same grade (earlier revisions, other placements), newest first.
     history: list[Delivery]
+    # For a delivery that waits (unroutable, awaiting a launch): what explains it and what fixes it.
+    fix: DeliveryFix | None = None
 
 
 def delivery_detail(session: Session, district_id: str, delivery_id: str) -> DeliveryDetail:
@@ -247,6 +250,7 @@ def delivery_detail(session: Session, district_id: str, delivery_id: str) -> Del
         connection=session.get(LmsConnection, delivery.lms_connection_id) if delivery.lms_connection_id else None,
         placement=session.get(Placement, delivery.placement_id) if delivery.placement_id else None,
         history=list(history),
+        fix=fix_for(session, district_id, delivery.id) if delivery.status in FIXABLE else None,
     )
 
 

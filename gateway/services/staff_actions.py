@@ -9,7 +9,16 @@ from typing import Any
 from adapters.base import HealthReport
 from gateway.crypto import SecretBox
 from gateway.models import LmsConnection, SandboxFault, StaffUser
-from gateway.services import connection_settings, dashboard_connections, lms, sandbox_lms, webhooks
+from gateway.services import (
+    connection_settings,
+    dashboard_connections,
+    delivery_fixes,
+    directory,
+    lms,
+    sandbox_lms,
+    webhooks,
+)
+from gateway.services.errors import Conflict, InvalidInput
 from gateway.services.lms import PlacementsResult, place_assignments
 from gateway.services.staff import audit
 from gateway.services.staff_retries import retry_delivery, retry_failed
@@ -71,6 +80,43 @@ def update_connection_settings(
             uow.nudge({connection.id})
         uow.commit()
         return connection, changed
+
+
+def enroll_for_delivery(
+    uow: UnitOfWork, box: SecretBox, staff: StaffUser, delivery_id: str, placement_id: str, lms_user_id: str
+) -> tuple[int, int]:
+    """From a waiting delivery's page: enroll its student in the course of one placement of its assignment (and,
+    if given, record the LMS's id for them), so the grade routes there now. Returns (deliveries released that
+    waited only for that id, deliveries created)."""
+    with uow:
+        fix = delivery_fixes.fix_for(uow.session, staff.district_id, delivery_id)
+        if fix is None:
+            raise Conflict("this delivery is not waiting for an enrollment any more")
+        choice = next((p for p in fix.placed_in if p.placement_id == placement_id), None)
+        if choice is None:
+            raise InvalidInput(
+                "choose a course where the assignment is placed", fields={"placement": ["Not a placement of it."]}
+            )
+        lms_user_id = lms_user_id.strip()
+        if len(lms_user_id) > 255:
+            raise InvalidInput("the LMS's id is too long", fields={"lms_user_id": ["At most 255 characters."]})
+        connection = lms.get_connection(uow.session, staff.district_id, choice.connection_id)
+        released, created = directory.enroll_user(
+            uow.session, box, connection, choice.course_id, fix.user_id, lms_user_id or None
+        )
+        audit(
+            uow.session,
+            staff,
+            "enrolled a student",
+            f"{fix.student} in {connection.name} course {choice.course_id}",
+            user_id=fix.user_id,
+            lms_user_id_given=bool(lms_user_id),
+            deliveries_created=created,
+            deliveries_released=released,
+        )
+        uow.nudge({connection.id})
+        uow.commit()
+        return released, created
 
 
 def map_assignments(
