@@ -37,10 +37,12 @@ UNDELIVERED = (
 class Overview:
     day: dict[str, int]
     week: dict[str, int]
-    by_connection: list[tuple[str, dict[str, int]]]
-    by_app: list[tuple[str, dict[str, int]]]
+    # (id, name, counts by status), by name: each row links to its connection or app.
+    by_connection: list[tuple[str, str, dict[str, int]]]
+    by_app: list[tuple[str, str, dict[str, int]]]
     oldest_undelivered: timedelta | None
-    daily: list[tuple[str, int, int]] = field(default_factory=list)
+    # (day, delivered, failed or retrying, not sent: unroutable or awaiting a launch)
+    daily: list[tuple[str, int, int, int]] = field(default_factory=list)
     # Apps' webhook endpoints given up on after a day of failures (staff may disable them).
     failing_webhooks: int = 0
 
@@ -78,7 +80,7 @@ def overview(session: Session, district_id: str, *, now: datetime | None = None)
     day, week = zero_counts(), zero_counts()
     per_connection: dict[str, dict[str, int]] = {}
     per_app: dict[str, dict[str, int]] = {}
-    per_day = [[0, 0] for _ in range(7)]
+    per_day = [[0, 0, 0] for _ in range(7)]
     # The app of a delivery comes from its placement (the district's placements, read once); only deliveries
     # without one (unroutable) are joined to their grades for it, below.
     placement_apps = _placement_apps(session, district_id)
@@ -95,6 +97,8 @@ def overview(session: Session, district_id: str, *, now: datetime | None = None)
             per_day[index][0] += int(count)
         elif index >= 0 and status in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING):
             per_day[index][1] += int(count)
+        elif index >= 0 and status in (DeliveryStatus.UNROUTABLE, DeliveryStatus.AWAITING_LAUNCH):
+            per_day[index][2] += int(count)
     for app_id, status, count in session.execute(
         select(Grade.app_id, Delivery.status, func.count())
         .join(Grade, Grade.id == Delivery.grade_id)
@@ -114,15 +118,19 @@ def overview(session: Session, district_id: str, *, now: datetime | None = None)
     return Overview(
         day=day,
         week=week,
-        by_connection=sorted((connection_names[k], v) for k, v in per_connection.items()),
-        by_app=sorted((app_names[k], v) for k, v in per_app.items()),
+        by_connection=sorted(((k, connection_names[k], v) for k, v in per_connection.items()), key=_by_name),
+        by_app=sorted(((k, app_names[k], v) for k, v in per_app.items()), key=_by_name),
         oldest_undelivered=(now - oldest) if oldest else None,
         daily=[
-            (start.strftime("%a %d"), good, bad)
-            for start, (good, bad) in zip(reversed(day_starts), per_day, strict=True)
+            (start.strftime("%a %d"), good, bad, stuck)
+            for start, (good, bad, stuck) in zip(reversed(day_starts), per_day, strict=True)
         ],
         failing_webhooks=failing_count(session, district_id),
     )
+
+
+def _by_name(row: tuple[str, str, dict[str, int]]) -> tuple[str, str]:
+    return row[1], row[0]
 
 
 def _placement_apps(session: Session, district_id: str) -> dict[str, str]:
