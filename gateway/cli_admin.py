@@ -151,14 +151,19 @@ def district_show(district_ref: str, as_json: bool) -> None:
 @click.command("update", cls=AdminCommand)
 @click.argument("district_ref", metavar="DISTRICT")
 @click.option("--name", default=None, help="The new name.")
+@click.option("--time-zone", default=None, help="The IANA time zone staff read times in, e.g. America/Chicago.")
 @operator_option
 @json_option
-def district_update(district_ref: str, name: str | None, operator_name: str, as_json: bool) -> None:
-    """Rename a district."""
+def district_update(
+    district_ref: str, name: str | None, time_zone: str | None, operator_name: str, as_json: bool
+) -> None:
+    """Rename a district, or set its time zone."""
     _run(
         as_json,
-        lambda: _call(admin_directory.update_district, _operator(operator_name), district_ref, name=name),
-        lambda d: f"district {d['id']} is now {d['name']!r}",
+        lambda: _call(
+            admin_directory.update_district, _operator(operator_name), district_ref, name=name, time_zone=time_zone
+        ),
+        lambda d: f"district {d['id']} is {d['name']!r}, times shown in {d['time_zone']}",
     )
 
 

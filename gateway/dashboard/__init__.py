@@ -38,6 +38,7 @@ from gateway.services import (
     dashboard_drilldown,
     dashboard_overview,
     dashboard_sandbox,
+    local_time,
     staff_actions,
     staff_sign_in,
     webhooks,
@@ -111,6 +112,18 @@ def staff_required(view: Callable[..., Response]) -> Callable[..., Response]:
         return view(staff, *args, **kwargs)
 
     return wrapped
+
+
+@dashboard_bp.context_processor
+def _district_time() -> dict[str, Any]:
+    """`local(t)` in every page: a stored UTC time in the signed-in district's time zone, with its abbreviation."""
+    staff = g.get("passback_staff")
+    zone = local_time.district_zone(db.session(), staff.district_id) if staff is not None else "UTC"
+
+    def local(moment: Any, seconds: bool = False) -> str:
+        return local_time.shown(moment, zone, seconds=seconds)
+
+    return {"local": local, "time_zone": zone}
 
 
 # Forms anyone may post: signing in, setting a password, signing out. Every other form acts, so admins only.

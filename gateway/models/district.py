@@ -17,6 +17,8 @@ class District(Base):
     id: Mapped[str] = id_column()
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = created_column()
+    # The IANA zone (e.g. America/Chicago) staff read times in; everything is stored in UTC.
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
 
 
 class App(Base):

@@ -32,7 +32,7 @@ from gateway.models import (
     UserRole,
     utcnow,
 )
-from gateway.services import directory, staff
+from gateway.services import directory, local_time, staff
 from gateway.services.admin_audit import Operator, find_app, find_connection, find_district, record, when
 from gateway.services.errors import Conflict, InvalidInput, NotFound
 from gateway.services.unit_of_work import UnitOfWork
@@ -60,6 +60,7 @@ def _district_row(session: Session, district: District) -> dict[str, Any]:
     return {
         "id": district.id,
         "name": district.name,
+        "time_zone": district.time_zone,
         "created_at": when(district.created_at),
         "lms_connections": _count(session, LmsConnection.id, LmsConnection.district_id == district.id),
         "apps": _count(
@@ -87,17 +88,30 @@ def show_district(uow: UnitOfWork, district_ref: str) -> dict[str, Any]:
         return data
 
 
-def update_district(uow: UnitOfWork, operator: Operator, district_ref: str, *, name: str | None) -> dict[str, Any]:
+def update_district(
+    uow: UnitOfWork, operator: Operator, district_ref: str, *, name: str | None, time_zone: str | None = None
+) -> dict[str, Any]:
+    """Rename a district, or set the time zone its staff read times in."""
     with uow:
         district = find_district(uow.session, district_ref)
-        changes = _changed(name=name)
-        new_name = str(changes["name"]).strip()
-        if not new_name or len(new_name) > 200:
-            raise InvalidInput("district name must be 1 to 200 characters", fields={"name": ["1 to 200 characters."]})
-        old = district.name
-        district.name = new_name
-        record(uow.session, district.id, operator, "renamed the district", new_name, previous=old)
-        data = {"id": district.id, "name": district.name, "changed": ["name"]}
+        changes = _changed(name=name, time_zone=time_zone)
+        changed = []
+        if "name" in changes:
+            new_name = str(changes["name"]).strip()
+            if not new_name or len(new_name) > 200:
+                raise InvalidInput(
+                    "district name must be 1 to 200 characters", fields={"name": ["1 to 200 characters."]}
+                )
+            old = district.name
+            district.name = new_name
+            record(uow.session, district.id, operator, "renamed the district", new_name, previous=old)
+            changed.append("name")
+        if "time_zone" in changes:
+            zone = local_time.zone_name(str(changes["time_zone"]))
+            record(uow.session, district.id, operator, "set the time zone", zone, previous=district.time_zone)
+            district.time_zone = zone
+            changed.append("time_zone")
+        data = {"id": district.id, "name": district.name, "time_zone": district.time_zone, "changed": changed}
         uow.commit()
         return data
 

@@ -21,6 +21,7 @@ from gateway.models import (
     utcnow,
 )
 from gateway.services.dashboard_counts import add_count, zero_counts
+from gateway.services.local_time import district_zone, local_midnight_utc, to_local
 from gateway.services.webhooks import failing_count
 
 UNDELIVERED = (
@@ -54,7 +55,9 @@ def overview(session: Session, district_id: str, *, now: datetime | None = None)
     now = now or utcnow()
     week_ago = now - timedelta(days=7)
     day_ago = now - timedelta(days=1)
-    day_starts = [(now - timedelta(days=back)).replace(hour=0, minute=0, second=0, microsecond=0) for back in range(7)]
+    # The district's calendar days, in its own time zone (stored times are UTC).
+    zone = district_zone(session, district_id)
+    day_starts = [local_midnight_utc(now, zone, back) for back in range(7)]
     # Which of the 7 calendar days (0 = six days ago … 6 = today) a delivery was created on; -1 before them.
     day_index = case(
         *[(Delivery.created_at >= start, 6 - back) for back, start in enumerate(day_starts)],
@@ -122,7 +125,7 @@ def overview(session: Session, district_id: str, *, now: datetime | None = None)
         by_app=sorted(((k, app_names[k], v) for k, v in per_app.items()), key=_by_name),
         oldest_undelivered=(now - oldest) if oldest else None,
         daily=[
-            (start.strftime("%a %d"), good, bad, stuck)
+            (to_local(start, zone).strftime("%a %d"), good, bad, stuck)
             for start, (good, bad, stuck) in zip(reversed(day_starts), per_day, strict=True)
         ],
         failing_webhooks=failing_count(session, district_id),
