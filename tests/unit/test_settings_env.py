@@ -87,14 +87,14 @@ def test_good_values_are_read(env: pytest.MonkeyPatch) -> None:
 
 
 def test_an_unknown_variable_is_reported_with_the_closest_name(
-    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     env.setenv("GATEWAY_BROKER_URLL", "redis://x")
     env.setenv("GATEWAY_WORKERTHREADS", "3")
     env.setenv("GATEWAY_SOMETHING_ELSE_ENTIRELY", "1")
     env.setenv("GATEWAY_TEST_WHATEVER", "1")
     env.setenv("GATEWAY_BENCH_WHATEVER", "1")
-    env.setenv("GATEWAY_INSTANCE_DIR", "/tmp/somewhere")  # read outside Settings, but known
+    env.setenv("GATEWAY_INSTANCE_DIR", str(tmp_path))  # read outside Settings, but known
     assert unknown_env_vars() == [
         ("GATEWAY_BROKER_URLL", "GATEWAY_BROKER_URL"),
         ("GATEWAY_SOMETHING_ELSE_ENTIRELY", None),
