@@ -4,13 +4,24 @@ process, so each check compares two scrapes (the increase), never an absolute co
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import create_app
@@ -19,9 +30,12 @@ from gateway.composition import services_of
 from gateway.services.token_cache import DatabaseTokenCache
 from gateway.webhook_sender import WebhookSender
 from gateway.worker import DeliveryWorker
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import TEST_ENCRYPTION_KEY, LiveServer, make_settings
 from tests.factories import World
+from tests.fakes.scripted_lms import unused_port
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
+
+REPO = Path(__file__).resolve().parents[2]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -151,3 +165,81 @@ def create_guarded(app: Flask, database_url: str) -> FlaskClient:
     return create_app(
         make_settings(database_url, metrics_token="scrape-me"), database=services_of(app).database
     ).test_client()
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_share_their_counts_through_the_multiprocess_directory(
+    app: Flask, database_url: str, tmp_path: Path
+) -> None:
+    """Two gunicorn workers with PROMETHEUS_MULTIPROC_DIR: whichever serves the scrape sums both processes."""
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    if not gunicorn.exists():
+        pytest.skip("gunicorn is not installed (pip install 'passback[server]')")
+    port = unused_port()
+    (tmp_path / "prometheus").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        {
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+            "GATEWAY_DATABASE_URL": database_url,
+            "GATEWAY_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
+            "GATEWAY_SECRET_KEY": "test-secret-key",
+            "GATEWAY_EMBEDDED_WORKER": "false",
+            "GATEWAY_INSTANCE_DIR": str(tmp_path / "instance"),
+        }
+    )
+    argv = [str(gunicorn), "-w", "2", "-b", f"127.0.0.1:{port}", "--chdir", str(REPO), "wsgi:app"]
+    with (tmp_path / "gunicorn.log").open("wb") as log:
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(url + "/healthz", timeout=15)
+                break
+            except requests.RequestException:  # refused before the bind; a worker still importing times out
+                assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
+                assert time.monotonic() < deadline, "gunicorn never accepted a connection"
+                time.sleep(0.1)
+        # One worker is held by a request whose headers are not finished (a sync worker reads it to the end), so
+        # the other serves the next six; then the held one is finished and counted by the first: both count.
+        held = socket.create_connection(("127.0.0.1", port), timeout=15)
+        held.sendall(b"POST /v1/grade HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        time.sleep(0.5)
+        for _ in range(6):
+            assert requests.post(url + "/v1/grade", json={}, timeout=15).status_code == 401
+        held.sendall(b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        assert held.recv(64).startswith(b"HTTP/1.1 401")
+        held.close()
+        counted_by = [n for n in intake_by_file(tmp_path / "prometheus", tmp_path / "each") if n]
+        assert len(counted_by) >= 2, f"both workers must have counted for the sum to mean anything: {counted_by}"
+        for _ in range(4):
+            text = requests.get(url + "/metrics", timeout=15).text
+            samples = {
+                (s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            assert value(samples, "passback_ingest_requests_total", endpoint="grade", status="401") == 7
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(15)
+    logged = [json.loads(line) for line in (tmp_path / "gunicorn.log").read_text().splitlines() if line.startswith("{")]
+    intake = [line for line in logged if line.get("logger") == "passback.access" and line.get("path") == "/v1/grade"]
+    assert len(intake) == 7 and all(line["request_id"] and line["status"] == 401 for line in intake)
+
+
+def intake_by_file(directory: Path, scratch: Path) -> list[float]:
+    """Each process's own intake count: the multiprocess collector run on one process's file at a time."""
+    counts = []
+    for index, file in enumerate(sorted(directory.glob("counter_*.db"))):
+        alone = scratch / str(index)
+        alone.mkdir(parents=True)
+        shutil.copy(file, alone / file.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        counts.append(
+            registry.get_sample_value("passback_ingest_requests_total", {"endpoint": "grade", "status": "401"}) or 0.0
+        )
+    return counts
