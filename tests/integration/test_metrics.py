@@ -168,19 +168,24 @@ def create_guarded(app: Flask, database_url: str) -> FlaskClient:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("directory", ["given", "automatic"])
 def test_gunicorn_workers_share_their_counts_through_the_multiprocess_directory(
-    app: Flask, database_url: str, tmp_path: Path
+    app: Flask, database_url: str, tmp_path: Path, directory: str
 ) -> None:
-    """Two gunicorn workers with PROMETHEUS_MULTIPROC_DIR: whichever serves the scrape sums both processes."""
+    """Two gunicorn workers, with PROMETHEUS_MULTIPROC_DIR or without (gunicorn.conf.py makes a directory):
+    whichever serves the scrape sums both processes."""
     gunicorn = Path(sys.executable).parent / "gunicorn"
     if not gunicorn.exists():
         pytest.skip("gunicorn is not installed (pip install 'passback[server]')")
     port = unused_port()
     (tmp_path / "prometheus").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if directory == "given":
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prometheus")
+        (tmp_path / "prometheus" / "counter_1.db").write_bytes(b"left by an earlier run")
     env.update(
         {
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
             "GATEWAY_DATABASE_URL": database_url,
             "GATEWAY_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
             "GATEWAY_SECRET_KEY": "test-secret-key",
@@ -190,7 +195,9 @@ def test_gunicorn_workers_share_their_counts_through_the_multiprocess_directory(
     )
     argv = [str(gunicorn), "-w", "2", "-b", f"127.0.0.1:{port}", "--chdir", str(REPO), "wsgi:app"]
     with (tmp_path / "gunicorn.log").open("wb") as log:
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -212,8 +219,9 @@ def test_gunicorn_workers_share_their_counts_through_the_multiprocess_directory(
         held.sendall(b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
         assert held.recv(64).startswith(b"HTTP/1.1 401")
         held.close()
-        counted_by = [n for n in intake_by_file(tmp_path / "prometheus", tmp_path / "each") if n]
-        assert len(counted_by) >= 2, f"both workers must have counted for the sum to mean anything: {counted_by}"
+        if directory == "given":
+            counted_by = [n for n in intake_by_file(tmp_path / "prometheus", tmp_path / "each") if n]
+            assert len(counted_by) == 2, f"each worker counted its own: {counted_by}"
         for _ in range(4):
             text = requests.get(url + "/metrics", timeout=15).text
             samples = {
