@@ -108,18 +108,6 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is when a line is written (a CLI runner swaps it), never a closed stream."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> IO[str]:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: IO[str]) -> None:
-        pass
-
-
 def configure_logging(
     level: str = "info", fmt: str = "auto", *, stream: IO[str] | None = None, if_unconfigured: bool = False
 ) -> logging.Handler | None:
@@ -148,7 +136,8 @@ def configure_logging(
             renderer,
         ],
     )
-    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    # The stderr of now: Celery later swaps sys.stderr for a proxy that logs, which must not feed back into this.
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
     for old in list(root.handlers):
