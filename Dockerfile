@@ -19,7 +19,7 @@ ENV PATH=/opt/passback/bin:$PATH \
 # A user of its own: nothing in the container runs as root.
 RUN useradd --system --create-home --home-dir /srv/passback --uid 10001 passback
 COPY --from=build /opt/passback /opt/passback
-COPY wsgi.py /srv/passback/wsgi.py
+COPY wsgi.py gunicorn.conf.py /srv/passback/
 WORKDIR /srv/passback
 USER passback
 # The instance directory holds the SQLite database and generated keys of the embedded default; in the

@@ -2,9 +2,11 @@
 or GATEWAY_BROKER_URL is set (then run `gateway worker` separately: on its own, or as Celery workers)."""
 
 from gateway import create_app, start_embedded_worker
-from gateway.config import ConfigurationError
+from gateway.config import ConfigurationError, logging_from_env
+from gateway.logs import configure_logging
 
 try:
+    configure_logging(*logging_from_env())  # JSON lines or text (GATEWAY_LOG_FORMAT) on stderr
     app = create_app()
 except ConfigurationError as exc:
     raise SystemExit(f"passback: {exc}") from None

@@ -347,6 +347,12 @@ class RequestLimiter(Protocol):
     def pause(self, key: str, seconds: float) -> None: ...
 
 
+class RequestObserver(Protocol):
+    """Told of each LMS request: seconds taken, the status (None: no answer), whether it was a rate-limit refusal."""
+
+    def __call__(self, seconds: float, status: int | None, refused: bool) -> None: ...
+
+
 @dataclass(frozen=True)
 class Throttle:
     """One LMS connection's request limits."""
@@ -406,9 +412,12 @@ class ThrottledHttpClient(HttpClient):
         throttle: Throttle,
         before_request: Callable[[], None] | None = None,
         buckets: BucketViews | None = None,
+        observe: RequestObserver | None = None,
     ) -> None:
         # No super().__init__(): the view shares the wrapped client's per-thread sessions (connection reuse).
         self.http = http
+        # Told of every request's time and answer (the gateway's metrics); never of the throttle's waits.
+        self.observe = observe
         # What is learnt of the LMS's bucket, shared with the connection's other clients when given.
         self.buckets = buckets if buckets is not None else BucketViews()
         # Called before every request, after the throttle: the worker checks (and renews) its claim there,
@@ -440,7 +449,17 @@ class ThrottledHttpClient(HttpClient):
         if self.before_request is not None:
             self.before_request()
         sent_at = self.clock()
-        response = self.http.request(method, url, **kwargs)
+        began = time.monotonic()
+        try:
+            response = self.http.request(method, url, **kwargs)
+        except base.DeliveryError:
+            if self.observe is not None:
+                self.observe(time.monotonic() - began, None, False)
+            raise
+        if self.observe is not None:
+            status = response.status_code
+            refused = status == 429 or is_rate_limit_refusal(status, response.text or "")
+            self.observe(time.monotonic() - began, status, refused)
         self._observe(response, sent_at)
         return response
 

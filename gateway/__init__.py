@@ -53,6 +53,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     from gateway.lti import lti_bp
     from gateway.lti.lti11 import lti11_bp
     from gateway.oauth import init_oauth, oauth_bp
+    from gateway.observability import init_observability
     from gateway.openapi import openapi_bp
     from gateway.rate_limits import init_rate_limits
     from gateway.request_ids import init_request_ids
@@ -68,6 +69,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
     init_oauth(app)
     app.register_blueprint(dashboard_bp)
     init_request_ids(app)  # first of the before_request hooks: every answer, even a refusal, carries the id
+    init_observability(app, services)  # the id bound for the logs, the access line, /metrics
     init_rate_limits(app)  # before any work: a refused request changes nothing
     register_input_guard(app)  # before the views: unstorable text reaches no view
     # CSRF tokens on every dashboard form; the machine-to-machine endpoints authenticate otherwise (bearer
@@ -89,7 +91,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, *, database: Dat
         readiness = services.readiness()
         return readiness.as_json(), 200 if readiness.ready else 503
 
-    logging.getLogger("passback").setLevel(logging.INFO)
+    logging.getLogger("passback").setLevel(settings.log_level.upper())
     # Last, once every view is registered: Idempotency-Key and body limits from each view's @operation.
     install_operation_conventions(app)
     return app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -77,12 +76,11 @@ class _Main(click.Group):
 @click.group(cls=_Main)
 def main() -> None:
     """Passback: the grade passback gateway."""
-    from gateway.request_ids import RequestIdLogFilter, install_log_record_factory
+    from gateway.config import logging_from_env
+    from gateway.logs import configure_logging
 
-    install_log_record_factory()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RequestIdLogFilter())
+    level, fmt = logging_from_env()
+    configure_logging(level, fmt, if_unconfigured=True)  # JSON lines or text (GATEWAY_LOG_FORMAT), on stderr
 
 
 # --- database ----------------------------------------------------------------------------------------------

@@ -130,9 +130,13 @@ class Services:
         return embedded
 
     def readiness(self) -> Readiness:
-        """For /readyz: the database answers, and some delivery worker recorded a heartbeat recently."""
+        """For /readyz: the database answers at the newest schema, some delivery worker recorded a heartbeat
+        recently, and the broker (if any) answers."""
         return check_readiness(
-            self.database, max_heartbeat_age=self.settings.readyz_heartbeat_max_age_seconds, now=self.clock.now()
+            self.database,
+            max_heartbeat_age=self.settings.readyz_heartbeat_max_age_seconds,
+            now=self.clock.now(),
+            broker_url=self.settings.broker_url,
         )
 
 

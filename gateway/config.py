@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
+import math
 import os
 import secrets
 from dataclasses import dataclass, field, fields
@@ -9,13 +12,104 @@ from pathlib import Path
 from typing import Any
 
 INSTANCE_DIR = Path(os.environ.get("GATEWAY_INSTANCE_DIR", Path.cwd() / "instance"))
+log = logging.getLogger("passback.config")
+
+# GATEWAY_* variables read outside Settings (before settings exist); they are known, not typos.
+EXTRA_ENV_VARS = frozenset({"GATEWAY_INSTANCE_DIR"})
+# Variables of the test suite and the benchmarks: never reported as unknown.
+IGNORED_ENV_PREFIXES = ("GATEWAY_TEST_", "GATEWAY_BENCH_")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+# Numbers that must be above 0 (a zero would stop a loop, divide by zero or refuse everything); every other
+# number of Settings must be at least 0 (0 has a documented meaning there: off, none, no limit).
+_POSITIVE = frozenset(
+    {
+        "worker_poll_seconds",
+        "worker_batch_size",
+        "lease_seconds",
+        "max_attempts",
+        "backoff_base_seconds",
+        "backoff_max_seconds",
+        "http_connect_timeout",
+        "http_read_timeout",
+        "http_request_deadline",
+        "worker_threads",
+        "heartbeat_seconds",
+        "sweep_seconds",
+        "drain_seconds",
+        "connection_concurrency",
+        "connection_rate",
+        "connection_burst",
+        "webhook_batch_size",
+        "webhook_timeout_seconds",
+        "webhook_backoff_base_seconds",
+        "webhook_backoff_max_seconds",
+        "webhook_rate",
+        "webhook_burst",
+        "webhook_concurrency",
+        "api_rate_window_seconds",
+        "max_body_bytes",
+        "staff_session_seconds",
+        "staff_idle_seconds",
+    }
+)
+_CHOICES = {"log_level": ("debug", "info", "warning", "error", "critical"), "log_format": ("auto", "json", "text")}
+_reported_unknown: set[str] = set()
 
 
 def _env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None:
         return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise InvalidSetting(f"{name}={raw!r} must be true or false (1/0, yes/no, on/off)")
+    return value in _TRUE
+
+
+def env_name(field_name: str) -> str:
+    return "GATEWAY_" + field_name.upper()
+
+
+def known_env_vars() -> frozenset[str]:
+    """Every GATEWAY_* variable Passback reads: one per setting, and those read before settings exist."""
+    return frozenset(env_name(f.name) for f in fields(Settings) if f.name != "extra") | EXTRA_ENV_VARS
+
+
+def unknown_env_vars(environ: dict[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """GATEWAY_* variables set but never read (a typo, or one an older release read), each with the closest known
+    name (None: nothing close)."""
+    environ = dict(os.environ if environ is None else environ)
+    known = known_env_vars()
+    unknown = []
+    for name in sorted(environ):
+        if not name.startswith("GATEWAY_") or name in known or name.startswith(IGNORED_ENV_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        unknown.append((name, close[0] if close else None))
+    return unknown
+
+
+def logging_from_env() -> tuple[str, str]:
+    """GATEWAY_LOG_LEVEL and GATEWAY_LOG_FORMAT, checked: logging is set up before the other settings are read."""
+    values = {}
+    for name, default in (("log_level", "info"), ("log_format", "auto")):
+        raw = os.environ.get(env_name(name), default).strip().lower() or default
+        if raw not in _CHOICES[name]:
+            raise InvalidSetting(f"{env_name(name)}={raw!r} must be one of: {', '.join(_CHOICES[name])}")
+        values[name] = raw
+    return values["log_level"], values["log_format"]
+
+
+def report_unknown_env_vars() -> None:
+    """A warning per unknown GATEWAY_* variable (once per process): reported, not refused (see README,
+    Configuration: a leftover variable must not stop a restart)."""
+    for name, close in unknown_env_vars():
+        if name in _reported_unknown:
+            continue
+        _reported_unknown.add(name)
+        hint = f"; did you mean {close}?" if close else ""
+        log.warning("%s is not a Passback setting and is ignored%s", name, hint)
 
 
 def _read_or_create_key_file(path: Path, make: Any) -> str:
@@ -33,6 +127,10 @@ def _read_or_create_key_file(path: Path, make: Any) -> str:
 
 class ConfigurationError(RuntimeError):
     """Passback must not start with these settings; the one-line message says what to set."""
+
+
+class InvalidSetting(ConfigurationError, ValueError):
+    """A variable's value breaks its rule (not a number, negative, out of range); the message names both."""
 
 
 @dataclass
@@ -116,6 +214,12 @@ class Settings:
     # Where `gateway run`/`gateway demo` keep the demo token and the demo app's client secret (mode 0600), so a
     # restart keeps them instead of issuing new ones; empty: new ones each run (the database keeps only hashes).
     demo_token_file: str = ""
+    # Logs: the lowest level written, and json, text, or auto (text when stderr is a terminal, else JSON lines).
+    log_level: str = "info"
+    log_format: str = "auto"
+    # GET /metrics: with a token, only requests with `Authorization: Bearer <token>`; without, only requests from
+    # this host (loopback, not forwarded by a proxy).
+    metrics_token: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def request_deadline(self) -> float:
@@ -133,26 +237,37 @@ class Settings:
         return max(0.0, min(self.stop_grace_seconds, self.request_deadline()))
 
     def validate(self, deadline_given: bool = True) -> None:
-        """Refuse settings that break a delivery rule, naming the variables and the rule."""
+        """Refuse settings that break a rule, naming the variable and the rule (InvalidSetting, one line)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise InvalidSetting(f"{env_name(f.name)} must be a finite number")
+                if f.name in _POSITIVE and value <= 0:
+                    raise InvalidSetting(f"{env_name(f.name)} must be a number > 0 (it is {value:g})")
+                if value < 0:
+                    raise InvalidSetting(f"{env_name(f.name)} must be a number >= 0 (it is {value:g})")
+            if f.name in _CHOICES and str(value).lower() not in _CHOICES[f.name]:
+                raise InvalidSetting(f"{env_name(f.name)}={value!r} must be one of: {', '.join(_CHOICES[f.name])}")
         if self.http_request_deadline <= 0:
-            raise ValueError("GATEWAY_HTTP_REQUEST_DEADLINE must be a number of seconds > 0")
+            raise InvalidSetting("GATEWAY_HTTP_REQUEST_DEADLINE must be a number of seconds > 0")
         if deadline_given and self.http_request_deadline > self.lease_seconds / 3:
-            raise ValueError(
+            raise InvalidSetting(
                 f"GATEWAY_HTTP_REQUEST_DEADLINE ({self.http_request_deadline:g} s) must be at most a third of "
                 f"GATEWAY_LEASE_SECONDS ({self.lease_seconds:g} s), so an LMS request always ends inside its lease"
             )
         if self.stop_grace_seconds < 0:
-            raise ValueError("GATEWAY_STOP_GRACE_SECONDS must be a number of seconds >= 0")
+            raise InvalidSetting("GATEWAY_STOP_GRACE_SECONDS must be a number of seconds >= 0")
         if self.worker_threads < 1:
-            raise ValueError("GATEWAY_WORKER_THREADS must be at least 1")
+            raise InvalidSetting("GATEWAY_WORKER_THREADS must be at least 1")
         if self.api_rate_limit < 0:
-            raise ValueError("GATEWAY_API_RATE_LIMIT must be a number of requests >= 0 (0: no limit)")
+            raise InvalidSetting("GATEWAY_API_RATE_LIMIT must be a number of requests >= 0 (0: no limit)")
         if self.api_rate_window_seconds <= 0:
-            raise ValueError("GATEWAY_API_RATE_WINDOW_SECONDS must be a number of seconds > 0")
+            raise InvalidSetting("GATEWAY_API_RATE_WINDOW_SECONDS must be a number of seconds > 0")
         if self.webhook_threads < 0:
-            raise ValueError("GATEWAY_WEBHOOK_THREADS must be 0 (no webhooks from this process) or more")
+            raise InvalidSetting("GATEWAY_WEBHOOK_THREADS must be 0 (no webhooks from this process) or more")
         if self.webhook_retry_seconds < 86400:
-            raise ValueError("GATEWAY_WEBHOOK_RETRY_SECONDS must be at least 86400: an event is retried for a day")
+            raise InvalidSetting("GATEWAY_WEBHOOK_RETRY_SECONDS must be at least 86400: an event is retried for a day")
 
     def beat_schedule_path(self) -> str:
         """Where celery beat keeps its schedule state (beside the instance's other files)."""
@@ -161,19 +276,27 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
+        report_unknown_env_vars()
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name == "extra":
                 continue
-            raw = os.environ.get("GATEWAY_" + f.name.upper())
+            name = env_name(f.name)
+            raw = os.environ.get(name)
             if raw is None:
                 continue
             if f.type == "bool":
-                values[f.name] = _env_bool("GATEWAY_" + f.name.upper(), False)
+                values[f.name] = _env_bool(name, False)
             elif f.type == "int":
-                values[f.name] = int(raw)
+                try:
+                    values[f.name] = int(raw.strip())
+                except ValueError:
+                    raise InvalidSetting(f"{name}={raw!r} must be a whole number") from None
             elif f.type == "float":
-                values[f.name] = float(raw)
+                try:
+                    values[f.name] = float(raw.strip())
+                except ValueError:
+                    raise InvalidSetting(f"{name}={raw!r} must be a number") from None
             else:
                 values[f.name] = raw
         values.update(overrides)

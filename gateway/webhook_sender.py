@@ -24,6 +24,8 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database, database_trouble
+from gateway.logs import log_extra
+from gateway.metrics import count_webhook
 from gateway.services.outcomes import RetryPolicy
 from gateway.services.webhook_outbox import (
     LIMIT_KEY,
@@ -186,11 +188,13 @@ class WebhookSender:
             if paused_until is not None:
                 give_up_on_old_messages(session, target.endpoint_id, self.settings.webhook_retry_seconds, now=now)
         for claim, answer in answers:
+            count_webhook("delivered" if answer.ok else "rejected" if answer.status is not None else "error")
             log.info(
                 "webhook %s to endpoint %s: %s",
                 claim.message_id,
                 target.endpoint_id,
                 "delivered" if answer.ok else answer.error,
+                extra=log_extra(endpoint_id=target.endpoint_id),
             )
 
     def _post(self, client: PolicedHttpClient, target: Target, item: Outgoing) -> Answer:

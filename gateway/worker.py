@@ -24,6 +24,8 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox
 from gateway.db import Database, database_trouble
+from gateway.logs import log_context, log_extra
+from gateway.metrics import count_delivery_outcome
 from gateway.services.adapter_factory import AdapterFactory
 from gateway.services.delivery_work import DeliveryWork, load_works
 from gateway.services.discovery_lease import DISCOVERY_WAIT_SECONDS, release_discovery_lease, take_discovery_lease
@@ -535,7 +537,7 @@ class DeliveryWorker:
             # The outcomes just committed wrote webhook messages: send them now, not at the next poll.
             self.webhooks.wakeup.set()
         for (claim, work), outcome in zip(group, outcomes, strict=True):
-            self._log(claim.delivery_id, work.adapter, statuses[claim.delivery_id], outcome)
+            self._log(claim.delivery_id, work, statuses[claim.delivery_id], outcome)
         return statuses
 
     @staticmethod
@@ -545,9 +547,16 @@ class DeliveryWorker:
         return RetryableDeliveryError(f"internal error in adapter {adapter}: {type(exc).__name__}: {exc}")
 
     @staticmethod
-    def _log(delivery_id: str, adapter: str, status: str | None, outcome: Any) -> None:
+    def _log(delivery_id: str, work: DeliveryWork, status: str | None, outcome: Any) -> None:
+        count_delivery_outcome(work.adapter, status)
         error = f" ({outcome.message})" if isinstance(outcome, DeliveryError) else ""
-        log.info("delivery %s via %s: %s%s", delivery_id, adapter, status or "claim lost", error)
+        ids = log_extra(
+            delivery_id=delivery_id,
+            connection_id=work.lms_connection_id,
+            district_id=work.district_id,
+            adapter=work.adapter,
+        )
+        log.info("delivery %s via %s: %s%s", delivery_id, work.adapter, status or "claim lost", error, extra=ids)
 
     def run_once(self, limit: int | None = None) -> int:
         """Claim a batch and deliver it. Returns how many deliveries were claimed (batch top-ups not counted)."""
@@ -687,7 +696,8 @@ class DeliveryWorker:
         busy_lock: threading.Lock,
     ) -> None:
         try:
-            self.deliver_claims(claims, claimed_at)
+            with log_context(connection_id=connection_id):
+                self.deliver_claims(claims, claimed_at)
         except Exception:
             # Unrecorded claims are taken again when their leases run out.
             log.exception("delivery worker: round for connection %s failed", connection_id)

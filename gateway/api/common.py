@@ -11,6 +11,7 @@ from marshmallow import Schema, ValidationError
 from gateway.contract import Operation, contract_of
 from gateway.extensions import db
 from gateway.input_guard import UNSTORABLE_RULE, unstorable_string_path
+from gateway.logs import bind_log_context
 from gateway.services.auth import Principal, authenticate
 from gateway.services.errors import InvalidInput, ServiceError, Unauthenticated
 from schemas.base import load_strict_json
@@ -114,4 +115,5 @@ def current_principal() -> Principal:
         db.session(), token.strip(), touch_after_seconds=current_app.config["PASSBACK"].token_touch_seconds
     )
     g.principal = principal
+    bind_log_context(district_id=principal.district_id, app_id=principal.app_id)  # on this request's log lines
     return principal

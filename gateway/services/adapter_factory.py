@@ -16,6 +16,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Settings
 from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.db import Database
+from gateway.metrics import observe_lms_request
 from gateway.services.keys import current_signing_key
 from gateway.services.token_cache import DatabaseTokenCache
 from gateway.throttle import Limiter, make_limiter
@@ -91,8 +92,11 @@ class AdapterFactory:
         connection_id: str,
         rate: float | None = None,
         before_request: Callable[[], None] | None = None,
+        *,
+        adapter: str = "",
     ) -> ThrottledHttpClient:
-        """The shared HTTP client, throttled for one LMS connection (its own rate, or the default)."""
+        """The shared HTTP client, throttled for one LMS connection (its own rate, or the default); each request's
+        time and answer are counted under `adapter` (passback_lms_request_seconds, passback_lms_throttled)."""
         settings = self.settings
         rate = rate or settings.connection_rate
         throttle = Throttle(
@@ -103,8 +107,12 @@ class AdapterFactory:
             default_pause=settings.connection_pause_seconds,
             headroom=settings.connection_concurrency,
         )
+
+        def observe(seconds: float, status: int | None, refused: bool) -> None:
+            observe_lms_request(adapter, seconds, status, refused)
+
         return ThrottledHttpClient(
-            self.http, self.limiter, throttle, before_request=before_request, buckets=self.buckets
+            self.http, self.limiter, throttle, before_request=before_request, buckets=self.buckets, observe=observe
         )
 
     def build(
@@ -121,5 +129,5 @@ class AdapterFactory:
         adapter_cls = self.adapter_class(kind)
         if adapter_cls is None:
             raise PermanentDeliveryError(f"no adapter named {kind!r} is installed")
-        http = self.http_for(connection_id, rate, before_request)
+        http = self.http_for(connection_id, rate, before_request, adapter=kind)
         return adapter_cls.from_settings(settings, http, self.context())

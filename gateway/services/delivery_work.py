@@ -47,6 +47,8 @@ class DeliveryWork:
     rate_limit: float | None = None
     # Why the connection's settings could not be read (a secret encrypted under a key not configured here).
     settings_problem: str | None = None
+    # The district the grade belongs to (for the logs).
+    district_id: str = ""
 
 
 def load_work(session: Session, box: SecretBox, claim: Claim) -> DeliveryWork | None:
@@ -173,6 +175,7 @@ def _works(
             destination,
             # A delete is outdated too once the grade was posted again (revived) after it.
             outdated=revision.revision < grade_row.revision,
+            district_id=delivery.district_id,
             rate_limit=connection.rate_limit,
             settings_problem=problems.get(connection.id),
         )

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from gateway.crypto import SecretBox, SecretUndecryptable
 from gateway.db import Database
+from gateway.metrics import count_token_fetch
 from gateway.models import CachedAccessToken, utcnow
 
 
@@ -74,6 +75,7 @@ class DatabaseTokenCache:
             return token
 
     def put(self, key: str, token: str, expires_in: float) -> None:
+        count_token_fetch()  # a token is put only when one was fetched
         with self.db.transaction() as session:
             row = session.get(CachedAccessToken, _hash(key), with_for_update=True)
             if row is None:
