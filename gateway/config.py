@@ -116,6 +116,16 @@ class Settings:
     # Where `gateway run`/`gateway demo` keep the demo token and the demo app's client secret (mode 0600), so a
     # restart keeps them instead of issuing new ones; empty: new ones each run (the database keeps only hashes).
     demo_token_file: str = ""
+    # Alerts to district staff (docs/alerts.md): the SMTP server they are mailed through (no host: no e-mail),
+    # the From address, and how often a worker looks for connections in trouble. The password is never logged.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_starttls: bool = True
+    smtp_timeout_seconds: float = 10.0
+    alert_from: str = "passback@localhost"
+    alert_check_seconds: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def request_deadline(self) -> float:
