@@ -160,6 +160,8 @@ def save_settings(uow: UnitOfWork, box: SecretBox, staff: StaffUser, form: Setti
         if form.webhook_url and (form.new_webhook_secret or not row.webhook_secret_encrypted):
             secret = new_secret()
             row.webhook_secret_encrypted = box.encrypt_json(secret)
+        elif not form.webhook_url:
+            row.webhook_secret_encrypted = None  # the next URL gets a secret of its own, shown then
         row.enabled = form.enabled
         row.recipients = form.recipients
         row.webhook_url = form.webhook_url

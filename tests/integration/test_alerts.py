@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import event, select
 from standardwebhooks import Webhook
 
 from gateway.clock import SYSTEM_CLOCK, FrozenClock
 from gateway.composition import services_of
 from gateway.models import Alert, AlertSettings
 from gateway.services.alert_sending import AlertSender
+from gateway.services.alerts import evaluate_district
 from gateway.services.staff import create_staff
+from gateway.services.unit_of_work import UnitOfWork
 from gateway.worker import DeliveryWorker
 from tests.alert_receivers import SmtpServer, WebhookReceiver, free_port
 from tests.conftest import LiveServer
@@ -305,3 +309,42 @@ def test_paused_connections_and_districts_without_alerts_are_left_alone(
         session.get(LmsConnection, world.connection_id).paused = True
     assert sender.run_once() == (0, 0), "a paused connection is not alerted about"
     assert smtp.inbox.mails == []
+
+
+def test_evaluations_running_at_once_decide_one_alert(
+    app: Flask, world: World, clock: FrozenClock, frozen_worker: DeliveryWorker
+) -> None:
+    """Several workers evaluating one district at the same moment: the settings row's lock makes them take turns,
+    and those after the first see its alert."""
+    with world.session() as session:
+        session.add(AlertSettings(district_id=world.district_id, enabled=True, recipients=["ops@district.example"]))
+    world.inject_faults(20, status=503)
+    post_grades(world, 1)
+    deliver(frozen_worker, clock)
+    database = services_of(app).database
+    start = threading.Barrier(4)
+    decided: list[list[str]] = []
+
+    def evaluate() -> None:
+        start.wait()
+        assert database.sessionmaker is not None
+        unit = UnitOfWork(database.sessionmaker(), close=True)
+        decided.append(evaluate_district(unit, world.district_id, now=clock.now()))
+
+    def slow_insert(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        # Widen the race: between reading the last alert and writing one, every evaluation waits a moment.
+        if statement.lstrip().upper().startswith("INSERT INTO ALERTS"):
+            time.sleep(0.3)
+
+    event.listen(database.engine, "before_cursor_execute", slow_insert)
+    try:
+        threads = [threading.Thread(target=evaluate) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", slow_insert)
+    assert len(decided) == 4 and sorted(len(ids) for ids in decided) == [0, 0, 0, 1]
+    with world.session() as session:
+        assert len(session.scalars(select(Alert)).all()) == 1
