@@ -126,11 +126,18 @@ class AlertSender:
         message = EmailMessage()
         message["From"] = self.settings.alert_from
         message["To"] = ", ".join(alert.recipients)
-        message["Subject"] = f"[Passback] {alert.connection_name} {alerts.KIND_TITLES.get(alert.kind, alert.kind)}"
+        message["Subject"] = f"[Passback] {self.summary(alert)}"
         message["Date"] = formatdate(localtime=False)
         message["Message-ID"] = make_msgid("alert." + alert.id)
         message.set_content(self.text(alert))
         return message
+
+    @staticmethod
+    def summary(alert: alerts.OutgoingAlert) -> str:
+        if alert.kind == alerts.UNHEALTHY:
+            return f"LMS connection {alert.connection_name} is failing"
+        deliveries = "1 delivery" if alert.failures == 1 else f"{alert.failures} deliveries"
+        return f"LMS connection {alert.connection_name}: {deliveries} failed in {alert.period_seconds // 60} minutes"
 
     def text(self, alert: alerts.OutgoingAlert) -> str:
         minutes = alert.period_seconds // 60

@@ -29,7 +29,6 @@ from schemas.statuses import DeliveryStatus
 
 UNHEALTHY = "unhealthy"
 FAILURES = "failures"
-KIND_TITLES = {UNHEALTHY: "is failing", FAILURES: "failed deliveries reached the threshold"}
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 MAX_RECIPIENTS = 20
 MIN_PERIOD_MINUTES, MAX_PERIOD_MINUTES = 5, 7 * 24 * 60

@@ -60,8 +60,8 @@ def test_staff_switch_alerts_on_and_an_outage_mails_them_and_is_listed(
 
     mails = smtp.inbox.wait_for(2, timeout=15)
     assert {m.subject for m in mails} == {
-        "[Passback] Sandbox is failing",
-        "[Passback] Sandbox failed deliveries reached the threshold",
+        "[Passback] LMS connection Sandbox is failing",
+        "[Passback] LMS connection Sandbox: 1 delivery failed in 30 minutes",
     }
     assert all(m.recipients == ["oncall@district.example"] for m in mails)
     assert all("injected fault, HTTP 503" in m.body and "/dashboard/alerts" in m.body for m in mails)

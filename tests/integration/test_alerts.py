@@ -142,7 +142,7 @@ def test_an_unhealthy_connection_mails_its_districts_staff_at_most_once_per_peri
     [mail] = smtp.inbox.wait_for(1)
     assert sorted(mail.recipients) == [admin, second], "the district's staff, and only them"
     assert mail.sender == "passback@district.example"
-    assert mail.subject == "[Passback] Sandbox is failing"
+    assert mail.subject == "[Passback] LMS connection Sandbox is failing"
     assert "'Sandbox'" in mail.body and "injected fault, HTTP 503" in mail.body, mail.body
     assert f"{live_server.url}/dashboard/alerts" in mail.body
 
@@ -204,8 +204,8 @@ def test_failures_past_the_threshold_reach_the_webhook_signed_and_the_mail_recip
         mails = smtp.inbox.wait_for(2)
         assert [m.recipients for m in mails] == [["oncall@district.example"]] * 2
         assert {m.subject for m in mails} == {
-            "[Passback] Sandbox is failing",
-            "[Passback] Sandbox failed deliveries reached the threshold",
+            "[Passback] LMS connection Sandbox is failing",
+            "[Passback] LMS connection Sandbox: 2 deliveries failed in 30 minutes",
         }
 
         clock.advance(31 * 60)

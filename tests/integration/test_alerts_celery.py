@@ -62,5 +62,5 @@ def test_a_celery_worker_mails_the_alert_of_a_failing_connection(
     assert len(mails) == 1, worker.log()
     [mail] = mails
     assert mail.recipients == ["oncall@district.example"]
-    assert mail.subject == "[Passback] Sandbox is failing"
+    assert mail.subject == "[Passback] LMS connection Sandbox is failing"
     assert f"{world.base_url}/dashboard/alerts" in mail.body
