@@ -348,3 +348,20 @@ def test_evaluations_running_at_once_decide_one_alert(
     assert len(decided) == 4 and sorted(len(ids) for ids in decided) == [0, 0, 0, 1]
     with world.session() as session:
         assert len(session.scalars(select(Alert)).all()) == 1
+
+
+def test_a_viewer_sees_the_alert_settings_and_alerts_but_cannot_change_them(world: World) -> None:
+    admin = signed_in(world, staff_of(world, "admin@district.example"))
+    save_alerts(world, admin, recipients="ops@district.example", failure_threshold="7")
+    with world.session() as session:
+        create_staff(session, world.district_id, "viewer@district.example", PASSWORD, role="viewer")
+    viewer = signed_in(world, "viewer@district.example")
+    page = viewer.get(world.url("/dashboard/alerts"))
+    assert page.status_code == 200 and "ops@district.example" in page.text and "7 failed deliveries" in page.text
+    assert "Save alert settings" not in page.text and 'name="failure_threshold"' not in page.text
+    form = {"enabled": "", "recipients": "", "failure_threshold": "1", "period_minutes": "5"}
+    refused = viewer.post(world.url("/dashboard/alerts"), data={**form, "csrf_token": csrf(page)})
+    assert refused.status_code == 403
+    with world.session() as session:
+        settings = session.get(AlertSettings, world.district_id)
+        assert (settings.enabled, settings.failure_threshold) == (True, 7)

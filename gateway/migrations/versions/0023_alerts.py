@@ -1,7 +1,7 @@
 """alerts: per-district alert settings and the alert outbox
 
 Revision ID: 0023
-Revises: 0018
+Revises: 0019
 Create Date: 2026-12-07 19:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0023"
-down_revision = "0018"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
