@@ -220,6 +220,16 @@ class Settings:
     # GET /metrics: with a token, only requests with `Authorization: Bearer <token>`; without, only requests from
     # this host (loopback, not forwarded by a proxy).
     metrics_token: str = ""
+    # Alerts to district staff (docs/alerts.md): the SMTP server they are mailed through (no host: no e-mail),
+    # the From address, and how often a worker looks for connections in trouble. The password is never logged.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_starttls: bool = True
+    smtp_timeout_seconds: float = 10.0
+    alert_from: str = "passback@localhost"
+    alert_check_seconds: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def request_deadline(self) -> float:

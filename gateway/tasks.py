@@ -95,7 +95,11 @@ def configure_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         task_publish_retry=False,
         broker_transport_options={"visibility_timeout": max(3600, int(settings.lease_seconds * 4))},
-        beat_schedule={"passback-sweep": {"task": "passback.sweep", "schedule": settings.sweep_seconds}},
+        beat_schedule={
+            "passback-sweep": {"task": "passback.sweep", "schedule": settings.sweep_seconds},
+            # Alerts to district staff (docs/alerts.md): evaluated and sent by one task at a time per beat.
+            "passback-alerts": {"task": "passback.alerts", "schedule": settings.alert_check_seconds},
+        },
         worker_hijack_root_logger=False,
     )
     return celery_app
@@ -330,6 +334,13 @@ def drain_connection(connection_id: str) -> str:
 @celery_app.task(name="passback.sweep", acks_late=True)
 def sweep() -> int:
     return runtime().sweep()
+
+
+@celery_app.task(name="passback.alerts", acks_late=True)
+def send_alerts() -> int:
+    """Evaluate the districts' alerts and send those due (the embedded and polling workers do it themselves)."""
+    _decided, sent = runtime().worker.alerts.run_once()
+    return int(sent)
 
 
 def kick(redis: Any, connection_id: str, producer: Any = None) -> bool:

@@ -27,6 +27,7 @@ from gateway.db import Database, database_trouble
 from gateway.logs import log_context, log_extra
 from gateway.metrics import count_delivery_outcome
 from gateway.services.adapter_factory import AdapterFactory
+from gateway.services.alert_sending import AlertSender
 from gateway.services.delivery_work import DeliveryWork, load_works
 from gateway.services.discovery_lease import DISCOVERY_WAIT_SECONDS, release_discovery_lease, take_discovery_lease
 from gateway.services.heartbeats import record_heartbeat, worker_name
@@ -169,6 +170,9 @@ class DeliveryWorker:
         # Webhooks to apps go out on threads of their own (run_forever starts them), never on the LMS's.
         self.webhooks = WebhookSender(db, box, settings, limiter=self.limiter, clock=clock)
         self.webhooks.lms_busy = lambda: bool(self._held)
+        # Alerts to district staff (connections in trouble), evaluated and sent on a thread of their own.
+        self.alerts = AlertSender(db, box, settings, clock=clock)
+        self._alerts_thread: threading.Thread | None = None
 
     @property
     def adapters(self) -> Mapping[str, type[LmsAdapter]]:
@@ -612,6 +616,14 @@ class DeliveryWorker:
                 now=self.clock.now(),
             )
 
+    def alerts_if_due(self) -> None:
+        """Start an alert round (gateway/services/alert_sending.py) when one is due and none is running: an SMTP
+        server or a webhook that is slow never holds up the claim loop."""
+        if self._alerts_thread is not None and self._alerts_thread.is_alive():
+            return
+        self._alerts_thread = threading.Thread(target=self.alerts.run_if_due, name="passback-alerts", daemon=True)
+        self._alerts_thread.start()
+
     def run_forever(self, stop: threading.Event) -> None:
         """Deliver until `stop`: up to `worker_threads` connections at once, each connection's claims on one
         thread, so a slow or hanging LMS holds only its own thread (and each request ends at its deadline)."""
@@ -628,6 +640,7 @@ class DeliveryWorker:
             try:
                 self.heartbeat_if_due()
                 self.purge_if_due()
+                self.alerts_if_due()
             except Exception:
                 log.exception("delivery worker: heartbeat or housekeeping failed")
             try:

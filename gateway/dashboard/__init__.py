@@ -623,3 +623,6 @@ def audit(staff: StaffUser) -> Response:
     return _page(
         "dashboard/audit.html", staff=staff, entries=dashboard_overview.audit_log(db.session(), staff.district_id)
     )
+
+
+from gateway.dashboard import alerts as _alerts  # noqa: E402, F401 - its views register on dashboard_bp

@@ -1,5 +1,6 @@
 """SQLAlchemy models. Import from here so that every table is registered on Base.metadata."""
 
+from gateway.models.alert import Alert, AlertSettings
 from gateway.models.base import Base, new_id, utcnow
 from gateway.models.catalog import DEFAULT_SCORE_MAXIMUM, Assignment, CatalogSnapshot
 from gateway.models.district import (
@@ -39,6 +40,8 @@ from gateway.models.worker import WorkerHeartbeat
 __all__ = [
     "DEFAULT_SCORE_MAXIMUM",
     "SUPERSEDABLE",
+    "Alert",
+    "AlertSettings",
     "ApiToken",
     "App",
     "Assignment",
