@@ -24,7 +24,7 @@ from flask import (
     url_for,
 )
 from marshmallow import ValidationError
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import BadRequest, NotFound
 
 from gateway.errors import html_error_page
 from gateway.extensions import current_services, db, request_unit_of_work
@@ -225,17 +225,49 @@ def overview(staff: StaffUser) -> Response:
 @dashboard_bp.get("/deliveries")
 @staff_required
 def delivery_list(staff: StaffUser) -> Response:
-    status = _status_filter()
-    found = dashboard_deliveries.deliveries(
+    narrowed = _delivery_filter(request.args)
+    found, total = dashboard_deliveries.filtered_page(
         db.session(),
         staff.district_id,
-        status=status,
+        narrowed,
         before=dashboard_deliveries.parse_cursor(request.args.get("before")),
         after=dashboard_deliveries.parse_cursor(request.args.get("after")),
     )
     return _page(
-        "dashboard/deliveries.html", staff=staff, found=found, status=status, cursor=dashboard_deliveries.cursor_text
+        "dashboard/deliveries.html",
+        staff=staff,
+        found=found,
+        total=total,
+        count_limit=dashboard_deliveries.COUNT_LIMIT,
+        narrowed=narrowed,
+        status=narrowed.status,
+        statuses=dashboard_counts.SHOWN_STATUSES,
+        choices=dashboard_deliveries.filter_choices(db.session(), staff.district_id),
+        cursor=dashboard_deliveries.cursor_text,
     )
+
+
+@dashboard_bp.post("/deliveries/bulk")
+@staff_required
+def bulk_action(staff: StaffUser) -> Response:
+    """Retry the failed (or send the retrying now) deliveries of the filtered list the form came from."""
+    narrowed = _delivery_filter(request.form)
+    result = staff_actions.bulk_retry(request_unit_of_work(), staff, narrowed, request.form.get("action", "")[:40])
+    said = f"{result.retried} deliveries queued again"
+    if result.skipped:
+        said += f", {result.skipped} skipped (replaced by a newer grade, or changed meanwhile)"
+    if result.more:
+        said += f"; more than {staff_actions.BULK_LIMIT} matched: run it again for the rest"
+    flash(said + ".")
+    return redirect(url_for("dashboard.delivery_list", **narrowed.query_args()))  # type: ignore[return-value,arg-type]
+
+
+def _delivery_filter(args: Any) -> dashboard_deliveries.DeliveryFilter:
+    try:
+        return dashboard_deliveries.parse_filter(args)
+    except InvalidInput as exc:
+        fields = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in (exc.fields or {}).items())
+        raise BadRequest(f"{exc.message}: {fields}") from exc
 
 
 def _status_filter() -> str | None:

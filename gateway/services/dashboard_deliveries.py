@@ -5,12 +5,13 @@ Every list is paginated on an index, so the thousandth page costs what the first
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from marshmallow import ValidationError
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.models import (
@@ -18,6 +19,7 @@ from gateway.models import (
     Assignment,
     Delivery,
     DeliveryStatus,
+    DistrictApp,
     Grade,
     GradeRevision,
     LmsConnection,
@@ -25,14 +27,62 @@ from gateway.models import (
     User,
 )
 from gateway.services.delivery_fixes import FIXABLE, DeliveryFix, fix_for
-from gateway.services.errors import NotFound
+from gateway.services.errors import InvalidInput, NotFound
+from gateway.services.local_time import day_start_utc, district_zone
+from schemas.dashboard import DeliveryFilterSchema
 
+_filter_schema = DeliveryFilterSchema()
+_FILTER_FIELDS = tuple(_filter_schema.fields)
 PAGE_SIZE = 50
 CSV_CHUNK = 1000
 CSV_MAX_ROWS = 1_000_000
 
 
-def _delivery_rows(district_id: str, status: str | None) -> Any:
+# A filtered list counts its rows up to this many ("more than 10,000"): the count stays a bounded scan.
+COUNT_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """What a delivery list is narrowed to (None: not narrowed), from the page's query string."""
+
+    status: str | None = None
+    connection: str | None = None
+    app: str | None = None
+    assignment: str | None = None
+    course: str | None = None
+    student: str | None = None
+    since: date | None = None
+    until: date | None = None
+
+    def query_args(self) -> dict[str, str]:
+        """The filter as query-string values (links, hidden inputs of the bulk form)."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @property
+    def narrowed(self) -> bool:
+        """Narrowed by more than its status."""
+        return any(getattr(self, f.name) is not None for f in fields(self) if f.name != "status")
+
+
+def parse_filter(args: Mapping[str, str]) -> DeliveryFilter:
+    """A list's filter from its query string (empty fields ignored); InvalidInput naming a bad field."""
+    given = {k: v.strip() for k, v in args.items() if k in _FILTER_FIELDS and v.strip()}
+    try:
+        loaded = _filter_schema.load(given)
+    except ValidationError as exc:
+        raise InvalidInput("the filter was not understood", fields=exc.normalized_messages()) from exc
+    return DeliveryFilter(**{k: loaded.get(k) for k in _FILTER_FIELDS})
+
+
+def _like(text: str) -> str:
+    """`text` anywhere, with LIKE's own wildcards taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _delivery_rows(
+    district_id: str, status: str | None, narrowed: DeliveryFilter | None = None, zone: str = "UTC"
+) -> Any:
     query = (
         select(Delivery, Grade, User, Assignment, LmsConnection.name, Placement.course_id)
         .join(Grade, Grade.id == Delivery.grade_id)
@@ -43,8 +93,53 @@ def _delivery_rows(district_id: str, status: str | None) -> Any:
         .where(Delivery.district_id == district_id)
     )
     if status:
-        return query.where(Delivery.status == status)
-    return query.where(Delivery.status != DeliveryStatus.SUPERSEDED)
+        query = query.where(Delivery.status == status)
+    else:
+        query = query.where(Delivery.status != DeliveryStatus.SUPERSEDED)
+    if narrowed is None:
+        return query
+    f = narrowed
+    if f.connection:
+        query = query.where(Delivery.lms_connection_id == f.connection)
+    if f.app:
+        query = query.where(Grade.app_id == f.app)
+    if f.assignment:
+        query = query.where(or_(Assignment.external_id == f.assignment, Assignment.id == f.assignment))
+    if f.course:
+        query = query.where(Placement.course_id == f.course)
+    if f.student:
+        pattern = _like(f.student.lower())
+        query = query.where(
+            or_(
+                func.lower(User.name).like(pattern, escape="\\"),
+                func.lower(User.email).like(pattern, escape="\\"),
+                User.sis_id == f.student,
+            )
+        )
+    if f.since:
+        query = query.where(Delivery.updated_at >= day_start_utc(f.since, zone))
+    if f.until:
+        query = query.where(Delivery.updated_at < day_start_utc(f.until + timedelta(days=1), zone))
+    return query
+
+
+def count_deliveries(session: Session, district_id: str, narrowed: DeliveryFilter, zone: str) -> int:
+    """How many deliveries the filter matches, counted up to COUNT_LIMIT + 1."""
+    ids = _delivery_rows(district_id, narrowed.status, narrowed, zone).with_only_columns(Delivery.id)
+    return int(session.scalar(select(func.count()).select_from(ids.limit(COUNT_LIMIT + 1).subquery())) or 0)
+
+
+def matching_ids(
+    session: Session, district_id: str, narrowed: DeliveryFilter, zone: str, statuses: Sequence[str], limit: int
+) -> list[str]:
+    """The ids of up to `limit` matching deliveries in one of `statuses`, oldest change first."""
+    query = _delivery_rows(district_id, None, narrowed, zone).where(Delivery.status.in_(statuses))
+    if narrowed.status:
+        query = query.where(Delivery.status == narrowed.status)
+    rows = session.scalars(
+        query.with_only_columns(Delivery.id).order_by(Delivery.updated_at.asc(), Delivery.id.asc()).limit(limit)
+    )
+    return list(rows)
 
 
 def _delivery_item(row: Sequence[Any]) -> dict[str, Any]:
@@ -105,11 +200,13 @@ def deliveries(
     status: str | None = None,
     before: Cursor | None = None,
     after: Cursor | None = None,
+    narrowed: DeliveryFilter | None = None,
+    zone: str = "UTC",
 ) -> DeliveryPage:
     """One page of deliveries, newest first, with the grade, student, assignment and the LMS's own error: the
     newest, or those just older than `before`, or just newer than `after`. Keyset paging on the (district,
     status, updated_at) or (district, updated_at) index, so the thousandth page costs what the first does."""
-    query = _delivery_rows(district_id, status)
+    query = _delivery_rows(district_id, status, narrowed, zone)
     if after is not None:
         rows = session.execute(
             query.where(_newer_than(after)).order_by(Delivery.updated_at.asc(), Delivery.id.asc()).limit(PAGE_SIZE + 1)
@@ -130,6 +227,39 @@ def deliveries(
         older=_cursor_of(items[-1]) if len(rows) > PAGE_SIZE else None,
         newer=_cursor_of(items[0]) if items and before is not None else None,
     )
+
+
+def filtered_page(
+    session: Session,
+    district_id: str,
+    narrowed: DeliveryFilter,
+    *,
+    before: Cursor | None = None,
+    after: Cursor | None = None,
+) -> tuple[DeliveryPage, int]:
+    """A page of the filtered list (times in the district's zone) and how many deliveries match in all."""
+    zone = district_zone(session, district_id)
+    page = deliveries(
+        session, district_id, status=narrowed.status, before=before, after=after, narrowed=narrowed, zone=zone
+    )
+    return page, count_deliveries(session, district_id, narrowed, zone)
+
+
+def filter_choices(session: Session, district_id: str) -> dict[str, list[tuple[str, str]]]:
+    """The district's connections and apps, (id, name) by name, for the filter's menus."""
+    connections = session.execute(
+        select(LmsConnection.id, LmsConnection.name)
+        .where(LmsConnection.district_id == district_id)
+        .order_by(LmsConnection.name)
+    ).all()
+    apps = session.execute(
+        select(App.id, App.name)
+        .join(DistrictApp, DistrictApp.app_id == App.id)
+        .where(DistrictApp.district_id == district_id)
+        .distinct()
+        .order_by(App.name)
+    ).all()
+    return {"connections": [(r[0], r[1]) for r in connections], "apps": [(r[0], r[1]) for r in apps]}
 
 
 def _cursor_of(item: dict[str, Any]) -> Cursor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -45,6 +45,12 @@ def local_midnight_utc(now: datetime, zone_name: str, days_back: int) -> datetim
     local = to_local(now, zone_name)
     # Back by calendar days on the wall clock, then to UTC: a day across a DST change is 23 or 25 hours.
     day = local.date() - timedelta(days=days_back)
+    start = datetime(day.year, day.month, day.day, tzinfo=zone(zone_name))
+    return start.astimezone(UTC).replace(tzinfo=None)
+
+
+def day_start_utc(day: date, zone_name: str) -> datetime:
+    """When the district's calendar day `day` begins, as stored (naive UTC)."""
     start = datetime(day.year, day.month, day.day, tzinfo=zone(zone_name))
     return start.astimezone(UTC).replace(tzinfo=None)
 

@@ -4,11 +4,12 @@ together, and deliveries it queued again go out once committed."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from adapters.base import HealthReport
 from gateway.crypto import SecretBox
-from gateway.models import LmsConnection, SandboxFault, StaffUser
+from gateway.models import DeliveryStatus, LmsConnection, SandboxFault, StaffUser
 from gateway.services import (
     connection_settings,
     dashboard_connections,
@@ -18,8 +19,10 @@ from gateway.services import (
     sandbox_lms,
     webhooks,
 )
-from gateway.services.errors import Conflict, InvalidInput
+from gateway.services.dashboard_deliveries import DeliveryFilter, matching_ids
+from gateway.services.errors import Conflict, InvalidInput, ServiceError
 from gateway.services.lms import PlacementsResult, place_assignments
+from gateway.services.local_time import district_zone
 from gateway.services.staff import audit
 from gateway.services.staff_retries import retry_delivery, retry_failed
 from gateway.services.unit_of_work import UnitOfWork
@@ -117,6 +120,50 @@ def enroll_for_delivery(
         uow.nudge({connection.id})
         uow.commit()
         return released, created
+
+
+# One bulk action changes at most this many deliveries (the page says when more matched: run it again).
+BULK_LIMIT = 5000
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    retried: int
+    skipped: int  # replaced by a newer grade, or changed since the page was read
+    more: bool  # more than BULK_LIMIT matched
+
+
+def bulk_retry(uow: UnitOfWork, staff: StaffUser, narrowed: DeliveryFilter, action: str) -> BulkResult:
+    """On the deliveries a list's filter matches: send the failed ones again with fresh attempts (retry_failed),
+    or the retrying ones now (retry_now), by the single-delivery rule; one audit row, connections woken after."""
+    statuses = {"retry_failed": (DeliveryStatus.FAILED,), "retry_now": (DeliveryStatus.RETRYING,)}.get(action)
+    if statuses is None:
+        raise InvalidInput("no such action", fields={"action": ["retry_failed or retry_now."]})
+    with uow:
+        zone = district_zone(uow.session, staff.district_id)
+        ids = matching_ids(uow.session, staff.district_id, narrowed, zone, statuses, BULK_LIMIT + 1)
+        retried, skipped, connections = 0, 0, set()
+        for delivery_id in ids[:BULK_LIMIT]:
+            try:
+                delivery = retry_delivery(uow.session, staff.district_id, delivery_id)
+            except ServiceError:
+                skipped += 1
+                continue
+            retried += 1
+            if delivery.lms_connection_id:
+                connections.add(delivery.lms_connection_id)
+        audit(
+            uow.session,
+            staff,
+            "retried deliveries in bulk",
+            action,
+            filter=narrowed.query_args(),
+            retried=retried,
+            skipped=skipped,
+        )
+        uow.nudge(connections)
+        uow.commit()
+        return BulkResult(retried, skipped, more=len(ids) > BULK_LIMIT)
 
 
 def map_assignments(

@@ -53,3 +53,27 @@ def test_a_viewer_sees_the_fix_explained_but_has_no_button(world: World, page: A
     assert "course-101" in page.locator("#placed-in").inner_text()
     assert page.get_by_role("button", name="Enroll and send the grade").count() == 0
     assert page.get_by_role("button", name="Sign out").count() == 1
+
+
+def test_staff_filter_and_bulk_retry_after_an_outage(world: World, worker: DeliveryWorker, page: Any) -> None:
+    world.inject_faults(3, status=422)  # the LMS refuses everything for a while
+    for student in world.students:
+        world.post_grade({"assignmentID": "quiz-1", "userID": student, "percentage": 0.7})
+    world.post_grade({"assignmentID": "quiz-2", "userID": world.students[0], "percentage": 0.4})
+    worker.run_until_idle()
+    world.inject_faults(0)  # it is back
+
+    sign_in(page, staff_account(world))
+    page.goto("/dashboard/deliveries")
+    filters = page.get_by_role("form", name="Filter the deliveries")
+    filters.get_by_label("Status").select_option("failed")
+    filters.get_by_label("Assignment id").fill("quiz-1")
+    filters.get_by_role("button", name="Filter").click()
+    assert page.locator("#total").inner_text().startswith("2 deliveries match")
+    page.get_by_role("button", name="Retry every failed delivery that matches").click()
+    page.get_by_role("status").filter(has_text="2 deliveries queued again.").wait_for()
+    assert worker.run_until_idle() == 2
+    assert sorted(e["itemID"] for e in world.gradebook()) == ["quiz-1", "quiz-1"]
+    page.get_by_role("form", name="Filter the deliveries").get_by_label("Assignment id").fill("")
+    page.get_by_role("form", name="Filter the deliveries").get_by_role("button", name="Filter").click()
+    assert page.locator("#total").inner_text().startswith("1 delivery matches"), "quiz-2 still waits for its own retry"
