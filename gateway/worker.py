@@ -613,6 +613,7 @@ class DeliveryWorker:
                 session,
                 idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds,
                 webhook_retention_seconds=self.settings.webhook_retention_seconds,
+                retention_days=self.settings.retention_days,
                 now=self.clock.now(),
             )
 
