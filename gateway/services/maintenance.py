@@ -104,8 +104,11 @@ def purge_expired(
 def _old_history(cutoff: datetime) -> tuple[ColumnElement[bool], ...]:
     """Finished deliveries last changed before `cutoff` that carry a revision other than their grade's current one
     (the current revision's deliveries make the grade's status, so they stay)."""
-    revision_number = select(GradeRevision.revision).where(GradeRevision.id == Delivery.revision_id).scalar_subquery()
-    current = exists().where(Grade.id == Delivery.grade_id, Grade.revision == revision_number)
+    current = exists().where(
+        GradeRevision.id == Delivery.revision_id,
+        Grade.id == GradeRevision.grade_id,
+        Grade.revision == GradeRevision.revision,
+    )
     return (Delivery.status.in_(FINISHED), Delivery.updated_at < cutoff, ~current)
 
 
