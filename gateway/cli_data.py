@@ -47,7 +47,7 @@ def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
 def backup_command(output: Path | None, as_json: bool) -> None:
     """Back up the embedded SQLite database and its generated keys into one archive (mode 0600), safely while
     the gateway runs. On PostgreSQL, says how to use pg_dump instead."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     from gateway.clock import SYSTEM_CLOCK
     from gateway.services.backup import KEY_FILES, KeyPlan, create_backup
@@ -56,11 +56,15 @@ def backup_command(output: Path | None, as_json: bool) -> None:
     database_url = os.environ.get("GATEWAY_DATABASE_URL") or f"sqlite:///{instance_dir / 'passback.db'}"
     from_env = frozenset(v for v in KEY_FILES.values() if os.environ.get(v, "").strip())
     try:
+        passback_version = version("passback")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        passback_version = "unknown"
+    try:
         data = create_backup(
             database_url,
             KeyPlan(instance_dir, from_env),
             output=output,
-            version=version("passback"),
+            version=passback_version,
             now=SYSTEM_CLOCK.now(),
         )
     except ServiceError as exc:

@@ -289,3 +289,14 @@ def test_postgresql_is_refused_with_the_documented_procedure(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
     text = runner.invoke(main, ["restore", str(tmp_path / "b.tar.gz")])
     assert text.exit_code == 1 and "nothing was restored" in text.output
+
+
+def test_a_backup_from_a_newer_schema_is_refused(instance: Path, tmp_path: Path) -> None:
+    with sqlite3.connect(instance / "passback.db") as database:
+        database.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    archive = tmp_path / "newer.tar.gz"
+    assert _backup(instance, archive)["manifest"]["alembicRevision"] == "9999_from_the_future"
+    fresh = tmp_path / "fresh"
+    code, answer = _restore(fresh, archive, "--instance-dir", str(fresh))
+    assert code == 1 and answer["error"]["code"] == "backup_invalid"
+    assert "9999_from_the_future" in answer["error"]["message"] and not fresh.exists()
