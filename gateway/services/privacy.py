@@ -194,7 +194,9 @@ def _forget_idempotency_records(
     their grades (a grade post's answer carries the user id and student key; others are sealed, so opened)."""
     quoted = [json.dumps(marker) for marker in markers]
     doomed = []
-    for record in session.scalars(select(IdempotencyRecord).where(IdempotencyRecord.district_id == district_id)):
+    # At most a day of the district's records (the TTL), read in batches rather than all at once.
+    records = select(IdempotencyRecord).where(IdempotencyRecord.district_id == district_id)
+    for record in session.scalars(records.execution_options(yield_per=500)):
         if record.scope == user_id or any(q in _answer_text(box, record) for q in quoted):
             doomed.append(record.id)
     for start in range(0, len(doomed), 500):  # bound the IN list
