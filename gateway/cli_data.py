@@ -11,9 +11,8 @@ from typing import Any, NoReturn
 
 import click
 
+from gateway.cli_admin import AdminCommand, json_option, operator_option
 from gateway.services.errors import ServiceError
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
 def _instance_dir() -> Path:
@@ -36,7 +35,7 @@ def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
 
 
-@click.command("backup")
+@click.command("backup", cls=AdminCommand)
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -83,7 +82,7 @@ def backup_command(output: Path | None, as_json: bool) -> None:
     _emit(as_json, data, "\n".join(lines))
 
 
-@click.command("restore")
+@click.command("restore", cls=AdminCommand)
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))  # the service says when it is missing
 @click.option(
     "--instance-dir",
@@ -129,17 +128,17 @@ def restore_command(path: Path, instance_dir: Path | None, force: bool, as_json:
     _emit(as_json, data, "\n".join(lines))
 
 
-@click.command("forget")
+@click.command("forget", cls=AdminCommand)
 @click.argument("user_ref", metavar="USER")
 @click.option("--district", "district_ref", default=None, help="The district (id or name); needed for a sisID/email.")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted, and change nothing.")
-@click.option("--operator", default=None, help="Who asks, for the audit log [default: your login].")
+@operator_option
 @json_option
-def user_forget(user_ref: str, district_ref: str | None, dry_run: bool, operator: str | None, as_json: bool) -> None:
+def user_forget(user_ref: str, district_ref: str | None, dry_run: bool, operator_name: str, as_json: bool) -> None:
     """Delete a user (by id, or sisID or email within --district) and every row Passback keeps about them: a
     privacy request. Audited; the LMS's own gradebook is not touched (docs/privacy.md)."""
     from gateway.cli import _app, _services
-    from gateway.cli_roster import _login
+    from gateway.services.admin_audit import Operator
     from gateway.services.privacy import forget_user
 
     app = _app()
@@ -151,7 +150,7 @@ def user_forget(user_ref: str, district_ref: str | None, dry_run: bool, operator
                 services.box,
                 district_ref,
                 user_ref,
-                operator=operator or _login(),
+                operator=Operator(operator_name),
                 dry_run=dry_run,
             )
     except ServiceError as exc:

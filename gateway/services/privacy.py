@@ -30,11 +30,14 @@ from gateway.models import (
     User,
     WebhookMessage,
 )
+from gateway.services import admin_audit
+from gateway.services.admin_audit import Operator, find_district
 from gateway.services.errors import Conflict, InvalidInput, NotFound
-from gateway.services.roster_import import find_district
 from gateway.services.unit_of_work import UnitOfWork
 
 FORGET_ACTION = "forgot a user"
+# What stands in the audit log where a forgotten user's name or keys were.
+FORGOTTEN = "[forgotten user]"
 
 
 def forget_user(
@@ -43,7 +46,7 @@ def forget_user(
     district_ref: str | None,
     user_ref: str,
     *,
-    operator: str,
+    operator: Operator,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Delete USER (by id, or sisID or email within the district) and everything Passback keeps about them.
@@ -63,24 +66,15 @@ def forget_user(
         report = {
             "district": {"id": district.id, "name": district.name},
             "user": {"id": user.id},
-            "operator": operator,
+            "operator": operator.name,
             "dryRun": dry_run,
             "deleted": counts,
             "total": sum(counts.values()),
         }
         if dry_run:
             return report  # leaving the unit uncommitted rolls everything back
-        # The audit row names the operator and the user's id (no longer anyone's) and holds counts only.
-        session.add(
-            AuditEntry(
-                district_id=district.id,
-                staff_id=None,
-                staff_email=f"operator:{operator}"[:320],
-                action=FORGET_ACTION,
-                target=user.id,
-                details={"deleted": counts},
-            )
-        )
+        # The audit row names the operator (cli:<name>) and the user's id (no longer anyone's), and holds counts.
+        admin_audit.record(session, district.id, operator, FORGET_ACTION, user.id, deleted=counts)
         uow.commit()
     return report
 
@@ -183,8 +177,32 @@ def _forget(session: Session, box: SecretBox, district_id: str, user: User) -> d
         "lms_identities",
         delete(LmsIdentity).where(LmsIdentity.district_id == district_id, LmsIdentity.user_id == user.id),
     )
+    counts["audit_entries_redacted"] = _redact_audit_log(session, district_id, user, subjects)
     run("users", delete(User).where(User.district_id == district_id, User.id == user.id))
     return counts
+
+
+def _redact_audit_log(session: Session, district_id: str, user: User, subjects: set[str]) -> int:
+    """The audit log stays (who did what is the district's record), but the user's name, email, sisID and LMS
+    ids are replaced in the rows about them: a staff fix names the student it enrolled."""
+    keys = [k for k in (user.email, user.sis_id, *subjects) if k]
+    # The name alone is too common a string to look for everywhere: only in rows that name the user another way.
+    words = sorted({*keys, *((user.name,) if user.name.strip() else ())}, key=len, reverse=True)
+    redacted = 0
+    entries = select(AuditEntry).where(AuditEntry.district_id == district_id)
+    for entry in session.scalars(entries.execution_options(yield_per=500)):
+        text = entry.target + json.dumps(entry.details)
+        about = (entry.details or {}).get("user_id") == user.id or any(json.dumps(k)[1:-1] in text for k in keys)
+        if not about or not any(json.dumps(w)[1:-1] in text for w in words):
+            continue
+        target, details = entry.target, json.dumps(entry.details)
+        for word in words:
+            target = target.replace(word, FORGOTTEN)
+            details = details.replace(json.dumps(word)[1:-1], FORGOTTEN)
+        entry.target, entry.details = target, json.loads(details)
+        redacted += 1
+    session.flush()
+    return redacted
 
 
 def _forget_idempotency_records(

@@ -15,7 +15,7 @@ from gateway.composition import services_of
 from gateway.models import AuditEntry, Base, Grade, LmsConnection, User
 from gateway.services.directory import link_identity
 from gateway.worker import DeliveryWorker
-from tests.factories import World, build_world
+from tests.factories import COURSE, World, build_world
 
 NAME = "Zephyrine Quillfeather"
 EMAIL = "zephyrine.q@school.example"
@@ -64,6 +64,17 @@ def _populate(world: World, worker: DeliveryWorker) -> str:
     assert world.post_grade(by_id).status_code == 202
     # The other student's grade stays.
     assert world.post_grade({"assignmentID": "quiz-1", "userID": world.students[1], "percentage": 0.7}).ok
+    with world.session() as session:
+        # What a staff fix writes when it enrolls the student (gateway/services/staff_actions.py): their name.
+        session.add(
+            AuditEntry(
+                district_id=world.district_id,
+                staff_email="staff@district.example",
+                action="enrolled a student",
+                target=f"{NAME} in Sandbox course {COURSE}",
+                details={"user_id": user_id, "deliveries_created": 1},
+            )
+        )
     own = world.user_token(user_id)
     assert world.post_grade({"assignmentID": "quiz-2", "percentage": 0.6}, token=own).status_code == 202
     return user_id
@@ -111,7 +122,7 @@ def test_forget_leaves_no_trace_of_the_student_in_any_table(
     assert deleted["users"] == 1 and deleted["grades"] == 2 and deleted["grade_revisions"] == 4
     assert deleted["lms_identities"] == 1 and deleted["enrollments"] == 1 and deleted["api_tokens"] == 1
     assert deleted["idempotency_records"] >= 1 and deleted["webhook_messages"] >= 1
-    assert deleted["sandbox_gradebook"] == 1 and deleted["deliveries"] >= 3
+    assert deleted["sandbox_gradebook"] == 1 and deleted["deliveries"] >= 3 and deleted["audit_entries_redacted"] == 1
     for marker in (NAME, EMAIL, SIS_ID, SUBJECT, user_id):
         holding = {t for t, text in _table_texts(world).items() if marker in text}
         # The audit row names the user's id (no longer anyone's) and nothing else about them.
@@ -119,11 +130,13 @@ def test_forget_leaves_no_trace_of_the_student_in_any_table(
     with world.session() as session:
         audit = session.scalars(select(AuditEntry).where(AuditEntry.action == "forgot a user")).one()
         assert (audit.staff_email, audit.target, audit.district_id) == (
-            "operator:privacy-officer",
+            "cli:privacy-officer",
             user_id,
             world.district_id,
         )
         assert audit.details == {"deleted": deleted}
+        fix = session.scalars(select(AuditEntry).where(AuditEntry.action == "enrolled a student")).one()
+        assert fix.target == f"[forgotten user] in Sandbox course {COURSE}" and fix.details["user_id"] == user_id
         # The other student's grade is untouched.
         assert session.scalar(select(func.count()).select_from(Grade).where(Grade.user_id == world.students[1])) == 1
 
