@@ -5,6 +5,8 @@ moved by hand: no sleeps."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -112,3 +114,28 @@ def test_purge_dry_run_from_the_command_line(world: World, runner: CliRunner) ->
     answer = json.loads(result.output)
     assert answer["dry_run"] is True and answer["retention_days"] == 30
     assert {"deliveries", "grade_revisions", "lms_answers_cleared", "nonces"} <= set(answer)
+
+
+def test_a_celery_worker_process_runs_the_housekeeping_too(world: World) -> None:
+    """In the Celery layout deliveries run in tasks; the thread that records the process's heartbeat purges."""
+    clock = FrozenClock(SYSTEM_CLOCK.now() + timedelta(minutes=5))
+    services = services_of(world.app)
+    settings = world.app.config["PASSBACK"]
+    worker = DeliveryWorker(services.database, services.box, settings, clock=clock)
+    for percentage in (0.5, 0.9):
+        world.post_grade({"assignmentID": "quiz-1", "userID": world.students[0], "percentage": percentage})
+        worker.run_until_idle()
+    assert _rows(world) == (2, 2)
+    clock.advance(31 * DAY)
+    beats = DeliveryWorker(services.database, services.box, settings, clock=clock, role="celery")
+    stop = threading.Event()
+    thread = threading.Thread(target=beats.beat_until, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while _rows(world) != (1, 1) and time.monotonic() < deadline:
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert _rows(world) == (1, 1)
