@@ -10,12 +10,15 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from click.testing import CliRunner
 
 from gateway.cli import main
 from gateway.migrate import upgrade
-from tests.integration.test_examples import GATEWAY, _free_port, _process, _wait_accepting
+from tests.integration.test_examples import GATEWAY, _free_port, _wait_accepting
 
 ENV_KEYS = ("GATEWAY_DATABASE_URL", "GATEWAY_ENCRYPTION_KEYS", "GATEWAY_SECRET_KEY", "GATEWAY_BROKER_URL")
 
@@ -38,6 +41,23 @@ def _env(instance: Path, **extra: str) -> dict[str, str]:
 
 def _gateway(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(GATEWAY), *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+@contextmanager
+def _serving(argv: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+    """The process with its output in a file: a pipe nobody reads would stall it once its access lines fill it."""
+    with log.open("w") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "listening on" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert "listening on" in log.read_text(), log.read_text()
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(15)
 
 
 def _until_delivered(http: requests.Session, url: str, token: str, grade_id: str) -> dict[str, Any]:
@@ -66,7 +86,7 @@ def test_a_running_gateway_backed_up_restores_into_a_fresh_instance_and_delivers
     url = f"http://127.0.0.1:{port}"
     archive = tmp_path / "backup.tar.gz"
     run = [str(GATEWAY), "run", "--host", "127.0.0.1", "--port", str(port)]
-    with requests.Session() as http, _process(run, env1, tmp_path, "listening on"):
+    with requests.Session() as http, _serving(run, env1, tmp_path / "first.log"):
         _wait_accepting(url + "/healthz")
         seeded = _gateway(env1, "demo", "--json", "--public-url", url)
         assert seeded.returncode == 0, seeded.stderr
@@ -133,7 +153,7 @@ def test_a_running_gateway_backed_up_restores_into_a_fresh_instance_and_delivers
 
     # The restored instance on the same address (the sandbox LMS it serves is at the URL the connection names).
     run2 = [str(GATEWAY), "run", "--host", "127.0.0.1", "--port", str(port), "--no-demo"]
-    with requests.Session() as http, _process(run2, env2, tmp_path, "listening on"):
+    with requests.Session() as http, _serving(run2, env2, tmp_path / "second.log"):
         _wait_accepting(url + "/healthz")
         # The pending grade is delivered by the restored gateway: the LMS secret decrypted with the restored key.
         after = _until_delivered(http, url, token, pending)
