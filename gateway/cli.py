@@ -663,21 +663,28 @@ def demo_command(public_url: str | None, redirect_uri: str | None, as_json: bool
 
 
 @main.command("purge")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted, and delete nothing.")
 @json_option
-def purge_command(as_json: bool) -> None:
-    """Delete expired one-time records (nonces, launch states, codes, pickers, idempotency keys) and old webhook
-    messages."""
+def purge_command(dry_run: bool, as_json: bool) -> None:
+    """Delete expired one-time records (nonces, launch states, codes, pickers, idempotency keys), old webhook
+    messages and, with GATEWAY_RETENTION_DAYS, grade history older than that."""
     from gateway.services.operator_actions import purge_expired
 
     app = _app()
     settings = app.config["PASSBACK"]
+    now = _services(app).clock.now()  # the process's clock (tests inject a frozen one)
     data = _call(
         app,
         purge_expired,
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
         webhook_retention_seconds=settings.webhook_retention_seconds,
+        retention_days=settings.retention_days,
+        dry_run=dry_run,
+        now=now,
     )
-    _emit(as_json, data, lambda d: ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in d.items()) + " purged")
+    counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in data.items())
+    data = {**data, "dry_run": dry_run, "retention_days": settings.retention_days}
+    _emit(as_json, data, lambda _d: counts + (" would be purged (dry run)" if dry_run else " purged"))
 
 
 def _warn_connections_without_hosts(app: Flask) -> None:
@@ -838,10 +845,14 @@ def run_command(host: str, port: int, no_demo: bool) -> None:
 
 # Commands kept in modules of their own; imported last, since they use this module's helpers and groups.
 from gateway.cli_admin import register as _register_admin  # noqa: E402
+from gateway.cli_data import backup_command, restore_command, user_forget  # noqa: E402
 from gateway.cli_roster import roster  # noqa: E402
 
 _register_admin(main)
 main.add_command(roster)
+main.add_command(backup_command)
+main.add_command(restore_command)
+user.add_command(user_forget)
 
 if __name__ == "__main__":
     main()

@@ -196,6 +196,9 @@ class Settings:
     # Loopback and private addresses (and http to them) as webhook URLs: tests and on-site apps only.
     webhook_allow_private_addresses: bool = False
     idempotency_ttl_seconds: float = 86400.0
+    # Delivered, failed and superseded deliveries, and the grade revisions only they still point at, are purged by
+    # housekeeping this many days after their last change (docs/privacy.md); 0 keeps them forever.
+    retention_days: int = 0
     # Per bearer token (or app client id, or client address without either), on every operation of the API
     # document (/v1 and /oauth/tokens; not LTI, the dashboard or the sandbox LMS): a token bucket holding
     # api_rate_limit requests, refilled over api_rate_window_seconds. Shared through Redis when the broker is

@@ -592,12 +592,17 @@ class DeliveryWorker:
         self._last_heartbeat = now
 
     def beat_until(self, stop: threading.Event) -> None:
-        """Heartbeats alone, until `stop`: for a process whose deliveries run elsewhere (Celery's tasks)."""
+        """Heartbeats and the hourly housekeeping, until `stop`: for a process whose deliveries run elsewhere
+        (Celery's tasks), so the Celery layout purges as the polling worker does."""
         while not stop.is_set():
             try:
                 self.heartbeat_if_due()
             except Exception as exc:
                 log.warning("delivery worker: heartbeat not recorded: %s", exc)
+            try:
+                self.purge_if_due()
+            except Exception as exc:
+                log.warning("delivery worker: housekeeping failed: %s", exc)
             stop.wait(self.settings.heartbeat_seconds)
 
     def purge_if_due(self) -> None:
@@ -613,6 +618,7 @@ class DeliveryWorker:
                 session,
                 idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds,
                 webhook_retention_seconds=self.settings.webhook_retention_seconds,
+                retention_days=self.settings.retention_days,
                 now=self.clock.now(),
             )
 

@@ -4,6 +4,7 @@ answer the command prints (a dict, the same for `--json` and for text)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from gateway.crypto import SecretBox
@@ -193,13 +194,23 @@ def seed_sandbox_district(
 
 
 def purge_expired(
-    uow: UnitOfWork, *, idempotency_ttl_seconds: float, webhook_retention_seconds: float
+    uow: UnitOfWork,
+    *,
+    idempotency_ttl_seconds: float,
+    webhook_retention_seconds: float,
+    retention_days: int = 0,
+    dry_run: bool = False,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
+    """Housekeeping now; with `dry_run` the same counts, then a rollback."""
     with uow:
         purged = maintenance.purge_expired(
             uow.session,
             idempotency_ttl_seconds=idempotency_ttl_seconds,
             webhook_retention_seconds=webhook_retention_seconds,
+            retention_days=retention_days,
+            now=now,
         )
-        uow.commit()
+        if not dry_run:
+            uow.commit()
         return dict(vars(purged))
