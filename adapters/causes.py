@@ -84,8 +84,8 @@ _CAUSES = (
     Cause(
         RATE_LIMITED,
         "Rate limited by the LMS",
-        "The LMS asked Passback to slow down. Nothing to do: grades go out as the LMS allows. If it lasts, lower "
-        "the connection's rate with `gateway lms limits`.",
+        "The LMS asked Passback to slow down, and grades go out as fast as it allows. If it lasts, lower the "
+        "connection's rate with `gateway lms limits`.",
         passes=True,
     ),
     Cause(
@@ -117,8 +117,8 @@ _CAUSES = (
     Cause(
         TIMED_OUT,
         "Timed out",
-        "The LMS did not answer in time. Passback tries again (the LMS may have stored the grade already; "
-        "resending is safe). If it lasts, the LMS is overloaded or down.",
+        "The LMS did not answer in time; Passback sends the grade again (safe even if the LMS stored it). If it "
+        "lasts, the LMS is overloaded or down: tell its administrator.",
         passes=True,
     ),
     Cause(
@@ -189,8 +189,8 @@ _CAUSES = (
     Cause(
         INTERNAL_ERROR,
         "Passback internal error",
-        "Something went wrong inside Passback. Tell the operator the delivery's id: the log has the details. "
-        "Retry once it is fixed.",
+        "Something went wrong inside Passback: tell the operator the delivery's id (the log has the details). "
+        "Press Retry once it is fixed.",
     ),
 )
 
@@ -233,7 +233,8 @@ def cause_of_words(text: str, default: str = LMS_REFUSED) -> str:
 # Library internals that must not reach a person (a requests/urllib3 repr chain): whatever adapter wrote them.
 _REPR_NOISE = (
     (re.compile(r"<[^<>]*? object at 0x[0-9a-fA-F]+>"), "a connection"),
-    (re.compile(r"HTTPS?ConnectionPool\([^()]*\)"), "the LMS"),
+    (re.compile(r"\b_?HTTPS?(?:Connection)?Pool\([^()]*\)"), "the LMS"),
+    (re.compile(r":? ?Max retries exceeded with url: \S+"), ""),
     (re.compile(r"\s*\(Caused by [^\n]*\)"), ""),
 )
 

@@ -26,6 +26,7 @@ from flask import (
 from marshmallow import ValidationError
 from werkzeug.exceptions import NotFound
 
+from adapters import causes
 from gateway.errors import html_error_page
 from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.models import StaffUser
@@ -37,6 +38,7 @@ from gateway.services import (
     dashboard_deliveries,
     dashboard_drilldown,
     dashboard_overview,
+    dashboard_problems,
     dashboard_sandbox,
     local_time,
     staff_actions,
@@ -67,7 +69,7 @@ def _pretty_json(value: Any) -> str:
 
 
 def _page(template: str, http_status: int = 200, **context: Any) -> Response:
-    html = render_template(template, age=_age, pretty_json=_pretty_json, **context)
+    html = render_template(template, age=_age, pretty_json=_pretty_json, cause_of=causes.cause, **context)
     return Response(html, status=http_status, content_type="text/html; charset=utf-8")
 
 
@@ -219,22 +221,38 @@ def logout() -> Response:
 @staff_required
 def overview(staff: StaffUser) -> Response:
     data = dashboard_overview.overview(db.session(), staff.district_id)
-    return _page("dashboard/overview.html", staff=staff, ov=data, statuses=dashboard_counts.SHOWN_STATUSES)
+    return _page(
+        "dashboard/overview.html",
+        staff=staff,
+        ov=data,
+        problem_statuses=dashboard_problems.PROBLEM_STATUSES,
+        statuses=dashboard_counts.SHOWN_STATUSES,
+    )
 
 
 @dashboard_bp.get("/deliveries")
 @staff_required
 def delivery_list(staff: StaffUser) -> Response:
     status = _status_filter()
+    cause, connection_id = _cause_filter()
     found = dashboard_deliveries.deliveries(
         db.session(),
         staff.district_id,
         status=status,
         before=dashboard_deliveries.parse_cursor(request.args.get("before")),
         after=dashboard_deliveries.parse_cursor(request.args.get("after")),
+        cause=cause,
+        connection_id=connection_id,
     )
     return _page(
-        "dashboard/deliveries.html", staff=staff, found=found, status=status, cursor=dashboard_deliveries.cursor_text
+        "dashboard/deliveries.html",
+        staff=staff,
+        found=found,
+        status=status,
+        cause=causes.cause(cause),
+        # The filters every link of the page keeps (pages, CSV).
+        filters={"status": status, "cause": cause, "connection": connection_id},
+        cursor=dashboard_deliveries.cursor_text,
     )
 
 
@@ -243,6 +261,16 @@ def _status_filter() -> str | None:
     if status is not None and status not in dashboard_counts.SHOWN_STATUSES:
         raise NotFound("no such status")
     return status
+
+
+def _cause_filter() -> tuple[str | None, str | None]:
+    """The list's cause (a code of the catalogue, else 404) and LMS connection id (any text: the query is scoped
+    to the district, so another district's id finds nothing)."""
+    cause = request.args.get("cause") or None
+    if cause is not None and cause not in causes.CATALOGUE:
+        raise NotFound("no such cause")
+    connection_id = (request.args.get("connection") or "")[:64] or None
+    return cause, connection_id
 
 
 @dashboard_bp.get("/deliveries/<delivery_id>")
@@ -273,6 +301,7 @@ def retry(staff: StaffUser, delivery_id: str) -> Response:
 @staff_required
 def delivery_csv(staff: StaffUser) -> Response:
     status = _status_filter()
+    cause, connection_id = _cause_filter()
     district_id = staff.district_id
 
     def chunks() -> Iterator[str]:
@@ -285,7 +314,9 @@ def delivery_csv(staff: StaffUser) -> Response:
         after: dashboard_deliveries.Cursor | None = None
         sent = 0
         while True:
-            rows, after = dashboard_deliveries.csv_chunk(database, district_id, status=status, after=after)
+            rows, after = dashboard_deliveries.csv_chunk(
+                database, district_id, status=status, after=after, cause=cause, connection_id=connection_id
+            )
             database.commit()  # a read: ends this chunk's transaction
             writer.writerows(rows[: dashboard_deliveries.CSV_MAX_ROWS - sent])
             sent += len(rows)

@@ -32,7 +32,29 @@ CSV_CHUNK = 1000
 CSV_MAX_ROWS = 1_000_000
 
 
-def _delivery_rows(district_id: str, status: str | None) -> Any:
+@dataclass(frozen=True)
+class ListFilter:
+    """What the delivery list shows: one status (None: all but superseded), one cause (adapters/causes.py) and
+    one LMS connection (None: any)."""
+
+    status: str | None = None
+    cause: str | None = None
+    connection_id: str | None = None
+
+
+def _filtered(query: Any, which: ListFilter) -> Any:
+    # A cause narrows on the (district, error_cause, lms_connection_id, status) index; the rows it finds (the
+    # district's problems of that kind) are then sorted, a bounded set.
+    if which.cause:
+        query = query.where(Delivery.error_cause == which.cause)
+    if which.connection_id:
+        query = query.where(Delivery.lms_connection_id == which.connection_id)
+    if which.status:
+        return query.where(Delivery.status == which.status)
+    return query.where(Delivery.status != DeliveryStatus.SUPERSEDED)
+
+
+def _delivery_rows(district_id: str, which: ListFilter) -> Any:
     query = (
         select(Delivery, Grade, User, Assignment, LmsConnection.name, Placement.course_id)
         .join(Grade, Grade.id == Delivery.grade_id)
@@ -42,9 +64,7 @@ def _delivery_rows(district_id: str, status: str | None) -> Any:
         .outerjoin(Placement, Placement.id == Delivery.placement_id)
         .where(Delivery.district_id == district_id)
     )
-    if status:
-        return query.where(Delivery.status == status)
-    return query.where(Delivery.status != DeliveryStatus.SUPERSEDED)
+    return _filtered(query, which)
 
 
 def _delivery_item(row: Sequence[Any]) -> dict[str, Any]:
@@ -105,11 +125,13 @@ def deliveries(
     status: str | None = None,
     before: Cursor | None = None,
     after: Cursor | None = None,
+    cause: str | None = None,
+    connection_id: str | None = None,
 ) -> DeliveryPage:
     """One page of deliveries, newest first, with the grade, student, assignment and the LMS's own error: the
     newest, or those just older than `before`, or just newer than `after`. Keyset paging on the (district,
     status, updated_at) or (district, updated_at) index, so the thousandth page costs what the first does."""
-    query = _delivery_rows(district_id, status)
+    query = _delivery_rows(district_id, ListFilter(status, cause, connection_id))
     if after is not None:
         rows = session.execute(
             query.where(_newer_than(after)).order_by(Delivery.updated_at.asc(), Delivery.id.asc()).limit(PAGE_SIZE + 1)
@@ -143,6 +165,8 @@ def csv_chunk(
     status: str | None = None,
     after: Cursor | None = None,
     limit: int = CSV_CHUNK,
+    cause: str | None = None,
+    connection_id: str | None = None,
 ) -> tuple[list[list[str]], Cursor | None]:
     """Up to `limit` CSV rows (CSV_COLUMNS) of the delivery list, in its order (newest first), after the cursor
     `after`, and the cursor of the next chunk (None after the last). Keyset paging on the list's index, so the
@@ -165,6 +189,7 @@ def csv_chunk(
             Delivery.delivered_at,
             Delivery.last_error,
             Delivery.updated_at,
+            Delivery.error_cause,
         )
         .join(Grade, Grade.id == Delivery.grade_id)
         .join(User, User.id == Grade.user_id)
@@ -173,9 +198,7 @@ def csv_chunk(
         .outerjoin(Placement, Placement.id == Delivery.placement_id)
         .where(Delivery.district_id == district_id)
     )
-    query = (
-        query.where(Delivery.status == status) if status else query.where(Delivery.status != DeliveryStatus.SUPERSEDED)
-    )
+    query = _filtered(query, ListFilter(status, cause, connection_id))
     if after is not None:
         query = query.where(_older_than(after))
     rows = session.execute(query.order_by(Delivery.updated_at.desc(), Delivery.id.desc()).limit(limit)).all()
@@ -195,6 +218,7 @@ def csv_chunk(
             row[11] or "—",
             str(row[12]),
             row[13].isoformat() + "Z" if row[13] else "",
+            row[16] or "",
             row[14] or "",
         ]
         # Names come from LMSs and apps, errors from LMSs: every text cell is defused.
@@ -268,6 +292,8 @@ CSV_COLUMNS = [
     "course",
     "attempts",
     "delivered_at",
+    # The catalogued cause's code (adapters/causes.py), then the LMS's own words.
+    "cause",
     "last_error",
 ]
 # OWASP's CSV injection list: a spreadsheet reads a cell starting with one of these as a formula.
