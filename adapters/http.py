@@ -163,8 +163,8 @@ _TRANSPORT_REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|hostname mismatch",
             "its TLS certificate was not accepted",
         ),
-        (r"SSLError|\bssl\b|\btls\b", "the secure (TLS) connection failed"),
-        (r"ProxyError|proxy", "the proxy refused the connection"),
+        (r"SSLError|\[SSL|SSL:|wrong version number", "the secure (TLS) connection failed"),
+        (r"ProxyError|Unable to connect to proxy|Tunnel connection failed", "the proxy refused the connection"),
         (
             r"RemoteDisconnected|closed connection without response|connection aborted",
             "it closed the connection without answering",
