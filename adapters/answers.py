@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 # The module, not its names: base.py imports this module for LmsAdapter's default table.
-from adapters import base
+from adapters import base, causes
 from adapters.http import MAX_KEPT_BODY, RATE_LIMIT_MARKER, parse_retry_after
 
 
@@ -63,7 +63,8 @@ class AnswerRow:
 
     `explanation` is what the failure message says a person should know (it may name the answer's headers, e.g.
     a redirect's Location: `{location}`); `tag` names a row an adapter acts on itself (e.g. re-sending with a
-    later timestamp) before the verdict applies."""
+    later timestamp) before the verdict applies; `cause` is the code in adapters/causes.py that says in plain
+    language what the answer means (required: a row without one is a type error)."""
 
     statuses: range
     verdict: Verdict
@@ -71,6 +72,7 @@ class AnswerRow:
     when: Callable[[LmsAnswer], bool] | None = None
     explanation: str | None = None
     tag: str | None = None
+    cause: str = field(kw_only=True)
 
     def matches(self, answer: LmsAnswer) -> bool:
         if answer.status not in self.statuses:
@@ -101,10 +103,12 @@ class AnswerTable:
     rows: tuple[AnswerRow, ...]
     lms: str = "LMS"
     otherwise: Verdict = Verdict.FAIL
+    # The cause of an answer no row matches.
+    otherwise_cause: str = causes.LMS_REFUSED
 
     def extended(self, *rows: AnswerRow, lms: str | None = None) -> AnswerTable:
         """This table with `rows` put before its own (so they take precedence)."""
-        return AnswerTable((*rows, *self.rows), lms or self.lms, self.otherwise)
+        return AnswerTable((*rows, *self.rows), lms or self.lms, self.otherwise, self.otherwise_cause)
 
     def row_for(self, answer: LmsAnswer) -> AnswerRow | None:
         """The first row matching a non-2xx answer; None for a success or when no row matches."""
@@ -119,16 +123,44 @@ class AnswerTable:
         row = self.row_for(answer)
         return row.verdict if row is not None else self.otherwise
 
+    def cause(self, answer: LmsAnswer) -> str | None:
+        """None for a success, else the matching row's cause (or `otherwise_cause`)."""
+        if 200 <= answer.status < 300:
+            return None
+        row = self.row_for(answer)
+        return row.cause if row is not None else self.otherwise_cause
+
+
+# Refusals whose body names the reason (the LMS's words, adapters/causes.py): read on the statuses LMSs refuse a
+# score with, after the rate-limit 403. Their verdict is the table's `otherwise` (FAIL); only the cause is added.
+_WORDED_REFUSALS = tuple(
+    AnswerRow(codes, Verdict.FAIL, marker=marker, cause=code)
+    for codes in (status(400), statuses(403, 404), status(422))
+    for marker, code in (
+        (causes.NOT_ENROLLED_MARKER, causes.NOT_ENROLLED),
+        (causes.CLOSED_MARKER, causes.ASSIGNMENT_CLOSED),
+        (causes.INVALID_SCORE_MARKER, causes.INVALID_SCORE),
+    )
+)
 
 DEFAULT_ANSWERS = AnswerTable(
     (
-        AnswerRow(status(408), Verdict.RETRY),
-        AnswerRow(status(425), Verdict.RETRY),
-        AnswerRow(status(429), Verdict.RETRY),
+        AnswerRow(status(408), Verdict.RETRY, cause=causes.TIMED_OUT),
+        AnswerRow(status(425), Verdict.RETRY, cause=causes.RATE_LIMITED),
+        AnswerRow(status(429), Verdict.RETRY, cause=causes.RATE_LIMITED),
         # Canvas throttles with 403 "Rate Limit Exceeded", not 429 (canvas-lms request_throttle.rb).
-        AnswerRow(status(403), Verdict.RETRY, marker=RATE_LIMIT_MARKER),
-        AnswerRow(statuses(500, 599), Verdict.RETRY),
-        AnswerRow(statuses(300, 399), Verdict.FAIL, explanation="redirected to {location}; check the URL"),
+        AnswerRow(status(403), Verdict.RETRY, marker=RATE_LIMIT_MARKER, cause=causes.RATE_LIMITED),
+        *_WORDED_REFUSALS,
+        AnswerRow(status(401), Verdict.FAIL, cause=causes.CREDENTIALS_REFUSED),
+        AnswerRow(status(403), Verdict.FAIL, cause=causes.ACCESS_DENIED),
+        AnswerRow(status(404), Verdict.FAIL, cause=causes.NOT_FOUND_IN_LMS),
+        AnswerRow(statuses(500, 599), Verdict.RETRY, cause=causes.LMS_ERROR),
+        AnswerRow(
+            statuses(300, 399),
+            Verdict.FAIL,
+            explanation="redirected to {location}; check the URL",
+            cause=causes.NEEDS_CONFIGURATION,
+        ),
     )
 )
 
@@ -154,13 +186,14 @@ def delivery_error(
         return None
     row = table.row_for(answer)
     verdict = row.verdict if row is not None else table.otherwise
+    cause = row.cause if row is not None else table.otherwise_cause
     excerpt = answer.excerpt
     if message is None:
         message = _message(table, answer, row, what=what, detail=detail or excerpt, lms=lms)
     if verdict is Verdict.RETRY:
         retry_after = parse_retry_after(answer.header("Retry-After"))
-        return base.RetryableDeliveryError(message, retry_after, answer.status, excerpt)
-    return base.PermanentDeliveryError(message, answer.status, excerpt)
+        return base.RetryableDeliveryError(message, retry_after, answer.status, excerpt, cause=cause)
+    return base.PermanentDeliveryError(message, answer.status, excerpt, cause=cause)
 
 
 def classify(
@@ -191,15 +224,36 @@ def _message(
 
 
 def describe(table: AnswerTable) -> list[dict[str, Any]]:
-    """The table as rows of text (status, condition, verdict, explanation), for docs and tests."""
+    """The table as rows of text (status, condition, verdict, cause, explanation), for docs and tests. A marker
+    of the causes catalogue is named, not printed (docs/error-causes.md has its pattern)."""
     described = [
         {
             "status": row.status_text,
-            "when": row.marker.pattern if row.marker is not None else ("see adapter" if row.when else ""),
+            "when": _marker_text(row.marker) if row.marker is not None else ("see adapter" if row.when else ""),
             "verdict": row.verdict.value,
+            "cause": row.cause,
             "explanation": row.explanation or "",
         }
         for row in table.rows
     ]
-    described.append({"status": "other", "when": "", "verdict": table.otherwise.value, "explanation": ""})
+    described.append(
+        {
+            "status": "other",
+            "when": "",
+            "verdict": table.otherwise.value,
+            "cause": table.otherwise_cause,
+            "explanation": "",
+        }
+    )
     return described
+
+
+_NAMED_MARKERS = {
+    causes.NOT_ENROLLED_MARKER.pattern: "(words of causes.NOT_ENROLLED_MARKER)",
+    causes.CLOSED_MARKER.pattern: "(words of causes.CLOSED_MARKER)",
+    causes.INVALID_SCORE_MARKER.pattern: "(words of causes.INVALID_SCORE_MARKER)",
+}
+
+
+def _marker_text(marker: re.Pattern[str]) -> str:
+    return _NAMED_MARKERS.get(marker.pattern, marker.pattern)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from marshmallow import Schema
 
+from adapters import causes
 from adapters.answers import DEFAULT_ANSWERS, AnswerTable
 
 if TYPE_CHECKING:
@@ -91,11 +92,16 @@ class HealthReport:
 
 
 class DeliveryError(Exception):
-    def __init__(self, message: str, lms_status: int | None = None, lms_body: str | None = None) -> None:
+    """Why a delivery did not go out: the message (the LMS's own words where it gave any) and `cause`, a code of
+    the catalogue in adapters/causes.py that says in plain language what went wrong and what to do. Every raise
+    names its cause (a required keyword, so mypy finds one that does not)."""
+
+    def __init__(self, message: str, lms_status: int | None = None, lms_body: str | None = None, *, cause: str) -> None:
         super().__init__(message)
         self.message = message
         self.lms_status = lms_status
         self.lms_body = lms_body
+        self.cause = cause
 
 
 class RetryableDeliveryError(DeliveryError):
@@ -107,8 +113,10 @@ class RetryableDeliveryError(DeliveryError):
         retry_after: float | None = None,
         lms_status: int | None = None,
         lms_body: str | None = None,
+        *,
+        cause: str,
     ) -> None:
-        super().__init__(message, lms_status, lms_body)
+        super().__init__(message, lms_status, lms_body, cause=cause)
         self.retry_after = retry_after
 
 
@@ -118,6 +126,10 @@ class AwaitingConfiguration(RetryableDeliveryError):
 
     # How often a waiting grade looks again (a settings change makes it due at once).
     wait_seconds: ClassVar[float] = 3600.0
+    default_cause: ClassVar[str] = causes.NEEDS_CONFIGURATION
+
+    def __init__(self, message: str, *, cause: str | None = None) -> None:
+        super().__init__(message, cause=cause or self.default_cause)
 
 
 class SecretUnreadableError(AwaitingConfiguration):
@@ -126,6 +138,7 @@ class SecretUnreadableError(AwaitingConfiguration):
 
     # A cheap check (no LMS request), and adding a key wakes nothing: look more often.
     wait_seconds: ClassVar[float] = 300.0
+    default_cause: ClassVar[str] = causes.SECRET_UNREADABLE
 
 
 class PermanentDeliveryError(DeliveryError):

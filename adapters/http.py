@@ -24,7 +24,7 @@ import urllib3.connection
 import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 
-from adapters import base
+from adapters import base, causes
 
 USER_AGENT = "Passback/0.1 (+https://github.com/passback/passback)"
 MAX_KEPT_BODY = 2000
@@ -93,15 +93,18 @@ class HttpClient:
         except requests.RequestException as exc:
             if deadline.expired:
                 raise base.RetryableDeliveryError(
-                    f"no complete answer from {_host(url)} within {self.deadline:g} s; cut off"
+                    f"no complete answer from {_host(url)} within {self.deadline:g} s; cut off", cause=causes.TIMED_OUT
                 ) from exc
+            # The text is a sentence of our own: str(exc) of requests is urllib3's repr chain
+            # ("HTTPConnectionPool(host=…): Max retries exceeded … object at 0x…"), unreadable on the dashboard.
+            reason, cause = transport_failure(exc)
             if isinstance(exc, requests.Timeout):
                 # A read timeout means "unknown": the LMS may have stored the grade. Every adapter's write must
                 # be safe to repeat (a replace, or carry the grade's timestamp).
-                raise base.RetryableDeliveryError(f"timed out talking to {_host(url)}: {exc}") from exc
+                raise base.RetryableDeliveryError(f"timed out talking to {_host(url)}: {reason}", cause=cause) from exc
             if isinstance(exc, requests.ConnectionError):
-                raise base.RetryableDeliveryError(f"could not connect to {_host(url)}: {exc}") from exc
-            raise base.RetryableDeliveryError(f"HTTP error talking to {_host(url)}: {exc}") from exc
+                raise base.RetryableDeliveryError(f"could not connect to {_host(url)}: {reason}", cause=cause) from exc
+            raise base.RetryableDeliveryError(f"HTTP error talking to {_host(url)}: {reason}", cause=cause) from exc
         finally:
             _CURRENT.deadline = None
             deadline.finish()
@@ -131,6 +134,7 @@ class HttpClient:
                 raise base.RetryableDeliveryError(
                     f"{_host(url)} answered HTTP {response.status_code} with more than {max_body} bytes; not read",
                     lms_status=response.status_code,
+                    cause=causes.UNEXPECTED_ANSWER,
                 )
             response._content = kept
         else:
@@ -140,6 +144,74 @@ class HttpClient:
 
 def _host(url: str) -> str:
     return urlsplit(url).netloc or url
+
+
+# What the innermost error of a failed exchange says, in words a person reads (first match wins); the phrases
+# are those of the OS (errno texts), urllib3 and ssl, on Linux, macOS and Windows.
+_TRANSPORT_REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), words)
+    for pattern, words in (
+        (
+            r"name or service not known|nodename nor servname|getaddrinfo failed|name resolution|no address associated"
+            r"|NameResolutionError",
+            "its name does not resolve",
+        ),
+        (r"connection refused|actively refused", "it refused the connection"),
+        (r"connection reset", "it reset the connection"),
+        (r"network is unreachable|no route to host", "there is no network route to it"),
+        (
+            r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|hostname mismatch",
+            "its TLS certificate was not accepted",
+        ),
+        (r"SSLError|\[SSL|SSL:|wrong version number", "the secure (TLS) connection failed"),
+        (r"ProxyError|Unable to connect to proxy|Tunnel connection failed", "the proxy refused the connection"),
+        (
+            r"RemoteDisconnected|closed connection without response|connection aborted",
+            "it closed the connection without answering",
+        ),
+        (r"IncompleteRead|ChunkedEncodingError|InvalidChunkLength|broken off|ProtocolError", "its answer broke off"),
+        (r"ConnectTimeout|connect timeout", "the connection was not accepted in time"),
+        (r"ReadTimeout|read timed out|read timeout", "no answer came in time"),
+        (r"timed out|timeout", "no answer came in time"),
+    )
+)
+
+
+def transport_failure(exc: BaseException) -> tuple[str, str]:
+    """A readable reason for a request that got no answer, and its cause code: never the exception's text
+    itself (requests' str() is a repr chain naming urllib3's objects and addresses)."""
+    if isinstance(
+        exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema | requests.exceptions.InvalidSchema
+    ):
+        return "the URL is not valid", causes.NEEDS_CONFIGURATION
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return "its answer could not be decoded", causes.UNEXPECTED_ANSWER
+    said = " ".join(f"{type(e).__name__} {e}" for e in _chain(exc))
+    reason = next((words for pattern, words in _TRANSPORT_REASONS if pattern.search(said)), "the connection failed")
+    if isinstance(exc, requests.ConnectTimeout):
+        # Nothing was sent: the LMS is unreachable rather than slow.
+        return "the connection was not accepted in time", causes.LMS_UNREACHABLE
+    if isinstance(exc, requests.Timeout):
+        return "no answer came in time", causes.TIMED_OUT
+    return reason, causes.TIMED_OUT if reason == "no answer came in time" else causes.LMS_UNREACHABLE
+
+
+def _chain(exc: BaseException, depth: int = 0) -> list[BaseException]:
+    """The exception and the ones it wraps (arguments, urllib3's `reason`, its cause and context), bounded."""
+    if depth > 6:
+        return []
+    found = [exc]
+    inner: list[BaseException] = [a for a in exc.args if isinstance(a, BaseException)]
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        inner.append(reason)
+    for nested in (exc.__cause__, exc.__context__):
+        if nested is not None:
+            inner.append(nested)
+    for nested in inner:
+        if nested is not exc:
+            found.extend(_chain(nested, depth + 1))
+    return found
 
 
 class _Deadline:
@@ -442,7 +514,9 @@ class ThrottledHttpClient(HttpClient):
                 break
             if time.monotonic() - started + wait > self.throttle.max_wait:
                 raise base.RetryableDeliveryError(
-                    f"{_host(url)} is being throttled by Passback (the LMS asked to slow down)", retry_after=wait
+                    f"{_host(url)} is being throttled by Passback (the LMS asked to slow down)",
+                    retry_after=wait,
+                    cause=causes.RATE_LIMITED,
                 )
             time.sleep(min(wait, 1.0))
         self.waited += time.monotonic() - started

@@ -16,6 +16,7 @@ from lxml import etree
 from marshmallow import Schema, fields, validate
 from requests_oauthlib import OAuth1
 
+from adapters import causes
 from adapters.answers import DEFAULT_ANSWERS, AnswerRow, AnswerTable, LmsAnswer, Verdict, delivery_error, status
 from adapters.base import (
     AdapterContext,
@@ -123,6 +124,7 @@ LTI11_ANSWERS = DEFAULT_ANSWERS.extended(
         Verdict.FAIL,
         explanation="the consumer refused the signature: check the consumer key, the shared secret and this "
         "server's clock",
+        cause=causes.CREDENTIALS_REFUSED,
     ),
     lms="consumer",
 )
@@ -325,16 +327,22 @@ class Lti11OutcomesAdapter(LmsAdapter):
             if "sourcedid" in destination.user_data:
                 raise PermanentDeliveryError(
                     "the student opened this link, but the LMS sent no lis_result_sourcedid: the link does not "
-                    "take grades, or they are not a student in it"
+                    "take grades, or they are not a student in it",
+                    cause=causes.LINK_TAKES_NO_GRADES,
                 )
-            raise PermanentDeliveryError("no lis_result_sourcedid for this student and link: they must launch it")
+            raise PermanentDeliveryError(
+                "no lis_result_sourcedid for this student and link: they must launch it", cause=causes.AWAITING_LAUNCH
+            )
         return str(sourcedid)
 
     def _url(self, destination: Destination) -> str:
         url = destination.data.get("outcome_service_url")
         if not url:
             raise_if_refused_at_launch(destination.data)
-            raise PermanentDeliveryError("the link's launch carried no lis_outcome_service_url: it takes no grades")
+            raise PermanentDeliveryError(
+                "the link's launch carried no lis_outcome_service_url: it takes no grades",
+                cause=causes.LINK_TAKES_NO_GRADES,
+            )
         return str(url)
 
     # --- sending ----------------------------------------------------------------------------------------
@@ -357,11 +365,17 @@ class Lti11OutcomesAdapter(LmsAdapter):
         try:
             parsed = parse_response(response.content[: MAX_RESPONSE_BYTES + 1], message_id, operation)
         except HostileXml as exc:
-            raise PermanentDeliveryError(f"consumer's answer refused: {exc}", status, excerpt) from exc
+            raise PermanentDeliveryError(
+                f"consumer's answer refused: {exc}", status, excerpt, cause=causes.UNEXPECTED_ANSWER
+            ) from exc
         except NotOurAnswer as exc:
             # Not an answer to this request (a proxy's or cache's mix-up): the request is idempotent, so resend.
             raise RetryableDeliveryError(
-                f"consumer's answer to {operation} not taken: {exc}", None, status, excerpt
+                f"consumer's answer to {operation} not taken: {exc}",
+                None,
+                status,
+                excerpt,
+                cause=causes.UNEXPECTED_ANSWER,
             ) from exc
         if failed and (parsed is None or parsed.code_major in ("success", "processing") or status == 401):
             # No failure envelope in the consumer's words (or a refused signature): the table's verdict.
@@ -369,7 +383,11 @@ class Lti11OutcomesAdapter(LmsAdapter):
         if parsed is None:
             # A 2xx that is not POX is usually a proxy's page: try again later, a bounded number of times.
             raise RetryableDeliveryError(
-                f"consumer answered HTTP {status} without a POX response", None, status, excerpt
+                f"consumer answered HTTP {status} without a POX response",
+                None,
+                status,
+                excerpt,
+                cause=causes.UNEXPECTED_ANSWER,
             )
         if parsed.code_major == "success":
             return response, parsed
@@ -381,10 +399,15 @@ class Lti11OutcomesAdapter(LmsAdapter):
                 None,
                 status,
                 excerpt,
+                cause=causes.LMS_ERROR,
             )
         # failure/unsupported, with HTTP 200 (Moodle) or 422 (Canvas): permanent, with the consumer's words.
         raise PermanentDeliveryError(
-            f"consumer answered {parsed.code_major}: {parsed.description or 'no description'}", status, excerpt
+            f"consumer answered {parsed.code_major}: {parsed.description or 'no description'}",
+            status,
+            excerpt,
+            # The consumer's own words name the reason (not enrolled, closed, a score out of range) when they can.
+            cause=_failure_cause(parsed.description or ""),
         )
 
     def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
@@ -489,6 +512,13 @@ class Lti11OutcomesAdapter(LmsAdapter):
                 ConfigValue("Shared secret", "set when the connection was added; never shown", copy=False),
             )
         )
+
+
+def _failure_cause(description: str) -> str:
+    """The cause a consumer's failure envelope names: a refused signature (Moodle says so with HTTP 200), else
+    what its words say (not enrolled, closed, a score out of range), else a plain refusal."""
+    default = causes.CREDENTIALS_REFUSED if SIGNATURE_REFUSED.search(description) else causes.LMS_REFUSED
+    return causes.cause_of_words(description, default)
 
 
 def _error(error: DeliveryError | None) -> DeliveryError:

@@ -16,6 +16,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
 
+from adapters import causes
 from adapters.answers import DEFAULT_ANSWERS, AnswerRow, AnswerTable, LmsAnswer, Verdict, classify, status, statuses
 from adapters.base import (
     ConfigValue,
@@ -168,6 +169,7 @@ LTI13_ANSWERS = DEFAULT_ANSWERS.extended(
         Verdict.REFRESH_TOKEN_THEN_RETRY,
         explanation="the platform refused a fresh access token: check the developer key, its scopes and that the "
         "tool is installed in the course",
+        cause=causes.CREDENTIALS_REFUSED,
     ),
     # Canvas: 400 "Score timestamp ... before last updated timestamp of ..." (Lti::IMS::ScoresController).
     AnswerRow(
@@ -176,6 +178,7 @@ LTI13_ANSWERS = DEFAULT_ANSWERS.extended(
         marker=_CANVAS_STORED_TIMESTAMP,
         tag=STALE_TIMESTAMP,
         explanation="the platform holds a score stamped later than now; trying again later",
+        cause=causes.NEWER_SCORE_IN_LMS,
     ),
     lms="platform",
 )
@@ -187,6 +190,7 @@ MOODLE_ANSWERS = LTI13_ANSWERS.extended(
         Verdict.RETRY,
         tag=STALE_TIMESTAMP,
         explanation="the platform holds a score stamped later than now; trying again later",
+        cause=causes.NEWER_SCORE_IN_LMS,
     )
 )
 # The token endpoint (RFC 6749 §5.2): 400/401 invalid_client, invalid_grant … mean the registration is wrong.
@@ -196,6 +200,7 @@ TOKEN_ENDPOINT_ANSWERS = DEFAULT_ANSWERS.extended(
         Verdict.FAIL,
         explanation="refused the client assertion (check the client id, the tool's public key on the platform "
         "and the assertion audience)",
+        cause=causes.CREDENTIALS_REFUSED,
     ),
     lms="token endpoint",
 )
@@ -236,7 +241,9 @@ class Lti13AgsAdapter(LmsAdapter):
         if key is None and self.context.signing_key_problem:
             raise SecretUnreadableError(self.context.signing_key_problem)
         if key is None:
-            raise PermanentDeliveryError("Passback has no signing key for LTI 1.3 (run `gateway keys rotate`)")
+            raise PermanentDeliveryError(
+                "Passback has no signing key for LTI 1.3 (run `gateway keys rotate`)", cause=causes.NEEDS_CONFIGURATION
+            )
         now = int(time.time())
         claims = {
             "iss": self.settings["client_id"],
@@ -284,6 +291,7 @@ class Lti13AgsAdapter(LmsAdapter):
                 f"token endpoint answered HTTP {response.status_code} without an access token",
                 response.status_code,
                 body_excerpt(response),
+                cause=causes.UNEXPECTED_ANSWER,
             )
         expires_in = float(body.get("expires_in") or 3600)
         token = str(body["access_token"])
@@ -332,7 +340,8 @@ class Lti13AgsAdapter(LmsAdapter):
             raise_if_refused_at_launch(destination.data)
             raise PermanentDeliveryError(
                 "the placement has neither a line item nor a line items URL: launch the link once, or "
-                "re-add it with the assignment picker"
+                "re-add it with the assignment picker",
+                cause=causes.NEEDS_CONFIGURATION,
             )
         scopes = self._granted(destination, [SCOPE_LINEITEM, SCOPE_SCORE])
         resource_link_id = destination.data.get("resource_link_id")
@@ -387,6 +396,7 @@ class Lti13AgsAdapter(LmsAdapter):
                 "the platform created a line item but did not return its id",
                 response.status_code,
                 body_excerpt(response),
+                cause=causes.UNEXPECTED_ANSWER,
             )
         return str(created["id"]), {"lineitem": str(created["id"])}
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from marshmallow import Schema, fields, validate
 
+from adapters import causes
 from adapters.answers import classify
 from adapters.base import (
     AdapterContext,
@@ -78,7 +79,10 @@ class SandboxAdapter(LmsAdapter):
         classify(self.answer_table, response, detail=lms_message)
         if answer is None or "entry" not in answer:
             raise PermanentDeliveryError(
-                "sandbox LMS answered 2xx without a stored entry", response.status_code, response.text[:500]
+                "sandbox LMS answered 2xx without a stored entry",
+                response.status_code,
+                response.text[:500],
+                cause=causes.UNEXPECTED_ANSWER,
             )
         return DeliveryReceipt(
             lms_status=response.status_code,
@@ -94,7 +98,10 @@ class SandboxAdapter(LmsAdapter):
         classify(self.answer_table, response, detail=str(answer["error"]) if answer and "error" in answer else None)
         if answer is None or "entry" not in answer:
             raise PermanentDeliveryError(
-                "sandbox LMS answered 2xx without an entry", response.status_code, response.text[:500]
+                "sandbox LMS answered 2xx without an entry",
+                response.status_code,
+                response.text[:500],
+                cause=causes.UNEXPECTED_ANSWER,
             )
         entry = answer["entry"]
         if entry is None:
@@ -103,7 +110,9 @@ class SandboxAdapter(LmsAdapter):
             return float(entry["scoreGiven"]) / float(entry["scoreMaximum"])
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise PermanentDeliveryError(
-                f"sandbox LMS answered an entry without a usable score: {exc}", response.status_code
+                f"sandbox LMS answered an entry without a usable score: {exc}",
+                response.status_code,
+                cause=causes.UNEXPECTED_ANSWER,
             ) from exc
 
     def delete_result(self, destination: Destination) -> DeliveryReceipt:

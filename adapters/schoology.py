@@ -29,6 +29,7 @@ from oauthlib.oauth1.rfc5849.utils import escape
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from adapters import causes
 from adapters.answers import (
     DEFAULT_ANSWERS,
     AnswerRow,
@@ -80,20 +81,28 @@ SCHOOLOGY_ANSWERS = DEFAULT_ANSWERS.extended(
         Verdict.RETRY,
         marker=re.compile(DUPLICATE_NONCE, re.IGNORECASE),
         explanation="duplicate timestamp/nonce (check this server's clock)",
+        cause=causes.CLOCK_PROBLEM,
     ),
     AnswerRow(
         status(401),
         Verdict.FAIL,
         explanation="the consumer key or secret is wrong, or the key may not act for this district (since June 2025 "
         "Schoology needs an app approved for the district, not a personal API key)",
+        cause=causes.CREDENTIALS_REFUSED,
     ),
     AnswerRow(
         status(403),
         Verdict.FAIL,
         explanation="the key has no permission for this section (is the key's user an admin of the school or "
         "district that holds it?)",
+        cause=causes.ACCESS_DENIED,
     ),
-    AnswerRow(status(404), Verdict.FAIL, explanation="not found (was the section, assignment or enrollment removed?)"),
+    AnswerRow(
+        status(404),
+        Verdict.FAIL,
+        explanation="not found (was the section, assignment or enrollment removed?)",
+        cause=causes.NOT_FOUND_IN_LMS,
+    ),
     lms="Schoology",
 )
 
@@ -257,7 +266,7 @@ class SchoologyAdapter(LmsAdapter):
                 # edited outside `gateway lms add`, must not put the secret on a plain-http wire either.
                 problem = plaintext_transport_problem(url)
                 if problem:
-                    raise PermanentDeliveryError(problem)
+                    raise PermanentDeliveryError(problem, cause=causes.NEEDS_CONFIGURATION)
             headers = {"Authorization": self.authorization(method, url), "Accept": "application/json"}
             if json is not None:
                 headers["Content-Type"] = "application/json"
@@ -268,7 +277,9 @@ class SchoologyAdapter(LmsAdapter):
             self._check_origin(url)
             if response.status_code == 303:
                 method, json = "GET", None
-        raise PermanentDeliveryError(f"Schoology redirected more than {MAX_REDIRECTS} times from {path}")
+        raise PermanentDeliveryError(
+            f"Schoology redirected more than {MAX_REDIRECTS} times from {path}", cause=causes.UNEXPECTED_ANSWER
+        )
 
     def _check_origin(self, url: str) -> None:
         """Signed requests go to the configured API's own scheme, host and port only: a redirect or a paging
@@ -278,7 +289,8 @@ class SchoologyAdapter(LmsAdapter):
         if (got.scheme, got.hostname, got.port) != (wanted.scheme, wanted.hostname, wanted.port):
             raise PermanentDeliveryError(
                 f"Schoology pointed Passback to {got.scheme}://{got.netloc}, outside the configured API "
-                f"{wanted.scheme}://{wanted.netloc}; not followed"
+                f"{wanted.scheme}://{wanted.netloc}; not followed",
+                cause=causes.NEEDS_CONFIGURATION,
             )
 
     def raise_for_status(self, response: requests.Response, what: str) -> None:
@@ -291,7 +303,9 @@ class SchoologyAdapter(LmsAdapter):
         answer = json_or_none(response)
         if answer is None:
             raise RetryableDeliveryError(
-                f"Schoology answered {what} without a JSON object", lms_status=response.status_code
+                f"Schoology answered {what} without a JSON object",
+                lms_status=response.status_code,
+                cause=causes.UNEXPECTED_ANSWER,
             )
         return answer
 
@@ -311,11 +325,13 @@ class SchoologyAdapter(LmsAdapter):
             points = Decimal(str(answer.get("max_points", 100)))
         except InvalidOperation as exc:
             raise PermanentDeliveryError(
-                f"Schoology assignment {assignment_id} has an unreadable max_points {answer.get('max_points')!r}"
+                f"Schoology assignment {assignment_id} has an unreadable max_points {answer.get('max_points')!r}",
+                cause=causes.INVALID_SCORE,
             ) from exc
         if not points.is_finite() or points <= 0:
             raise PermanentDeliveryError(
-                f"Schoology assignment {assignment_id} has max_points {points}; a grade cannot be scaled to it"
+                f"Schoology assignment {assignment_id} has max_points {points}; a grade cannot be scaled to it",
+                cause=causes.INVALID_SCORE,
             )
         self.lookups.put(key, str(points), LOOKUP_TTL_SECONDS)
         return points
@@ -334,7 +350,10 @@ class SchoologyAdapter(LmsAdapter):
             answer = self._get_json(url, f"listing the enrollments of section {section_id}")
             page = answer.get("enrollment") or []
             if not isinstance(page, list):
-                raise RetryableDeliveryError(f"Schoology listed section {section_id}'s enrollments in a bad shape")
+                raise RetryableDeliveryError(
+                    f"Schoology listed section {section_id}'s enrollments in a bad shape",
+                    cause=causes.UNEXPECTED_ANSWER,
+                )
             for enrollment in page:
                 if isinstance(enrollment, dict) and enrollment.get("uid") is not None and enrollment.get("id"):
                     found[str(enrollment["uid"])] = enrollment
@@ -374,7 +393,9 @@ class SchoologyAdapter(LmsAdapter):
                 )
                 cached = str(answer.get("uid") or answer.get("id") or "")
                 if not cached:
-                    raise PermanentDeliveryError(f"Schoology has no user with school_uid {destination.user_sis_id}")
+                    raise PermanentDeliveryError(
+                        f"Schoology has no user with school_uid {destination.user_sis_id}", cause=causes.NOT_ENROLLED
+                    )
                 self.lookups.put(key, cached, LOOKUP_TTL_SECONDS)
             return str(cached)
         if self.roster_match == "email" and destination.user_email:
@@ -387,11 +408,13 @@ class SchoologyAdapter(LmsAdapter):
             if len(matches) == 1:
                 return matches[0]
             raise PermanentDeliveryError(
-                f"not enrolled in section {section_id}: no single student there has the email {destination.user_email}"
+                f"not enrolled in section {section_id}: no single student there has the email {destination.user_email}",
+                cause=causes.NOT_ENROLLED,
             )
         raise PermanentDeliveryError(
             "no Schoology user id is known for this student: run `gateway lms sync-roster`, link one with "
-            "`gateway user enroll --lms-user-id`, or set the connection's roster_match to school_uid or email"
+            "`gateway user enroll --lms-user-id`, or set the connection's roster_match to school_uid or email",
+            cause=causes.AWAITING_LAUNCH,
         )
 
     def enrollment_id(self, section_id: str, uid: str, refreshed: set[str]) -> str:
@@ -401,7 +424,9 @@ class SchoologyAdapter(LmsAdapter):
             refreshed.add(section_id)
             enrollment = self.section_enrollments(section_id, refresh=True).get(uid)
         if enrollment is None:
-            raise PermanentDeliveryError(f"not enrolled in section {section_id} (Schoology user {uid})")
+            raise PermanentDeliveryError(
+                f"not enrolled in section {section_id} (Schoology user {uid})", cause=causes.NOT_ENROLLED
+            )
         return str(enrollment["id"])
 
     # --- delivery ---------------------------------------------------------------------------------------------
@@ -428,7 +453,10 @@ class SchoologyAdapter(LmsAdapter):
                 continue
             except (ArithmeticError, ValueError) as exc:
                 # A score no gradebook can hold (e.g. 1e20 points): this grade fails, the batch goes on.
-                outcomes[index] = PermanentDeliveryError(f"cannot turn this score into Schoology points: {exc!r}")
+                outcomes[index] = PermanentDeliveryError(
+                    f"cannot turn this score into Schoology points ({type(exc).__name__}: {exc})",
+                    cause=causes.INVALID_SCORE,
+                )
                 continue
             resolved.setdefault(item.section_id, []).append(item)
         for section_id, section_items in resolved.items():
@@ -448,7 +476,12 @@ class SchoologyAdapter(LmsAdapter):
             if gone:
                 for item, outcome in self._after_enrollment_miss(section_id, gone, refreshed):
                     outcomes[item.index] = outcome
-        return [o if o is not None else RetryableDeliveryError("no outcome recorded for this grade") for o in outcomes]
+        return [
+            o
+            if o is not None
+            else RetryableDeliveryError("no outcome recorded for this grade", cause=causes.INTERNAL_ERROR)
+            for o in outcomes
+        ]
 
     def _resolve(self, index: int, grade: NormalizedGrade, destination: Destination, refreshed: set[str]) -> _Item:
         section_id = str(destination.data.get("section_id") or destination.section_id or "")
@@ -456,7 +489,8 @@ class SchoologyAdapter(LmsAdapter):
         if not section_id or not assignment_id:
             raise PermanentDeliveryError(
                 "the placement names no Schoology section and assignment "
-                "(gateway placement add --section S --lms-assignment A)"
+                "(gateway placement add --section S --lms-assignment A)",
+                cause=causes.NEEDS_CONFIGURATION,
             )
         max_points = self.max_points(section_id, assignment_id)
         uid = self.uid_for(destination, section_id)
@@ -482,7 +516,13 @@ class SchoologyAdapter(LmsAdapter):
             enrollment = current.get(item.uid)
             if enrollment is None:
                 results.append(
-                    (item, PermanentDeliveryError(f"not enrolled in section {section_id} (Schoology user {item.uid})"))
+                    (
+                        item,
+                        PermanentDeliveryError(
+                            f"not enrolled in section {section_id} (Schoology user {item.uid})",
+                            cause=causes.NOT_ENROLLED,
+                        ),
+                    )
                 )
             elif str(enrollment["id"]) != item.enrollment_id:
                 resend.append(replace(item, enrollment_id=str(enrollment["id"])))
@@ -537,7 +577,7 @@ class SchoologyAdapter(LmsAdapter):
                 f": {message}" if message else ""
             )
             error = delivery_error(self.answer_table, LmsAnswer(code, str(result)), message=text)
-            outcomes.append(error or PermanentDeliveryError(text, code))
+            outcomes.append(error or PermanentDeliveryError(text, code, cause=causes.cause_of_words(message)))
         return outcomes
 
     def _grade_body(self, item: _Item) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import requests
 from marshmallow import Schema, ValidationError, fields, pre_load
 
+from adapters import causes
 from adapters.base import AwaitingConfiguration, PermanentDeliveryError, RetryableDeliveryError
 from adapters.http import HttpClient
 
@@ -45,6 +46,9 @@ SET_HINT = "gateway lms set --district D --lms L --setting"
 class UrlRefused(PermanentDeliveryError):
     """An LMS-supplied URL no connection setting can allow (not http(s), or http to a public address): nothing
     was sent to it."""
+
+    def __init__(self, message: str, *, cause: str = causes.NEEDS_CONFIGURATION) -> None:
+        super().__init__(message, cause=cause)
 
 
 class UrlAwaitingApproval(AwaitingConfiguration):
@@ -127,7 +131,12 @@ class HostResolver:
         try:
             infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
         except (OSError, UnicodeError) as exc:
-            raise RetryableDeliveryError(f"could not resolve {host}: {exc}") from exc
+            raise RetryableDeliveryError(
+                f"could not resolve {host}: its name does not resolve ({exc.strerror or type(exc).__name__})"
+                if isinstance(exc, OSError)
+                else f"could not resolve {host}: the name is not valid",
+                cause=causes.LMS_UNREACHABLE,
+            ) from exc
         addresses = tuple(sorted({str(info[4][0]) for info in infos}))
         with self._lock:
             if len(self._answers) >= self.max_entries:

@@ -271,6 +271,12 @@ def seed(database: Database, box: SecretBox, grades: int, rng: random.Random) ->
                         "unroutable": "no placement of this assignment in a course the student is enrolled in",
                     }.get(status),
                     "lms_status": {"delivered": 200, "failed": 422, "retrying": 503}.get(status),
+                    # The catalogued cause (adapters/causes.py) the Problems table groups by.
+                    "error_cause": {
+                        "failed": "not_enrolled",
+                        "retrying": "lms_error",
+                        "unroutable": "unroutable",
+                    }.get(status),
                     "created_at": posted,
                     "updated_at": updated,
                     "delivered_at": updated if status == "delivered" else None,
@@ -329,6 +335,7 @@ def pages(seeded: Seeded) -> list[tuple[str, str]]:
     return [
         ("overview", "/dashboard/"),
         ("deliveries: failed", "/dashboard/deliveries?status=failed"),
+        ("deliveries: one cause", "/dashboard/deliveries?cause=not_enrolled"),
         ("deliveries: all", "/dashboard/deliveries"),
         ("deliveries: all, mid-list page", f"/dashboard/deliveries?before={seeded.middle_cursor}"),
         ("delivery detail", f"/dashboard/deliveries/{seeded.failed_delivery_id}"),

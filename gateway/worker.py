@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adapters import REGISTRY, AdapterContext, HttpClient, LmsAdapter
+from adapters import REGISTRY, AdapterContext, HttpClient, LmsAdapter, causes
 from adapters.base import (
     DeliveryError,
     DeliveryReceipt,
@@ -414,7 +414,9 @@ class DeliveryWorker:
         counted: set[str],
     ) -> LmsAdapter:
         if adapter_cls is None:
-            raise PermanentDeliveryError(f"no adapter named {work.adapter!r} is installed")
+            raise PermanentDeliveryError(
+                f"no adapter named {work.adapter!r} is installed", cause=causes.NEEDS_CONFIGURATION
+            )
         if work.settings_problem:
             # The grade waits (attempts not counted) until a person configures the key it was encrypted with.
             raise SecretUnreadableError(work.settings_problem)
@@ -548,7 +550,11 @@ class DeliveryWorker:
     def _adapter_bug(delivery_id: str, adapter: str, exc: Exception) -> RetryableDeliveryError:
         # An adapter bug must not lose the grade: record it and retry within the bounded attempts.
         log.error("delivery %s: adapter %s raised", delivery_id, adapter, exc_info=exc)
-        return RetryableDeliveryError(f"internal error in adapter {adapter}: {type(exc).__name__}: {exc}")
+        # The exception's type only: its text may be a repr (the log above has it all).
+        return RetryableDeliveryError(
+            f"internal error in adapter {adapter} ({type(exc).__name__}); the log has the details",
+            cause=causes.INTERNAL_ERROR,
+        )
 
     @staticmethod
     def _log(delivery_id: str, work: DeliveryWork, status: str | None, outcome: Any) -> None:

@@ -29,6 +29,7 @@ class DeliveryFilterSchema(Schema):
     )
     since = fields.Date(load_default=None, metadata={"description": "Changed on or after this day (district time)."})
     until = fields.Date(load_default=None, metadata={"description": "Changed on or before this day (district time)."})
+    cause = fields.String(load_default=None, validate=validate.Length(max=64))
 
 
 class BulkActionSchema(DeliveryFilterSchema):

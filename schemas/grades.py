@@ -189,6 +189,14 @@ class DeliveryStatusSchema(Schema):
     attempts = fields.Integer()
     nextAttemptAt = UtcDateTime(attribute="next_attempt_at", allow_none=True)
     lastError = fields.String(attribute="last_error", allow_none=True)
+    cause = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "Why the last attempt did not go through, as a stable code of Passback's catalogue of "
+            "causes (docs/error-causes.md), e.g. `not_enrolled`, `credentials_refused`, `rate_limited`; "
+            "`lastError` keeps the LMS's own words. Null when delivered or not yet tried."
+        },
+    )
     lmsStatus = fields.Integer(attribute="lms_status", allow_none=True)
     lmsResponse = fields.String(attribute="lms_response", allow_none=True)
     deliveredAt = UtcDateTime(attribute="delivered_at", allow_none=True)

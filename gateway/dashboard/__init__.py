@@ -26,6 +26,7 @@ from flask import (
 from marshmallow import ValidationError
 from werkzeug.exceptions import BadRequest, NotFound
 
+from adapters import causes
 from gateway.errors import html_error_page
 from gateway.extensions import current_services, db, request_unit_of_work
 from gateway.models import StaffUser
@@ -37,6 +38,7 @@ from gateway.services import (
     dashboard_deliveries,
     dashboard_drilldown,
     dashboard_overview,
+    dashboard_problems,
     dashboard_sandbox,
     local_time,
     staff_actions,
@@ -67,7 +69,7 @@ def _pretty_json(value: Any) -> str:
 
 
 def _page(template: str, http_status: int = 200, **context: Any) -> Response:
-    html = render_template(template, age=_age, pretty_json=_pretty_json, **context)
+    html = render_template(template, age=_age, pretty_json=_pretty_json, cause_of=causes.cause, **context)
     return Response(html, status=http_status, content_type="text/html; charset=utf-8")
 
 
@@ -219,7 +221,13 @@ def logout() -> Response:
 @staff_required
 def overview(staff: StaffUser) -> Response:
     data = dashboard_overview.overview(db.session(), staff.district_id)
-    return _page("dashboard/overview.html", staff=staff, ov=data, statuses=dashboard_counts.SHOWN_STATUSES)
+    return _page(
+        "dashboard/overview.html",
+        staff=staff,
+        ov=data,
+        problem_statuses=dashboard_problems.PROBLEM_STATUSES,
+        statuses=dashboard_counts.SHOWN_STATUSES,
+    )
 
 
 @dashboard_bp.get("/deliveries")
@@ -241,6 +249,7 @@ def delivery_list(staff: StaffUser) -> Response:
         count_limit=dashboard_deliveries.COUNT_LIMIT,
         narrowed=narrowed,
         status=narrowed.status,
+        cause=causes.cause(narrowed.cause),
         statuses=dashboard_counts.SHOWN_STATUSES,
         choices=dashboard_deliveries.filter_choices(db.session(), staff.district_id),
         cursor=dashboard_deliveries.cursor_text,
@@ -270,13 +279,6 @@ def _delivery_filter(args: Any) -> dashboard_deliveries.DeliveryFilter:
         raise BadRequest(f"{exc.message}: {fields}") from exc
 
 
-def _status_filter() -> str | None:
-    status = request.args.get("status") or None
-    if status is not None and status not in dashboard_counts.SHOWN_STATUSES:
-        raise NotFound("no such status")
-    return status
-
-
 @dashboard_bp.get("/deliveries/<delivery_id>")
 @staff_required
 def delivery(staff: StaffUser, delivery_id: str) -> Response:
@@ -304,7 +306,7 @@ def retry(staff: StaffUser, delivery_id: str) -> Response:
 @dashboard_bp.get("/deliveries.csv")
 @staff_required
 def delivery_csv(staff: StaffUser) -> Response:
-    status = _status_filter()
+    narrowed = _delivery_filter(request.args)
     district_id = staff.district_id
 
     def chunks() -> Iterator[str]:
@@ -317,7 +319,7 @@ def delivery_csv(staff: StaffUser) -> Response:
         after: dashboard_deliveries.Cursor | None = None
         sent = 0
         while True:
-            rows, after = dashboard_deliveries.csv_chunk(database, district_id, status=status, after=after)
+            rows, after = dashboard_deliveries.csv_chunk(database, district_id, narrowed, after=after)
             database.commit()  # a read: ends this chunk's transaction
             writer.writerows(rows[: dashboard_deliveries.CSV_MAX_ROWS - sent])
             sent += len(rows)
@@ -327,7 +329,7 @@ def delivery_csv(staff: StaffUser) -> Response:
             if after is None or sent >= dashboard_deliveries.CSV_MAX_ROWS:
                 return
 
-    name = f"passback-deliveries-{status or 'all'}.csv"
+    name = f"passback-deliveries-{narrowed.status or 'all'}.csv"
     return Response(
         stream_with_context(chunks()),
         content_type="text/csv; charset=utf-8",

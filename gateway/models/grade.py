@@ -104,6 +104,9 @@ class Delivery(Base):
         # The dashboard's counts by placement (and so by assignment, app and connection): a covering index, so
         # counting a district's deliveries reads the index alone; also a placement's student list.
         Index("ix_deliveries_district_placement", "district_id", "placement_id", "status", "operation"),
+        # The dashboard's problems grouped by cause and connection (a covering index: delivered rows have no
+        # cause, so they are never read), and its list filtered by cause.
+        Index("ix_deliveries_district_cause", "district_id", "error_cause", "lms_connection_id", "status"),
     )
 
     id: Mapped[str] = id_column()
@@ -122,6 +125,8 @@ class Delivery(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     claim_token: Mapped[str | None] = mapped_column(String(32), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The catalogued cause of `last_error` (adapters/causes.py): what went wrong in plain words and what to do.
+    error_cause: Mapped[str | None] = mapped_column(String(40), default=None)
     lms_status: Mapped[int | None] = mapped_column(Integer, default=None)
     lms_response: Mapped[str | None] = mapped_column(Text, default=None)
     receipt: Mapped[dict[str, Any] | None] = mapped_column(default=None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adapters import REGISTRY, AdapterContext, LmsAdapter
+from adapters import REGISTRY, AdapterContext, LmsAdapter, causes
 from adapters.base import KeyedLocks, LookupCache, PermanentDeliveryError
 from adapters.http import BucketViews, HttpClient, Throttle, ThrottledHttpClient
 from adapters.url_policy import HostResolver
@@ -128,6 +128,6 @@ class AdapterFactory:
         failure (a person must install it or move the connection)."""
         adapter_cls = self.adapter_class(kind)
         if adapter_cls is None:
-            raise PermanentDeliveryError(f"no adapter named {kind!r} is installed")
+            raise PermanentDeliveryError(f"no adapter named {kind!r} is installed", cause=causes.NEEDS_CONFIGURATION)
         http = self.http_for(connection_id, rate, before_request, adapter=kind)
         return adapter_cls.from_settings(settings, http, self.context())

@@ -14,6 +14,7 @@ from marshmallow import ValidationError
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from adapters import causes
 from gateway.models import (
     App,
     Assignment,
@@ -54,10 +55,16 @@ class DeliveryFilter:
     student: str | None = None
     since: date | None = None
     until: date | None = None
+    # A cause of the catalogue (adapters/causes.py), as the overview's Problems rows link to.
+    cause: str | None = None
 
-    def query_args(self) -> dict[str, str]:
-        """The filter as query-string values (links, hidden inputs of the bulk form)."""
-        return {f.name: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+    def query_args(self, *leaving_out: str) -> dict[str, str]:
+        """The filter as query-string values (links, hidden inputs of the bulk form), but `leaving_out`."""
+        return {
+            f.name: str(getattr(self, f.name))
+            for f in fields(self)
+            if getattr(self, f.name) is not None and f.name not in leaving_out
+        }
 
     @property
     def narrowed(self) -> bool:
@@ -72,6 +79,8 @@ def parse_filter(args: Mapping[str, str]) -> DeliveryFilter:
         loaded = _filter_schema.load(given)
     except ValidationError as exc:
         raise InvalidInput("the filter was not understood", fields=exc.normalized_messages()) from exc
+    if loaded.get("cause") is not None and loaded["cause"] not in causes.CATALOGUE:
+        raise InvalidInput("the filter was not understood", fields={"cause": ["Not a cause of the catalogue."]})
     return DeliveryFilter(**{k: loaded.get(k) for k in _FILTER_FIELDS})
 
 
@@ -99,6 +108,9 @@ def _delivery_rows(
     if narrowed is None:
         return query
     f = narrowed
+    if f.cause:
+        # On the (district, error_cause, lms_connection_id, status) index: the district's problems of that kind.
+        query = query.where(Delivery.error_cause == f.cause)
     if f.connection:
         query = query.where(Delivery.lms_connection_id == f.connection)
     if f.app:
@@ -269,42 +281,34 @@ def _cursor_of(item: dict[str, Any]) -> Cursor:
 def csv_chunk(
     session: Session,
     district_id: str,
+    narrowed: DeliveryFilter | None = None,
     *,
-    status: str | None = None,
     after: Cursor | None = None,
     limit: int = CSV_CHUNK,
 ) -> tuple[list[list[str]], Cursor | None]:
-    """Up to `limit` CSV rows (CSV_COLUMNS) of the delivery list, in its order (newest first), after the cursor
-    `after`, and the cursor of the next chunk (None after the last). Keyset paging on the list's index, so the
-    last chunk of a district costs what the first does; plain columns, no ORM objects."""
-    query = (
-        select(
-            Delivery.id,
-            Delivery.status,
-            Delivery.operation,
-            User.name,
-            User.id,
-            Assignment.external_id,
-            Assignment.name,
-            Grade.score_given,
-            Grade.score_maximum,
-            Grade.updated_at,
-            LmsConnection.name,
-            Placement.course_id,
-            Delivery.attempts,
-            Delivery.delivered_at,
-            Delivery.last_error,
-            Delivery.updated_at,
-        )
-        .join(Grade, Grade.id == Delivery.grade_id)
-        .join(User, User.id == Grade.user_id)
-        .join(Assignment, Assignment.id == Grade.assignment_id)
-        .outerjoin(LmsConnection, LmsConnection.id == Delivery.lms_connection_id)
-        .outerjoin(Placement, Placement.id == Delivery.placement_id)
-        .where(Delivery.district_id == district_id)
-    )
-    query = (
-        query.where(Delivery.status == status) if status else query.where(Delivery.status != DeliveryStatus.SUPERSEDED)
+    """Up to `limit` CSV rows (CSV_COLUMNS) of the filtered delivery list, in its order (newest first), after the
+    cursor `after`, and the cursor of the next chunk (None after the last). Keyset paging on the list's index, so
+    the last chunk of a district costs what the first does; plain columns, no ORM objects."""
+    narrowed = narrowed or DeliveryFilter()
+    zone = district_zone(session, district_id)
+    query = _delivery_rows(district_id, narrowed.status, narrowed, zone).with_only_columns(
+        Delivery.id,
+        Delivery.status,
+        Delivery.operation,
+        User.name,
+        User.id,
+        Assignment.external_id,
+        Assignment.name,
+        Grade.score_given,
+        Grade.score_maximum,
+        Grade.updated_at,
+        LmsConnection.name,
+        Placement.course_id,
+        Delivery.attempts,
+        Delivery.delivered_at,
+        Delivery.last_error,
+        Delivery.updated_at,
+        Delivery.error_cause,
     )
     if after is not None:
         query = query.where(_older_than(after))
@@ -325,6 +329,7 @@ def csv_chunk(
             row[11] or "—",
             str(row[12]),
             row[13].isoformat() + "Z" if row[13] else "",
+            row[16] or "",
             row[14] or "",
         ]
         # Names come from LMSs and apps, errors from LMSs: every text cell is defused.
@@ -398,6 +403,8 @@ CSV_COLUMNS = [
     "course",
     "attempts",
     "delivered_at",
+    # The catalogued cause's code (adapters/causes.py), then the LMS's own words.
+    "cause",
     "last_error",
 ]
 # OWASP's CSV injection list: a spreadsheet reads a cell starting with one of these as a formula.
@@ -415,7 +422,7 @@ def deliveries_csv_rows(session: Session, district_id: str, *, status: str | Non
     rows = [CSV_COLUMNS]
     after: Cursor | None = None
     while len(rows) <= CSV_MAX_ROWS:
-        chunk, after = csv_chunk(session, district_id, status=status, after=after)
+        chunk, after = csv_chunk(session, district_id, DeliveryFilter(status=status), after=after)
         rows.extend(chunk)
         if after is None:
             break

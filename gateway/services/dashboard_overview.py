@@ -1,4 +1,5 @@
-"""The dashboard's overview (deliveries of the last day and week, the oldest waiting grade) and its audit log."""
+"""The dashboard's overview (deliveries of the last day and week, the oldest waiting grade, the problems by
+cause) and its audit log."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from gateway.models import (
     utcnow,
 )
 from gateway.services.dashboard_counts import add_count, zero_counts
+from gateway.services.dashboard_problems import Problem, problems
 from gateway.services.local_time import district_zone, local_midnight_utc, to_local
 from gateway.services.webhooks import failing_count
 
@@ -46,6 +48,8 @@ class Overview:
     daily: list[tuple[str, int, int, int]] = field(default_factory=list)
     # Apps' webhook endpoints given up on after a day of failures (staff may disable them).
     failing_webhooks: int = 0
+    # Deliveries not in a gradebook, grouped by cause and connection (all time, not only the week).
+    problems: list[Problem] = field(default_factory=list)
 
 
 def overview(session: Session, district_id: str, *, now: datetime | None = None) -> Overview:
@@ -129,6 +133,7 @@ def overview(session: Session, district_id: str, *, now: datetime | None = None)
             for start, (good, bad, stuck) in zip(reversed(day_starts), per_day, strict=True)
         ],
         failing_webhooks=failing_count(session, district_id),
+        problems=problems(session, district_id),
     )
 
 

@@ -399,6 +399,7 @@ def _delivery_view(delivery: Delivery, route: Route | None) -> dict[str, Any]:
         if delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
         else None,
         "last_error": delivery.last_error,
+        "cause": getattr(delivery, "error_cause", None),
         "lms_status": delivery.lms_status,
         "lms_response": delivery.lms_response,
         "delivered_at": delivery.delivered_at,

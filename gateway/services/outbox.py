@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, case, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
+from adapters import causes
 from gateway.models import Delivery, DeliveryStatus, Grade, GradeRevision, LmsConnection, Placement, utcnow
 from gateway.services.webhook_events import REPLACED_BY_NEWER, emit
 from schemas.webhooks import WebhookEvent
@@ -138,6 +139,7 @@ def _fail_exhausted_leases(session: Session, now: datetime, max_attempts: int) -
         .values(
             status=DeliveryStatus.FAILED,
             last_error="gave up: the worker delivering this grade stopped before finishing, too many times",
+            error_cause=causes.INTERNAL_ERROR,
             next_attempt_at=None,
             claim_token=None,
             updated_at=now,
@@ -306,6 +308,7 @@ def supersede_claim(session: Session, claim: Claim, *, now: datetime | None = No
     if delivery is None:
         return False
     delivery.status = DeliveryStatus.SUPERSEDED
+    delivery.error_cause = causes.SUPERSEDED
     delivery.superseded_by = newer_revision_id(session, delivery)
     delivery.next_attempt_at = None
     delivery.claim_token = None
@@ -324,6 +327,7 @@ def fail_orphaned_claim(session: Session, claim: Claim, *, now: datetime | None 
         .values(
             status=DeliveryStatus.FAILED,
             last_error="its placement or LMS connection was removed before it could be delivered",
+            error_cause=causes.DESTINATION_REMOVED,
             next_attempt_at=None,
             claim_token=None,
             lease_expires_at=None,

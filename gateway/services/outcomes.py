@@ -14,7 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from adapters import DeliveryReceipt
+from adapters import DeliveryReceipt, causes
 from adapters.base import AwaitingConfiguration, DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from gateway.models import Delivery, DeliveryStatus, LmsConnection, Placement, utcnow
 from gateway.services.outbox import Claim, claimed_row, newer_revision_id
@@ -114,6 +114,7 @@ def record_success(
     delivery.lease_expires_at = None
     delivery.claim_token = None
     delivery.last_error = None
+    delivery.error_cause = None
     delivery.lms_status = receipt.lms_status
     delivery.lms_response = _truncate(receipt.summary)
     delivery.receipt = dict(receipt.details) if receipt.details else None
@@ -176,6 +177,7 @@ def record_successes(
                 lease_expires_at=None,
                 claim_token=None,
                 last_error=None,
+                error_cause=None,
                 lms_status=bindparam("b_lms_status"),
                 lms_response=bindparam("b_lms_response"),
                 receipt=bindparam("b_receipt"),
@@ -212,15 +214,17 @@ def record_failure(
     delivery.updated_at = now
     delivery.lms_status = error.lms_status
     delivery.lms_response = _truncate(error.lms_body)
+    delivery.error_cause = error.cause
     event: WebhookEvent | None = None
     newer = newer_revision_id(session, delivery)
     if newer is not None:
         # A newer revision arrived while this one was in flight: it carries the grade now; retrying this one
         # could land the old score after the new one.
         delivery.status = DeliveryStatus.SUPERSEDED
+        delivery.error_cause = causes.SUPERSEDED
         delivery.superseded_by = newer
         delivery.next_attempt_at = None
-        delivery.last_error = _truncate(error.message)
+        delivery.last_error = _truncate(causes.readable(error.message))
         event = WebhookEvent.SUPERSEDED
     elif isinstance(error, AwaitingConfiguration):
         # Nothing was sent and only a person can change the outcome (a setting, a key): wait without spending
@@ -228,19 +232,19 @@ def record_failure(
         delivery.attempts = max(0, delivery.attempts - 1)
         delivery.status = DeliveryStatus.RETRYING
         delivery.next_attempt_at = now + timedelta(seconds=min(error.wait_seconds, policy.max_seconds))
-        delivery.last_error = _truncate(error.message)
+        delivery.last_error = _truncate(causes.readable(error.message))
     elif isinstance(error, RetryableDeliveryError) and delivery.attempts < policy.max_attempts:
         delay = policy.delay(delivery.attempts, error.retry_after, rng)
         delivery.status = DeliveryStatus.RETRYING
         delivery.next_attempt_at = now + timedelta(seconds=delay)
-        delivery.last_error = _truncate(error.message)
+        delivery.last_error = _truncate(causes.readable(error.message))
         # Once per delivery: its first attempt failed and it will be tried again.
         event = WebhookEvent.RETRYING if delivery.attempts == 1 else None
     else:
         delivery.status = DeliveryStatus.FAILED
         delivery.next_attempt_at = None
         prefix = "" if isinstance(error, PermanentDeliveryError) else f"gave up after {delivery.attempts} attempts: "
-        delivery.last_error = _truncate(prefix + error.message)
+        delivery.last_error = _truncate(prefix + causes.readable(error.message))
         event = WebhookEvent.FAILED
     if touch:
         touch_connection(session, delivery.lms_connection_id, error=error.message, now=now)
@@ -266,6 +270,8 @@ def touch_connection(
     if error is None and touches is not None and not touches.due(connection_id, now):
         return
     values: dict[str, Any] = (
-        {"last_success_at": now} if error is None else {"last_failure_at": now, "last_failure": _truncate(error)}
+        {"last_success_at": now}
+        if error is None
+        else {"last_failure_at": now, "last_failure": _truncate(causes.readable(error))}
     )
     session.execute(update(LmsConnection).where(LmsConnection.id == connection_id).values(**values))

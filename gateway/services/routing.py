@@ -10,7 +10,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Table, and_, bindparam, delete, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from adapters import REGISTRY
+from adapters import REGISTRY, causes
 from gateway.models import (
     SUPERSEDABLE,
     Delivery,
@@ -186,6 +186,7 @@ _SUPERSEDE = (
     .where(Delivery.grade_id == bindparam("of_grade_id"), Delivery.status.in_(SUPERSEDABLE))
     .values(
         status=DeliveryStatus.SUPERSEDED,
+        error_cause=causes.SUPERSEDED,
         superseded_by=bindparam("new_revision_id"),
         next_attempt_at=None,
         updated_at=bindparam("superseded_at"),
@@ -246,7 +247,11 @@ def route_revision(
         created: list[tuple[Any, Route | None]] = list(zip(rows, routes, strict=True))
     else:
         placeholder = _delivery_row(grade, revision_id, None, now)
-        placeholder.update(status=DeliveryStatus.UNROUTABLE, last_error=_unroutable_reason(session, grade))
+        placeholder.update(
+            status=DeliveryStatus.UNROUTABLE,
+            last_error=_unroutable_reason(session, grade),
+            error_cause=causes.UNROUTABLE,
+        )
         rows, created = [placeholder], [(placeholder, None)]
     session.execute(_INSERT_DELIVERY, rows)
     if listening:
@@ -285,7 +290,12 @@ def _delivery_row(grade: GradeKey, revision_id: str, route: Route | None, now: d
         updated_at=now,
     )
     if route is not None and route.waits_for_launch:
-        row.update(status=DeliveryStatus.AWAITING_LAUNCH, next_attempt_at=None, last_error=AWAITING_LAUNCH_REASON)
+        row.update(
+            status=DeliveryStatus.AWAITING_LAUNCH,
+            next_attempt_at=None,
+            last_error=AWAITING_LAUNCH_REASON,
+            error_cause=causes.AWAITING_LAUNCH,
+        )
     return row
 
 
@@ -372,7 +382,7 @@ def release_awaiting_launch(
     result = session.execute(
         update(Delivery)
         .where(*conditions)
-        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, last_error=None, updated_at=now)
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, last_error=None, error_cause=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
@@ -414,6 +424,7 @@ def retire_unlaunched_links(session: Session, user_id: str, launched: Placement,
         .values(
             status=DeliveryStatus.SUPERSEDED,
             last_error=LAUNCHED_ANOTHER_LINK,
+            error_cause=causes.SUPERSEDED,
             next_attempt_at=None,
             updated_at=now,
         )

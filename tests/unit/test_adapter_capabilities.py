@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters import REGISTRY
+from adapters import REGISTRY, causes
 from adapters.base import (
     ConnectionDisplay,
     DeliveryReceipt,
@@ -89,9 +89,9 @@ class _Flaky(LmsAdapter):
 
     def deliver(self, grade: NormalizedGrade, destination: Destination) -> DeliveryReceipt:
         if destination.lms_user_id == "bad":
-            raise PermanentDeliveryError("no such student", 404)
+            raise PermanentDeliveryError("no such student", 404, cause=causes.NOT_ENROLLED)
         if destination.lms_user_id == "later":
-            raise RetryableDeliveryError("busy", retry_after=5, lms_status=503)
+            raise RetryableDeliveryError("busy", retry_after=5, lms_status=503, cause=causes.LMS_ERROR)
         return DeliveryReceipt(200, f"stored for {destination.lms_user_id}")
 
     def probe(self) -> HealthReport:

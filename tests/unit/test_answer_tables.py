@@ -17,10 +17,11 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "adapters.md"
 
 def markdown(table: AnswerTable) -> str:
     """The table as docs/adapters.md prints it."""
-    lines = ["| Status | When the body says | Verdict | Message adds |", "|---|---|---|---|"]
+    lines = ["| Status | When the body says | Verdict | Cause | Message adds |", "|---|---|---|---|---|"]
     for row in describe(table):
         when = f"`{row['when']}`" if row["when"] else ""
-        lines.append(f"| {row['status']} | {when} | {row['verdict']} | {row['explanation']} |")
+        cause = f"`{row['cause']}`"
+        lines.append(f"| {row['status']} | {when} | {row['verdict']} | {cause} | {row['explanation']} |")
     return "\n".join(lines)
 
 
