@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from adapters.base import DeliveryError
 from gateway import create_app
+from gateway.cli_progress import Progress
 from gateway.composition import Services, services_of
 from gateway.services.demo import DemoDistrict, KeptCredentials
 from gateway.services.errors import ServiceError
@@ -304,7 +305,7 @@ def lms_sync_roster(district_id: str, lms_ref: str, as_json: bool) -> None:
     app = _app()
     services = _services(app)
     try:
-        with app.app_context():
+        with app.app_context(), Progress("reading course rosters") as progress:
             result = sync_roster(
                 services.database,
                 services.box,
@@ -312,6 +313,7 @@ def lms_sync_roster(district_id: str, lms_ref: str, as_json: bool) -> None:
                 district_id,
                 lms_ref,
                 nudger=services.nudger,
+                progress=progress,
             )
     except ServiceError as exc:
         _fail(exc)

@@ -18,6 +18,7 @@ import click
 from flask import Flask
 
 from gateway import create_app
+from gateway.cli_progress import Progress
 from gateway.composition import services_of
 from gateway.services import admin_directory, admin_lms
 from gateway.services.admin_audit import Operator, find_app, find_district
@@ -758,31 +759,18 @@ def retry_command(
     selection = RetrySelection(
         delivery=delivery, grade=grade, assignment=assignment, app=app_ref, lms=lms_ref, status=status
     )
-    bars: list[Any] = []
-
-    def progress(done: int, total: int) -> None:
-        if not sys.stderr.isatty():
-            return
-        if not bars:
-            bars.append(click.progressbar(length=total, label="retrying", file=sys.stderr))
-            bars[0].__enter__()
-        bars[0].update(done - bars[0].pos)
 
     def produce() -> dict[str, Any]:
-        with _context() as app:
+        with _context() as app, Progress("retrying") as progress:
             services = services_of(app)
-            try:
-                return retry_deliveries(
-                    services.unit_of_work,
-                    _operator(operator_name),
-                    district_ref,
-                    selection,
-                    dry_run=dry_run,
-                    progress=progress,
-                )
-            finally:
-                if bars:
-                    bars[0].__exit__(None, None, None)
+            return retry_deliveries(
+                services.unit_of_work,
+                _operator(operator_name),
+                district_ref,
+                selection,
+                dry_run=dry_run,
+                progress=progress,
+            )
 
     _run(as_json, produce, _retry_summary)
 

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from gateway.cli_admin import operator_option
+from gateway.cli_progress import Progress
 from gateway.services.admin_audit import Operator
 from gateway.services.errors import ServiceError
 
@@ -73,7 +74,7 @@ def roster_import(
 
     app = _app()
     services = _services(app)
-    with _Progress() as progress:
+    with Progress("importing rows") as progress:
         try:
             with app.app_context():
                 report = import_roster(
@@ -109,33 +110,6 @@ def _refuse(exc: ServiceError, as_json: bool) -> None:
     if exc.fields:
         message += "\n" + "\n".join(f"  {k}: {'; '.join(map(str, v))}" for k, v in exc.fields.items())
     raise click.ClickException(message + "\nnothing was imported")
-
-
-class _Progress:
-    """A progress bar on stderr when it is a terminal; nothing otherwise (logs and pipes stay clean)."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._tty = sys.stderr.isatty()
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self._tty or total == 0:
-            return
-        if self._bar is None:
-            self._bar = click.progressbar(length=total, label="importing rows", file=sys.stderr)
-            self._bar.__enter__()
-        self._bar.update(done - self._bar.pos)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 def _text(report: dict[str, Any], verbose: bool) -> str:

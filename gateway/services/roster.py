@@ -3,6 +3,7 @@ grades reach students who have not launched the link, and enroll them in the pla
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ def sync_roster(
     connection_ref: str,
     *,
     nudger: Nudger = no_nudge,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RosterSync:
     """Fetch each placed course's membership and link members to Passback users by the connection's
     `roster_match` rule (email or LIS person sourcedId). Unmatched members are reported, not invented. Each
@@ -93,7 +95,9 @@ def sync_roster(
         issuer = identity_issuer(connection, settings)
     adapter = adapters.build(connection.adapter, settings, connection_id=connection_id)
     result = RosterSync(courses=len(courses))
-    for course_id, url in courses.items():
+    for done, (course_id, url) in enumerate(courses.items()):
+        if progress is not None:
+            progress(done, len(courses))
         members = adapter.memberships(url)  # the LMS call, outside any transaction
         assert db.sessionmaker is not None
         with UnitOfWork(db.sessionmaker(), nudger, close=True) as uow:
