@@ -4,7 +4,7 @@ cause) and its audit log."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -48,6 +48,8 @@ class Overview:
     daily: list[tuple[str, int, int, int]] = field(default_factory=list)
     # Apps' webhook endpoints given up on after a day of failures (staff may disable them).
     failing_webhooks: int = 0
+    # The district's day the 7 days began on: the rows' links open the delivery list from that day.
+    week_since: date | None = None
     # Deliveries not in a gradebook, grouped by cause and connection (all time, not only the week).
     problems: list[Problem] = field(default_factory=list)
 

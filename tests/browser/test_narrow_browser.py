@@ -51,10 +51,24 @@ def test_every_page_fits_a_phone_and_the_overview_leads_to_its_lists(
         # The chart counts grades that could not be sent, and each overview row opens its list.
         chart = page.get_by_role("table", name="Deliveries per day")
         assert "Not sent: unroutable or awaiting a launch" in chart.inner_text()
-        page.get_by_role("table", name="By app (7 days)").get_by_role("link", name="Reading Ladder").click()
+        page.get_by_role("table", name="By app (7 days)").get_by_role("link", name="Reading Ladder", exact=True).click()
         page.get_by_role("link", name="Chapter 1 check").wait_for()
         page.goto("/dashboard/")
-        page.get_by_role("table", name="By LMS connection (7 days)").get_by_role("link", name="Sandbox").click()
+        page.get_by_role("table", name="By LMS connection (7 days)").get_by_role("link", name="Sandbox", exact=True).click()
         page.wait_for_url(f"**/dashboard/connections#c-{world.connection_id}")
     finally:
         context.close()
+
+
+def test_an_overview_count_opens_the_list_it_counts(
+    app: Flask, world: World, worker: DeliveryWorker, http: requests.Session, page: Any
+) -> None:
+    build_showcase(app, world, worker, http)
+    sign_in(page, staff_account(world))
+    table = page.get_by_role("table", name="By app (7 days)")
+    link = table.get_by_role("link", name="failed of Reading Ladder")
+    counted = int(link.inner_text())
+    link.click()
+    page.get_by_role("heading", name="Failed deliveries").wait_for()
+    assert page.locator("#total").inner_text().startswith(f"{counted} deliver")
+    assert page.get_by_role("form", name="Filter the deliveries").get_by_label("App").input_value() != ""
