@@ -54,7 +54,9 @@ def test_every_page_fits_a_phone_and_the_overview_leads_to_its_lists(
         page.get_by_role("table", name="By app (7 days)").get_by_role("link", name="Reading Ladder", exact=True).click()
         page.get_by_role("link", name="Chapter 1 check").wait_for()
         page.goto("/dashboard/")
-        page.get_by_role("table", name="By LMS connection (7 days)").get_by_role("link", name="Sandbox", exact=True).click()
+        page.get_by_role("table", name="By LMS connection (7 days)").get_by_role(
+            "link", name="Sandbox", exact=True
+        ).click()
         page.wait_for_url(f"**/dashboard/connections#c-{world.connection_id}")
     finally:
         context.close()
