@@ -7,7 +7,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from schemas.statuses import DeliveryStatus
 
 LISTED_STATUSES = [s.value for s in DeliveryStatus]
-BULK_ACTIONS = ["retry_failed", "retry_now"]
+BULK_ACTIONS = ["retry_failed", "retry_now", "resolve"]
 
 
 class DeliveryFilterSchema(Schema):

@@ -16,6 +16,9 @@ class DeliveryStatus(StrEnum):
     UNROUTABLE = "unroutable"
     # Replaced by a newer revision of the same grade before it reached the LMS.
     SUPERSEDED = "superseded"
+    # A failure district staff marked as handled outside Passback (the grade entered by hand, the student gone):
+    # final, never sent, no longer counted as failed; a retry takes it up again.
+    RESOLVED = "resolved"
 
 
 # Statuses the API and the dashboard filter by: every status but "superseded", which is history, not work.
@@ -29,5 +32,6 @@ PROGRESS_ORDER: tuple[DeliveryStatus, ...] = (
     DeliveryStatus.AWAITING_LAUNCH,
     DeliveryStatus.PENDING,
     DeliveryStatus.DELIVERING,
+    DeliveryStatus.RESOLVED,
     DeliveryStatus.DELIVERED,
 )

@@ -261,8 +261,9 @@ def delivery_list(staff: StaffUser) -> Response:
 def bulk_action(staff: StaffUser) -> Response:
     """Retry the failed (or send the retrying now) deliveries of the filtered list the form came from."""
     narrowed = _delivery_filter(request.form)
-    result = staff_actions.bulk_retry(request_unit_of_work(), staff, narrowed, request.form.get("action", "")[:40])
-    said = f"{result.retried} deliveries queued again"
+    action = request.form.get("action", "")[:40]
+    result = staff_actions.bulk_act(request_unit_of_work(), staff, narrowed, action)
+    said = f"{result.changed} deliveries " + ("marked resolved" if action == "resolve" else "queued again")
     if result.skipped:
         said += f", {result.skipped} skipped (replaced by a newer grade, or changed meanwhile)"
     if result.more:
@@ -301,6 +302,21 @@ def retry(staff: StaffUser, delivery_id: str) -> Response:
         return redirect(back_to)  # type: ignore[return-value]
     flash("Delivery queued again.")
     return redirect(back_to)  # type: ignore[return-value]
+
+
+@dashboard_bp.post("/deliveries/<delivery_id>/resolve")
+@staff_required
+def resolve(staff: StaffUser, delivery_id: str) -> Response:
+    """Mark a failed delivery handled outside Passback (the grade entered by hand): no longer counted as failed."""
+    try:
+        staff_actions.resolve_one(request_unit_of_work(), staff, delivery_id)
+    except NotFoundError as exc:
+        raise NotFound(exc.message) from exc
+    except ServiceError as exc:
+        flash(exc.message)
+    else:
+        flash("Marked resolved: it stays in the history and is no longer counted as failed.")
+    return redirect(url_for("dashboard.delivery", delivery_id=delivery_id))  # type: ignore[return-value]
 
 
 @dashboard_bp.get("/deliveries.csv")

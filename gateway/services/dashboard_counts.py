@@ -23,6 +23,7 @@ SHOWN_STATUSES: tuple[DeliveryStatus, ...] = (
     DeliveryStatus.AWAITING_LAUNCH,
     DeliveryStatus.FAILED,
     DeliveryStatus.UNROUTABLE,
+    DeliveryStatus.RESOLVED,
 )
 
 

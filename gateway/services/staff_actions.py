@@ -24,7 +24,7 @@ from gateway.services.errors import Conflict, InvalidInput, ServiceError
 from gateway.services.lms import PlacementsResult, place_assignments
 from gateway.services.local_time import district_zone
 from gateway.services.staff import audit
-from gateway.services.staff_retries import retry_delivery, retry_failed
+from gateway.services.staff_retries import resolve_delivery, retry_delivery, retry_failed
 from gateway.services.unit_of_work import UnitOfWork
 
 
@@ -128,42 +128,52 @@ BULK_LIMIT = 5000
 
 @dataclass(frozen=True)
 class BulkResult:
-    retried: int
+    changed: int
     skipped: int  # replaced by a newer grade, or changed since the page was read
     more: bool  # more than BULK_LIMIT matched
 
 
-def bulk_retry(uow: UnitOfWork, staff: StaffUser, narrowed: DeliveryFilter, action: str) -> BulkResult:
+# What each bulk action takes, and the single-delivery rule it applies to each.
+BULK_ACTIONS: dict[str, tuple[tuple[DeliveryStatus, ...], Callable[[Any, str, str], Any], str]] = {
+    "retry_failed": ((DeliveryStatus.FAILED,), retry_delivery, "retried deliveries in bulk"),
+    "retry_now": ((DeliveryStatus.RETRYING,), retry_delivery, "retried deliveries in bulk"),
+    "resolve": ((DeliveryStatus.FAILED,), resolve_delivery, "marked deliveries resolved"),
+}
+
+
+def bulk_act(uow: UnitOfWork, staff: StaffUser, narrowed: DeliveryFilter, action: str) -> BulkResult:
     """On the deliveries a list's filter matches: send the failed ones again with fresh attempts (retry_failed),
-    or the retrying ones now (retry_now), by the single-delivery rule; one audit row, connections woken after."""
-    statuses = {"retry_failed": (DeliveryStatus.FAILED,), "retry_now": (DeliveryStatus.RETRYING,)}.get(action)
-    if statuses is None:
-        raise InvalidInput("no such action", fields={"action": ["retry_failed or retry_now."]})
+    the retrying ones now (retry_now), or mark the failed ones resolved (handled outside Passback), each by the
+    single-delivery rule; one audit row, connections woken after a retry."""
+    if action not in BULK_ACTIONS:
+        raise InvalidInput("no such action", fields={"action": [f"One of: {', '.join(BULK_ACTIONS)}."]})
+    statuses, rule, said = BULK_ACTIONS[action]
     with uow:
         zone = district_zone(uow.session, staff.district_id)
         ids = matching_ids(uow.session, staff.district_id, narrowed, zone, statuses, BULK_LIMIT + 1)
         retried, skipped, connections = 0, 0, set()
         for delivery_id in ids[:BULK_LIMIT]:
             try:
-                delivery = retry_delivery(uow.session, staff.district_id, delivery_id)
+                delivery = rule(uow.session, staff.district_id, delivery_id)
             except ServiceError:
                 skipped += 1
                 continue
             retried += 1
             if delivery.lms_connection_id:
                 connections.add(delivery.lms_connection_id)
-        audit(
-            uow.session,
-            staff,
-            "retried deliveries in bulk",
-            action,
-            filter=narrowed.query_args(),
-            retried=retried,
-            skipped=skipped,
-        )
-        uow.nudge(connections)
+        audit(uow.session, staff, said, action, filter=narrowed.query_args(), changed=retried, skipped=skipped)
+        if rule is retry_delivery:
+            uow.nudge(connections)
         uow.commit()
         return BulkResult(retried, skipped, more=len(ids) > BULK_LIMIT)
+
+
+def resolve_one(uow: UnitOfWork, staff: StaffUser, delivery_id: str) -> None:
+    """Mark one failed delivery resolved (handled outside Passback), audited."""
+    with uow:
+        delivery = resolve_delivery(uow.session, staff.district_id, delivery_id)
+        audit(uow.session, staff, "marked a delivery resolved", delivery.id)
+        uow.commit()
 
 
 def map_assignments(

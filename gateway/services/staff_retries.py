@@ -20,8 +20,8 @@ def retry_delivery(session: Session, district_id: str, delivery_id: str, *, now:
     )
     if delivery is None:
         raise NotFound(f"no delivery {delivery_id!r}")
-    if delivery.status not in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING):
-        raise Conflict(f"only failed or retrying deliveries can be retried; this one is {delivery.status}")
+    if delivery.status not in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING, DeliveryStatus.RESOLVED):
+        raise Conflict(f"only failed, retrying or resolved deliveries can be retried; this one is {delivery.status}")
     if newer_revision_id(session, delivery) is not None:
         raise Conflict("a newer grade replaced this one; its own delivery carries the current score")
     delivery.status = DeliveryStatus.PENDING
@@ -63,3 +63,20 @@ def retry_failed(
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def resolve_delivery(session: Session, district_id: str, delivery_id: str, *, now: datetime | None = None) -> Delivery:
+    """Mark a failed delivery as handled outside Passback: it is kept, with the LMS's words, and is no longer
+    counted as failed (a retry takes it up again)."""
+    now = now or utcnow()
+    delivery = session.scalar(
+        select(Delivery).where(Delivery.id == delivery_id, Delivery.district_id == district_id).with_for_update()
+    )
+    if delivery is None:
+        raise NotFound(f"no delivery {delivery_id!r}")
+    if delivery.status != DeliveryStatus.FAILED:
+        raise Conflict(f"only failed deliveries can be marked resolved; this one is {delivery.status}")
+    delivery.status = DeliveryStatus.RESOLVED
+    delivery.next_attempt_at = None
+    delivery.updated_at = now
+    return delivery

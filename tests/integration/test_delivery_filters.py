@@ -105,8 +105,42 @@ def test_a_bulk_retry_acts_on_exactly_what_the_filter_matches(world: World, work
     with world.session() as session:
         [entry] = session.scalars(select(AuditEntry).where(AuditEntry.action == "retried deliveries in bulk"))
         assert entry.details["filter"] == {"status": "failed", "assignment": "quiz-2"}
-        assert (entry.details["retried"], entry.details["skipped"]) == (2, 0)
+        assert (entry.details["changed"], entry.details["skipped"]) == (2, 0)
     refused = browser.post(
         world.url("/dashboard/deliveries/bulk"), data={"csrf_token": csrf(page), "action": "delete_everything"}
     )
     assert refused.status_code == 422 and "action" in refused.text
+
+
+def test_failures_handled_outside_passback_are_marked_resolved(world: World, worker: DeliveryWorker) -> None:
+    failed_grades(world, worker)
+    browser = signed_in(world, staff_of(world))
+    page = browser.get(world.url("/dashboard/deliveries"), params={"status": "failed", "student": "Alan"})
+    done = browser.post(
+        world.url("/dashboard/deliveries/bulk"),
+        data={"csrf_token": csrf(page), "action": "resolve", "status": "failed", "student": "Alan"},
+    )
+    assert "2 deliveries marked resolved." in done.text
+    assert listed(browser, world, status="failed") == (2, ["Ada Quiz 1", "Ada Quiz 2"])
+    assert listed(browser, world, status="resolved") == (2, ["Alan Quiz 1", "Alan Quiz 2"])
+    assert worker.run_until_idle() == 0, "a resolved delivery is never sent"
+    overview = browser.get(world.url("/dashboard/")).text
+    assert re.search(r'status-resolved" href="[^"]+">resolved</a></th>\s*<td class="num">2</td>', overview)
+
+    # One at a time from the delivery's page; the API says so too; a retry takes it up again.
+    with world.session() as session:
+        ada = session.scalar(select(Delivery).where(Delivery.status == "failed").order_by(Delivery.created_at).limit(1))
+        assert ada is not None
+        ada_id, grade_id = ada.id, ada.grade_id
+    page = browser.get(world.url(f"/dashboard/deliveries/{ada_id}"))
+    resolved = browser.post(world.url(f"/dashboard/deliveries/{ada_id}/resolve"), data={"csrf_token": csrf(page)})
+    assert "Marked resolved" in resolved.text and 'id="delivery-status">resolved<' in resolved.text
+    assert world.get(f"/v1/grades/{grade_id}").json()["status"] == "resolved"
+    again = browser.post(world.url(f"/dashboard/deliveries/{ada_id}/resolve"), data={"csrf_token": csrf(page)})
+    assert "only failed deliveries can be marked resolved" in again.text
+    browser.post(world.url(f"/dashboard/deliveries/{ada_id}/retry"), data={"csrf_token": csrf(page)})
+    assert worker.run_until_idle() == 1
+    assert world.get(f"/v1/grades/{grade_id}").json()["status"] == "delivered"
+    with world.session() as session:
+        actions = sorted(session.scalars(select(AuditEntry.action).where(AuditEntry.action.like("marked%"))))
+    assert actions == ["marked a delivery resolved", "marked deliveries resolved"]
