@@ -378,6 +378,23 @@ def enroll_for_delivery(staff: StaffUser, delivery_id: str) -> Response:
     return redirect(url_for("dashboard.delivery", delivery_id=delivery_id) + "#fix")  # type: ignore[return-value]
 
 
+@dashboard_bp.post("/deliveries/<delivery_id>/place")
+@staff_required
+def place_for_delivery(staff: StaffUser, delivery_id: str) -> Response:
+    """The other fix on a waiting delivery's page: place its assignment where the student is enrolled."""
+    try:
+        where = staff_actions.place_for_delivery(
+            request_unit_of_work(), staff, delivery_id, request.form.get("course", "")[:600]
+        )
+    except NotFoundError as exc:
+        raise NotFound(exc.message) from exc
+    except ServiceError as exc:
+        flash(f"Nothing was changed: {exc.message}.", f"delivery:{delivery_id}")
+    else:
+        flash(f"Placed {where}: the grades waiting for it go there now.", f"delivery:{delivery_id}")
+    return redirect(url_for("dashboard.delivery", delivery_id=delivery_id) + "#fix")  # type: ignore[return-value]
+
+
 @dashboard_bp.get("/connections")
 @staff_required
 def connection_list(staff: StaffUser) -> Response:

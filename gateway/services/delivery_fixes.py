@@ -4,12 +4,12 @@ make from its page: where the assignment is placed against where the student is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.models import Delivery, Enrollment, Grade, LmsConnection, Placement, User
+from gateway.models import Assignment, Delivery, Enrollment, Grade, LmsConnection, Placement, User
 from gateway.services.errors import NotFound
 from gateway.services.routing import WAITS_FOR_IDENTITY, WAITS_FOR_LAUNCH, route_flags, waiting_for
 from schemas.statuses import DeliveryStatus
@@ -40,6 +40,9 @@ class DeliveryFix:
     placed_in: list[PlacedIn]
     # (connection name, course id) of every course the student is enrolled in, in this district.
     enrolled_in: list[tuple[str, str]]
+    # (connection id, connection name, course id) of those courses where the assignment is not placed: placing
+    # it there routes the grade.
+    place_choices: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def enroll_choices(self) -> list[PlacedIn]:
@@ -97,12 +100,13 @@ def fix_for(session: Session, district_id: str, delivery_id: str) -> DeliveryFix
         .limit(50)
     ).all()
     enrolled_in = session.execute(
-        select(LmsConnection.name, Enrollment.course_id)
+        select(LmsConnection.name, Enrollment.course_id, Enrollment.lms_connection_id)
         .join(LmsConnection, LmsConnection.id == Enrollment.lms_connection_id)
         .where(Enrollment.district_id == district_id, Enrollment.user_id == user_id)
         .order_by(LmsConnection.name, Enrollment.course_id)
         .limit(50)
     ).all()
+    placed = {(p.lms_connection_id, p.course_id) for p in placements}
     return DeliveryFix(
         delivery_id=delivery_id,
         status=status,
@@ -121,4 +125,20 @@ def fix_for(session: Session, district_id: str, delivery_id: str) -> DeliveryFix
             for p in placements
         ],
         enrolled_in=[(r.name, r.course_id) for r in enrolled_in],
+        place_choices=[
+            (r.lms_connection_id, r.name, r.course_id)
+            for r in enrolled_in
+            if (r.lms_connection_id, r.course_id) not in placed
+        ],
     )
+
+
+def assignment_of(session: Session, delivery_id: str) -> tuple[str, str, str]:
+    """(app id, the assignment's catalog id, its name) of a delivery's grade."""
+    row = session.execute(
+        select(Grade.app_id, Assignment.external_id, Assignment.name)
+        .join(Delivery, Delivery.grade_id == Grade.id)
+        .join(Assignment, Assignment.id == Grade.assignment_id)
+        .where(Delivery.id == delivery_id)
+    ).one()
+    return str(row[0]), str(row[1]), str(row[2])

@@ -168,6 +168,28 @@ def bulk_act(uow: UnitOfWork, staff: StaffUser, narrowed: DeliveryFilter, action
         return BulkResult(retried, skipped, more=len(ids) > BULK_LIMIT)
 
 
+def place_for_delivery(uow: UnitOfWork, staff: StaffUser, delivery_id: str, choice: str) -> str:
+    """From a waiting delivery's page: place its assignment in a course its student is enrolled in (`choice` is
+    "connection id|course id" of one of them); placing routes the grades waiting for it (this one among them).
+    Returns where, in words."""
+    with uow:
+        fix = delivery_fixes.fix_for(uow.session, staff.district_id, delivery_id)
+        if fix is None:
+            raise Conflict("this delivery is not waiting for a placement any more")
+        picked = next((c for c in fix.place_choices if f"{c[0]}|{c[2]}" == choice), None)
+        if picked is None:
+            raise InvalidInput(
+                "choose a course the student is enrolled in", fields={"course": ["Not one of the student's courses."]}
+            )
+        app_id, assignment_id, assignment_name = delivery_fixes.assignment_of(uow.session, delivery_id)
+        placement = lms.add_placement(uow.session, staff.district_id, picked[0], app_id, assignment_id, picked[2])
+        where = f"{assignment_name} in {picked[1]} course {picked[2]}"
+        audit(uow.session, staff, "placed an assignment", where, placement_id=placement.id)
+        uow.nudge({picked[0]})
+        uow.commit()
+        return where
+
+
 def resolve_one(uow: UnitOfWork, staff: StaffUser, delivery_id: str) -> None:
     """Mark one failed delivery resolved (handled outside Passback), audited."""
     with uow:

@@ -10,7 +10,7 @@ import requests
 from sqlalchemy import func, select
 
 from gateway.models import AuditEntry, Delivery, Enrollment
-from gateway.services.directory import create_user
+from gateway.services.directory import create_user, enroll
 from gateway.worker import DeliveryWorker
 from tests.conftest import LiveServer
 from tests.factories import World, build_world
@@ -97,3 +97,40 @@ def test_another_districts_delivery_is_not_found(world: World, live_server: Live
     assert refused.status_code == 404
     with world.session() as session:
         assert session.get(Delivery, delivery_id).status == "unroutable"  # type: ignore[union-attr]
+
+
+def test_staff_place_the_assignment_where_the_student_is_enrolled(world: World, worker: DeliveryWorker) -> None:
+    with world.session() as session:
+        from gateway.models import LmsConnection
+
+        grace = create_user(session, world.district_id, name="Grace")
+        connection = session.get(LmsConnection, world.connection_id)
+        assert connection is not None
+        enroll(session, connection, "course-202", grace)
+        user_id = grace.id
+    posted = world.post_grade({"assignmentID": "quiz-1", "userID": user_id, "percentage": 0.9})
+    assert posted.json()["status"] == "unroutable"
+    with world.session() as session:
+        delivery_id = session.scalar(select(Delivery.id).where(Delivery.status == "unroutable"))
+    browser = signed_in(world, staff_of(world))
+    page = browser.get(world.url(f"/dashboard/deliveries/{delivery_id}"))
+    enrolled = re.search(r'<ul id="enrolled-in">(.*?)</ul>', page.text, flags=re.S)
+    assert enrolled and "course-202" in enrolled.group(1)
+    choice = f"{world.connection_id}|course-202"
+    assert f'<option value="{choice}">Sandbox: course course-202</option>' in page.text
+
+    wrong = browser.post(
+        world.url(f"/dashboard/deliveries/{delivery_id}/place"),
+        data={"csrf_token": csrf(page), "course": f"{world.connection_id}|course-101"},
+    )
+    assert "Nothing was changed: choose a course the student is enrolled in" in wrong.text
+    placed = browser.post(
+        world.url(f"/dashboard/deliveries/{delivery_id}/place"), data={"csrf_token": csrf(page), "course": choice}
+    )
+    assert "Placed Quiz 1 in Sandbox course course-202" in placed.text
+    assert worker.run_until_idle() == 1
+    assert [(e["courseID"], e["studentID"]) for e in world.gradebook()] == [("course-202", user_id)]
+    with world.session() as session:
+        assert session.scalar(select(AuditEntry.target).where(AuditEntry.action == "placed an assignment")) == (
+            "Quiz 1 in Sandbox course course-202"
+        )
