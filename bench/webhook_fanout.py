@@ -11,7 +11,9 @@
 3. With webhooks from a process of their own: GATEWAY_WEBHOOK_THREADS=0 in the delivery worker and
    `gateway worker --webhooks-only` beside it; again new grades, LMS grades/s and the healthy endpoints' time.
 Then: every event written (grades x 5 endpoints per phase with webhooks), what the failing endpoint got and holds
-(retrying or waiting, none lost), how far the slow one got.
+(retrying or waiting, none lost), how far the slow one got. The endpoints run in a process of their own (the apps'
+side of each webhook must not share the delivery worker's interpreter lock); the simulated LMSs run in this one,
+in every phase alike.
 
 Aim: LMS grades/s with webhooks about what it is without (the ratio near 1). Exits 1 when a grade is not
 delivered, a healthy endpoint misses an event or an event is lost; never on speed. Uses PostgreSQL (a database
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -130,6 +134,15 @@ class Receivers(ThreadingHTTPServer):
 class _ReceiverHandler(_Quiet):
     server: Receivers
 
+    def do_GET(self) -> None:
+        """/stats: how many distinct events each endpoint took, and how many requests it got."""
+        with self.server.lock:
+            stats = {
+                "taken": {name: len(ids) for name, ids in self.server.taken.items()},
+                "requests": dict(self.server.requests),
+            }
+        self._answer(200, json.dumps(stats).encode())
+
     def do_POST(self) -> None:
         self._body()
         name = self.path.strip("/")
@@ -146,6 +159,39 @@ class _ReceiverHandler(_Quiet):
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+
+def _serve_receivers(slow: float, conn: Any) -> None:
+    server = Receivers(slow)
+    conn.send(server.server_address[1])
+    server.serve_forever(poll_interval=0.05)
+
+
+class RemoteReceivers:
+    """The receivers in a process of their own: their HTTP work must not share the delivery worker's interpreter
+    (its GIL), or the bench would charge the apps' side of every webhook to Passback's LMS deliveries."""
+
+    def __init__(self, slow: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        self.process = context.Process(target=_serve_receivers, args=(slow, child), daemon=True)
+        self.process.start()
+        self.port = int(parent.recv())
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=10) as answer:
+            stats: dict[str, dict[str, int]] = json.loads(answer.read())
+        return stats
+
+    def taken(self, name: str) -> int:
+        return int(self.stats()["taken"].get(name, 0))
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.join(10)
 
 
 @contextlib.contextmanager
@@ -270,13 +316,13 @@ def webhooks_process(url: str, keys: str, args: argparse.Namespace, log: Path) -
         )
 
 
-def fan_out(receivers: Receivers, expected: int, started: float, timeout: float) -> float | None:
+def fan_out(receivers: RemoteReceivers, expected: int, started: float, timeout: float) -> float | None:
     """Seconds from `started` until every healthy endpoint took `expected` events (None: not within timeout)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with receivers.lock:
-            if all(len(receivers.taken[n]) >= expected for n in HEALTHY):
-                return time.monotonic() - started
+        taken = receivers.stats()["taken"]
+        if all(taken.get(n, 0) >= expected for n in HEALTHY):
+            return time.monotonic() - started
         time.sleep(0.2)
     return None
 
@@ -298,8 +344,8 @@ def run(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
     client = app.test_client()
     grades = args.students * args.assignments
     report: dict[str, Any] = {"grades": grades, "connections": args.connections, "lms_latency": args.lms_latency}
-    lms, receivers = Lms(args.lms_latency), Receivers(args.slow_seconds)
-    with serving(lms), serving(receivers):
+    lms, receivers = Lms(args.lms_latency), RemoteReceivers(args.slow_seconds)
+    with serving(lms), contextlib.closing(receivers):
         token, cohorts = build(app, lms, args)
 
         # 1. without webhooks
@@ -350,19 +396,20 @@ def run(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
             "sender_exit_code": sender.returncode,
         }
         states = message_states(app)
+        stats = receivers.stats()
 
     messages = sum(sum(s.values()) for s in states.values())
-    healthy_taken = min(len(receivers.taken[n]) for n in HEALTHY)
+    healthy_taken = min(stats["taken"].get(n, 0) for n in HEALTHY)
     failing = states.get(endpoint_ids["failing"], {})
     report.update(
         {
             "endpoints": len(ENDPOINTS),
             "messages_written": messages,
             "healthy_events_each": healthy_taken,
-            "failing_requests": receivers.requests["failing"],
+            "failing_requests": stats["requests"].get("failing", 0),
             "failing_states": failing,
             "slow_seconds_per_request": args.slow_seconds,
-            "slow_delivered": len(receivers.taken["slow"]),
+            "slow_delivered": stats["taken"].get("slow", 0),
             "database": "postgresql" if url.startswith("postgresql") else "sqlite",
         }
     )
