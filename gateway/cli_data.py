@@ -20,7 +20,9 @@ def _instance_dir() -> Path:
     return Path(os.environ.get("GATEWAY_INSTANCE_DIR", Path.cwd() / "instance"))
 
 
-def _refuse(exc: ServiceError, as_json: bool, nothing: str) -> NoReturn:
+def refuse(exc: ServiceError, as_json: bool, nothing: str) -> NoReturn:
+    """A service's refusal of a data command: JSON on stdout under --json (exit 1), else its message, the fields,
+    and what was left undone."""
     if as_json:
         body = {"error": {"code": exc.code, "message": exc.message, "fields": exc.fields or {}}}
         click.echo(json.dumps(body, indent=2))
@@ -67,7 +69,7 @@ def backup_command(output: Path | None, as_json: bool) -> None:
             now=SYSTEM_CLOCK.now(),
         )
     except ServiceError as exc:
-        _refuse(exc, as_json, "no backup was written")
+        refuse(exc, as_json, "no backup was written")
     manifest = data["manifest"]
     lines = [
         f"backup written to {data['path']} ({data['size']} bytes, mode 0600), schema revision "
@@ -116,7 +118,7 @@ def restore_command(path: Path, instance_dir: Path | None, force: bool, as_json:
             known_revisions=known,
         )
     except ServiceError as exc:
-        _refuse(exc, as_json, "nothing was restored")
+        refuse(exc, as_json, "nothing was restored")
     lines = [
         f"restored {data['database']} (schema revision {data['alembicRevision']}, backed up {data['createdAt']} "
         f"by Passback {data['passbackVersion']})",
@@ -154,7 +156,7 @@ def user_forget(user_ref: str, district_ref: str | None, dry_run: bool, operator
                 dry_run=dry_run,
             )
     except ServiceError as exc:
-        _refuse(exc, as_json, "nothing was deleted")
+        refuse(exc, as_json, "nothing was deleted")
     counts = ", ".join(f"{table} {n}" for table, n in report["deleted"].items() if n)
     verb = "would delete" if dry_run else "deleted"
     text = (

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from gateway.cli_admin import operator_option
+from gateway.cli_data import refuse
 from gateway.cli_progress import Progress
 from gateway.services.admin_audit import Operator
 from gateway.services.errors import ServiceError
@@ -92,24 +93,13 @@ def roster_import(
                 )
         except ServiceError as exc:
             progress.close()
-            _refuse(exc, as_json)
+            refuse(exc, as_json, "nothing was imported")
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(_text(report, verbose))
     if report["errors"]:
         sys.exit(EXIT_ROW_ERRORS)
-
-
-def _refuse(exc: ServiceError, as_json: bool) -> None:
-    if as_json:
-        body = {"error": {"code": exc.code, "message": exc.message, "fields": exc.fields or {}}}
-        click.echo(json.dumps(body, indent=2))
-        sys.exit(1)
-    message = exc.message
-    if exc.fields:
-        message += "\n" + "\n".join(f"  {k}: {'; '.join(map(str, v))}" for k, v in exc.fields.items())
-    raise click.ClickException(message + "\nnothing was imported")
 
 
 def _text(report: dict[str, Any], verbose: bool) -> str:
